@@ -1,0 +1,180 @@
+"""The pipeline as jobgraph understands it: pydantic models that are also the JSON Schema editors check against."""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+MAX_RETRIES = 100
+"""More retries than this is almost always a typo; Snowflake caps task retries at 10."""
+
+MAX_DURATION_SECS = 7 * 24 * 3600.0
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,254}\Z")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def check_name(value: str) -> str:
+    """Names follow Snowflake's unquoted identifiers, so they are safe in SQL, paths and labels."""
+    name = value.strip()
+    if not name:
+        raise ValueError("a name may not be empty")
+    if not _NAME.match(name):
+        raise ValueError(
+            f"{value!r} is not a valid name: use letters, digits, '_' and '$', "
+            "starting with a letter or '_' (at most 255 characters)"
+        )
+    return name
+
+
+def _require_str(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a name (a string), got {type(value).__name__}")
+    return value
+
+
+def parse_duration(value: Any) -> float:
+    """Accept seconds as a number, or text such as `90s`, `5m`, `1h30m`, `500ms`."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30, '30s', '5m' or '1h30m'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            seconds = float(text)
+        else:
+            parts = _DURATION_PART.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ValueError(f"{value!r} is not a duration such as 30, '30s', '5m' or '1h30m'")
+            seconds = sum(float(n) * _UNIT_SECS[u] for n, u in parts)
+    else:
+        raise ValueError("expected a duration such as 30, '30s', '5m' or '1h30m'")
+    if not 0 <= seconds <= MAX_DURATION_SECS:
+        raise ValueError(f"a duration must be between 0 and 7 days, got {value!r}")
+    return seconds
+
+
+def _split_after(value: Any) -> Any:
+    """`after` may be a list or the seed's comma-separated string."""
+    if isinstance(value, str):
+        return [part for part in value.split(",")] if value.strip() else []
+    return value
+
+
+Name = Annotated[str, BeforeValidator(_require_str), AfterValidator(check_name)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Retries = Annotated[int, Field(strict=True, ge=0, le=MAX_RETRIES)]
+Command = Annotated[tuple[Annotated[str, Field(min_length=1)], ...], Field(min_length=1)]
+
+
+class TriggerRule(StrEnum):
+    """When a job runs, given how its predecessors ended."""
+
+    ALL_SUCCESS = "all_success"  #: only if every predecessor succeeded (the safe default)
+    ALL_DONE = "all_done"  #: once every predecessor finished, however it ended (the seed's behaviour)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Pool(_Model):
+    """A compute pool: how many jobs run in it at once, and what each may use."""
+
+    max_parallel: int = Field(strict=True, ge=1, le=100_000)
+    instance_family: str | None = None
+    cpu: float | None = Field(default=None, gt=0)
+    memory: str | None = None
+
+
+class Defaults(_Model):
+    """Values for every job that does not set its own."""
+
+    retries: Retries = 0
+    retry_delay: Duration = 0.0
+    retry_backoff: float = Field(default=1.0, ge=1.0, le=10.0)
+    timeout: Duration | None = None
+    trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
+    pool: Name = "default"
+    pool_size: int = Field(default_factory=lambda: os.cpu_count() or 1, strict=True, ge=1, le=100_000)
+    runner: Literal["local"] = "local"
+
+
+class Job(_Model):
+    """One node of the DAG: an image run with args, after its predecessors."""
+
+    name: Name
+    image: str = Field(min_length=1)
+    args: tuple[str, ...] = ()
+    env: dict[Name, str] = Field(default_factory=dict)
+    after: Annotated[tuple[Name, ...], BeforeValidator(_split_after)] = ()
+    pool: Name | None = None
+    retries: Retries | None = None
+    retry_delay: Duration | None = None
+    retry_backoff: float | None = Field(default=None, ge=1.0, le=10.0)
+    timeout: Duration | None = Field(default=None, gt=0)
+    trigger_rule: TriggerRule | None = None
+    container_name: str | None = Field(
+        default=None, description="The seed's job_name: a prefix for the container or service name."
+    )
+
+
+class Finalizer(Job):
+    """A job that runs last, always, whatever happened to the others (the seed's GET_GRAPH_STATS)."""
+
+    name: Name = "finalizer"
+
+    @model_validator(mode="after")
+    def _no_predecessors(self) -> Finalizer:
+        if self.after:
+            raise ValueError("the finalizer runs after every job; it takes no 'after'")
+        return self
+
+
+_J = TypeVar("_J", bound="Job")
+
+
+class Pipeline(_Model):
+    """A whole pipeline file, in native form (the seed's array is converted to this)."""
+
+    name: Name
+    schedule: str | None = None
+    overlap: Literal["skip", "allow", "queue"] = "skip"
+    suspend_after_failures: int | None = Field(default=None, strict=True, ge=1)
+    pools: dict[Name, Pool] = Field(default_factory=dict)
+    images: dict[Annotated[str, Field(min_length=1)], Command] = Field(default_factory=dict)
+    defaults: Defaults = Field(default_factory=Defaults)
+    jobs: tuple[Job, ...] = Field(min_length=1)
+    jobs_from: str | list[str] | None = Field(
+        default=None, description="Seed-form arrays (paths relative to this file) whose jobs are added."
+    )
+    finalizer: Finalizer | None = None
+
+    @model_validator(mode="after")
+    def _apply_defaults(self) -> Pipeline:
+        """Resolve every job's unset fields, so the engine and the stored snapshot see final values."""
+        resolved = tuple(_with_defaults(job, self.defaults) for job in self.jobs)
+        finalizer = self.finalizer and _with_defaults(self.finalizer, self.defaults)
+        object.__setattr__(self, "jobs", resolved)
+        object.__setattr__(self, "finalizer", finalizer)
+        return self
+
+    def pool_size(self, pool: str) -> int:
+        """Slots of a pool; pools the file does not define get `defaults.pool_size`."""
+        defined = {name.casefold(): p for name, p in self.pools.items()}.get(pool.casefold())
+        return defined.max_parallel if defined else self.defaults.pool_size
+
+
+def _with_defaults(job: _J, defaults: Defaults) -> _J:
+    update: dict[str, object] = {}
+    for field in ("retries", "retry_delay", "retry_backoff", "timeout", "trigger_rule", "pool"):
+        if getattr(job, field) is None:
+            update[field] = getattr(defaults, field)
+    return job.model_copy(update=update) if update else job
+

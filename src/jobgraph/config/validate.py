@@ -1,0 +1,81 @@
+"""Checks that need the whole pipeline: unique names, known predecessors and pools, no cycles, mapped images."""
+
+from __future__ import annotations
+
+import graphlib
+
+from jobgraph.config.model import Job, Pipeline
+from jobgraph.errors import ConfigError, Problem
+
+
+def check_pipeline(pipeline: Pipeline, file: str, runner: str | None = None) -> Pipeline:
+    """Raise ConfigError naming every problem; return the pipeline with names spelled as their definitions.
+
+    Names compare case-insensitively, as Snowflake's unquoted identifiers do, so `T_MYJOB_3` in an
+    `after` list means the job defined as `t_myjob_3`.
+    """
+    problems: list[Problem] = []
+    canonical: dict[str, str] = {}
+    everything = [*pipeline.jobs, *([pipeline.finalizer] if pipeline.finalizer else [])]
+    for job in everything:
+        key = job.name.casefold()
+        if key in canonical:
+            problems.append(Problem(f"duplicate name: '{canonical[key]}' is already defined "
+                                    "(names are case-insensitive)", job=job.name, field="name"))
+        else:
+            canonical[key] = job.name
+    pools = {name.casefold(): name for name in pipeline.pools}
+
+    jobs: list[Job] = []
+    for job in pipeline.jobs:
+        after: list[str] = []
+        for predecessor in job.after:
+            name = canonical.get(predecessor.casefold())
+            if name is None:
+                problems.append(Problem(f"unknown predecessor '{predecessor}'", job=job.name, field="after"))
+            elif name == job.name:
+                problems.append(Problem("a job cannot run after itself", job=job.name, field="after"))
+            elif pipeline.finalizer is not None and name == pipeline.finalizer.name:
+                problems.append(Problem("no job can run after the finalizer", job=job.name, field="after"))
+            elif name not in after:
+                after.append(name)
+        pool = pools.get((job.pool or "").casefold(), job.pool)
+        jobs.append(job.model_copy(update={"after": tuple(after), "pool": pool}))
+
+    if runner_of(pipeline, runner) == "local":
+        unmapped: dict[str, list[str]] = {}
+        for job in everything:
+            if job.image not in pipeline.images:
+                unmapped.setdefault(job.image, []).append(job.name)
+        for image, users in unmapped.items():
+            others = f" (also used by {', '.join(users[1:])})" if len(users) > 1 else ""
+            problems.append(Problem(
+                f"image '{image}' has no command in 'images': the local runner needs the host command "
+                f"that stands for it, e.g. images: {{'{image}': [python, -m, jobgraph.jobs.sql]}}{others}",
+                job=users[0], field="image"))
+    if problems:
+        raise ConfigError(file, problems)
+
+    cycle = find_cycle(jobs)
+    if cycle:
+        raise ConfigError(file, [Problem("the jobs form a cycle: " + " -> ".join(cycle), job=cycle[0],
+                                         field="after")])
+    return pipeline.model_copy(update={"jobs": tuple(jobs)})
+
+
+def runner_of(pipeline: Pipeline, override: str | None) -> str:
+    """The runner the jobs will use: the command line's choice, else the file's default."""
+    return override or pipeline.defaults.runner
+
+
+def find_cycle(jobs: list[Job]) -> list[str]:
+    """The path of one cycle (first name repeated at the end), or [] when the jobs form a DAG."""
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for job in jobs:
+        sorter.add(job.name, *job.after)
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as exc:
+        path: list[str] = list(exc.args[1])  # each name runs before the next one
+        return path
+    return []

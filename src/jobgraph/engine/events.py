@@ -1,0 +1,92 @@
+"""What the engine tells its listeners (the store, the live view, later the web page), as plain records.
+
+The engine does not know who listens: a listener is any callable taking an Event. Listeners are
+called synchronously, in order, at the moment of each transition, so a store that writes each event
+loses nothing already reported if the process dies a moment later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from jobgraph.states import AttemptStatus, RunState, TaskState
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A job as the run's listeners need to know it up front."""
+
+    name: str
+    pool: str
+    image: str
+    predecessors: tuple[str, ...]
+    is_finalizer: bool = False
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    """A graph run began (or, with `resumed`, began its next attempt: `jobgraph retry`)."""
+
+    run_id: str
+    pipeline: str
+    at: datetime
+    scheduled_time: datetime
+    tasks: tuple[TaskInfo, ...]
+    snapshot: str
+    run_attempt: int = 1
+    resumed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskChanged:
+    """A job moved to a new state; `reason` says why it was skipped, failed or cancelled."""
+
+    run_id: str
+    task: str
+    state: TaskState
+    at: datetime
+    attempt: int = 0
+    reason: str | None = None
+    return_value: str | None = None
+
+
+@dataclass(frozen=True)
+class AttemptStarted:
+    """One execution of a job began."""
+
+    run_id: str
+    task: str
+    attempt: int
+    at: datetime
+    log_path: Path
+
+
+@dataclass(frozen=True)
+class AttemptEnded:
+    """One execution of a job ended; `error` holds the error text and the end of its log."""
+
+    run_id: str
+    task: str
+    attempt: int
+    status: AttemptStatus
+    started_at: datetime
+    at: datetime
+    exit_code: int | None
+    error: str | None
+    log_path: Path
+
+
+@dataclass(frozen=True)
+class RunEnded:
+    """The graph run is over, finalizer included."""
+
+    run_id: str
+    state: RunState
+    at: datetime
+
+
+Event = RunStarted | TaskChanged | AttemptStarted | AttemptEnded | RunEnded
+Listener = Callable[[Event], None]

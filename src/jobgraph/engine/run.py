@@ -1,0 +1,323 @@
+"""One graph run: a ready set over the DAG, pools, retries, timeouts, skips, cancel, and the finalizer.
+
+The loop is graphlib's prepare/get_ready/done, written out so that a failed job can still be
+"done": each finished job decrements its successors' counters (O(jobs + edges) per run), and a job
+whose counter reaches zero is either queued in its pool, highest rank first, or skipped because a
+predecessor did not succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from jobgraph.config.model import Finalizer, Job, Pipeline, TriggerRule
+from jobgraph.engine.events import (
+    AttemptEnded,
+    AttemptStarted,
+    Event,
+    Listener,
+    RunEnded,
+    RunStarted,
+    TaskChanged,
+    TaskInfo,
+)
+from jobgraph.errors import RunnerError
+from jobgraph.graph import Dag
+from jobgraph.runners.base import JobSpec, Outcome, Runner
+from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
+
+LOG_TAIL_BYTES = 4096
+"""How much of a failed attempt's output is stored with it, like SYSTEM$GET_SERVICE_LOGS."""
+
+RETURN_VALUE_MAX_BYTES = 10_000
+"""Snowflake's SYSTEM$SET_RETURN_VALUE takes at most 10 kB; so do we."""
+
+
+@dataclass(frozen=True)
+class PriorTask:
+    """How a job ended in an earlier attempt of the same run, for `jobgraph retry`."""
+
+    state: TaskState
+    attempts: int
+    return_value: str | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The end of a graph run: its state and every job's."""
+
+    run_id: str
+    state: RunState
+    tasks: Mapping[str, TaskState]
+
+
+@dataclass
+class _Pool:
+    slots: int
+    running: int = 0
+    ready: list[tuple[int, int, str]] = field(default_factory=list)
+
+
+def now() -> datetime:
+    """Timestamps are UTC everywhere; displays convert."""
+    return datetime.now(UTC)
+
+
+class GraphRun:
+    """Runs one pipeline once. `cancel()` may be called from a signal handler at any time."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        runner_for: Callable[[Job], Runner],
+        listeners: Sequence[Listener],
+        log_dir: Path,
+        run_id: str | None = None,
+        scheduled_time: datetime | None = None,
+        prior: Mapping[str, PriorTask] | None = None,
+        run_attempt: int = 1,
+    ) -> None:
+        self.pipeline = pipeline
+        self.run_id = run_id or str(uuid.uuid4())
+        self.scheduled_time = scheduled_time or now()
+        self._runner_for = runner_for
+        self._listeners = listeners
+        self._log_dir = log_dir / self.run_id
+        self._prior = prior or {}
+        self._run_attempt = run_attempt
+        self._jobs = {job.name: job for job in pipeline.jobs}
+        self._dag = Dag.build((job.name, job.after) for job in pipeline.jobs)
+        self._states: dict[str, TaskState] = {}
+        self._values: dict[str, str] = {}
+        self._pools: dict[str, _Pool] = {}
+        self._running: dict[asyncio.Task[TaskState], str] = {}
+        self._sequence = 0
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        """Stop every running job and start no other; the finalizer still runs."""
+        self._cancelled = True
+        for task in self._running:
+            task.cancel()
+
+    async def run(self) -> RunResult:
+        """Run every job (but those that succeeded in an earlier attempt), then the finalizer."""
+        self._emit(RunStarted(
+            self.run_id, self.pipeline.name, now(), self.scheduled_time, self._task_infos(),
+            self.pipeline.model_dump_json(), self._run_attempt,
+            resumed=tuple(n for n, p in self._prior.items() if p.state == TaskState.SUCCEEDED),
+        ))
+        waiting: dict[str, int] = {}
+        for name in self._dag.order:
+            prior = self._prior.get(name)
+            if prior is not None and prior.state == TaskState.SUCCEEDED:
+                self._states[name] = TaskState.SUCCEEDED
+                if prior.return_value is not None:
+                    self._values[name] = prior.return_value
+            else:
+                waiting[name] = sum(1 for p in self._dag.predecessors[name] if p not in self._states
+                                    or self._states[p] != TaskState.SUCCEEDED)
+        self._waiting = waiting
+        for name, count in list(waiting.items()):
+            if count == 0:
+                self._became_ready(name)
+
+        while self._running or (not self._cancelled and any(p.ready for p in self._pools.values())):
+            self._dispatch()
+            finished, _ = await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                name = self._running.pop(task)
+                self._pools[self._pool_key(self._jobs[name])].running -= 1
+                self._finished(name, task.result())
+
+        for name in self._dag.order:
+            if name not in self._states:
+                self._set_state(name, TaskState.CANCELLED, reason="the run was cancelled")
+        state = self._final_state()
+        if self.pipeline.finalizer is not None:
+            finalizer_state = await self._run_finalizer(self.pipeline.finalizer)
+            if self._cancelled:
+                state = RunState.CANCELLED
+            elif finalizer_state != TaskState.SUCCEEDED and state == RunState.SUCCEEDED:
+                state = RunState.FAILED
+        self._emit(RunEnded(self.run_id, state, now()))
+        return RunResult(self.run_id, state, dict(self._states))
+
+    def _final_state(self) -> RunState:
+        if self._cancelled:
+            return RunState.CANCELLED
+        if all(state == TaskState.SUCCEEDED for state in self._states.values()):
+            return RunState.SUCCEEDED
+        return RunState.FAILED
+
+    def _became_ready(self, name: str) -> None:
+        """All predecessors are done: queue the job, or skip it (and, in turn, what depends on it)."""
+        stack = [name]
+        while stack:
+            current = stack.pop()
+            job = self._jobs[current]
+            blockers = [p for p in job.after if self._states[p] != TaskState.SUCCEEDED]
+            if blockers and job.trigger_rule != TriggerRule.ALL_DONE:
+                why = ", ".join(f"{p} {self._states[p]}" for p in blockers)
+                self._set_state(current, TaskState.SKIPPED, reason=f"predecessor not succeeded: {why}")
+                stack.extend(self._release_successors(current))
+                continue
+            pool = self._pools.get(self._pool_key(job))
+            if pool is None:
+                pool = self._pools[self._pool_key(job)] = _Pool(self.pipeline.pool_size(job.pool or ""))
+            self._sequence += 1
+            heapq.heappush(pool.ready, (-self._dag.rank[current], self._sequence, current))
+            self._set_state(current, TaskState.QUEUED)
+
+    def _finished(self, name: str, state: TaskState) -> None:
+        self._states[name] = state
+        for successor in self._release_successors(name):
+            if self._cancelled:
+                continue
+            self._became_ready(successor)
+
+    def _release_successors(self, name: str) -> list[str]:
+        released = []
+        for successor in self._dag.successors[name]:
+            if successor in self._waiting:
+                self._waiting[successor] -= 1
+                if self._waiting[successor] == 0:
+                    released.append(successor)
+        return released
+
+    def _dispatch(self) -> None:
+        if self._cancelled:
+            return
+        for pool in self._pools.values():
+            while pool.ready and pool.running < pool.slots:
+                _, _, name = heapq.heappop(pool.ready)
+                pool.running += 1
+                task = asyncio.create_task(self._run_job(self._jobs[name]), name=name)
+                self._running[task] = name
+
+    async def _run_finalizer(self, finalizer: Finalizer) -> TaskState:
+        self._set_state(finalizer.name, TaskState.QUEUED)
+        task = asyncio.create_task(self._run_job(finalizer))
+        self._running[task] = finalizer.name
+        try:
+            return await task
+        finally:
+            self._running.pop(task, None)
+
+    async def _run_job(self, job: Job) -> TaskState:
+        """Every attempt of one job, with retry delays; never raises, always returns a final state."""
+        prior = self._prior.get(job.name)
+        first = (prior.attempts if prior else 0) + 1
+        last = first + (job.retries or 0)
+        outcome = Outcome(AttemptStatus.ERROR, error="not started")
+        attempt = first
+        try:
+            for attempt in range(first, last + 1):
+                self._set_state(job.name, TaskState.RUNNING, attempt=attempt)
+                outcome = await self._attempt(job, attempt)
+                if outcome.status == AttemptStatus.DONE:
+                    value = self._read_return_value(job, attempt)
+                    self._set_state(job.name, TaskState.SUCCEEDED, attempt=attempt, return_value=value)
+                    return TaskState.SUCCEEDED
+                if attempt < last:
+                    delay = (job.retry_delay or 0.0) * (job.retry_backoff or 1.0) ** (attempt - first)
+                    await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            self._set_state(job.name, TaskState.CANCELLED, attempt=attempt, reason="the run was cancelled")
+            return TaskState.CANCELLED
+        reason = f"attempt {attempt} of {last - first + 1}: {outcome.status}"
+        if outcome.error:
+            reason += f": {outcome.error.splitlines()[0]}"
+        self._set_state(job.name, TaskState.FAILED, attempt=attempt, reason=reason)
+        return TaskState.FAILED
+
+    async def _attempt(self, job: Job, attempt: int) -> Outcome:
+        """One execution: start, wait (bounded by the timeout), and record how it ended."""
+        runner = self._runner_for(job)
+        log_path = self._log_dir / job.name / f"attempt-{attempt}.log"
+        spec = JobSpec(self.run_id, self.pipeline.name, job.name, attempt, job.image, job.args,
+                       self._env(job, attempt), log_path, pool=job.pool or "default",
+                       container_name=job.container_name)
+        started = now()
+        self._emit(AttemptStarted(self.run_id, job.name, attempt, started, log_path))
+        try:
+            handle = await runner.start(spec)
+        except RunnerError as exc:
+            outcome = Outcome(AttemptStatus.ERROR, None, str(exc))
+            self._emit(AttemptEnded(self.run_id, job.name, attempt, outcome.status, started, now(),
+                                    None, outcome.error, log_path))
+            return outcome
+        try:
+            outcome = await asyncio.wait_for(runner.wait(handle), job.timeout)
+        except TimeoutError:
+            await runner.cancel(handle)
+            outcome = Outcome(AttemptStatus.TIMEOUT, None, f"timed out after {job.timeout:g}s")
+        except asyncio.CancelledError:
+            await runner.cancel(handle)
+            self._emit(AttemptEnded(self.run_id, job.name, attempt, AttemptStatus.CANCELLED, started, now(),
+                                    None, "cancelled", log_path))
+            raise
+        error = outcome.error
+        if outcome.status != AttemptStatus.DONE:
+            tail = (await runner.logs(handle, LOG_TAIL_BYTES)).strip()
+            error = f"{error}\n{tail}" if tail else error
+        self._emit(AttemptEnded(self.run_id, job.name, attempt, outcome.status, started, now(),
+                                outcome.exit_code, error, log_path))
+        return Outcome(outcome.status, outcome.exit_code, error)
+
+    def _env(self, job: Job, attempt: int) -> dict[str, str]:
+        """The JOBGRAPH_* variables (Snowflake's SYSTEM$TASK_RUNTIME_INFO), then the job's own env."""
+        env = {
+            "JOBGRAPH_PIPELINE": self.pipeline.name,
+            "JOBGRAPH_RUN_ID": self.run_id,
+            "JOBGRAPH_TASK": job.name,
+            "JOBGRAPH_ATTEMPT": str(attempt),
+            "JOBGRAPH_SCHEDULED_TIME": self.scheduled_time.isoformat(),
+            "JOBGRAPH_RETURN_VALUE_FILE": str(self._return_value_path(job, attempt).resolve()),
+        }
+        values = {p: self._values[p] for p in job.after if p in self._values}
+        if values:
+            env["JOBGRAPH_PREDECESSOR_VALUES"] = json.dumps(values)
+        if isinstance(job, Finalizer):
+            env["JOBGRAPH_TASK_STATES"] = json.dumps({n: str(s) for n, s in self._states.items()})
+        return {**env, **job.env}
+
+    def _return_value_path(self, job: Job, attempt: int) -> Path:
+        return self._log_dir / job.name / f"attempt-{attempt}.return"
+
+    def _read_return_value(self, job: Job, attempt: int) -> str | None:
+        try:
+            with self._return_value_path(job, attempt).open("rb") as file:
+                data = file.read(RETURN_VALUE_MAX_BYTES)
+        except FileNotFoundError:
+            return None
+        value = data.decode("utf-8", errors="replace").rstrip("\n")
+        self._values[job.name] = value
+        return value
+
+    def _set_state(self, name: str, state: TaskState, attempt: int = 0, reason: str | None = None,
+                   return_value: str | None = None) -> None:
+        if state in TERMINAL_TASK_STATES:
+            self._states[name] = state
+        self._emit(TaskChanged(self.run_id, name, state, now(), attempt, reason, return_value))
+
+    def _pool_key(self, job: Job) -> str:
+        return (job.pool or "").casefold()
+
+    def _task_infos(self) -> tuple[TaskInfo, ...]:
+        infos = [TaskInfo(j.name, j.pool or "", j.image, j.after) for j in self.pipeline.jobs]
+        if self.pipeline.finalizer is not None:
+            f = self.pipeline.finalizer
+            infos.append(TaskInfo(f.name, "", f.image, (), is_finalizer=True))
+        return tuple(infos)
+
+    def _emit(self, event: Event) -> None:
+        for listener in self._listeners:
+            listener(event)

@@ -1,0 +1,1 @@
+"""Job programs shipped with jobgraph, runnable as `python -m jobgraph.jobs.NAME`."""

@@ -1,0 +1,97 @@
+"""The one small contract every backend implements: start a job, wait for it, read its logs, cancel it.
+
+Like httpx's transports: the engine picks a runner and never learns which backend it has. Runners know
+nothing of DAGs, retries or the store; they run one attempt of one job and say how it ended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from jobgraph.states import AttemptStatus
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a runner needs to run one attempt of one job."""
+
+    run_id: str
+    pipeline: str
+    task: str
+    attempt: int
+    image: str
+    args: tuple[str, ...]
+    env: Mapping[str, str]
+    log_path: Path
+    pool: str = "default"
+    cpu: float | None = None
+    memory: str | None = None
+    container_name: str | None = None
+    secrets: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended. `error` says why it did not end DONE, in words a person can act on."""
+
+    status: AttemptStatus
+    exit_code: int | None = None
+    error: str | None = None
+
+
+class Handle(Protocol):
+    """Whatever a runner needs to find its job again; the engine only passes it back."""
+
+
+class Runner(Protocol):
+    """A backend that runs job attempts.
+
+    Contract:
+    - `start` returns once the job is running, or raises RunnerError if it could not be started
+      (the engine records that as an ERROR attempt). stdout and stderr go to `spec.log_path`.
+    - `wait` returns the Outcome once the job has ended. It may be cancelled (asyncio) at any time;
+      cancelling `wait` does not stop the job: `cancel` does.
+    - `cancel` stops the job and everything it started, and returns once nothing of it is left.
+      Calling it on a job that already ended is harmless.
+    - `logs` returns the last `tail_bytes` of the job's output, for the error column.
+    - `aclose` releases the runner's own resources once the run is over.
+    """
+
+    async def start(self, spec: JobSpec) -> Handle:
+        """Start one attempt."""
+        ...
+
+    async def wait(self, handle: Handle) -> Outcome:
+        """Wait until the attempt ends."""
+        ...
+
+    async def logs(self, handle: Handle, tail_bytes: int) -> str:
+        """The end of the attempt's output."""
+        ...
+
+    async def cancel(self, handle: Handle) -> None:
+        """Stop the attempt and everything it started."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the runner's resources."""
+        ...
+
+
+def tail_of(path: Path, tail_bytes: int) -> str:
+    """The last bytes of a log file as text; runners that write logs to disk share this."""
+    try:
+        with path.open("rb") as file:
+            file.seek(0, 2)
+            size = file.tell()
+            file.seek(max(0, size - tail_bytes))
+            data = file.read()
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    if size > tail_bytes:
+        text = "..." + text[text.find("\n") + 1 :] if "\n" in text else "..." + text
+    return text

@@ -1,0 +1,265 @@
+"""The record of every run, job and attempt: written at each engine event, read by the CLI.
+
+It is an engine listener (`store(event)`), so the engine never imports SQLAlchemy, and every
+statement is a SQLAlchemy Core construct with bound parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, create_engine, event, insert, inspect, select, update
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.schema import CreateView
+
+from jobgraph.engine.events import AttemptEnded, AttemptStarted, Event, RunEnded, RunStarted, TaskChanged
+from jobgraph.errors import StoreError
+from jobgraph.states import AttemptStatus, RunState, TaskState
+from jobgraph.store.tables import VIEW_NAMES, attempts, metadata, runs, task_runs, view_selects
+
+DEFAULT_URL = "sqlite:///.jobgraph/jobgraph.db"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One graph run as stored."""
+
+    run_id: str
+    pipeline: str
+    state: RunState
+    run_attempt: int
+    started_at: datetime
+    finished_at: datetime | None
+    snapshot: str
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """One job of a run as stored."""
+
+    task: str
+    state: TaskState
+    attempts: int
+    pool: str
+    image: str
+    predecessors: tuple[str, ...]
+    is_finalizer: bool
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_secs: float | None
+    return_value: str | None
+    error_message: str | None
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One execution of a job as stored."""
+
+    task: str
+    attempt: int
+    status: AttemptStatus
+    exit_code: int | None
+    error: str | None
+    log_path: Path
+    started_at: datetime
+    finished_at: datetime | None
+    duration_secs: float | None
+
+
+def _utc(value: datetime) -> datetime:
+    """Naive UTC for storage, the same on every backend."""
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+class Store:
+    """A jobgraph store on any SQLAlchemy URL; SQLite (WAL) by default."""
+
+    def __init__(self, url: str = DEFAULT_URL) -> None:
+        self.url = url
+        self._engine = _open_engine(url)
+        self._connection: Connection | None = None
+        self._task_started: dict[tuple[str, str], datetime] = {}
+        try:
+            with self._engine.begin() as connection:
+                metadata.create_all(connection)
+                existing = set(inspect(connection).get_view_names())
+                for name, query in view_selects(connection.dialect).items():
+                    if name not in existing:
+                        connection.execute(CreateView(query, name))
+        except OperationalError as exc:
+            raise StoreError(f"cannot open the store at {url}: {exc.orig}") from None
+
+    @property
+    def _conn(self) -> Connection:
+        if self._connection is None:
+            self._connection = self._engine.connect()
+        return self._connection
+
+    def close(self) -> None:
+        """Close the connection and the engine's pool."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+        self._engine.dispose()
+
+    def __call__(self, event: Event) -> None:
+        """Record one engine event, in its own transaction, before the engine goes on."""
+        conn = self._conn
+        with conn.begin():
+            if isinstance(event, RunStarted):
+                self._run_started(conn, event)
+            elif isinstance(event, TaskChanged):
+                self._task_changed(conn, event)
+            elif isinstance(event, AttemptStarted):
+                conn.execute(insert(attempts).values(
+                    run_id=event.run_id, task=event.task, attempt=event.attempt,
+                    status=AttemptStatus.RUNNING.value, log_path=str(event.log_path),
+                    started_at=_utc(event.at), created_date=_utc(event.at)))
+            elif isinstance(event, AttemptEnded):
+                conn.execute(update(attempts).where(and_(
+                    attempts.c.run_id == event.run_id, attempts.c.task == event.task,
+                    attempts.c.attempt == event.attempt)).values(
+                    status=event.status.value, exit_code=event.exit_code, error=event.error,
+                    finished_at=_utc(event.at), created_date=_utc(event.at),
+                    duration_secs=(event.at - event.started_at).total_seconds()))
+            elif isinstance(event, RunEnded):
+                conn.execute(update(runs).where(runs.c.run_id == event.run_id).values(
+                    state=event.state.value, finished_at=_utc(event.at)))
+
+    def _run_started(self, conn: Connection, event: RunStarted) -> None:
+        if event.run_attempt > 1:
+            conn.execute(update(runs).where(runs.c.run_id == event.run_id).values(
+                state=RunState.RUNNING.value, run_attempt=event.run_attempt, finished_at=None,
+                snapshot=event.snapshot, pid=os.getpid(), host=socket.gethostname()))
+            conn.execute(update(task_runs).where(and_(
+                task_runs.c.run_id == event.run_id, task_runs.c.task.not_in(event.resumed))).values(
+                state=TaskState.PENDING.value, started_at=None, finished_at=None, duration_secs=None,
+                return_value=None, error_message=None))
+            return
+        conn.execute(insert(runs).values(
+            run_id=event.run_id, pipeline=event.pipeline, state=RunState.RUNNING.value,
+            run_attempt=event.run_attempt, started_at=_utc(event.at),
+            scheduled_time=_utc(event.scheduled_time), snapshot=event.snapshot,
+            pid=os.getpid(), host=socket.gethostname()))
+        conn.execute(insert(task_runs), [
+            {"run_id": event.run_id, "task": t.name, "state": TaskState.PENDING.value, "attempts": 0,
+             "pool": t.pool, "image": t.image, "predecessors": json.dumps(list(t.predecessors)),
+             "is_finalizer": t.is_finalizer}
+            for t in event.tasks
+        ])
+
+    def _task_changed(self, conn: Connection, event: TaskChanged) -> None:
+        key = (event.run_id, event.task)
+        values: dict[str, Any] = {"state": event.state.value}
+        if event.attempt:
+            values["attempts"] = event.attempt
+        if event.state == TaskState.RUNNING and key not in self._task_started:
+            self._task_started[key] = event.at
+            values["started_at"] = _utc(event.at)
+        if event.state in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED):
+            values["finished_at"] = _utc(event.at)
+            values["error_message"] = event.reason
+            values["return_value"] = event.return_value
+            started = self._task_started.pop(key, None)
+            if started is not None:
+                values["duration_secs"] = (event.at - started).total_seconds()
+        conn.execute(update(task_runs).where(and_(
+            task_runs.c.run_id == event.run_id, task_runs.c.task == event.task)).values(**values))
+
+    def runs(self, limit: int = 20, pipeline: str | None = None) -> list[RunRecord]:
+        """The newest runs first."""
+        query = select(runs).order_by(runs.c.started_at.desc()).limit(limit)
+        if pipeline is not None:
+            query = query.where(runs.c.pipeline == pipeline)
+        with self._engine.connect() as conn:
+            return [_run_record(row) for row in conn.execute(query).mappings()]
+
+    def run(self, run_id: str) -> RunRecord:
+        """One run, by its id or a unique prefix of it (as git takes short hashes)."""
+        if not run_id or len(run_id) > 36:
+            raise StoreError(f"no run with id {run_id!r}")
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(runs).where(runs.c.run_id.startswith(run_id, autoescape=True)).limit(2)
+            ).mappings().all()
+        if not rows:
+            raise StoreError(f"no run with id {run_id!r} in {self.url}")
+        if len(rows) > 1:
+            raise StoreError(f"run id {run_id!r} is ambiguous; give more of it")
+        return _run_record(rows[0])
+
+    def tasks(self, run_id: str) -> list[TaskRecord]:
+        """Every job of a run, in the order the run listed them."""
+        query = select(task_runs).where(task_runs.c.run_id == run_id)
+        with self._engine.connect() as conn:
+            return [TaskRecord(
+                task=row["task"], state=TaskState(row["state"]), attempts=row["attempts"], pool=row["pool"],
+                image=row["image"], predecessors=tuple(json.loads(row["predecessors"])),
+                is_finalizer=row["is_finalizer"], started_at=_aware(row["started_at"]),
+                finished_at=_aware(row["finished_at"]), duration_secs=row["duration_secs"],
+                return_value=row["return_value"], error_message=row["error_message"],
+            ) for row in conn.execute(query).mappings()]
+
+    def attempts(self, run_id: str, task: str | None = None) -> list[AttemptRecord]:
+        """Every attempt of a run (or of one of its jobs), oldest first."""
+        query = select(attempts).where(attempts.c.run_id == run_id).order_by(attempts.c.id)
+        if task is not None:
+            query = query.where(attempts.c.task == task)
+        with self._engine.connect() as conn:
+            return [AttemptRecord(
+                task=row["task"], attempt=row["attempt"], status=AttemptStatus(row["status"]),
+                exit_code=row["exit_code"], error=row["error"], log_path=Path(row["log_path"]),
+                started_at=_aware(row["started_at"]) or row["started_at"],
+                finished_at=_aware(row["finished_at"]), duration_secs=row["duration_secs"],
+            ) for row in conn.execute(query).mappings()]
+
+    def view(self, name: str, limit: int = 10) -> tuple[list[str], list[Sequence[Any]]]:
+        """Rows of one of the seed's views, newest first, as the quickstart queries them."""
+        if name not in VIEW_NAMES:
+            raise StoreError(f"no view named {name!r}; the views are {', '.join(VIEW_NAMES)}")
+        with self._engine.connect() as conn:
+            query = view_selects(conn.dialect)[name].subquery()
+            order = query.c.created_date if name == "jobs_run_stats" else query.c.query_start_time
+            result = conn.execute(select(query).order_by(order.desc(), *query.c).limit(limit))
+            return list(result.keys()), [tuple(row) for row in result]
+
+
+def _run_record(row: Any) -> RunRecord:
+    return RunRecord(
+        run_id=row["run_id"], pipeline=row["pipeline"], state=RunState(row["state"]),
+        run_attempt=row["run_attempt"], started_at=_aware(row["started_at"]) or row["started_at"],
+        finished_at=_aware(row["finished_at"]), snapshot=row["snapshot"],
+    )
+
+
+def _open_engine(url: str) -> Engine:
+    try:
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url)
+    except (ArgumentError, ImportError, ValueError) as exc:
+        raise StoreError(f"cannot use the store URL {url!r}: {exc}") from None
+    except OSError as exc:
+        raise StoreError(f"cannot create the store's folder for {url!r}: {exc.strerror}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets readers (history, the web page) read while a run writes; NORMAL sync is safe in WAL."""
+    cursor = dbapi_connection.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=10000"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
