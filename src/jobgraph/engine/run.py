@@ -112,7 +112,8 @@ class GraphRun:
         self._emit(RunStarted(
             self.run_id, self.pipeline.name, now(), self.scheduled_time, self._task_infos(),
             self.pipeline.model_dump_json(), self._run_attempt,
-            resumed=tuple(n for n, p in self._prior.items() if p.state == TaskState.SUCCEEDED),
+            resumed=tuple(n for n in self._dag.order if n in self._prior
+                          and self._prior[n].state == TaskState.SUCCEEDED),
         ))
         waiting: dict[str, int] = {}
         for name in self._dag.order:
@@ -232,9 +233,10 @@ class GraphRun:
         except asyncio.CancelledError:
             self._set_state(job.name, TaskState.CANCELLED, attempt=attempt, reason="the run was cancelled")
             return TaskState.CANCELLED
-        reason = f"attempt {attempt} of {last - first + 1}: {outcome.status}"
-        if outcome.error:
-            reason += f": {outcome.error.splitlines()[0]}"
+        reason = f"attempt {attempt - first + 1} of {last - first + 1} {outcome.status}"
+        lines = [line.strip() for line in (outcome.error or "").splitlines() if line.strip()]
+        if lines:
+            reason += f" ({lines[0]})" + (f": {lines[-1]}" if len(lines) > 1 else "")
         self._set_state(job.name, TaskState.FAILED, attempt=attempt, reason=reason)
         return TaskState.FAILED
 

@@ -106,6 +106,12 @@ class Store:
             self._connection = self._engine.connect()
         return self._connection
 
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Close the connection and the engine's pool."""
         if self._connection is not None:
@@ -230,7 +236,7 @@ class Store:
             raise StoreError(f"no view named {name!r}; the views are {', '.join(VIEW_NAMES)}")
         with self._engine.connect() as conn:
             query = view_selects(conn.dialect)[name].subquery()
-            order = query.c.created_date if name == "jobs_run_stats" else query.c.query_start_time
+            order = query.c.created_date if name == "jobs_run_stats" else query.c.completed_time
             result = conn.execute(select(query).order_by(order.desc(), *query.c).limit(limit))
             return list(result.keys()), [tuple(row) for row in result]
 

@@ -1,0 +1,33 @@
+"""The `jobgraph` command: each command parses, calls the library and renders; nothing more."""
+
+from __future__ import annotations
+
+import typer
+
+from jobgraph.cli import inspect, run, show
+
+app = typer.Typer(
+    name="jobgraph",
+    help="Run containerized jobs in parallel as a DAG from a config file.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.command()(inspect.validate)
+app.command()(inspect.graph)
+app.command()(inspect.schema)
+app.command()(run.run)
+app.command()(run.retry)
+app.command()(show.history)
+app.command()(show.show)
+app.command()(show.logs)
+app.command()(show.stats)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+__all__ = ["app", "main"]

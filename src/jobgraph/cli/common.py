@@ -1,0 +1,65 @@
+"""What every command shares: where the store and logs live, and how errors reach the user."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, ParamSpec, TextIO, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from jobgraph.errors import ConfigError, JobgraphError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _width(stream: TextIO) -> int | None:
+    """Rich's own width on a terminal; wide enough for the stats tables when piped or captured."""
+    return None if stream.isatty() else int(os.environ.get("COLUMNS", "200"))
+
+
+console = Console(highlight=False, width=_width(sys.stdout))
+errors = Console(stderr=True, highlight=False, width=_width(sys.stderr))
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 130
+
+StoreOption = Annotated[
+    str | None,
+    typer.Option("--store", envvar="JOBGRAPH_STORE", help="SQLAlchemy URL of the store "
+                 "[default: sqlite:///.jobgraph/jobgraph.db]", show_default=False),
+]
+
+
+def home() -> Path:
+    """jobgraph's folder for the default store and the logs: `.jobgraph` here, or JOBGRAPH_HOME."""
+    return Path(os.environ.get("JOBGRAPH_HOME", ".jobgraph"))
+
+
+def store_url(option: str | None) -> str:
+    """The --store URL, else the SQLite file in jobgraph's folder."""
+    return option or f"sqlite:///{home() / 'jobgraph.db'}"
+
+
+def reported(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn jobgraph's errors into a message on stderr and exit code 2: never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except ConfigError as exc:
+            for line in str(exc).splitlines():
+                errors.print(f"[red]error:[/red] {escape(line)}")
+            errors.print("nothing was run.")
+            raise typer.Exit(EXIT_INVALID) from None
+        except JobgraphError as exc:
+            errors.print(f"[red]error:[/red] {escape(str(exc))}")
+            raise typer.Exit(EXIT_INVALID) from None
+
+    return wrapper

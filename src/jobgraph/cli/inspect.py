@@ -1,0 +1,124 @@
+"""Commands that read a pipeline file without running it: validate, graph, schema."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from jobgraph.cli.common import console, reported
+from jobgraph.config import Pipeline, load
+from jobgraph.errors import ConfigError, Problem
+from jobgraph.graph import Dag
+
+FileArgument = Annotated[Path, typer.Argument(help="Pipeline file: native YAML/JSON, or the seed's jobconfig.json")]
+RunnerOption = Annotated[str | None, typer.Option("--runner", help="Run every job with this runner (local)")]
+
+
+class GraphFormat(StrEnum):
+    """Ways to print the DAG."""
+
+    table = "table"
+    dot = "dot"
+    mermaid = "mermaid"
+    json = "json"
+
+
+@reported
+def validate(file: FileArgument, runner: RunnerOption = None) -> None:
+    """Check a pipeline file; print every problem with its file, job and field. Runs nothing."""
+    pipeline = load(file, runner)
+    pools = sorted({job.pool or "" for job in pipeline.jobs})
+    final = f", finalizer '{pipeline.finalizer.name}'" if pipeline.finalizer else ""
+    console.print(f"{file}: ok: pipeline '{pipeline.name}', {len(pipeline.jobs)} jobs in "
+                  f"{len(pools)} pools ({', '.join(pools)}){final}")
+
+
+@reported
+def graph(
+    file: FileArgument,
+    output: Annotated[GraphFormat, typer.Option("--format", "-f", help="table, dot, mermaid or json")] = GraphFormat.table,
+    dependents: Annotated[str | None, typer.Option(
+        "--dependents", help="Only this job's dependents, recursively (Snowflake's task_dependents)")] = None,
+    runner: RunnerOption = None,
+) -> None:
+    """Show the DAG: levels, each job's predecessors, pool, image and retries."""
+    pipeline = load(file, runner)
+    dag = Dag.build((job.name, job.after) for job in pipeline.jobs)
+    names = list(dag.order)
+    if dependents is not None:
+        match = {n.casefold(): n for n in names}.get(dependents.strip().casefold())
+        if match is None:
+            raise ConfigError(str(file), [Problem(f"no job named '{dependents}'", field="--dependents")])
+        names = [match, *dag.descendants(match)]
+    if output == GraphFormat.dot:
+        console.print(_dot(pipeline, dag, names), markup=False)
+    elif output == GraphFormat.mermaid:
+        console.print(_mermaid(pipeline, dag, names), markup=False)
+    elif output == GraphFormat.json:
+        console.print_json(json.dumps(_as_json(pipeline, dag, names)))
+    else:
+        console.print(_table(pipeline, dag, names))
+
+
+def _levels(dag: Dag) -> dict[str, int]:
+    return {name: level for level, names in enumerate(dag.levels()) for name in names}
+
+
+def _table(pipeline: Pipeline, dag: Dag, names: list[str]) -> Table:
+    jobs = {job.name: job for job in pipeline.jobs}
+    level = _levels(dag)
+    table = Table(title=f"pipeline {pipeline.name}: {len(names)} jobs", title_justify="left")
+    for column in ("level", "job", "after", "pool", "image", "retries", "next"):
+        table.add_column(column, overflow="fold")
+    for name in sorted(names, key=lambda n: level[n]):
+        job = jobs[name]
+        table.add_row(str(level[name]), name, ", ".join(job.after) or "-", job.pool or "", job.image,
+                      str(job.retries), ", ".join(dag.successors[name]) or "-")
+    if pipeline.finalizer is not None:
+        f = pipeline.finalizer
+        table.add_row("last", f.name, "(every job)", "", f.image, str(f.retries), "-")
+    return table
+
+
+def _dot(pipeline: Pipeline, dag: Dag, names: list[str]) -> str:
+    lines = [f'digraph "{pipeline.name}" {{', "  rankdir=LR;"]
+    chosen = set(names)
+    for name in names:
+        lines.append(f'  "{name}";')
+        lines.extend(f'  "{p}" -> "{name}";' for p in dag.predecessors[name] if p in chosen)
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _mermaid(pipeline: Pipeline, dag: Dag, names: list[str]) -> str:
+    lines = ["flowchart LR"]
+    chosen = set(names)
+    for name in names:
+        edges = [p for p in dag.predecessors[name] if p in chosen]
+        lines.extend(f"  {p} --> {name}" for p in edges)
+        if not edges:
+            lines.append(f"  {name}")
+    return "\n".join(lines)
+
+
+def _as_json(pipeline: Pipeline, dag: Dag, names: list[str]) -> dict[str, object]:
+    jobs = {job.name: job for job in pipeline.jobs}
+    level = _levels(dag)
+    return {
+        "pipeline": pipeline.name,
+        "jobs": [
+            {"name": n, "after": list(jobs[n].after), "pool": jobs[n].pool, "image": jobs[n].image,
+             "retries": jobs[n].retries, "level": level[n], "next": list(dag.successors[n])}
+            for n in names
+        ],
+    }
+
+
+def schema() -> None:
+    """Print the JSON Schema of the native pipeline form, for editors and CI checks."""
+    console.print_json(json.dumps(Pipeline.model_json_schema()))

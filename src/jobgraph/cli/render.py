@@ -1,0 +1,121 @@
+"""What a person sees while a run runs: a live table on a terminal, one plain line per event otherwise.
+
+The view is an engine listener like the store; it never reads the store.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from jobgraph.engine.events import AttemptEnded, Event, RunEnded, RunStarted, TaskChanged
+from jobgraph.states import AttemptStatus, RunState, TaskState
+
+STYLES = {
+    TaskState.PENDING: "dim", TaskState.QUEUED: "cyan", TaskState.RUNNING: "yellow",
+    TaskState.SUCCEEDED: "green", TaskState.FAILED: "bold red", TaskState.SKIPPED: "magenta",
+    TaskState.CANCELLED: "red", RunState.SUCCEEDED: "bold green", RunState.FAILED: "bold red",
+    RunState.CANCELLED: "bold red", RunState.RUNNING: "yellow",
+}
+
+
+def styled(state: str) -> Text:
+    """A state name in its colour."""
+    return Text(str(state), style=STYLES.get(state, ""))  # type: ignore[call-overload]
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds as a short human duration."""
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+@dataclass
+class _Row:
+    state: TaskState = TaskState.PENDING
+    attempt: int = 0
+    started: float | None = None
+    ended: float | None = None
+    note: str = ""
+    pool: str = ""
+
+
+@dataclass
+class RunView:
+    """Listener that shows each job's state, attempt and time as the run goes."""
+
+    console: Console
+    rows: dict[str, _Row] = field(default_factory=dict)
+    run_id: str = ""
+    pipeline: str = ""
+    state: RunState = RunState.RUNNING
+    _live: Live | None = None
+
+    def __enter__(self) -> RunView:
+        if self.console.is_terminal:
+            self._live = Live(self, console=self.console, refresh_per_second=8, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+            self._live = None
+
+    def __call__(self, event: Event) -> None:
+        """Update the table, or print a line when the output is not a terminal."""
+        if isinstance(event, RunStarted):
+            self.run_id, self.pipeline = event.run_id, event.pipeline
+            for task in event.tasks:
+                self.rows[task.name] = _Row(pool=task.pool)
+            for name in event.resumed:
+                self.rows[name].state = TaskState.SUCCEEDED
+                self.rows[name].note = "kept from the previous attempt"
+            again = f" (attempt {event.run_attempt} of this run)" if event.run_attempt > 1 else ""
+            self._line(f"run {event.run_id} of {event.pipeline} started{again}: {len(event.tasks)} jobs")
+        elif isinstance(event, TaskChanged):
+            row = self.rows.setdefault(event.task, _Row())
+            row.state = event.state
+            row.attempt = event.attempt or row.attempt
+            if event.state == TaskState.RUNNING and row.started is None:
+                row.started = time.monotonic()
+            if event.state in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED):
+                row.ended = time.monotonic()
+                row.note = event.reason or (f"returned {event.return_value!r}" if event.return_value else "")
+            attempt = f" attempt {event.attempt}" if event.attempt else ""
+            reason = f": {event.reason}" if event.reason else ""
+            self._line(f"{event.task} {event.state}{attempt}{reason}")
+        elif isinstance(event, AttemptEnded) and event.status != AttemptStatus.DONE:
+            first = (event.error or "").splitlines()[0] if event.error else ""
+            self._line(f"{event.task} attempt {event.attempt} {event.status}: {first}")
+        elif isinstance(event, RunEnded):
+            self.state = event.state
+            self._line(f"run {event.run_id} {event.state}")
+
+    def _line(self, text: str) -> None:
+        if self._live is None:
+            stamp = datetime.now().strftime("%H:%M:%S")
+            self.console.print(f"{stamp} {escape(text)}")
+
+    def __rich__(self) -> Table:
+        """The live table: one row per job."""
+        table = Table(title=f"{self.pipeline}  run {self.run_id}", title_justify="left")
+        for column in ("job", "pool", "state", "attempt", "time", "note"):
+            table.add_column(column, overflow="fold" if column == "note" else "ellipsis")
+        clock = time.monotonic()
+        for name, row in self.rows.items():
+            elapsed = None if row.started is None else (row.ended or clock) - row.started
+            table.add_row(name, row.pool, styled(row.state), str(row.attempt or ""), duration(elapsed),
+                          row.note[:120])
+        return table

@@ -1,0 +1,90 @@
+"""Commands that run a pipeline: run, and retry of a run's failed, skipped and cancelled jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from jobgraph.cli.common import (
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_OK,
+    StoreOption,
+    console,
+    home,
+    reported,
+    store_url,
+)
+from jobgraph.cli.inspect import FileArgument, RunnerOption
+from jobgraph.cli.render import RunView
+from jobgraph.cli.show import tasks_table
+from jobgraph.config import Pipeline, check_pipeline, load
+from jobgraph.config.validate import runner_of
+from jobgraph.engine import GraphRun, PriorTask, RunResult
+from jobgraph.errors import StoreError
+from jobgraph.runners import make_runner
+from jobgraph.states import RunState, TaskState
+from jobgraph.store import Store
+
+EXIT_CODES = {RunState.SUCCEEDED: EXIT_OK, RunState.FAILED: EXIT_FAILED, RunState.CANCELLED: EXIT_CANCELLED}
+
+
+@reported
+def run(file: FileArgument, store: StoreOption = None, runner: RunnerOption = None) -> None:
+    """Run a pipeline once, now, with a live view; exit 0 if every job succeeded, 1 if not, 130 if cancelled."""
+    pipeline = load(file, runner)
+    with Store(store_url(store)) as records:
+        result = execute(pipeline, records, runner_of(pipeline, runner))
+    raise typer.Exit(EXIT_CODES[result.state])
+
+
+@reported
+def retry(
+    run_id: Annotated[str, typer.Argument(help="The run to retry (a unique prefix is enough)")],
+    store: StoreOption = None,
+    runner: RunnerOption = None,
+) -> None:
+    """Run again a run's failed, skipped and cancelled jobs, keeping what succeeded (EXECUTE TASK ... RETRY LAST)."""
+    with Store(store_url(store)) as records:
+        previous = records.run(run_id)
+        if previous.state == RunState.RUNNING:
+            raise StoreError(f"run {previous.run_id} is still running")
+        if previous.state == RunState.SUCCEEDED:
+            console.print(f"run {previous.run_id} succeeded: nothing to retry")
+            raise typer.Exit(EXIT_OK)
+        pipeline = check_pipeline(Pipeline.model_validate_json(previous.snapshot), f"run {previous.run_id}",
+                                  runner)
+        prior = {t.task: PriorTask(t.state, t.attempts, t.return_value) for t in records.tasks(previous.run_id)}
+        kept = sum(1 for p in prior.values() if p.state == TaskState.SUCCEEDED)
+        console.print(f"retrying run {previous.run_id}: keeping {kept} succeeded jobs")
+        result = execute(pipeline, records, runner_of(pipeline, runner), run_id=previous.run_id,
+                         prior=prior, run_attempt=previous.run_attempt + 1)
+    raise typer.Exit(EXIT_CODES[result.state])
+
+
+def execute(pipeline: Pipeline, records: Store, runner_name: str, run_id: str | None = None,
+            prior: dict[str, PriorTask] | None = None, run_attempt: int = 1) -> RunResult:
+    """Run the graph with the store and the live view listening; Ctrl-C and SIGTERM cancel it."""
+    runner = make_runner(runner_name, pipeline, cwd=Path.cwd())
+    with RunView(console) as view:
+        graph_run = GraphRun(pipeline, lambda _job: runner, [records, view], home() / "logs",
+                             run_id=run_id, prior=prior, run_attempt=run_attempt)
+
+        async def main() -> RunResult:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, graph_run.cancel)
+            try:
+                return await graph_run.run()
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+                await runner.aclose()
+
+        result = asyncio.run(main())
+    console.print(tasks_table(records.tasks(result.run_id), title=f"run {result.run_id}: {result.state}"))
+    return result

@@ -1,0 +1,125 @@
+"""Commands that read the store: history, show, logs, and the seed's two tables (stats)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from jobgraph.cli.common import StoreOption, console, reported, store_url
+from jobgraph.cli.render import duration, styled
+from jobgraph.errors import StoreError
+from jobgraph.store import Store, TaskRecord
+from jobgraph.store.tables import VIEW_NAMES
+
+RunIdArgument = Annotated[str, typer.Argument(help="A run id (a unique prefix is enough)")]
+
+
+def tasks_table(tasks: list[TaskRecord], title: str) -> Table:
+    """One row per job of a run: state, attempts, timing, return value or error."""
+    table = Table(title=title, title_justify="left")
+    for column in ("job", "state", "attempts", "started", "duration", "return value / error"):
+        table.add_column(column, overflow="fold")
+    for task in tasks:
+        started = task.started_at.strftime("%Y-%m-%d %H:%M:%S") if task.started_at else ""
+        note = task.error_message or task.return_value or ""
+        table.add_row(task.task, styled(task.state), str(task.attempts), started,
+                      duration(task.duration_secs), escape(note.splitlines()[0] if note else ""))
+    return table
+
+
+@reported
+def history(
+    limit: Annotated[int, typer.Option(help="How many runs")] = 20,
+    pipeline: Annotated[str | None, typer.Option(help="Only this pipeline's runs")] = None,
+    store: StoreOption = None,
+) -> None:
+    """List recent runs, newest first."""
+    with Store(store_url(store)) as records:
+        table = Table(title="runs", title_justify="left")
+        for column in ("run id", "pipeline", "state", "attempt", "started (UTC)", "duration", "jobs"):
+            table.add_column(column)
+        for run in records.runs(limit, pipeline):
+            counts = Counter(str(t.state) for t in records.tasks(run.run_id))
+            took = (run.finished_at - run.started_at).total_seconds() if run.finished_at else None
+            table.add_row(run.run_id, run.pipeline, styled(run.state), str(run.run_attempt),
+                          run.started_at.strftime("%Y-%m-%d %H:%M:%S"), duration(took),
+                          ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
+        console.print(table)
+
+
+@reported
+def show(run_id: RunIdArgument, store: StoreOption = None) -> None:
+    """Show one run: every job's state, and every attempt with its status and error."""
+    with Store(store_url(store)) as records:
+        run = records.run(run_id)
+        console.print(tasks_table(records.tasks(run.run_id),
+                                  title=f"run {run.run_id} of {run.pipeline}: {run.state}"))
+        table = Table(title="attempts", title_justify="left")
+        for column in ("job", "attempt", "status", "exit", "duration", "error"):
+            table.add_column(column, overflow="fold")
+        for attempt in records.attempts(run.run_id):
+            error = (attempt.error or "").strip()
+            table.add_row(attempt.task, str(attempt.attempt), str(attempt.status),
+                          "" if attempt.exit_code is None else str(attempt.exit_code),
+                          duration(attempt.duration_secs), escape(error[-400:]))
+        console.print(table)
+
+
+@reported
+def logs(
+    run_id: RunIdArgument,
+    job: Annotated[str, typer.Argument(help="The job's name")],
+    attempt: Annotated[int | None, typer.Option(help="Which attempt [default: the last]")] = None,
+    store: StoreOption = None,
+) -> None:
+    """Print the full output of one attempt of a job."""
+    with Store(store_url(store)) as records:
+        run = records.run(run_id)
+        attempts = [a for a in records.attempts(run.run_id) if a.task.casefold() == job.strip().casefold()]
+        if not attempts:
+            raise StoreError(f"run {run.run_id} has no attempt of a job named {job!r}")
+        chosen = attempts[-1] if attempt is None else next((a for a in attempts if a.attempt == attempt), None)
+        if chosen is None:
+            numbers = ", ".join(str(a.attempt) for a in attempts)
+            raise StoreError(f"job {attempts[0].task} has no attempt {attempt} (it has {numbers})")
+        try:
+            text = chosen.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            raise StoreError(f"the log file {chosen.log_path} is gone") from None
+        console.print(f"# {chosen.task} attempt {chosen.attempt}: {chosen.status} ({chosen.log_path})",
+                      style="dim", markup=False)
+        console.out(text, end="", highlight=False)
+
+
+@reported
+def stats(
+    view: Annotated[str, typer.Argument(help=f"{' or '.join(VIEW_NAMES)}")],
+    limit: Annotated[int, typer.Option(help="How many rows")] = 10,
+    store: StoreOption = None,
+) -> None:
+    """Print the seed's tables: jobs_run_stats (one row per attempt) or task_logging_stats (per job)."""
+    with Store(store_url(store)) as records:
+        columns, rows = records.view(view.strip().lower(), limit)
+        table = Table(title=f"select top {limit} * from {view}", title_justify="left")
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*(escape(_cell(value)) for value in row))
+        console.print(table)
+
+
+def _cell(value: object) -> str:
+    """One line per cell: times to the second, errors folded onto one line and cut short."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    text = " | ".join(line.strip() for line in str(value).strip().splitlines() if line.strip())
+    return text if len(text) <= 160 else text[:157] + "..."
