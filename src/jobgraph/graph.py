@@ -35,12 +35,12 @@ class Dag:
         return cls(order, predecessors, {n: tuple(s) for n, s in successors.items()}, rank)
 
     def levels(self) -> list[list[str]]:
-        """Jobs grouped by depth: level 0 has no predecessor, level n runs after something in n-1."""
+        """Jobs grouped by depth, each level in file order: level 0 has no predecessor, level n runs after n-1."""
         depth: dict[str, int] = {}
         for name in self.order:
             depth[name] = 1 + max((depth[p] for p in self.predecessors[name]), default=-1)
         grouped: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
-        for name in self.order:
+        for name in self.predecessors:
             grouped[depth[name]].append(name)
         return grouped
 

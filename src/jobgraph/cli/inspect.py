@@ -41,7 +41,9 @@ def validate(file: FileArgument, runner: RunnerOption = None) -> None:
 @reported
 def graph(
     file: FileArgument,
-    output: Annotated[GraphFormat, typer.Option("--format", "-f", help="table, dot, mermaid or json")] = GraphFormat.table,
+    output: Annotated[GraphFormat, typer.Option("--format", "-f", help="table, dot, mermaid or json")] = (
+        GraphFormat.table
+    ),
     dependents: Annotated[str | None, typer.Option(
         "--dependents", help="Only this job's dependents, recursively (Snowflake's task_dependents)")] = None,
     runner: RunnerOption = None,

@@ -1,7 +1,8 @@
-"""Read a pipeline file (native YAML/JSON or the seed's bare array) into a validated Pipeline, or say exactly why not."""
+"""Read a pipeline file (native YAML/JSON or the seed's bare array) into a validated Pipeline, or say why not."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,8 @@ def load(path: str | Path, runner: str | None = None) -> Pipeline:
         data["jobs"] = list(_as_list(data.get("jobs", []), file, "jobs"))
         for included in _included_files(data.get("jobs_from"), file):
             data["jobs"].extend(seed_jobs(_read_array(included), included))
+        if not data["jobs"]:
+            raise ConfigError(str(file), [Problem("the list of jobs is empty", field="jobs")])
     else:
         raise ConfigError(
             str(file),
@@ -66,8 +69,9 @@ def read_document(file: Path) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         message = f"invalid YAML: {exc.problem or exc}"
-        line, column = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
-        raise ConfigError(name, [Problem(message, line=line, column=column)]) from None
+        if mark is None:
+            raise ConfigError(name, [Problem(message)]) from None
+        raise ConfigError(name, [Problem(message, line=mark.line + 1, column=mark.column + 1)]) from None
     except yaml.YAMLError as exc:
         raise ConfigError(name, [Problem(f"invalid YAML: {exc}")]) from None
 
@@ -86,7 +90,7 @@ def seed_jobs(document: list[Any], file: Path) -> list[dict[str, Any]]:
             jobs.append(SeedTask.model_validate(item).to_job())
         except ValidationError as exc:
             label = _job_label(item, "task_name", index)
-            problems.extend(_problems(exc, lambda loc, label=label: (label, loc)))
+            problems.extend(_problems(exc, functools.partial(_in_job, label)))
     if problems:
         raise ConfigError(str(file), problems)
     return jobs
@@ -106,6 +110,10 @@ def _validate(data: dict[str, Any], file: Path) -> Pipeline:
             return None, loc
 
         raise ConfigError(str(file), _problems(exc, locate)) from None
+
+
+def _in_job(label: str, loc: tuple[Any, ...]) -> tuple[str | None, tuple[Any, ...]]:
+    return label, loc
 
 
 Locate = Callable[[tuple[Any, ...]], tuple[str | None, tuple[Any, ...]]]

@@ -30,7 +30,7 @@ from jobgraph.engine.events import (
 )
 from jobgraph.errors import RunnerError
 from jobgraph.graph import Dag
-from jobgraph.runners.base import JobSpec, Outcome, Runner
+from jobgraph.runners.base import AnyRunner, JobSpec, Outcome
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
 
 LOG_TAIL_BYTES = 4096
@@ -76,7 +76,7 @@ class GraphRun:
     def __init__(
         self,
         pipeline: Pipeline,
-        runner_for: Callable[[Job], Runner],
+        runner_for: Callable[[Job], AnyRunner],
         listeners: Sequence[Listener],
         log_dir: Path,
         run_id: str | None = None,

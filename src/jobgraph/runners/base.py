@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from jobgraph.states import AttemptStatus
 
@@ -42,11 +42,11 @@ class Outcome:
     error: str | None = None
 
 
-class Handle(Protocol):
-    """Whatever a runner needs to find its job again; the engine only passes it back."""
+H = TypeVar("H")
+"""A runner's handle type: whatever it needs to find its job again; the engine only passes it back."""
 
 
-class Runner(Protocol):
+class Runner(Protocol[H]):
     """A backend that runs job attempts.
 
     Contract:
@@ -60,19 +60,19 @@ class Runner(Protocol):
     - `aclose` releases the runner's own resources once the run is over.
     """
 
-    async def start(self, spec: JobSpec) -> Handle:
+    async def start(self, spec: JobSpec) -> H:
         """Start one attempt."""
         ...
 
-    async def wait(self, handle: Handle) -> Outcome:
+    async def wait(self, handle: H) -> Outcome:
         """Wait until the attempt ends."""
         ...
 
-    async def logs(self, handle: Handle, tail_bytes: int) -> str:
+    async def logs(self, handle: H, tail_bytes: int) -> str:
         """The end of the attempt's output."""
         ...
 
-    async def cancel(self, handle: Handle) -> None:
+    async def cancel(self, handle: H) -> None:
         """Stop the attempt and everything it started."""
         ...
 
@@ -95,3 +95,7 @@ def tail_of(path: Path, tail_bytes: int) -> str:
     if size > tail_bytes:
         text = "..." + text[text.find("\n") + 1 :] if "\n" in text else "..." + text
     return text
+
+
+AnyRunner = Runner[Any]
+"""What the engine holds: a runner of any backend."""

@@ -7,6 +7,7 @@ whole group, and once the job's main process has exited any child it left in the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -90,10 +91,8 @@ class LocalRunner:
         """SIGTERM the group, give it `kill_grace` seconds, then SIGKILL it; reap the main process."""
         if handle.popen.poll() is None:
             _kill_group(handle.pgid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(_exited(handle.popen), self._kill_grace)
-            except TimeoutError:
-                pass
         _kill_group(handle.pgid, signal.SIGKILL)
         handle.popen.wait()
         _kill_group(handle.pgid, signal.SIGKILL)
@@ -103,10 +102,8 @@ class LocalRunner:
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 async def _exited(popen: subprocess.Popen[bytes]) -> None:

@@ -1,0 +1,182 @@
+"""Pipeline files: the seed's array as is, the native form, and a clear message for every bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from jobgraph.config import load
+from jobgraph.config.seed import SEED_QUERY
+from jobgraph.errors import ConfigError
+from tests.conftest import SEED, WritePipeline, sh
+
+IMAGE = "/tutorial_db/data_schema/tutorial_repository/my_job_image:latest"
+
+
+def test_seed_array_is_read_as_the_seed_writes_it() -> None:
+    pipeline = load(SEED / "jobconfig.json", runner="none")
+    jobs = {job.name: job for job in pipeline.jobs}
+    assert list(jobs) == [f"t_myjob_{i}" for i in range(1, 7)]
+    assert pipeline.name == "jobconfig"
+    assert jobs["t_myjob_1"].after == ()
+    assert jobs["t_myjob_6"].after == ("t_myjob_3", "t_myjob_4", "t_myjob_5")
+    assert jobs["t_myjob_3"].retries == 2 and jobs["t_myjob_4"].retries == 1
+    assert jobs["t_myjob_3"].pool == "PR_STD_POOL_S"
+    assert jobs["t_myjob_3"].args == (SEED_QUERY, "--result_table=results_3")
+    assert jobs["t_myjob_3"].container_name == "myjob_3"
+    assert jobs["t_myjob_3"].image == IMAGE
+
+
+def test_seed_pipeline_adds_pools_and_images_around_the_array() -> None:
+    pipeline = load(SEED / "pipeline.yaml")
+    assert pipeline.name == "root_task"
+    assert pipeline.pool_size("PR_STD_POOL_XS") == 1 and pipeline.pool_size("pr_std_pool_s") == 2
+    assert pipeline.images[IMAGE][:3] == ("python", "-m", "jobgraph.jobs.sql")
+
+
+def test_names_are_case_insensitive_and_trimmed(tmp_path: Path) -> None:
+    seed = [
+        {"task_name": "t_myjob_3", "image_name": "img", "after_task_name": "ROOT_TASK"},
+        {"task_name": "t_last", "image_name": "img", "after_task_name": " T_MYJOB_3 ,t_myjob_3"},
+    ]
+    path = tmp_path / "jobconfig.json"
+    path.write_text(json.dumps(seed))
+    jobs = {job.name: job for job in load(path, runner="none").jobs}
+    assert jobs["t_last"].after == ("t_myjob_3",)
+
+
+def test_native_form_with_defaults_and_durations(write_pipeline: WritePipeline) -> None:
+    path = write_pipeline({
+        "defaults": {"retries": 2, "retry_delay": "1m30s", "timeout": "2h", "pool_size": 3},
+        "pools": {"small": {"max_parallel": 1}},
+        "jobs": [sh("a", "true"), sh("b", "true", after=["a"], pool="SMALL", retries=0, timeout=5)],
+        "finalizer": {"image": "sh", "args": ["true"]},
+    })
+    pipeline = load(path)
+    a, b = pipeline.jobs
+    assert (a.retries, a.retry_delay, a.timeout, a.pool) == (2, 90.0, 7200.0, "default")
+    assert (b.retries, b.timeout, b.pool) == (0, 5.0, "small")
+    assert pipeline.pool_size("default") == 3 and pipeline.pool_size("small") == 1
+    assert pipeline.finalizer is not None and pipeline.finalizer.name == "finalizer"
+
+
+def test_jobs_from_includes_a_seed_array(write_pipeline: WritePipeline, tmp_path: Path) -> None:
+    (tmp_path / "jobs.json").write_text(json.dumps(
+        [{"task_name": "seeded", "image_name": "sh", "after_task_name": "root_task", "retry_count": 1}]))
+    path = write_pipeline({"jobs_from": "jobs.json", "jobs": [sh("native", "true", after=["SEEDED"])]})
+    jobs = {job.name: job for job in load(path).jobs}
+    assert jobs["native"].after == ("seeded",) and jobs["seeded"].retries == 1
+
+
+def _problem(path: Path, runner: str | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load(path, runner)
+    message = str(caught.value)
+    assert message.startswith(str(path)), message
+    return message
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("", "the file is empty"),
+    ("   \n", "the file is empty"),
+    ('[{"task_name": "a",', ":1:20: invalid JSON"),
+    ("[\n  {\"task_name\": \"a\" \"image_name\": 1}\n]", ":2:21: invalid JSON: Expecting ',' delimiter"),
+    ('"just a string"', "must hold a list of jobs (seed form) or a mapping (native form), not a string"),
+    ("42", "not a int"),
+    ("[]", "the list of jobs is empty"),
+    ("[1]", "job '#1': each job must be a mapping, not a int"),
+])
+def test_bad_json_documents(tmp_path: Path, content: str, expected: str) -> None:
+    path = tmp_path / "jobconfig.json"
+    path.write_text(content)
+    assert expected in _problem(path)
+
+
+def test_not_utf8_names_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "jobconfig.json"
+    path.write_bytes(b'[\n {"task_name": "caf\xe9"}]')
+    assert ":2:20: is not UTF-8 text (byte 0xe9)" in _problem(path)
+
+
+def test_invalid_yaml_names_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("name: p\njobs:\n  - name: a\n   image: [x\n")
+    assert ":4:" in _problem(path) and "invalid YAML" in _problem(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert "no such file" in _problem(tmp_path / "nope.yaml")
+
+
+SEED_JOB = {"task_name": "t1", "image_name": "img", "after_task_name": "root_task"}
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"retry_count": -1}, "job 't1', field 'retry_count': Input should be greater than or equal to 0 (got -1)"),
+    ({"retry_count": 10**30}, "field 'retry_count': Input should be less than or equal to 100"),
+    ({"retry_count": 1.5}, "field 'retry_count': Input should be a valid integer"),
+    ({"retry_count": "2"}, "field 'retry_count': Input should be a valid integer"),
+    ({"retry_count": True}, "field 'retry_count': Input should be a valid integer"),
+    ({"task_name": "t1; drop table runs"}, "field 'task_name': 't1; drop table runs' is not a valid name"),
+    ({"task_name": "x' OR '1'='1"}, "is not a valid name"),
+    ({"task_name": ""}, "field 'task_name': a name may not be empty"),
+    ({"task_name": 7}, "field 'task_name': expected a name (a string), got int"),
+    ({"after_task_name": "a,,b"}, "job 't1', field 'after_task_name.1': a name may not be empty"),
+    ({"after_task_name": "t1"}, "job 't1', field 'after': a job cannot run after itself"),
+    ({"after_task_name": "ghost"}, "job 't1', field 'after': unknown predecessor 'ghost'"),
+    ({"table_name": "results; drop"}, "field 'table_name'"),
+    ({"retry_cout": 1}, "job 't1', field 'retry_cout': unknown field"),
+])
+def test_bad_seed_fields_name_the_job_and_field(tmp_path: Path, changes: dict[str, object], expected: str) -> None:
+    path = tmp_path / "jobconfig.json"
+    path.write_text(json.dumps([{**SEED_JOB, **changes}]))
+    assert expected in _problem(path, runner="none")
+
+
+def test_missing_seed_field(tmp_path: Path) -> None:
+    path = tmp_path / "jobconfig.json"
+    path.write_text(json.dumps([{"task_name": "t1", "image_name": "img"}]))
+    assert "job 't1', field 'after_task_name': is required" in _problem(path, runner="none")
+
+
+def test_duplicate_names_case_insensitive(tmp_path: Path) -> None:
+    path = tmp_path / "jobconfig.json"
+    path.write_text(json.dumps([SEED_JOB, {**SEED_JOB, "task_name": "T1"}]))
+    assert "job 'T1', field 'name': duplicate name: 't1' is already defined" in _problem(path, runner="none")
+
+
+def test_cycle_prints_its_path(write_pipeline: WritePipeline) -> None:
+    path = write_pipeline({"jobs": [sh("a", "true", after=["c"]), sh("b", "true", after=["a"]),
+                                    sh("c", "true", after=["b"]), sh("d", "true")]})
+    message = _problem(path)
+    assert "the jobs form a cycle: " in message
+    cycle = message.split("cycle: ")[1].split(" -> ")
+    assert cycle[0] == cycle[-1] and sorted(set(cycle)) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(("document", "expected"), [
+    ({"jobs": []}, "field 'jobs': the list of jobs is empty"),
+    ({"jobs": "a"}, "field 'jobs': must be a list of jobs, not a string"),
+    ({"jobs": [{"name": "a"}]}, "job 'a', field 'image': is required"),
+    ({"jobs": [sh("a", "true", retries=101)]}, "job 'a', field 'retries': Input should be less than or equal to 100"),
+    ({"jobs": [sh("a", "true", timeout="soon")]}, "job 'a', field 'timeout': 'soon' is not a duration"),
+    ({"jobs": [sh("a", "true", after=[""])]}, "job 'a', field 'after.0': a name may not be empty"),
+    ({"jobs": [sh("a", "true", trigger_rule="sometimes")]}, "job 'a', field 'trigger_rule'"),
+    ({"jobs": [sh("a", "true", env={"A": 1})]}, "job 'a', field 'env.A': Input should be a valid string"),
+    ({"jobs": [{"name": "a", "image": "nomap"}]}, "job 'a', field 'image': image 'nomap' has no command in 'images'"),
+    ({"name": "bad name", "jobs": [sh("a", "true")]}, "field 'name': 'bad name' is not a valid name"),
+    ({"pools": {"p": {"max_parallel": 0}}, "jobs": [sh("a", "true")]}, "field 'pools.p.max_parallel'"),
+    ({"jobs": [sh("a", "true")], "finalizer": {"image": "sh", "after": ["a"]}},
+     "job 'finalizer': the finalizer runs after every job; it takes no 'after'"),
+])
+def test_bad_native_fields(write_pipeline: WritePipeline, document: dict[str, object], expected: str) -> None:
+    assert expected in _problem(write_pipeline(document))
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "jobconfig.json"
+    path.write_text(json.dumps([{**SEED_JOB, "retry_count": -1}, {**SEED_JOB, "task_name": "t 2"}]))
+    message = _problem(path, runner="none")
+    assert "job 't1', field 'retry_count'" in message and "field 'task_name': 't 2' is not a valid name" in message

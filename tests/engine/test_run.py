@@ -1,0 +1,196 @@
+"""One graph run with real processes: order, pools, skips, retries, timeouts, cancel, finalizer, values."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobgraph.config import Pipeline
+from jobgraph.config.validate import check_pipeline
+from jobgraph.engine import AttemptEnded, Event, GraphRun, PriorTask, RunResult, TaskChanged
+from jobgraph.runners import LocalRunner
+from jobgraph.states import AttemptStatus, RunState, TaskState
+from tests.conftest import process_alive, sh
+
+
+def make(jobs: list[dict[str, Any]], **fields: Any) -> Pipeline:
+    document = {"name": "p", "images": {"sh": ["sh", "-c"]}, "jobs": jobs, **fields}
+    return check_pipeline(Pipeline.model_validate(document), "test")
+
+
+def execute(pipeline: Pipeline, tmp_path: Path, **kwargs: Any) -> tuple[RunResult, list[Event]]:
+    events: list[Event] = []
+    runner = LocalRunner(pipeline.images, cwd=tmp_path, kill_grace=1.0)
+    graph_run = GraphRun(pipeline, lambda _job: runner, [events.append], tmp_path / "logs", **kwargs)
+    return asyncio.run(graph_run.run()), events
+
+
+def states(events: list[Event], task: str) -> list[str]:
+    return [e.state for e in events if isinstance(e, TaskChanged) and e.task == task]
+
+
+def test_jobs_run_after_their_predecessors(tmp_path: Path) -> None:
+    order = tmp_path / "order"
+    pipeline = make([sh(n, f"echo {n} >> {order}", after=a) for n, a in
+                     [("a", []), ("b", ["a"]), ("c", ["a"]), ("d", ["b", "c"])]])
+    result, _ = execute(pipeline, tmp_path)
+    lines = order.read_text().split()
+    assert result.state == RunState.SUCCEEDED
+    assert lines[0] == "a" and lines[-1] == "d" and sorted(lines[1:3]) == ["b", "c"]
+
+
+def test_a_pool_caps_how_many_jobs_run_at_once(tmp_path: Path) -> None:
+    log = tmp_path / "spans"
+    script = f"echo start $(date +%s%N) >> {log}; sleep 0.3; echo end $(date +%s%N) >> {log}"
+    pipeline = make([sh(f"j{i}", script, pool="two") for i in range(5)], pools={"two": {"max_parallel": 2}})
+    execute(pipeline, tmp_path)
+    running, peak = 0, 0
+    for _, kind in sorted((int(t), k) for k, t in (line.split() for line in log.read_text().splitlines())):
+        running += 1 if kind == "start" else -1
+        peak = max(peak, running)
+    assert peak == 2
+
+
+def test_longest_remaining_path_starts_first(tmp_path: Path) -> None:
+    order = tmp_path / "order"
+    jobs = [sh("short", f"echo short >> {order}"), sh("long1", f"echo long1 >> {order}"),
+            sh("long2", "true", after=["long1"]), sh("long3", "true", after=["long2"])]
+    execute(make(jobs, pools={"one": {"max_parallel": 1}}, defaults={"pool": "one"}), tmp_path)
+    assert order.read_text().split() == ["long1", "short"]
+
+
+def test_a_failure_skips_dependents_and_names_the_predecessor(tmp_path: Path) -> None:
+    pipeline = make([sh("bad", "echo broken >&2; exit 3"), sh("next", "true", after=["bad"]),
+                     sh("after_next", "true", after=["next"]), sh("fine", "true")])
+    result, events = execute(pipeline, tmp_path)
+    assert result.state == RunState.FAILED
+    assert result.tasks == {"bad": "FAILED", "next": "SKIPPED", "after_next": "SKIPPED", "fine": "SUCCEEDED"}
+    skip = next(e for e in events if isinstance(e, TaskChanged) and e.task == "next" and e.state == "SKIPPED")
+    assert skip.reason == "predecessor not succeeded: bad FAILED"
+    ended = next(e for e in events if isinstance(e, AttemptEnded) and e.task == "bad")
+    assert ended.exit_code == 3 and ended.error is not None and "broken" in ended.error
+
+
+def test_all_done_runs_anyway_like_the_seed(tmp_path: Path) -> None:
+    result, _ = execute(make([sh("bad", "exit 1"), sh("anyway", "true", after=["bad"], trigger_rule="all_done")]),
+                        tmp_path)
+    assert result.tasks["anyway"] == TaskState.SUCCEEDED and result.state == RunState.FAILED
+
+
+def test_retries_until_success_with_every_attempt_recorded(tmp_path: Path) -> None:
+    counter = tmp_path / "count"
+    script = f"echo x >> {counter}; test $(wc -l < {counter}) -ge 3"
+    result, events = execute(make([sh("flaky", script, retries=5, retry_delay=0.05, retry_backoff=2)]), tmp_path)
+    attempts = [(e.attempt, e.status) for e in events if isinstance(e, AttemptEnded)]
+    assert attempts == [(1, "FAILED"), (2, "FAILED"), (3, "DONE")]
+    assert result.tasks["flaky"] == TaskState.SUCCEEDED
+
+
+def test_retries_run_out(tmp_path: Path) -> None:
+    _result, events = execute(make([sh("bad", "exit 1", retries=2)]), tmp_path)
+    assert [e.attempt for e in events if isinstance(e, AttemptEnded)] == [1, 2, 3]
+    failed = next(e for e in events if isinstance(e, TaskChanged) and e.state == "FAILED")
+    assert failed.reason == "attempt 3 of 3 FAILED (exit code 1)"
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    script = f"sleep 60 & echo $! >> {pids}; echo $$ >> {pids}; wait"
+    result, events = execute(make([sh("slow", script, timeout=0.5)]), tmp_path)
+    ended = next(e for e in events if isinstance(e, AttemptEnded))
+    assert ended.status == AttemptStatus.TIMEOUT and ended.error is not None
+    assert ended.error.startswith("timed out after 0.5s")
+    assert result.tasks["slow"] == TaskState.FAILED
+    for pid in map(int, pids.read_text().split()):
+        assert not process_alive(pid), f"process {pid} survived the timeout"
+
+
+def test_children_left_behind_by_a_finished_job_are_killed(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    execute(make([sh("leaky", f"sleep 60 & echo $! > {pids}")]), tmp_path)
+    assert not process_alive(int(pids.read_text()))
+
+
+def test_cancel_stops_running_jobs_and_still_runs_the_finalizer(tmp_path: Path) -> None:
+    pids, final = tmp_path / "pids", tmp_path / "final"
+    pipeline = make([sh("slow", f"echo $$ >> {pids}; sleep 60"), sh("later", "true", after=["slow"])],
+                    finalizer={"image": "sh", "args": [f'echo "$JOBGRAPH_TASK_STATES" > {final}']})
+    events: list[Event] = []
+    runner = LocalRunner(pipeline.images, cwd=tmp_path, kill_grace=1.0)
+    graph_run = GraphRun(pipeline, lambda _job: runner, [events.append], tmp_path / "logs")
+
+    async def main() -> RunResult:
+        task = asyncio.create_task(graph_run.run())
+        while not pids.exists():
+            await asyncio.sleep(0.02)
+        graph_run.cancel()
+        return await task
+
+    result = asyncio.run(main())
+    assert result.state == RunState.CANCELLED
+    assert result.tasks["slow"] == TaskState.CANCELLED and result.tasks["later"] == TaskState.CANCELLED
+    assert not process_alive(int(pids.read_text()))
+    assert json.loads(final.read_text()) == {"slow": "CANCELLED", "later": "CANCELLED"}
+    assert [e.status for e in events if isinstance(e, AttemptEnded) and e.task == "slow"] == ["CANCELLED"]
+
+
+def test_finalizer_runs_last_even_after_a_failure(tmp_path: Path) -> None:
+    order = tmp_path / "order"
+    pipeline = make([sh("bad", f"echo bad >> {order}; exit 1")],
+                    finalizer={"name": "GET_GRAPH_STATS", "image": "sh", "args": [f"echo final >> {order}"]})
+    result, _ = execute(pipeline, tmp_path)
+    assert order.read_text().split() == ["bad", "final"]
+    assert result.tasks["GET_GRAPH_STATS"] == TaskState.SUCCEEDED and result.state == RunState.FAILED
+
+
+def test_environment_and_return_values_reach_dependents(tmp_path: Path) -> None:
+    seen = tmp_path / "seen"
+    pipeline = make([
+        sh("first", 'printf "%s" "42 rows" > "$JOBGRAPH_RETURN_VALUE_FILE"'),
+        sh("second", f'env | grep ^JOBGRAPH_ | sort > {seen}; echo "$GREETING" >> {seen}',
+           after=["first"], env={"GREETING": "hello"}),
+    ])
+    _result, events = execute(pipeline, tmp_path, run_id="run-1")
+    env = dict(line.split("=", 1) for line in seen.read_text().splitlines() if "=" in line)
+    assert env["JOBGRAPH_PIPELINE"] == "p" and env["JOBGRAPH_RUN_ID"] == "run-1"
+    assert env["JOBGRAPH_TASK"] == "second" and env["JOBGRAPH_ATTEMPT"] == "1"
+    assert env["JOBGRAPH_SCHEDULED_TIME"].startswith("20")
+    assert env["JOBGRAPH_RETURN_VALUE_FILE"].endswith("second/attempt-1.return")
+    assert json.loads(env["JOBGRAPH_PREDECESSOR_VALUES"]) == {"first": "42 rows"}
+    assert seen.read_text().splitlines()[-1] == "hello"
+    done = next(e for e in events if isinstance(e, TaskChanged) and e.task == "first" and e.state == "SUCCEEDED")
+    assert done.return_value == "42 rows"
+
+
+def test_a_missing_command_is_an_error_attempt_and_is_retried(tmp_path: Path) -> None:
+    pipeline = Pipeline.model_validate({"name": "p", "images": {"x": ["/no/such/program"]},
+                                        "jobs": [{"name": "a", "image": "x", "retries": 1}]})
+    result, events = execute(pipeline, tmp_path)
+    ended = [e for e in events if isinstance(e, AttemptEnded)]
+    assert [e.status for e in ended] == [AttemptStatus.ERROR, AttemptStatus.ERROR]
+    assert ended[0].error == "cannot start '/no/such/program': No such file or directory"
+    assert result.tasks["a"] == TaskState.FAILED
+
+
+def test_a_retry_keeps_what_succeeded_and_numbers_attempts_on(tmp_path: Path) -> None:
+    order = tmp_path / "order"
+    pipeline = make([sh("ok", f"echo ok >> {order}"), sh("again", f"echo again >> {order}", after=["ok"])])
+    prior = {"ok": PriorTask(TaskState.SUCCEEDED, 1, "v"), "again": PriorTask(TaskState.FAILED, 3)}
+    result, events = execute(pipeline, tmp_path, prior=prior, run_attempt=2)
+    assert order.read_text().split() == ["again"]
+    assert [e.attempt for e in events if isinstance(e, AttemptEnded)] == [4]
+    assert result.state == RunState.SUCCEEDED
+    assert states(events, "ok") == []
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_children() -> None:
+    """Every test here must leave no child process of the test runner behind."""
+    yield  # type: ignore[misc]
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+    assert [c for c in children if process_alive(int(c))] == []

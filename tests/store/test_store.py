@@ -1,0 +1,80 @@
+"""The store: the seed's two views with the seed's columns, bound parameters, a record at every event."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+from jobgraph.config import Pipeline
+from jobgraph.config.validate import check_pipeline
+from jobgraph.engine import Event, GraphRun
+from jobgraph.runners import LocalRunner
+from jobgraph.store import Store
+from jobgraph.store.tables import VIEW_NAMES
+
+SEED_JOBS_RUN_STATS = ["root_task_name", "task_name", "job_status", "graph_run_id", "graph_start_time",
+                       "errors", "created_date"]
+SEED_TASK_LOGGING_STATS = ["graph_run_group_id", "name", "state", "return_value", "query_start_time",
+                           "completed_time", "duration_in_secs", "error_message"]
+
+
+def run_into(store: Store, tmp_path: Path, jobs: list[dict[str, object]], extra: list | None = None) -> str:
+    pipeline = check_pipeline(Pipeline.model_validate(
+        {"name": "root_task", "images": {"sh": ["sh", "-c"]}, "jobs": jobs}), "test")
+    runner = LocalRunner(pipeline.images, cwd=tmp_path)
+    listeners = [store, *(extra or [])]
+    result = asyncio.run(GraphRun(pipeline, lambda _j: runner, listeners, tmp_path / "logs").run())
+    return result.run_id
+
+
+def test_views_have_the_seeds_columns(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    run_id = run_into(store, tmp_path, [
+        {"name": "ok", "image": "sh", "args": ['printf 7 > "$JOBGRAPH_RETURN_VALUE_FILE"']},
+        {"name": "bad", "image": "sh", "args": ["echo \"it's 'broken'; drop table runs\" >&2; exit 4"], "retries": 1},
+        {"name": "never", "image": "sh", "args": ["true"], "after": ["bad"]},
+    ])
+    columns, rows = store.view("jobs_run_stats", limit=10)
+    assert columns[:7] == SEED_JOBS_RUN_STATS and columns[7:] == ["attempt", "exit_code", "duration_secs"]
+    by_attempt = {(r[1], r[7]): r for r in rows}
+    assert set(by_attempt) == {("ok", 1), ("bad", 1), ("bad", 2)}
+    bad = by_attempt[("bad", 2)]
+    assert bad[0] == "root_task" and bad[2] == "FAILED" and bad[3] == run_id and bad[8] == 4
+    assert "it's 'broken'; drop table runs" in bad[5]
+
+    columns, rows = store.view("task_logging_stats", limit=10)
+    assert columns == SEED_TASK_LOGGING_STATS
+    by_name = {r[1]: r for r in rows}
+    assert by_name["ok"][2] == "SUCCEEDED" and by_name["ok"][3] == "7" and by_name["ok"][0] == run_id
+    assert len(by_name["ok"][4]) == len("YYYY-MM-DD HH:MM:SS") and isinstance(by_name["ok"][6], int)
+    assert by_name["bad"][2] == "FAILED" and "exit code 4" in by_name["bad"][7]
+    assert by_name["never"][2] == "SKIPPED" and by_name["never"][4] is None
+    store.close()
+
+    raw = sqlite3.connect(tmp_path / "db.sqlite")
+    assert raw.execute("select count(*) from runs").fetchone() == (1,)
+    for view in VIEW_NAMES:
+        assert raw.execute(f"select count(*) from {view}").fetchone()[0] >= 3
+
+
+def test_a_record_is_written_at_every_state_change(tmp_path: Path) -> None:
+    """Each event is committed before the engine goes on: another connection sees it at once."""
+    path = tmp_path / "db.sqlite"
+    store = Store(f"sqlite:///{path}")
+    seen: list[tuple[str, int]] = []
+
+    def reader(_event: Event) -> None:
+        with sqlite3.connect(path) as other:
+            seen.append(other.execute("select coalesce(group_concat(state), '') from task_runs").fetchone()[0])
+
+    run_into(store, tmp_path, [{"name": "a", "image": "sh", "args": ["true"]}], extra=[reader])
+    assert seen == ["PENDING", "QUEUED", "RUNNING", "RUNNING", "RUNNING", "SUCCEEDED", "SUCCEEDED"]
+
+
+def test_runs_are_found_by_a_unique_prefix(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    run_id = run_into(store, tmp_path, [{"name": "a", "image": "sh", "args": ["true"]}])
+    assert store.run(run_id[:8]).run_id == run_id
+    assert [t.task for t in store.tasks(run_id)] == ["a"]
+    assert [a.status for a in store.attempts(run_id)] == ["DONE"]
