@@ -6,12 +6,12 @@ The view is an engine listener like the store; it never reads the store.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from rich.console import Console
 from rich.live import Live
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -104,18 +104,28 @@ class RunView:
             self._line(f"run {event.run_id} {event.state}")
 
     def _line(self, text: str) -> None:
+        """Plain output: written straight to the stream, since rich's rendering per line is slow at scale."""
         if self._live is None:
-            stamp = datetime.now().strftime("%H:%M:%S")
-            self.console.print(f"{stamp} {escape(text)}")
+            self.console.file.write(f"{datetime.now():%H:%M:%S} {text}\n")
 
     def __rich__(self) -> Table:
-        """The live table: one row per job."""
-        table = Table(title=f"{self.pipeline}  run {self.run_id}", title_justify="left")
+        """The live table: running jobs first, then the rest, cut to the screen with a count of what is hidden."""
+        counts = Counter(row.state for row in self.rows.values())
+        summary = ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items()))
+        table = Table(title=f"{self.pipeline}  run {self.run_id}  ({summary})", title_justify="left")
         for column in ("job", "pool", "state", "attempt", "time", "note"):
             table.add_column(column, overflow="fold" if column == "note" else "ellipsis")
+        room = max(5, self.console.height - 8)
+        rows = sorted(self.rows.items(), key=lambda item: _ORDER.get(item[1].state, 9))
         clock = time.monotonic()
-        for name, row in self.rows.items():
+        for name, row in rows[:room]:
             elapsed = None if row.started is None else (row.ended or clock) - row.started
             table.add_row(name, row.pool, styled(row.state), str(row.attempt or ""), duration(elapsed),
                           row.note[:120])
+        if len(rows) > room:
+            table.add_row(f"... {len(rows) - room} more", "", "", "", "", "")
         return table
+
+
+_ORDER = {TaskState.RUNNING: 0, TaskState.FAILED: 1, TaskState.QUEUED: 2, TaskState.CANCELLED: 3,
+          TaskState.SKIPPED: 4, TaskState.SUCCEEDED: 5, TaskState.PENDING: 6}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +30,9 @@ from jobgraph.errors import StoreError
 from jobgraph.runners import make_runner
 from jobgraph.states import RunState, TaskState
 from jobgraph.store import Store
+
+SUMMARY_ROWS = 40
+"""Past this many jobs, the closing summary lists only the jobs that did not succeed."""
 
 EXIT_CODES = {RunState.SUCCEEDED: EXIT_OK, RunState.FAILED: EXIT_FAILED, RunState.CANCELLED: EXIT_CANCELLED}
 
@@ -86,5 +90,12 @@ def execute(pipeline: Pipeline, records: Store, runner_name: str, run_id: str | 
                 await runner.aclose()
 
         result = asyncio.run(main())
-    console.print(tasks_table(records.tasks(result.run_id), title=f"run {result.run_id}: {result.state}"))
+    tasks = records.tasks(result.run_id)
+    title = f"run {result.run_id}: {result.state}"
+    if len(tasks) > SUMMARY_ROWS:
+        counts = Counter(str(t.state).lower() for t in tasks)
+        title += " (" + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + ")"
+        tasks = [t for t in tasks if t.state != TaskState.SUCCEEDED][:SUMMARY_ROWS]
+        title += f"; jobs that did not succeed: {len(tasks)}" if tasks else ""
+    console.print(tasks_table(tasks, title=title))
     return result

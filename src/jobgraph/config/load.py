@@ -16,6 +16,9 @@ from jobgraph.config.seed import SeedTask
 from jobgraph.config.validate import check_pipeline
 from jobgraph.errors import ConfigError, Problem
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader when PyYAML was built with it: ten times faster on big files."""
+
 
 def load(path: str | Path, runner: str | None = None) -> Pipeline:
     """The one entry point: parse, convert the seed form, validate fields, then names and the graph."""
@@ -65,7 +68,7 @@ def read_document(file: Path) -> Any:
         except json.JSONDecodeError as exc:
             raise ConfigError(name, [Problem(f"invalid JSON: {exc.msg}", line=exc.lineno, column=exc.colno)]) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_YAML_LOADER)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         message = f"invalid YAML: {exc.problem or exc}"

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, create_engine, event, insert, inspect, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, create_engine, event, insert, inspect, select, update
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.schema import CreateView
 
@@ -25,6 +25,14 @@ from jobgraph.states import AttemptStatus, RunState, TaskState
 from jobgraph.store.tables import VIEW_NAMES, attempts, metadata, runs, task_runs, view_selects
 
 DEFAULT_URL = "sqlite:///.jobgraph/jobgraph.db"
+
+_INSERT_ATTEMPT = insert(attempts)
+_UPDATE_ATTEMPT = update(attempts).where(and_(
+    attempts.c.run_id == bindparam("k_run"), attempts.c.task == bindparam("k_task"),
+    attempts.c.attempt == bindparam("k_attempt")))
+_UPDATE_TASK = update(task_runs).where(and_(
+    task_runs.c.run_id == bindparam("k_run"), task_runs.c.task == bindparam("k_task")))
+_UPDATE_RUN = update(runs).where(runs.c.run_id == bindparam("k_run"))
 
 
 @dataclass(frozen=True)
@@ -120,7 +128,11 @@ class Store:
         self._engine.dispose()
 
     def __call__(self, event: Event) -> None:
-        """Record one engine event, in its own transaction, before the engine goes on."""
+        """Record one engine event, in its own transaction, before the engine goes on.
+
+        The statements are built once (module constants) and take their values as bound parameters,
+        so a write costs a SQLite commit and little more: this is the engine's hot path.
+        """
         conn = self._conn
         with conn.begin():
             if isinstance(event, RunStarted):
@@ -128,20 +140,19 @@ class Store:
             elif isinstance(event, TaskChanged):
                 self._task_changed(conn, event)
             elif isinstance(event, AttemptStarted):
-                conn.execute(insert(attempts).values(
-                    run_id=event.run_id, task=event.task, attempt=event.attempt,
-                    status=AttemptStatus.RUNNING.value, log_path=str(event.log_path),
-                    started_at=_utc(event.at), created_date=_utc(event.at)))
+                conn.execute(_INSERT_ATTEMPT, {
+                    "run_id": event.run_id, "task": event.task, "attempt": event.attempt,
+                    "status": AttemptStatus.RUNNING.value, "log_path": str(event.log_path),
+                    "started_at": _utc(event.at), "created_date": _utc(event.at)})
             elif isinstance(event, AttemptEnded):
-                conn.execute(update(attempts).where(and_(
-                    attempts.c.run_id == event.run_id, attempts.c.task == event.task,
-                    attempts.c.attempt == event.attempt)).values(
-                    status=event.status.value, exit_code=event.exit_code, error=event.error,
-                    finished_at=_utc(event.at), created_date=_utc(event.at),
-                    duration_secs=(event.at - event.started_at).total_seconds()))
+                conn.execute(_UPDATE_ATTEMPT, {
+                    "k_run": event.run_id, "k_task": event.task, "k_attempt": event.attempt,
+                    "status": event.status.value, "exit_code": event.exit_code, "error": event.error,
+                    "finished_at": _utc(event.at), "created_date": _utc(event.at),
+                    "duration_secs": (event.at - event.started_at).total_seconds()})
             elif isinstance(event, RunEnded):
-                conn.execute(update(runs).where(runs.c.run_id == event.run_id).values(
-                    state=event.state.value, finished_at=_utc(event.at)))
+                conn.execute(_UPDATE_RUN, {"k_run": event.run_id, "state": event.state.value,
+                                           "finished_at": _utc(event.at)})
 
     def _run_started(self, conn: Connection, event: RunStarted) -> None:
         if event.run_attempt > 1:
@@ -180,8 +191,7 @@ class Store:
             started = self._task_started.pop(key, None)
             if started is not None:
                 values["duration_secs"] = (event.at - started).total_seconds()
-        conn.execute(update(task_runs).where(and_(
-            task_runs.c.run_id == event.run_id, task_runs.c.task == event.task)).values(**values))
+        conn.execute(_UPDATE_TASK, {"k_run": event.run_id, "k_task": event.task, **values})
 
     def runs(self, limit: int = 20, pipeline: str | None = None) -> list[RunRecord]:
         """The newest runs first."""
