@@ -16,7 +16,7 @@ IMAGE = "/tutorial_db/data_schema/tutorial_repository/my_job_image:latest"
 
 
 def test_seed_array_is_read_as_the_seed_writes_it() -> None:
-    pipeline = load(SEED / "jobconfig.json", runner="none")
+    pipeline = load(SEED / "jobconfig.json", runner="podman")
     jobs = {job.name: job for job in pipeline.jobs}
     assert list(jobs) == [f"t_myjob_{i}" for i in range(1, 7)]
     assert pipeline.name == "jobconfig"
@@ -43,7 +43,7 @@ def test_names_are_case_insensitive_and_trimmed(tmp_path: Path) -> None:
     ]
     path = tmp_path / "jobconfig.json"
     path.write_text(json.dumps(seed))
-    jobs = {job.name: job for job in load(path, runner="none").jobs}
+    jobs = {job.name: job for job in load(path, runner="podman").jobs}
     assert jobs["t_last"].after == ("t_myjob_3",)
 
 
@@ -132,19 +132,19 @@ SEED_JOB = {"task_name": "t1", "image_name": "img", "after_task_name": "root_tas
 def test_bad_seed_fields_name_the_job_and_field(tmp_path: Path, changes: dict[str, object], expected: str) -> None:
     path = tmp_path / "jobconfig.json"
     path.write_text(json.dumps([{**SEED_JOB, **changes}]))
-    assert expected in _problem(path, runner="none")
+    assert expected in _problem(path, runner="podman")
 
 
 def test_missing_seed_field(tmp_path: Path) -> None:
     path = tmp_path / "jobconfig.json"
     path.write_text(json.dumps([{"task_name": "t1", "image_name": "img"}]))
-    assert "job 't1', field 'after_task_name': is required" in _problem(path, runner="none")
+    assert "job 't1', field 'after_task_name': is required" in _problem(path, runner="podman")
 
 
 def test_duplicate_names_case_insensitive(tmp_path: Path) -> None:
     path = tmp_path / "jobconfig.json"
     path.write_text(json.dumps([SEED_JOB, {**SEED_JOB, "task_name": "T1"}]))
-    assert "job 'T1', field 'name': duplicate name: 't1' is already defined" in _problem(path, runner="none")
+    assert "job 'T1', field 'name': duplicate name: 't1' is already defined" in _problem(path, runner="podman")
 
 
 def test_cycle_prints_its_path(write_pipeline: WritePipeline) -> None:
@@ -178,5 +178,5 @@ def test_bad_native_fields(write_pipeline: WritePipeline, document: dict[str, ob
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     path = tmp_path / "jobconfig.json"
     path.write_text(json.dumps([{**SEED_JOB, "retry_count": -1}, {**SEED_JOB, "task_name": "t 2"}]))
-    message = _problem(path, runner="none")
+    message = _problem(path, runner="podman")
     assert "job 't1', field 'retry_count'" in message and "field 'task_name': 't 2' is not a valid name" in message

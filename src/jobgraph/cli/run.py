@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections import Counter
 from pathlib import Path
@@ -23,11 +24,10 @@ from jobgraph.cli.common import (
 from jobgraph.cli.inspect import FileArgument, RunnerOption
 from jobgraph.cli.render import RunView
 from jobgraph.cli.show import tasks_table
-from jobgraph.config import Pipeline, check_pipeline, load
-from jobgraph.config.validate import runner_of
+from jobgraph.config import Job, Pipeline, check_pipeline, load
 from jobgraph.engine import GraphRun, PriorTask, RunResult
-from jobgraph.errors import StoreError
-from jobgraph.runners import make_runner
+from jobgraph.errors import ConfigError, Problem, StoreError
+from jobgraph.runners import AnyRunner, make_runner
 from jobgraph.states import RunState, TaskState
 from jobgraph.store import Store
 
@@ -42,7 +42,7 @@ def run(file: FileArgument, store: StoreOption = None, runner: RunnerOption = No
     """Run a pipeline once, now, with a live view; exit 0 if every job succeeded, 1 if not, 130 if cancelled."""
     pipeline = load(file, runner)
     with Store(store_url(store)) as records:
-        result = execute(pipeline, records, runner_of(pipeline, runner))
+        result = execute(pipeline, records, runner)
     raise typer.Exit(EXIT_CODES[result.state])
 
 
@@ -65,18 +65,26 @@ def retry(
         prior = {t.task: PriorTask(t.state, t.attempts, t.return_value) for t in records.tasks(previous.run_id)}
         kept = sum(1 for p in prior.values() if p.state == TaskState.SUCCEEDED)
         console.print(f"retrying run {previous.run_id}: keeping {kept} succeeded jobs")
-        result = execute(pipeline, records, runner_of(pipeline, runner), run_id=previous.run_id,
+        result = execute(pipeline, records, runner, run_id=previous.run_id,
                          prior=prior, run_attempt=previous.run_attempt + 1)
     raise typer.Exit(EXIT_CODES[result.state])
 
 
-def execute(pipeline: Pipeline, records: Store, runner_name: str, run_id: str | None = None,
+def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run_id: str | None = None,
             prior: dict[str, PriorTask] | None = None, run_attempt: int = 1) -> RunResult:
     """Run the graph with the store and the live view listening; Ctrl-C and SIGTERM cancel it."""
-    runner = make_runner(runner_name, pipeline, cwd=Path.cwd())
+    secrets = _secrets(pipeline)
+    runners: dict[str, AnyRunner] = {}
+
+    def runner_for(job: Job) -> AnyRunner:
+        name = runner_override or job.runner or "local"
+        if name not in runners:
+            runners[name] = make_runner(name, pipeline, cwd=Path.cwd())
+        return runners[name]
+
     with RunView(console) as view:
-        graph_run = GraphRun(pipeline, lambda _job: runner, [records, view], home() / "logs",
-                             run_id=run_id, prior=prior, run_attempt=run_attempt)
+        graph_run = GraphRun(pipeline, runner_for, [records, view], home() / "logs",
+                             run_id=run_id, prior=prior, run_attempt=run_attempt, secrets=secrets)
 
         async def main() -> RunResult:
             loop = asyncio.get_running_loop()
@@ -87,7 +95,8 @@ def execute(pipeline: Pipeline, records: Store, runner_name: str, run_id: str | 
             finally:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
-                await runner.aclose()
+                for runner in runners.values():
+                    await runner.aclose()
 
         result = asyncio.run(main())
     tasks = records.tasks(result.run_id)
@@ -99,3 +108,13 @@ def execute(pipeline: Pipeline, records: Store, runner_name: str, run_id: str | 
         title += f"; jobs that did not succeed: {len(tasks)}" if tasks else ""
     console.print(tasks_table(tasks, title=title))
     return result
+
+
+def _secrets(pipeline: Pipeline) -> dict[str, str]:
+    """The values of every job's `secrets`, from jobgraph's environment; a missing one stops the run."""
+    jobs = [*pipeline.jobs, *([pipeline.finalizer] if pipeline.finalizer else [])]
+    missing = [Problem(f"secret {name} is not set in jobgraph's environment", job=job.name, field="secrets")
+               for job in jobs for name in job.secrets if name not in os.environ]
+    if missing:
+        raise ConfigError(f"pipeline {pipeline.name}", missing)
+    return {name: os.environ[name] for job in jobs for name in job.secrets}

@@ -68,9 +68,43 @@ def _split_after(value: Any) -> Any:
 
 
 Name = Annotated[str, BeforeValidator(_require_str), AfterValidator(check_name)]
+RunnerName = Literal["local", "podman", "docker"]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Retries = Annotated[int, Field(strict=True, ge=0, le=MAX_RETRIES)]
 Command = Annotated[tuple[Annotated[str, Field(min_length=1)], ...], Field(min_length=1)]
+
+
+INSTANCE_FAMILIES: dict[str, tuple[float, int]] = {
+    "CPU_X64_XS": (1, 6 << 30),
+    "CPU_X64_S": (3, 13 << 30),
+    "CPU_X64_M": (6, 28 << 30),
+    "CPU_X64_L": (28, 116 << 30),
+    "HIGHMEM_X64_S": (6, 58 << 30),
+    "HIGHMEM_X64_M": (28, 240 << 30),
+    "HIGHMEM_X64_L": (124, 984 << 30),
+}
+"""Snowflake compute pool instance families: (vCPUs, memory) per node, as Snowflake documents them."""
+
+InstanceFamily = Literal[
+    "CPU_X64_XS", "CPU_X64_S", "CPU_X64_M", "CPU_X64_L", "HIGHMEM_X64_S", "HIGHMEM_X64_M", "HIGHMEM_X64_L"
+]
+
+_MEMORY = re.compile(r"(\d+)([kmg]?)b?", re.IGNORECASE)
+
+
+def memory_bytes(text: str) -> int:
+    """`512m` -> bytes, as container engines read memory limits."""
+    match = _MEMORY.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a memory size such as 512m or 6g")
+    return int(match[1]) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match[2].lower()]
+
+
+def check_memory(text: str) -> str:
+    """Memory sizes must parse and be at least 4 MiB (smaller limits make engines refuse to start)."""
+    if memory_bytes(text) < 4 << 20:
+        raise ValueError(f"{text!r} is too small: a container needs at least 4m")
+    return text
 
 
 class TriggerRule(StrEnum):
@@ -85,12 +119,20 @@ class _Model(BaseModel):
 
 
 class Pool(_Model):
-    """A compute pool: how many jobs run in it at once, and what each may use."""
+    """A compute pool: how many jobs run in it at once, and what each may use (container runners)."""
 
     max_parallel: int = Field(strict=True, ge=1, le=100_000)
-    instance_family: str | None = None
-    cpu: float | None = Field(default=None, gt=0)
-    memory: str | None = None
+    instance_family: InstanceFamily | None = Field(
+        default=None, description="Snowflake's instance family: sets cpu and memory as Snowflake publishes them")
+    cpu: float | None = Field(default=None, gt=0, le=1024, description="CPUs per job")
+    memory: Annotated[str, AfterValidator(check_memory)] | None = Field(
+        default=None, description="Memory per job: bytes, or a number with k, m, g (e.g. 512m, 6g)")
+
+    def limits(self) -> tuple[float | None, int | None]:
+        """(cpus, memory bytes) per job: explicit values first, else the instance family's."""
+        family_cpu, family_memory = INSTANCE_FAMILIES.get(self.instance_family or "", (None, None))
+        memory = memory_bytes(self.memory) if self.memory else family_memory
+        return self.cpu or family_cpu, memory
 
 
 class Defaults(_Model):
@@ -103,7 +145,7 @@ class Defaults(_Model):
     trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
     pool: Name = "default"
     pool_size: int = Field(default_factory=lambda: os.cpu_count() or 1, strict=True, ge=1, le=100_000)
-    runner: Literal["local"] = "local"
+    runner: RunnerName = "local"
 
 
 class Job(_Model):
@@ -123,6 +165,14 @@ class Job(_Model):
     container_name: str | None = Field(
         default=None, description="The seed's job_name: a prefix for the container or service name."
     )
+    runner: RunnerName | None = None
+    secrets: tuple[Name, ...] = Field(
+        default=(), description="Environment variables passed from jobgraph's own environment at run time; "
+        "their values are never stored and are redacted from logs and errors.")
+    volumes: dict[str, str] = Field(
+        default_factory=dict, description="Container runners: host path -> container path (append ':ro' to "
+        "the container path for read-only). Relative host paths are relative to the working directory.")
+    workdir: str | None = Field(default=None, description="Container runners: the working directory inside.")
 
 
 class Finalizer(Job):
@@ -173,7 +223,7 @@ class Pipeline(_Model):
 
 def _with_defaults(job: _J, defaults: Defaults) -> _J:
     update: dict[str, object] = {}
-    for field in ("retries", "retry_delay", "retry_backoff", "timeout", "trigger_rule", "pool"):
+    for field in ("retries", "retry_delay", "retry_backoff", "timeout", "trigger_rule", "pool", "runner"):
         if getattr(job, field) is None:
             update[field] = getattr(defaults, field)
     return job.model_copy(update=update) if update else job

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import graphlib
+from typing import get_args
 
-from jobgraph.config.model import Job, Pipeline
+from jobgraph.config.model import Job, Pipeline, RunnerName
 from jobgraph.errors import ConfigError, Problem
+
+RUNNER_NAMES: tuple[str, ...] = get_args(RunnerName)
 
 
 def check_pipeline(pipeline: Pipeline, file: str, runner: str | None = None) -> Pipeline:
@@ -42,10 +45,13 @@ def check_pipeline(pipeline: Pipeline, file: str, runner: str | None = None) -> 
         pool = pools.get((job.pool or "").casefold(), job.pool)
         jobs.append(job.model_copy(update={"after": tuple(after), "pool": pool}))
 
-    if runner_of(pipeline, runner) == "local":
+    if runner is not None and runner not in RUNNER_NAMES:
+        problems.append(Problem(f"unknown runner {runner!r}; the runners are {', '.join(RUNNER_NAMES)}",
+                                field="--runner"))
+    else:
         unmapped: dict[str, list[str]] = {}
         for job in everything:
-            if job.image not in pipeline.images:
+            if (runner or job.runner) == "local" and job.image not in pipeline.images:
                 unmapped.setdefault(job.image, []).append(job.name)
         for image, users in unmapped.items():
             others = f" (also used by {', '.join(users[1:])})" if len(users) > 1 else ""
@@ -61,11 +67,6 @@ def check_pipeline(pipeline: Pipeline, file: str, runner: str | None = None) -> 
         raise ConfigError(file, [Problem("the jobs form a cycle: " + " -> ".join(cycle), job=cycle[0],
                                          field="after")])
     return pipeline.model_copy(update={"jobs": tuple(jobs)})
-
-
-def runner_of(pipeline: Pipeline, override: str | None) -> str:
-    """The runner the jobs will use: the command line's choice, else the file's default."""
-    return override or pipeline.defaults.runner
 
 
 def find_cycle(jobs: list[Job]) -> list[str]:

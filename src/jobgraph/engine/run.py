@@ -30,7 +30,7 @@ from jobgraph.engine.events import (
 )
 from jobgraph.errors import RunnerError
 from jobgraph.graph import Dag
-from jobgraph.runners.base import AnyRunner, JobSpec, Outcome
+from jobgraph.runners.base import AnyRunner, JobSpec, Outcome, redact
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
 
 LOG_TAIL_BYTES = 4096
@@ -83,6 +83,7 @@ class GraphRun:
         scheduled_time: datetime | None = None,
         prior: Mapping[str, PriorTask] | None = None,
         run_attempt: int = 1,
+        secrets: Mapping[str, str] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.run_id = run_id or str(uuid.uuid4())
@@ -92,6 +93,8 @@ class GraphRun:
         self._log_dir = log_dir / self.run_id
         self._prior = prior or {}
         self._run_attempt = run_attempt
+        self._secrets = secrets or {}
+        self._limits = {name.casefold(): pool.limits() for name, pool in pipeline.pools.items()}
         self._jobs = {job.name: job for job in pipeline.jobs}
         self._dag = Dag.build((job.name, job.after) for job in pipeline.jobs)
         self._states: dict[str, TaskState] = {}
@@ -244,9 +247,12 @@ class GraphRun:
         """One execution: start, wait (bounded by the timeout), and record how it ended."""
         runner = self._runner_for(job)
         log_path = self._log_dir / job.name / f"attempt-{attempt}.log"
+        cpu, memory = self._limits.get(self._pool_key(job), (None, None))
+        secret_values = frozenset(self._secrets[name] for name in job.secrets if name in self._secrets)
         spec = JobSpec(self.run_id, self.pipeline.name, job.name, attempt, job.image, job.args,
-                       self._env(job, attempt), log_path, pool=job.pool or "default",
-                       container_name=job.container_name)
+                       self._env(job, attempt), log_path, pool=job.pool or "default", cpu=cpu,
+                       memory_bytes=memory, container_name=job.container_name, volumes=job.volumes,
+                       workdir=job.workdir, secret_values=secret_values)
         started = now()
         self._emit(AttemptStarted(self.run_id, job.name, attempt, started, log_path))
         try:
@@ -269,7 +275,7 @@ class GraphRun:
         error = outcome.error
         if outcome.status != AttemptStatus.DONE:
             tail = (await runner.logs(handle, LOG_TAIL_BYTES)).strip()
-            error = f"{error}\n{tail}" if tail else error
+            error = redact(f"{error}\n{tail}" if tail else error or "", secret_values) or None
         self._emit(AttemptEnded(self.run_id, job.name, attempt, outcome.status, started, now(),
                                 outcome.exit_code, error, log_path))
         return Outcome(outcome.status, outcome.exit_code, error)
@@ -289,7 +295,8 @@ class GraphRun:
             env["JOBGRAPH_PREDECESSOR_VALUES"] = json.dumps(values)
         if isinstance(job, Finalizer):
             env["JOBGRAPH_TASK_STATES"] = json.dumps({n: str(s) for n, s in self._states.items()})
-        return {**env, **job.env}
+        secrets = {name: self._secrets[name] for name in job.secrets if name in self._secrets}
+        return {**env, **job.env, **secrets}
 
     def _return_value_path(self, job: Job, attempt: int) -> Path:
         return self._log_dir / job.name / f"attempt-{attempt}.return"

@@ -28,9 +28,11 @@ class JobSpec:
     log_path: Path
     pool: str = "default"
     cpu: float | None = None
-    memory: str | None = None
+    memory_bytes: int | None = None
     container_name: str | None = None
-    secrets: frozenset[str] = field(default_factory=frozenset)
+    volumes: Mapping[str, str] = field(default_factory=dict)
+    workdir: str | None = None
+    secret_values: frozenset[str] = field(default_factory=frozenset)
 
 
 @dataclass(frozen=True)
@@ -99,3 +101,24 @@ def tail_of(path: Path, tail_bytes: int) -> str:
 
 AnyRunner = Runner[Any]
 """What the engine holds: a runner of any backend."""
+
+
+REDACTED = "***"
+
+
+def redact(text: str, secret_values: frozenset[str]) -> str:
+    """Hide secret values in text that is about to be stored or shown."""
+    for value in sorted(secret_values, key=len, reverse=True):
+        if value:
+            text = text.replace(value, REDACTED)
+    return text
+
+
+def redact_file(path: Path, secret_values: frozenset[str]) -> None:
+    """Rewrite a log file with secret values hidden (a no-op without secrets)."""
+    if not secret_values or not path.exists():
+        return
+    text = path.read_text(errors="replace")
+    cleaned = redact(text, secret_values)
+    if cleaned != text:
+        path.write_text(cleaned)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobgraph.errors import RunnerError
-from jobgraph.runners.base import JobSpec, Outcome, tail_of
+from jobgraph.runners.base import JobSpec, Outcome, redact_file, tail_of
 from jobgraph.states import AttemptStatus
 
 PYTHON_ALIASES = frozenset({"python", "python3"})
@@ -76,6 +76,7 @@ class LocalRunner:
         await _exited(handle.popen)
         code = handle.popen.wait()
         _kill_group(handle.pgid, signal.SIGKILL)
+        redact_file(handle.spec.log_path, handle.spec.secret_values)
         if code == 0:
             return Outcome(AttemptStatus.DONE, 0)
         if code < 0:
@@ -96,6 +97,7 @@ class LocalRunner:
         _kill_group(handle.pgid, signal.SIGKILL)
         handle.popen.wait()
         _kill_group(handle.pgid, signal.SIGKILL)
+        redact_file(handle.spec.log_path, handle.spec.secret_values)
 
     async def aclose(self) -> None:
         """Nothing to release: every process is reaped by wait or cancel."""
