@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Install what the tests need into .venv, then run the linters and the whole test suite.
+# Install what the tests need (.venv, Podman from Debian, locally built images), then run the linters
+# and the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
+echo "== podman and the images the container tests run"
+bash scripts/setup-podman.sh
+bash scripts/build-images.sh
 echo "== ruff"; "$VENV/bin/ruff" check src tests bench
 echo "== mypy"; "$VENV/bin/mypy"
 echo "== pytest"; "$VENV/bin/pytest" "$@"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from jobgraph.cli import inspect, run, show
+from jobgraph.cli import doctor, inspect, run, show
 
 app = typer.Typer(
     name="jobgraph",
@@ -23,6 +23,7 @@ app.command()(show.history)
 app.command()(show.show)
 app.command()(show.logs)
 app.command()(show.stats)
+app.command()(doctor.doctor)
 
 
 def main() -> None:

@@ -16,7 +16,9 @@ from jobgraph.errors import ConfigError, Problem
 from jobgraph.graph import Dag
 
 FileArgument = Annotated[Path, typer.Argument(help="Pipeline file: native YAML/JSON, or the seed's jobconfig.json")]
-RunnerOption = Annotated[str | None, typer.Option("--runner", help="Run every job with this runner: local, podman or docker")]
+RunnerOption = Annotated[
+    str | None, typer.Option("--runner", help="Run every job with this runner: local, podman or docker")
+]
 
 
 class GraphFormat(StrEnum):

@@ -79,7 +79,7 @@ def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run
     def runner_for(job: Job) -> AnyRunner:
         name = runner_override or job.runner or "local"
         if name not in runners:
-            runners[name] = make_runner(name, pipeline, cwd=Path.cwd())
+            runners[name] = make_runner(name, pipeline, home(), cwd=Path.cwd())
         return runners[name]
 
     with RunView(console) as view:

@@ -69,6 +69,7 @@ def _split_after(value: Any) -> Any:
 
 Name = Annotated[str, BeforeValidator(_require_str), AfterValidator(check_name)]
 RunnerName = Literal["local", "podman", "docker"]
+NetworkMode = Literal["none", "bridge", "host"]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Retries = Annotated[int, Field(strict=True, ge=0, le=MAX_RETRIES)]
 Command = Annotated[tuple[Annotated[str, Field(min_length=1)], ...], Field(min_length=1)]
@@ -146,6 +147,9 @@ class Defaults(_Model):
     pool: Name = "default"
     pool_size: int = Field(default_factory=lambda: os.cpu_count() or 1, strict=True, ge=1, le=100_000)
     runner: RunnerName = "local"
+    volumes: dict[str, str] = Field(default_factory=dict, description="Mounted into every job's container")
+    workdir: str | None = None
+    network: NetworkMode = "bridge"
 
 
 class Job(_Model):
@@ -173,6 +177,8 @@ class Job(_Model):
         default_factory=dict, description="Container runners: host path -> container path (append ':ro' to "
         "the container path for read-only). Relative host paths are relative to the working directory.")
     workdir: str | None = Field(default=None, description="Container runners: the working directory inside.")
+    network: NetworkMode | None = Field(
+        default=None, description="Container runners: 'none' (fastest start, no network), 'bridge' or 'host'")
 
 
 class Finalizer(Job):
@@ -198,7 +204,11 @@ class Pipeline(_Model):
     overlap: Literal["skip", "allow", "queue"] = "skip"
     suspend_after_failures: int | None = Field(default=None, strict=True, ge=1)
     pools: dict[Name, Pool] = Field(default_factory=dict)
-    images: dict[Annotated[str, Field(min_length=1)], Command] = Field(default_factory=dict)
+    images: dict[Annotated[str, Field(min_length=1)], Command] = Field(
+        default_factory=dict, description="Local runner: image -> the host command that stands for it")
+    container_images: dict[Annotated[str, Field(min_length=1)], Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=dict, description="Container runners: image named in a job -> the image to run "
+        "(e.g. the seed's registry path -> a locally built image)")
     defaults: Defaults = Field(default_factory=Defaults)
     jobs: tuple[Job, ...] = Field(min_length=1)
     jobs_from: str | list[str] | None = Field(
@@ -223,8 +233,11 @@ class Pipeline(_Model):
 
 def _with_defaults(job: _J, defaults: Defaults) -> _J:
     update: dict[str, object] = {}
-    for field in ("retries", "retry_delay", "retry_backoff", "timeout", "trigger_rule", "pool", "runner"):
+    for field in ("retries", "retry_delay", "retry_backoff", "timeout", "trigger_rule", "pool", "runner",
+                  "workdir", "network"):
         if getattr(job, field) is None:
             update[field] = getattr(defaults, field)
+    if defaults.volumes:
+        update["volumes"] = {**defaults.volumes, **job.volumes}
     return job.model_copy(update=update) if update else job
 

@@ -252,7 +252,7 @@ class GraphRun:
         spec = JobSpec(self.run_id, self.pipeline.name, job.name, attempt, job.image, job.args,
                        self._env(job, attempt), log_path, pool=job.pool or "default", cpu=cpu,
                        memory_bytes=memory, container_name=job.container_name, volumes=job.volumes,
-                       workdir=job.workdir, secret_values=secret_values)
+                       workdir=job.workdir, network=job.network, secret_values=secret_values)
         started = now()
         self._emit(AttemptStarted(self.run_id, job.name, attempt, started, log_path))
         try:

@@ -5,18 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from jobgraph.config.model import Pipeline
+from jobgraph.config.validate import RUNNER_NAMES
 from jobgraph.errors import RunnerError
 from jobgraph.runners.base import AnyRunner, JobSpec, Outcome, Runner
 from jobgraph.runners.local import LocalRunner
 
-RUNNER_NAMES = ("local",)
 
-
-def make_runner(name: str, pipeline: Pipeline, cwd: Path | None = None) -> AnyRunner:
-    """The runner called `name`, set up for this pipeline."""
+def make_runner(name: str, pipeline: Pipeline, folder: Path, cwd: Path | None = None) -> AnyRunner:
+    """The runner called `name`, set up for this pipeline; `folder` is jobgraph's own (sockets, state)."""
     if name == "local":
         return LocalRunner(pipeline.images, cwd=cwd)
-    raise RunnerError(f"unknown runner {name!r}; known runners: {', '.join(RUNNER_NAMES)}")
+    if name in ("podman", "docker"):
+        from jobgraph.runners.container import ContainerRunner
+
+        return ContainerRunner(name, folder, pipeline.container_images, cwd=cwd)
+    raise RunnerError(f"unknown runner {name!r}; the runners are {', '.join(RUNNER_NAMES)}")
 
 
 __all__ = ["RUNNER_NAMES", "AnyRunner", "JobSpec", "LocalRunner", "Outcome", "Runner", "make_runner"]

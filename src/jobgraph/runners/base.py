@@ -32,6 +32,7 @@ class JobSpec:
     container_name: str | None = None
     volumes: Mapping[str, str] = field(default_factory=dict)
     workdir: str | None = None
+    network: str | None = None
     secret_values: frozenset[str] = field(default_factory=frozenset)
 
 

@@ -1,0 +1,242 @@
+"""Run a job as a container through the Docker Engine API, which both Docker and Podman serve.
+
+It uses the `docker` SDK, always detached: create, start, wait, logs, remove (a followed log stream
+can hang forever on Podman, and `auto_remove` loses the exit code there). The SDK is blocking, so
+its calls run in this runner's own thread pool. Every container carries labels naming its run, job,
+attempt, pipeline and owner (host, pid and the pid's start time), so containers left by an
+orchestrator that died are found and removed the next time a runner connects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.models.containers import Container
+
+from jobgraph.errors import RunnerError
+from jobgraph.runners.base import JobSpec, Outcome, redact, tail_of
+from jobgraph.runners.service import EngineService, find_or_start
+from jobgraph.states import AttemptStatus
+
+LABEL = "jobgraph"
+WAIT_POLL_SECS = 5.0
+"""How often a running container's log file is refreshed while we wait for it."""
+
+T = TypeVar("T")
+
+
+@dataclass
+class ContainerHandle:
+    """A started container."""
+
+    container: Container
+    spec: JobSpec
+
+
+def owner_label() -> str:
+    """This process, in a way that survives pid reuse: host, pid and the pid's start time."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
+
+
+class ContainerRunner:
+    """Runner for containers on Podman or Docker."""
+
+    def __init__(self, engine: str, folder: Path, images: Mapping[str, str] | None = None, cwd: Path | None = None,
+                 max_parallel: int = 64) -> None:
+        self._engine = engine
+        self._images = images or {}
+        self._libpod = False
+        self._folder = folder
+        self._cwd = cwd or Path.cwd()
+        self._threads = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="jobgraph-container")
+        self._client: docker.DockerClient | None = None
+        self._service: EngineService | None = None
+        self._owner = owner_label()
+        self._lock = asyncio.Lock()
+
+    async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, lambda: function(*args, **kwargs))
+
+    async def client(self) -> docker.DockerClient:
+        """Connect on first use (finding or starting the engine), then remove orphaned containers."""
+        async with self._lock:
+            if self._client is None:
+                self._service = await self._call(find_or_start, self._engine, self._folder)
+                try:
+                    client = docker.DockerClient(base_url=self._service.base_url, timeout=60, max_pool_size=64)
+                    await self._call(client.ping)
+                except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                    raise RunnerError(f"cannot reach the {self._engine} engine at {self._service.base_url}: "
+                                      f"{exc}") from None
+                version = await self._call(client.version)
+                self._libpod = any(c.get("Name") == "Podman Engine" for c in version.get("Components", []))
+                await self._call(remove_orphans, client)
+                self._client = client
+            return self._client
+
+    async def start(self, spec: JobSpec) -> ContainerHandle:
+        """Create and start the container; a missing image or a refused start is a RunnerError."""
+        client = await self.client()
+        options = self._options(spec)
+        image = self._images.get(spec.image, spec.image)
+        try:
+            container = await self._call(client.containers.create, image, **options)
+        except docker.errors.ImageNotFound:
+            raise RunnerError(f"image '{image}' not found in the {self._engine} engine "
+                              "(no registry is used: build it first, e.g. `bash scripts/build-images.sh`)") from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise RunnerError(f"cannot create the container: {_explain(exc)}") from None
+        try:
+            await self._call(container.start)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            await self._call(_remove, container)
+            raise RunnerError(f"cannot start the container: {_explain(exc)}") from None
+        return ContainerHandle(container, spec)
+
+    def _options(self, spec: JobSpec) -> dict[str, Any]:
+        name = f"jobgraph-{spec.container_name or spec.task}-{spec.run_id[:8]}-{spec.attempt}"
+        options: dict[str, Any] = {
+            "command": list(spec.args) or None,
+            "environment": dict(spec.env),
+            "name": name.lower().replace("$", "-").replace("_", "-"),
+            "labels": {
+                f"{LABEL}.run_id": spec.run_id, f"{LABEL}.task": spec.task, f"{LABEL}.attempt": str(spec.attempt),
+                f"{LABEL}.pipeline": spec.pipeline, f"{LABEL}.owner": self._owner,
+            },
+            "working_dir": spec.workdir,
+            "network_mode": spec.network,
+            "volumes": {str((self._cwd / host).resolve()): _bind(target) for host, target in spec.volumes.items()},
+        }
+        if spec.memory_bytes:
+            options["mem_limit"] = spec.memory_bytes
+        if spec.cpu:
+            options["nano_cpus"] = int(min(spec.cpu, os.cpu_count() or 1) * 1e9)
+        return options
+
+    async def wait(self, handle: ContainerHandle) -> Outcome:
+        """Wait for the container to exit, save its output, note an OOM kill, and remove it."""
+        container = handle.container
+        while True:
+            try:
+                code = await self._call(self._wait_once, container)
+                break
+            except requests.exceptions.RequestException:
+                await self._save_logs(handle)
+            except docker.errors.NotFound:
+                return Outcome(AttemptStatus.ERROR, None, "the container disappeared while it ran")
+        await self._save_logs(handle)
+        state = (await self._call(_inspect, container)).get("State", {})
+        await self._call(_remove, container)
+        if code == 0:
+            return Outcome(AttemptStatus.DONE, 0)
+        if state.get("OOMKilled") or (code == 137 and handle.spec.memory_bytes):
+            limit = f" (memory limit {handle.spec.memory_bytes // (1 << 20)} MiB)" if handle.spec.memory_bytes else ""
+            return Outcome(AttemptStatus.FAILED, code, f"OOMKilled: out of memory{limit}, exit code {code}")
+        return Outcome(AttemptStatus.FAILED, code, f"exit code {code}")
+
+    def _wait_once(self, container: Container) -> int:
+        """Block until the container exits, at most WAIT_POLL_SECS (then requests raises a timeout).
+
+        On Podman, its own wait endpoint with a 10 ms interval: the Docker-compatible one polls every
+        ~250 ms, which is most of a short job's time.
+        """
+        if not self._libpod:
+            return int(container.wait(timeout=WAIT_POLL_SECS).get("StatusCode", -1))
+        api = container.client.api
+        response = api._post(api.base_url + f"/v4.0.0/libpod/containers/{container.id}/wait",
+                             params={"condition": ["exited", "stopped"], "interval": "10ms"}, timeout=WAIT_POLL_SECS)
+        api._raise_for_status(response)
+        return int(response.text)
+
+    async def _save_logs(self, handle: ContainerHandle) -> None:
+        try:
+            output = await self._call(handle.container.logs, stdout=True, stderr=True)
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return
+        text = redact(output.decode("utf-8", errors="replace"), handle.spec.secret_values)
+        handle.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        handle.spec.log_path.write_text(text)
+
+    async def logs(self, handle: ContainerHandle, tail_bytes: int) -> str:
+        """The end of the saved output."""
+        return tail_of(handle.spec.log_path, tail_bytes)
+
+    async def cancel(self, handle: ContainerHandle) -> None:
+        """Kill the container, keep what it printed, and remove it."""
+        await self._call(_kill, handle.container)
+        await self._save_logs(handle)
+        await self._call(_remove, handle.container)
+
+    async def aclose(self) -> None:
+        """Close the API client, stop the engine service if we started it, end the threads."""
+        if self._client is not None:
+            await self._call(self._client.close)
+            self._client = None
+        if self._service is not None:
+            await self._call(self._service.stop)
+            self._service = None
+        self._threads.shutdown(wait=False)
+
+
+def remove_orphans(client: docker.DockerClient) -> list[str]:
+    """Remove containers whose jobgraph owner on this host is gone; return their names."""
+    removed = []
+    host = socket.gethostname()
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL}.owner"}):
+        owner_host, _, rest = container.labels.get(f"{LABEL}.owner", "").partition(":")
+        pid_text, _, started = rest.partition(":")
+        if owner_host != host or not pid_text.isdigit():
+            continue
+        if _start_time(int(pid_text)) != started:
+            _remove(container)
+            removed.append(container.name)
+    return removed
+
+
+def _start_time(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return "gone"
+    return "gone" if fields[0] == "Z" else fields[19]
+
+
+def _bind(target: str) -> dict[str, str]:
+    path, _, mode = target.partition(":")
+    return {"bind": path, "mode": "ro" if mode == "ro" else "rw"}
+
+
+def _inspect(container: Container) -> dict[str, Any]:
+    try:
+        container.reload()
+    except docker.errors.NotFound:
+        return {}
+    return dict(container.attrs)
+
+
+def _kill(container: Container) -> None:
+    with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+        container.kill()
+
+
+def _remove(container: Container) -> None:
+    with contextlib.suppress(docker.errors.NotFound):
+        container.remove(force=True)
+
+
+def _explain(exc: Exception) -> str:
+    if isinstance(exc, docker.errors.APIError):
+        return str(exc.explanation or exc)
+    return str(exc)

@@ -1,0 +1,164 @@
+"""The container runner against a real Podman engine: outcomes, logs, limits, cancel, orphans, the seed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from jobgraph.config import Pipeline
+from jobgraph.config.validate import check_pipeline
+from jobgraph.engine import AttemptEnded, Event, GraphRun, RunResult, TaskChanged
+from jobgraph.runners.container import ContainerRunner
+from jobgraph.states import AttemptStatus, RunState, TaskState
+from jobgraph.store import Store
+from tests.conftest import Cli, store_url
+from tests.runners.conftest import TEST_IMAGE, seed_folder
+
+pytestmark = pytest.mark.usefixtures("no_leftovers")
+
+
+def box(name: str, script: str, **fields: Any) -> dict[str, Any]:
+    """A job running a shell script in the busybox test image."""
+    return {"name": name, "image": TEST_IMAGE, "args": ["sh", "-c", script], **fields}
+
+
+def execute(tmp_path: Path, jobs: list[dict[str, Any]], secrets: dict[str, str] | None = None,
+            cancel_after: float | None = None, **fields: Any) -> tuple[RunResult, list[Event]]:
+    document = {"name": "boxes", "defaults": {"runner": "podman", "network": "none"}, "jobs": jobs, **fields}
+    pipeline = check_pipeline(Pipeline.model_validate(document), "test")
+    events: list[Event] = []
+    runner = ContainerRunner("podman", tmp_path / ".jobgraph", cwd=tmp_path)
+    graph_run = GraphRun(pipeline, lambda _job: runner, [events.append], tmp_path / "logs", secrets=secrets)
+
+    async def main() -> RunResult:
+        task = asyncio.create_task(graph_run.run())
+        if cancel_after is not None:
+            await asyncio.sleep(cancel_after)
+            graph_run.cancel()
+        try:
+            return await task
+        finally:
+            await runner.aclose()
+
+    return asyncio.run(main()), events
+
+
+def attempts(events: list[Event], task: str) -> list[AttemptEnded]:
+    return [e for e in events if isinstance(e, AttemptEnded) and e.task == task]
+
+
+def test_success_with_env_labels_volume_and_workdir(tmp_path: Path, engine: docker.DockerClient) -> None:
+    (tmp_path / "shared").mkdir()
+    script = ('echo "$JOBGRAPH_TASK $JOBGRAPH_ATTEMPT $GREETING $(pwd)" > /w/out; '
+              'printf 42 > "$JOBGRAPH_RETURN_VALUE_FILE" 2>/dev/null; echo to-stdout; echo to-stderr >&2')
+    result, events = execute(tmp_path, [box("hello", script, env={"GREETING": "hi"}, volumes={"shared": "/w"},
+                                            workdir="/w")])
+    assert result.state == RunState.SUCCEEDED
+    assert (tmp_path / "shared" / "out").read_text() == "hello 1 hi /w\n"
+    log = attempts(events, "hello")[0].log_path.read_text()
+    assert "to-stdout" in log and "to-stderr" in log
+
+
+def test_failure_keeps_exit_code_and_log_tail_then_retries(tmp_path: Path) -> None:
+    result, events = execute(tmp_path, [box("bad", "echo something broke >&2; exit 3", retries=1)])
+    ended = attempts(events, "bad")
+    assert [(e.attempt, e.status, e.exit_code) for e in ended] == [(1, "FAILED", 3), (2, "FAILED", 3)]
+    assert ended[0].error is not None and "exit code 3" in ended[0].error and "something broke" in ended[0].error
+    assert result.tasks["bad"] == TaskState.FAILED
+
+
+def test_timeout_kills_and_removes_the_container(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result, events = execute(tmp_path, [box("slow", "sleep 60", timeout=1)])
+    assert time.monotonic() - started < 30
+    ended = attempts(events, "slow")[0]
+    assert ended.status == AttemptStatus.TIMEOUT and result.tasks["slow"] == TaskState.FAILED
+
+
+def test_memory_limit_kill_is_reported_as_oom(tmp_path: Path) -> None:
+    jobs = [{"name": "hungry", "image": TEST_IMAGE, "pool": "tiny",
+             "args": ["dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"]}]
+    _, events = execute(tmp_path, jobs, pools={"tiny": {"max_parallel": 1, "memory": "16m"}})
+    ended = attempts(events, "hungry")[0]
+    assert ended.status == AttemptStatus.FAILED and ended.exit_code == 137
+    assert ended.error is not None and ended.error.startswith("OOMKilled: out of memory (memory limit 16 MiB)")
+
+
+def test_missing_image_is_an_error_attempt(tmp_path: Path) -> None:
+    result, events = execute(tmp_path, [{"name": "ghost", "image": "localhost/no-such-image:1", "retries": 1}])
+    ended = attempts(events, "ghost")
+    assert [e.status for e in ended] == [AttemptStatus.ERROR, AttemptStatus.ERROR]
+    assert ended[0].error is not None and "image 'localhost/no-such-image:1' not found" in ended[0].error
+    assert result.tasks["ghost"] == TaskState.FAILED
+
+
+def test_cancel_stops_and_removes_every_container(tmp_path: Path, engine: docker.DockerClient) -> None:
+    jobs = [box("one", "sleep 60"), box("two", "sleep 60"), box("after", "true", after=["one"])]
+    result, events = execute(tmp_path, jobs, cancel_after=2.0)
+    assert result.state == RunState.CANCELLED
+    assert result.tasks == {"one": "CANCELLED", "two": "CANCELLED", "after": "CANCELLED"}
+    assert {e.status for e in events if isinstance(e, AttemptEnded)} == {AttemptStatus.CANCELLED}
+
+
+def test_secrets_reach_the_job_but_not_the_logs_or_the_store(tmp_path: Path) -> None:
+    result, events = execute(tmp_path, [box("uses_secret", 'echo "token is $API_TOKEN"; exit 1',
+                                            secrets=["API_TOKEN"])], secrets={"API_TOKEN": "s3cr3t-value"})
+    ended = attempts(events, "uses_secret")[0]
+    assert ended.error is not None and "token is ***" in ended.error and "s3cr3t" not in ended.error
+    assert "token is ***" in ended.log_path.read_text()
+    changed = [e for e in events if isinstance(e, TaskChanged) and e.reason]
+    assert all("s3cr3t" not in (e.reason or "") for e in changed)
+    assert result.tasks["uses_secret"] == TaskState.FAILED
+
+
+def test_the_seed_demo_runs_in_containers_with_the_failure_story(tmp_path: Path, cli: Cli) -> None:
+    folder = seed_folder(tmp_path)
+    run = cli("run", "pipeline-containers.yaml", check=0)
+    assert "t_myjob_6 SUCCEEDED" in run.stdout
+    with sqlite3.connect(folder / "results.db") as db:
+        for i in range(1, 7):
+            assert db.execute(f"select \"'hello'\" from results_{i}").fetchall() == [("hello",)]
+        db.execute("""ALTER TABLE results_3 DROP COLUMN "'hello'" """)
+        db.execute("ALTER TABLE results_3 ADD COLUMN createdate DATETIME")
+    cli("run", "pipeline-containers.yaml", check=1)
+    store = Store(store_url(tmp_path))
+    failed_run = store.runs(1)[0]
+    tries = [a for a in store.attempts(failed_run.run_id) if a.task == "t_myjob_3"]
+    assert [a.status for a in tries] == ["FAILED"] * 3
+    assert "table results_3 has no column named 'hello'" in (tries[-1].error or "")
+    states = {t.task: t.state for t in store.tasks(failed_run.run_id)}
+    assert states["t_myjob_6"] == "SKIPPED" and states["t_myjob_5"] == "SUCCEEDED"
+    _, rows = store.view("jobs_run_stats", limit=20)
+    assert sum(1 for r in rows if r[1] == "t_myjob_3" and r[2] == "FAILED") == 3
+
+
+def test_kill_9_leaves_containers_that_the_next_start_removes(
+        tmp_path: Path, engine: docker.DockerClient, write_pipeline: Any) -> None:
+    path = write_pipeline({"name": "k", "defaults": {"runner": "podman", "network": "none"},
+                           "jobs": [box("stuck", "sleep 300")]}, with_sh=False)
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph")}
+    process = subprocess.Popen([sys.executable, "-m", "jobgraph", "run", str(path)], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not engine.containers.list(filters={"label": "jobgraph.task=stuck"}) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert engine.containers.list(filters={"label": "jobgraph.task=stuck"}), "the container never started"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert len(engine.containers.list(all=True, filters={"label": "jobgraph.task=stuck"})) == 1
+
+    quick = write_pipeline({"name": "q", "defaults": {"runner": "podman", "network": "none"},
+                            "jobs": [box("quick", "true")]}, name="quick.yaml", with_sh=False)
+    subprocess.run([sys.executable, "-m", "jobgraph", "run", str(quick)], cwd=tmp_path, env=env, check=True,
+                   capture_output=True)
+    assert engine.containers.list(all=True, filters={"label": "jobgraph.task=stuck"}) == []
