@@ -64,6 +64,7 @@ class ContainerRunner:
         self._service: EngineService | None = None
         self._owner = owner_label()
         self._lock = asyncio.Lock()
+        self._removals: set[asyncio.Future[None]] = set()
 
     async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._threads, lambda: function(*args, **kwargs))
@@ -136,10 +137,11 @@ class ContainerRunner:
             except docker.errors.NotFound:
                 return Outcome(AttemptStatus.ERROR, None, "the container disappeared while it ran")
         await self._save_logs(handle)
-        state = (await self._call(_inspect, container)).get("State", {})
-        await self._call(_remove, container)
         if code == 0:
+            self._remove_later(container)
             return Outcome(AttemptStatus.DONE, 0)
+        state = (await self._call(_inspect, container)).get("State", {})
+        self._remove_later(container)
         if state.get("OOMKilled") or (code == 137 and handle.spec.memory_bytes):
             limit = f" (memory limit {handle.spec.memory_bytes // (1 << 20)} MiB)" if handle.spec.memory_bytes else ""
             return Outcome(AttemptStatus.FAILED, code, f"OOMKilled: out of memory{limit}, exit code {code}")
@@ -158,6 +160,10 @@ class ContainerRunner:
                              params={"condition": ["exited", "stopped"], "interval": "10ms"}, timeout=WAIT_POLL_SECS)
         api._raise_for_status(response)
         return int(response.text)
+
+    def _remove_later(self, container: Container) -> None:
+        """Remove an exited container off the critical path; `aclose` waits for every removal."""
+        self._removals.add(asyncio.get_running_loop().run_in_executor(self._threads, _remove, container))
 
     async def _save_logs(self, handle: ContainerHandle) -> None:
         try:
@@ -179,7 +185,10 @@ class ContainerRunner:
         await self._call(_remove, handle.container)
 
     async def aclose(self) -> None:
-        """Close the API client, stop the engine service if we started it, end the threads."""
+        """Finish removing containers, close the API client, stop the engine service if we started it."""
+        if self._removals:
+            await asyncio.gather(*self._removals, return_exceptions=True)
+            self._removals.clear()
         if self._client is not None:
             await self._call(self._client.close)
             self._client = None
