@@ -162,3 +162,11 @@ def test_kill_9_leaves_containers_that_the_next_start_removes(
     subprocess.run([sys.executable, "-m", "jobgraph", "run", str(quick)], cwd=tmp_path, env=env, check=True,
                    capture_output=True)
     assert engine.containers.list(all=True, filters={"label": "jobgraph.task=stuck"}) == []
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.3, 0.6])
+def test_cancel_while_containers_are_being_created_leaves_nothing(tmp_path: Path, delay: float) -> None:
+    """Whenever the cancel lands (connecting, creating, starting), no container survives the run."""
+    result, _ = execute(tmp_path, [box(f"j{i}", "sleep 30") for i in range(4)], cancel_after=delay)
+    assert result.state == RunState.CANCELLED
+    assert set(result.tasks.values()) == {TaskState.CANCELLED}

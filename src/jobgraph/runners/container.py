@@ -87,7 +87,20 @@ class ContainerRunner:
             return self._client
 
     async def start(self, spec: JobSpec) -> ContainerHandle:
-        """Create and start the container; a missing image or a refused start is a RunnerError."""
+        """Create and start the container; a missing image or a refused start is a RunnerError.
+
+        A cancel that arrives while the engine is still creating the container does not lose it:
+        the creation finishes, then the container is killed and removed, then the cancel goes on.
+        """
+        starting = asyncio.ensure_future(self._start(spec))
+        try:
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            with contextlib.suppress(RunnerError):
+                await self.cancel(await starting)
+            raise
+
+    async def _start(self, spec: JobSpec) -> ContainerHandle:
         client = await self.client()
         options = self._options(spec)
         image = self._images.get(spec.image, spec.image)
@@ -190,12 +203,20 @@ class ContainerRunner:
             await asyncio.gather(*self._removals, return_exceptions=True)
             self._removals.clear()
         if self._client is not None:
+            await self._call(_remove_owned_by, self._client, self._owner)
             await self._call(self._client.close)
             self._client = None
         if self._service is not None:
             await self._call(self._service.stop)
             self._service = None
         self._threads.shutdown(wait=False)
+
+
+def _remove_owned_by(client: docker.DockerClient, owner: str) -> None:
+    """The last safety net: nothing this process started outlives it."""
+    with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+        for container in client.containers.list(all=True, filters={"label": f"{LABEL}.owner={owner}"}):
+            _remove(container)
 
 
 def remove_orphans(client: docker.DockerClient) -> list[str]:
