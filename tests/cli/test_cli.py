@@ -172,3 +172,60 @@ def test_unknown_run_and_job_are_clear_errors(tmp_path: Path, cli: Cli, write_pi
     run_id = Store(store_url(tmp_path)).runs(1)[0].run_id
     assert "has no attempt of a job named 'b'" in cli("logs", run_id, "b", check=2).stderr
     assert "hi" in cli("logs", run_id, "a", check=0).stdout
+
+
+def test_a_second_ctrl_c_does_not_stop_the_kill_of_a_job_that_ignores_sigterm(
+        tmp_path: Path, write_pipeline: WritePipeline) -> None:
+    pids = tmp_path / "pids"
+    path = write_pipeline({"jobs": [sh("stubborn", f"trap '' TERM; echo $$ >> {pids}; sleep 300 & "
+                                               f"echo $! >> {pids}; wait")]})
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph")}
+    process = subprocess.Popen([sys.executable, "-m", "jobgraph", "run", str(path)], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while (not pids.exists() or len(pids.read_text().split()) < 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, out + err
+    for pid in map(int, pids.read_text().split()):
+        assert not process_alive(pid), f"job process {pid} was left behind"
+
+
+def test_secrets_never_reach_the_store_even_from_jobs_that_did_not_ask(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_PASSWORD", "hunter2-secret")
+    write_pipeline({"jobs": [
+        sh("owner", 'printf "$DB_PASSWORD" > "$JOBGRAPH_RETURN_VALUE_FILE"', secrets=["DB_PASSWORD"]),
+        sh("snoop", 'echo "seen: ${DB_PASSWORD:-nothing}"; echo "$JOBGRAPH_PREDECESSOR_VALUES"; exit 1',
+           after=["owner"]),
+    ]})
+    cli("run", "pipeline.yaml", check=1)
+    database = (tmp_path / ".jobgraph" / "jobgraph.db").read_bytes()
+    assert b"hunter2" not in database
+    store = Store(store_url(tmp_path))
+    run = store.runs(1)[0]
+    snoop = next(a for a in store.attempts(run.run_id) if a.task == "snoop")
+    assert "seen: nothing" in (snoop.error or "") and '{"owner": "***"}' in (snoop.error or "")
+    files = [p for p in (tmp_path / ".jobgraph" / "logs").rglob("*") if p.is_file()]
+    assert files and all(b"hunter2" not in p.read_bytes() for p in files)
+
+
+def test_a_missing_secret_stops_the_run_before_anything_runs(tmp_path: Path, cli: Cli,
+                                                             write_pipeline: WritePipeline) -> None:
+    write_pipeline({"jobs": [sh("needs", "true", secrets=["NOT_SET_ANYWHERE"])]})
+    result = cli("run", "pipeline.yaml", check=2)
+    assert "job 'needs', field 'secrets': secret NOT_SET_ANYWHERE is not set" in result.stderr
+
+
+def test_markup_like_text_in_the_file_is_shown_as_is(tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
+    write_pipeline({"images": {"img[/]": ["true"], "sh": ["sh", "-c"]}, "jobs": [{"name": "a", "image": "img[/]"}]})
+    assert "img[/]" in cli("graph", "pipeline.yaml", check=0).stdout
+
+
+def test_deeply_nested_json_is_a_clear_error(tmp_path: Path, cli: Cli) -> None:
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    result = cli("validate", "deep.json", check=2)
+    assert "deep.json" in result.stderr and "Traceback" not in result.stderr

@@ -12,7 +12,7 @@ import pytest
 
 from jobgraph.config import Pipeline
 from jobgraph.config.validate import check_pipeline
-from jobgraph.engine import AttemptEnded, Event, GraphRun, PriorTask, RunResult, TaskChanged
+from jobgraph.engine import AttemptEnded, Event, GraphRun, PriorTask, RunEnded, RunResult, TaskChanged
 from jobgraph.runners import LocalRunner
 from jobgraph.states import AttemptStatus, RunState, TaskState
 from tests.conftest import process_alive, sh
@@ -194,3 +194,40 @@ def _no_stray_children() -> None:
     yield  # type: ignore[misc]
     children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
     assert [c for c in children if process_alive(int(c))] == []
+
+
+def test_a_cancel_landing_as_a_job_is_dispatched_still_ends_the_run_cleanly(tmp_path: Path) -> None:
+    pipeline = make([sh("a", "true"), sh("b", "sleep 30", after=["a"])])
+    events: list[Event] = []
+    runner = LocalRunner(pipeline.images, cwd=tmp_path, kill_grace=1.0)
+    holder: list[GraphRun] = []
+
+    def cancel_when_b_queues(event: Event) -> None:
+        if isinstance(event, TaskChanged) and event.task == "b" and event.state == "QUEUED":
+            asyncio.get_running_loop().call_soon(holder[0].cancel)
+
+    graph_run = GraphRun(pipeline, lambda _job: runner, [events.append, cancel_when_b_queues], tmp_path / "logs")
+    holder.append(graph_run)
+    result = asyncio.run(graph_run.run())
+    assert result.state == RunState.CANCELLED and result.tasks["b"] == TaskState.CANCELLED
+    assert any(isinstance(e, RunEnded) for e in events)
+
+
+class BrokenRunner(LocalRunner):
+    """A runner whose wait fails with an unexpected error, as a bug or a dead engine would."""
+
+    async def wait(self, handle: Any) -> Any:
+        await super().wait(handle)
+        raise ValueError("boom")
+
+
+def test_an_unexpected_runner_error_fails_that_job_not_the_run(tmp_path: Path) -> None:
+    pipeline = make([sh("a", "true"), sh("b", "true")])
+    runner = BrokenRunner(pipeline.images, cwd=tmp_path)
+    events: list[Event] = []
+    result = asyncio.run(GraphRun(pipeline, lambda _job: runner, [events.append], tmp_path / "logs").run())
+    assert result.state == RunState.FAILED and result.tasks == {"a": "FAILED", "b": "FAILED"}
+    ended = [e for e in events if isinstance(e, AttemptEnded)]
+    assert {e.status for e in ended} == {AttemptStatus.ERROR}
+    assert all("internal error: ValueError('boom')" in (e.error or "") for e in ended)
+    assert isinstance(events[-1], RunEnded)

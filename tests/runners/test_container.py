@@ -17,7 +17,7 @@ import pytest
 
 from jobgraph.config import Pipeline
 from jobgraph.config.validate import check_pipeline
-from jobgraph.engine import AttemptEnded, Event, GraphRun, RunResult, TaskChanged
+from jobgraph.engine import AttemptEnded, AttemptStarted, Event, GraphRun, RunEnded, RunResult, TaskChanged
 from jobgraph.runners.container import ContainerRunner
 from jobgraph.states import AttemptStatus, RunState, TaskState
 from jobgraph.store import Store
@@ -33,12 +33,14 @@ def box(name: str, script: str, **fields: Any) -> dict[str, Any]:
 
 
 def execute(tmp_path: Path, jobs: list[dict[str, Any]], secrets: dict[str, str] | None = None,
-            cancel_after: float | None = None, **fields: Any) -> tuple[RunResult, list[Event]]:
+            cancel_after: float | None = None, listener: Any = None,
+            **fields: Any) -> tuple[RunResult, list[Event]]:
     document = {"name": "boxes", "defaults": {"runner": "podman", "network": "none"}, "jobs": jobs, **fields}
     pipeline = check_pipeline(Pipeline.model_validate(document), "test")
     events: list[Event] = []
     runner = ContainerRunner("podman", tmp_path / ".jobgraph", cwd=tmp_path)
-    graph_run = GraphRun(pipeline, lambda _job: runner, [events.append], tmp_path / "logs", secrets=secrets)
+    listeners = [events.append, *([listener] if listener else [])]
+    graph_run = GraphRun(pipeline, lambda _job: runner, listeners, tmp_path / "logs", secrets=secrets)
 
     async def main() -> RunResult:
         task = asyncio.create_task(graph_run.run())
@@ -57,16 +59,32 @@ def attempts(events: list[Event], task: str) -> list[AttemptEnded]:
     return [e for e in events if isinstance(e, AttemptEnded) and e.task == task]
 
 
-def test_success_with_env_labels_volume_and_workdir(tmp_path: Path, engine: docker.DockerClient) -> None:
+def test_success_with_env_labels_volume_workdir_and_return_value(
+        tmp_path: Path, engine: docker.DockerClient) -> None:
     (tmp_path / "shared").mkdir()
     script = ('echo "$JOBGRAPH_TASK $JOBGRAPH_ATTEMPT $GREETING $(pwd)" > /w/out; '
-              'printf 42 > "$JOBGRAPH_RETURN_VALUE_FILE" 2>/dev/null; echo to-stdout; echo to-stderr >&2')
-    result, events = execute(tmp_path, [box("hello", script, env={"GREETING": "hi"}, volumes={"shared": "/w"},
-                                            workdir="/w")])
+              'printf "42 rows" > "$JOBGRAPH_RETURN_VALUE_FILE"; echo to-stdout; echo to-stderr >&2; sleep 2')
+    seen: dict[str, str] = {}
+
+    def labels(event: Event) -> None:
+        if isinstance(event, TaskChanged) and event.task == "hello" and event.state == "RUNNING":
+            asyncio.get_running_loop().call_later(1.0, lambda: seen.update(
+                engine.containers.list(filters={"label": "jobgraph.task=hello"})[0].labels))
+
+    jobs = [box("hello", script, env={"GREETING": "hi"}, volumes={"shared": "/w"}, workdir="/w"),
+            box("next", 'echo "$JOBGRAPH_PREDECESSOR_VALUES" > /w/values', after=["hello"],
+                volumes={"shared": "/w"})]
+    result, events = execute(tmp_path, jobs, listener=labels)
     assert result.state == RunState.SUCCEEDED
     assert (tmp_path / "shared" / "out").read_text() == "hello 1 hi /w\n"
+    assert (tmp_path / "shared" / "values").read_text() == '{"hello": "42 rows"}\n'
+    done = next(e for e in events if isinstance(e, TaskChanged) and e.task == "hello" and e.state == "SUCCEEDED")
+    assert done.return_value == "42 rows"
     log = attempts(events, "hello")[0].log_path.read_text()
     assert "to-stdout" in log and "to-stderr" in log
+    assert seen["jobgraph.task"] == "hello" and seen["jobgraph.attempt"] == "1"
+    assert seen["jobgraph.pipeline"] == "boxes" and seen["jobgraph.run_id"] == result.run_id
+    assert seen["jobgraph.owner"].split(":")[1] == str(os.getpid())
 
 
 def test_failure_keeps_exit_code_and_log_tail_then_retries(tmp_path: Path) -> None:
@@ -91,7 +109,9 @@ def test_memory_limit_kill_is_reported_as_oom(tmp_path: Path) -> None:
     _, events = execute(tmp_path, jobs, pools={"tiny": {"max_parallel": 1, "memory": "16m"}})
     ended = attempts(events, "hungry")[0]
     assert ended.status == AttemptStatus.FAILED and ended.exit_code == 137
-    assert ended.error is not None and ended.error.startswith("OOMKilled: out of memory (memory limit 16 MiB)")
+    assert ended.error is not None
+    assert ended.error.startswith(("OOMKilled: out of memory (memory limit 16 MiB)",
+                                   "killed (exit code 137) under a memory limit 16 MiB: out of memory"))
 
 
 def test_missing_image_is_an_error_attempt(tmp_path: Path) -> None:
@@ -104,7 +124,16 @@ def test_missing_image_is_an_error_attempt(tmp_path: Path) -> None:
 
 def test_cancel_stops_and_removes_every_container(tmp_path: Path, engine: docker.DockerClient) -> None:
     jobs = [box("one", "sleep 60"), box("two", "sleep 60"), box("after", "true", after=["one"])]
-    result, events = execute(tmp_path, jobs, cancel_after=2.0)
+    left: list[str] = []
+
+    def before_close(event: Event) -> None:
+        if isinstance(event, RunEnded):  # the runner has not swept anything yet
+            left.extend(c.name for c in engine.containers.list(all=True, filters={"label": "jobgraph.task"}))
+
+    result, events = execute(tmp_path, jobs, cancel_after=2.0, listener=before_close)
+    assert left == []
+    started = [(e.task, e.attempt) for e in events if isinstance(e, AttemptStarted)]
+    assert sorted(started) == sorted((e.task, e.attempt) for e in events if isinstance(e, AttemptEnded))
     assert result.state == RunState.CANCELLED
     assert result.tasks == {"one": "CANCELLED", "two": "CANCELLED", "after": "CANCELLED"}
     assert {e.status for e in events if isinstance(e, AttemptEnded)} == {AttemptStatus.CANCELLED}
@@ -165,8 +194,18 @@ def test_kill_9_leaves_containers_that_the_next_start_removes(
 
 
 @pytest.mark.parametrize("delay", [0.05, 0.3, 0.6])
-def test_cancel_while_containers_are_being_created_leaves_nothing(tmp_path: Path, delay: float) -> None:
+def test_cancel_while_containers_are_being_created_leaves_nothing(
+        tmp_path: Path, engine: docker.DockerClient, delay: float) -> None:
     """Whenever the cancel lands (connecting, creating, starting), no container survives the run."""
-    result, _ = execute(tmp_path, [box(f"j{i}", "sleep 30") for i in range(4)], cancel_after=delay)
-    assert result.state == RunState.CANCELLED
+    left: list[str] = []
+
+    def before_close(event: Event) -> None:
+        if isinstance(event, RunEnded):
+            left.extend(c.name for c in engine.containers.list(all=True, filters={"label": "jobgraph.task"}))
+
+    result, events = execute(tmp_path, [box(f"j{i}", "sleep 30") for i in range(4)], cancel_after=delay,
+                             listener=before_close)
+    assert result.state == RunState.CANCELLED and left == []
     assert set(result.tasks.values()) == {TaskState.CANCELLED}
+    started = {(e.task, e.attempt) for e in events if isinstance(e, AttemptStarted)}
+    assert started == {(e.task, e.attempt) for e in events if isinstance(e, AttemptEnded)}

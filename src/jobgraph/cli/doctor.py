@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -16,7 +17,9 @@ CONTAINERS_CONF = Path("/etc/containers/containers.conf")
 IMAGES = ("localhost/jobgraph-test:latest", "localhost/jobgraph-sql-job:latest")
 
 
-def doctor() -> None:
+def doctor(
+    engine: Annotated[str, typer.Option(help="podman or docker: which engine's usual sockets to look at")] = "podman",
+) -> None:
     """Check the container set-up: engine, version, Podman's settings here, the images the demo needs."""
     import docker
     import docker.errors
@@ -40,7 +43,7 @@ def doctor() -> None:
     row("containers.conf runtime = runc", 'runtime = "runc"' in conf,
         "runc" if 'runtime = "runc"' in conf else "bash scripts/setup-podman.sh (crun fails on hybrid cgroups)")
     try:
-        service = find_or_start("podman", home())
+        service = find_or_start(engine, home())
     except RunnerError as exc:
         row("engine API", False, str(exc))
         console.print(table)
@@ -59,6 +62,8 @@ def doctor() -> None:
             except docker.errors.ImageNotFound:
                 row(f"image {image}", False, "bash scripts/build-images.sh")
         client.close()
+    except docker.errors.DockerException as exc:
+        row("engine API", False, f"{service.base_url}: {exc}")
     finally:
         service.stop()
     console.print(table)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from jobgraph.cli.common import console, reported
@@ -36,7 +37,7 @@ def validate(file: FileArgument, runner: RunnerOption = None) -> None:
     pipeline = load(file, runner)
     pools = sorted({job.pool or "" for job in pipeline.jobs})
     final = f", finalizer '{pipeline.finalizer.name}'" if pipeline.finalizer else ""
-    console.print(f"{file}: ok: pipeline '{pipeline.name}', {len(pipeline.jobs)} jobs in "
+    console.print(f"{escape(str(file))}: ok: pipeline '{pipeline.name}', {len(pipeline.jobs)} jobs in "
                   f"{len(pools)} pools ({', '.join(pools)}){final}")
 
 
@@ -81,11 +82,11 @@ def _table(pipeline: Pipeline, dag: Dag, names: list[str]) -> Table:
         table.add_column(column, overflow="fold")
     for name in sorted(names, key=lambda n: level[n]):
         job = jobs[name]
-        table.add_row(str(level[name]), name, ", ".join(job.after) or "-", job.pool or "", job.image,
+        table.add_row(str(level[name]), name, ", ".join(job.after) or "-", job.pool or "", escape(job.image),
                       str(job.retries), ", ".join(dag.successors[name]) or "-")
     if pipeline.finalizer is not None:
         f = pipeline.finalizer
-        table.add_row("last", f.name, "(every job)", "", f.image, str(f.retries), "-")
+        table.add_row("last", f.name, "(every job)", "", escape(f.image), str(f.retries), "-")
     return table
 
 

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from jobgraph.engine.events import AttemptEnded, Event, RunEnded, RunStarted, TaskChanged
-from jobgraph.states import AttemptStatus, RunState, TaskState
+from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
 
 STYLES = {
     TaskState.PENDING: "dim", TaskState.QUEUED: "cyan", TaskState.RUNNING: "yellow",
@@ -90,7 +90,7 @@ class RunView:
             row.attempt = event.attempt or row.attempt
             if event.state == TaskState.RUNNING and row.started is None:
                 row.started = time.monotonic()
-            if event.state in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED):
+            if event.state in TERMINAL_TASK_STATES:
                 row.ended = time.monotonic()
                 row.note = event.reason or (f"returned {event.return_value!r}" if event.return_value else "")
             attempt = f" attempt {event.attempt}" if event.attempt else ""
@@ -112,7 +112,7 @@ class RunView:
         """The live table: running jobs first, then the rest, cut to the screen with a count of what is hidden."""
         counts = Counter(row.state for row in self.rows.values())
         summary = ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items()))
-        table = Table(title=f"{self.pipeline}  run {self.run_id}  ({summary})", title_justify="left")
+        table = Table(title=Text(f"{self.pipeline}  run {self.run_id}  ({summary})"), title_justify="left")
         for column in ("job", "pool", "state", "attempt", "time", "note"):
             table.add_column(column, overflow="fold" if column == "note" else "ellipsis")
         room = max(5, self.console.height - 8)
@@ -121,7 +121,7 @@ class RunView:
         for name, row in rows[:room]:
             elapsed = None if row.started is None else (row.ended or clock) - row.started
             table.add_row(name, row.pool, styled(row.state), str(row.attempt or ""), duration(elapsed),
-                          row.note[:120])
+                          Text(row.note[:120]))
         if len(rows) > room:
             table.add_row(f"... {len(rows) - room} more", "", "", "", "", "")
         return table

@@ -28,7 +28,7 @@ from jobgraph.config import Job, Pipeline, check_pipeline, load
 from jobgraph.engine import GraphRun, PriorTask, RunResult
 from jobgraph.errors import ConfigError, Problem, StoreError
 from jobgraph.runners import AnyRunner, make_runner
-from jobgraph.states import RunState, TaskState
+from jobgraph.states import RETRYABLE_TASK_STATES, RunState, TaskState
 from jobgraph.store import Store
 
 SUMMARY_ROWS = 40
@@ -63,7 +63,7 @@ def retry(
         pipeline = check_pipeline(Pipeline.model_validate_json(previous.snapshot), f"run {previous.run_id}",
                                   runner)
         prior = {t.task: PriorTask(t.state, t.attempts, t.return_value) for t in records.tasks(previous.run_id)}
-        kept = sum(1 for p in prior.values() if p.state == TaskState.SUCCEEDED)
+        kept = sum(1 for p in prior.values() if p.state not in RETRYABLE_TASK_STATES)
         console.print(f"retrying run {previous.run_id}: keeping {kept} succeeded jobs")
         result = execute(pipeline, records, runner, run_id=previous.run_id,
                          prior=prior, run_attempt=previous.run_attempt + 1)

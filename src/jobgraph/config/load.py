@@ -67,6 +67,8 @@ def read_document(file: Path) -> Any:
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(name, [Problem(f"invalid JSON: {exc.msg}", line=exc.lineno, column=exc.colno)]) from None
+        except RecursionError:
+            raise ConfigError(name, [Problem("invalid JSON: nested too deeply")]) from None
     try:
         return yaml.load(text, Loader=_YAML_LOADER)
     except yaml.MarkedYAMLError as exc:

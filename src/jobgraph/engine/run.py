@@ -9,6 +9,7 @@ predecessor did not succeed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import json
 import uuid
@@ -30,7 +31,7 @@ from jobgraph.engine.events import (
 )
 from jobgraph.errors import RunnerError
 from jobgraph.graph import Dag
-from jobgraph.runners.base import AnyRunner, JobSpec, Outcome, redact
+from jobgraph.runners.base import AnyRunner, JobSpec, Outcome, redact, redact_file
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
 
 LOG_TAIL_BYTES = 4096
@@ -101,14 +102,22 @@ class GraphRun:
         self._values: dict[str, str] = {}
         self._pools: dict[str, _Pool] = {}
         self._running: dict[asyncio.Task[TaskState], str] = {}
+        self._told_to_stop: set[asyncio.Task[TaskState]] = set()
         self._sequence = 0
         self._cancelled = False
+        self._secret_values = frozenset(v for v in self._secrets.values() if v)
 
     def cancel(self) -> None:
-        """Stop every running job and start no other; the finalizer still runs."""
+        """Stop every running job and start no other; the finalizer still runs.
+
+        Each job is told once: a second Ctrl-C must not interrupt the kill of the first, or a job
+        that ignores SIGTERM would never get its SIGKILL. A cancel during the finalizer stops it.
+        """
         self._cancelled = True
         for task in self._running:
-            task.cancel()
+            if task not in self._told_to_stop:
+                self._told_to_stop.add(task)
+                task.cancel()
 
     async def run(self) -> RunResult:
         """Run every job (but those that succeeded in an earlier attempt), then the finalizer."""
@@ -139,7 +148,11 @@ class GraphRun:
             for task in finished:
                 name = self._running.pop(task)
                 self._pools[self._pool_key(self._jobs[name])].running -= 1
-                self._finished(name, task.result())
+                if task.cancelled():  # cancelled before its first step: it recorded nothing yet
+                    self._set_state(name, TaskState.CANCELLED, reason="the run was cancelled")
+                    self._finished(name, TaskState.CANCELLED)
+                else:
+                    self._finished(name, task.result())
 
         for name in self._dag.order:
             if name not in self._states:
@@ -212,6 +225,9 @@ class GraphRun:
         self._running[task] = finalizer.name
         try:
             return await task
+        except asyncio.CancelledError:
+            self._set_state(finalizer.name, TaskState.CANCELLED, reason="the run was cancelled")
+            return TaskState.CANCELLED
         finally:
             self._running.pop(task, None)
 
@@ -236,6 +252,9 @@ class GraphRun:
         except asyncio.CancelledError:
             self._set_state(job.name, TaskState.CANCELLED, attempt=attempt, reason="the run was cancelled")
             return TaskState.CANCELLED
+        except Exception as exc:  # a bug or an OS error must fail this job, not the whole run
+            self._set_state(job.name, TaskState.FAILED, attempt=attempt, reason=f"internal error: {exc!r}")
+            return TaskState.FAILED
         reason = f"attempt {attempt - first + 1} of {last - first + 1} {outcome.status}"
         lines = [line.strip() for line in (outcome.error or "").splitlines() if line.strip()]
         if lines:
@@ -244,38 +263,42 @@ class GraphRun:
         return TaskState.FAILED
 
     async def _attempt(self, job: Job, attempt: int) -> Outcome:
-        """One execution: start, wait (bounded by the timeout), and record how it ended."""
+        """One execution: start, wait (bounded by the timeout), and record how it ended, whatever happens."""
         runner = self._runner_for(job)
-        log_path = self._log_dir / job.name / f"attempt-{attempt}.log"
+        log_path = (self._log_dir / job.name / f"attempt-{attempt}.log").resolve()
         cpu, memory = self._limits.get(self._pool_key(job), (None, None))
-        secret_values = frozenset(self._secrets[name] for name in job.secrets if name in self._secrets)
         spec = JobSpec(self.run_id, self.pipeline.name, job.name, attempt, job.image, job.args,
                        self._env(job, attempt), log_path, pool=job.pool or "default", cpu=cpu,
                        memory_bytes=memory, container_name=job.container_name, volumes=job.volumes,
-                       workdir=job.workdir, network=job.network, secret_values=secret_values)
+                       workdir=job.workdir, network=job.network, secret_values=self._secret_values,
+                       withheld_env=frozenset(self._secrets) - set(job.secrets),
+                       return_value_path=self._return_value_path(job, attempt))
         started = now()
         self._emit(AttemptStarted(self.run_id, job.name, attempt, started, log_path))
+        handle = None
+        outcome = Outcome(AttemptStatus.CANCELLED, None, "cancelled")
         try:
             handle = await runner.start(spec)
+            outcome = await asyncio.wait_for(runner.wait(handle), job.timeout)
         except RunnerError as exc:
             outcome = Outcome(AttemptStatus.ERROR, None, str(exc))
-            self._emit(AttemptEnded(self.run_id, job.name, attempt, outcome.status, started, now(),
-                                    None, outcome.error, log_path))
-            return outcome
-        try:
-            outcome = await asyncio.wait_for(runner.wait(handle), job.timeout)
         except TimeoutError:
-            await runner.cancel(handle)
             outcome = Outcome(AttemptStatus.TIMEOUT, None, f"timed out after {job.timeout:g}s")
+            await _stop(runner, handle)
         except asyncio.CancelledError:
-            await runner.cancel(handle)
+            await _stop(runner, handle)
             self._emit(AttemptEnded(self.run_id, job.name, attempt, AttemptStatus.CANCELLED, started, now(),
                                     None, "cancelled", log_path))
             raise
+        except Exception as exc:
+            outcome = Outcome(AttemptStatus.ERROR, None, f"internal error: {exc!r}")
+            await _stop(runner, handle)
         error = outcome.error
-        if outcome.status != AttemptStatus.DONE:
-            tail = (await runner.logs(handle, LOG_TAIL_BYTES)).strip()
-            error = redact(f"{error}\n{tail}" if tail else error or "", secret_values) or None
+        if outcome.status != AttemptStatus.DONE and handle is not None:
+            with contextlib.suppress(Exception):
+                tail = (await runner.logs(handle, LOG_TAIL_BYTES)).strip()
+                error = f"{error}\n{tail}" if tail else error
+        error = redact(error, self._secret_values) if error else None
         self._emit(AttemptEnded(self.run_id, job.name, attempt, outcome.status, started, now(),
                                 outcome.exit_code, error, log_path))
         return Outcome(outcome.status, outcome.exit_code, error)
@@ -288,7 +311,7 @@ class GraphRun:
             "JOBGRAPH_TASK": job.name,
             "JOBGRAPH_ATTEMPT": str(attempt),
             "JOBGRAPH_SCHEDULED_TIME": self.scheduled_time.isoformat(),
-            "JOBGRAPH_RETURN_VALUE_FILE": str(self._return_value_path(job, attempt).resolve()),
+            "JOBGRAPH_RETURN_VALUE_FILE": str(self._return_value_path(job, attempt)),
         }
         values = {p: self._values[p] for p in job.after if p in self._values}
         if values:
@@ -299,15 +322,18 @@ class GraphRun:
         return {**env, **job.env, **secrets}
 
     def _return_value_path(self, job: Job, attempt: int) -> Path:
-        return self._log_dir / job.name / f"attempt-{attempt}.return"
+        return (self._log_dir / job.name / f"attempt-{attempt}.return").resolve()
 
     def _read_return_value(self, job: Job, attempt: int) -> str | None:
         try:
             with self._return_value_path(job, attempt).open("rb") as file:
                 data = file.read(RETURN_VALUE_MAX_BYTES)
-        except FileNotFoundError:
+        except OSError:
             return None
-        value = data.decode("utf-8", errors="replace").rstrip("\n")
+        text = data.decode("utf-8", errors="replace")
+        value = redact(text, self._secret_values).rstrip("\n")
+        if value != text.rstrip("\n"):
+            redact_file(self._return_value_path(job, attempt), self._secret_values)
         self._values[job.name] = value
         return value
 
@@ -330,3 +356,15 @@ class GraphRun:
     def _emit(self, event: Event) -> None:
         for listener in self._listeners:
             listener(event)
+
+
+async def _stop(runner: AnyRunner, handle: object) -> None:
+    """Have the runner stop a job, and finish doing so even if this task is cancelled meanwhile."""
+    if handle is None:
+        return
+    stopping = asyncio.ensure_future(runner.cancel(handle))
+    try:
+        await asyncio.shield(stopping)
+    except asyncio.CancelledError:
+        await stopping
+        raise

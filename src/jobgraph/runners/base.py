@@ -16,7 +16,12 @@ from jobgraph.states import AttemptStatus
 
 @dataclass(frozen=True)
 class JobSpec:
-    """Everything a runner needs to run one attempt of one job."""
+    """Everything a runner needs to run one attempt of one job.
+
+    `secret_values` are replaced by `***` in whatever the runner writes; `withheld_env` names secrets
+    of other jobs, which a runner that inherits jobgraph's environment must not pass on;
+    `return_value_path` is where `JOBGRAPH_RETURN_VALUE_FILE` points on this host.
+    """
 
     run_id: str
     pipeline: str
@@ -34,6 +39,8 @@ class JobSpec:
     workdir: str | None = None
     network: str | None = None
     secret_values: frozenset[str] = field(default_factory=frozenset)
+    withheld_env: frozenset[str] = field(default_factory=frozenset)
+    return_value_path: Path | None = None
 
 
 @dataclass(frozen=True)

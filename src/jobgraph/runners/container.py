@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,7 +33,13 @@ from jobgraph.states import AttemptStatus
 
 LABEL = "jobgraph"
 WAIT_POLL_SECS = 5.0
-"""How often a running container's log file is refreshed while we wait for it."""
+"""How long one wait call blocks; between calls the running container's log file is refreshed."""
+
+ENGINE_RETRIES = 5
+"""Failed calls in a row (a second apart) before a running attempt is recorded as ERROR: engine gone."""
+
+OUT_DIR = "/jobgraph/out"
+"""Where the attempt's folder is mounted, so the job can write its return value."""
 
 T = TypeVar("T")
 
@@ -77,12 +85,12 @@ class ContainerRunner:
                 try:
                     client = docker.DockerClient(base_url=self._service.base_url, timeout=60, max_pool_size=64)
                     await self._call(client.ping)
+                    version = await self._call(client.version)
+                    self._libpod = any(c.get("Name") == "Podman Engine" for c in version.get("Components", []))
+                    await self._call(remove_orphans, client)
                 except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
                     raise RunnerError(f"cannot reach the {self._engine} engine at {self._service.base_url}: "
                                       f"{exc}") from None
-                version = await self._call(client.version)
-                self._libpod = any(c.get("Name") == "Podman Engine" for c in version.get("Components", []))
-                await self._call(remove_orphans, client)
                 self._client = client
             return self._client
 
@@ -119,18 +127,25 @@ class ContainerRunner:
         return ContainerHandle(container, spec)
 
     def _options(self, spec: JobSpec) -> dict[str, Any]:
-        name = f"jobgraph-{spec.container_name or spec.task}-{spec.run_id[:8]}-{spec.attempt}"
+        base = re.sub(r"[^a-z0-9]+", "-", (spec.container_name or spec.task).lower()).strip("-")[:40] or "job"
+        name = f"jobgraph-{base}-{spec.run_id[:8]}-{spec.attempt}-{uuid.uuid4().hex[:6]}"
+        environment = dict(spec.env)
+        volumes = {str((self._cwd / host).resolve()): _bind(target) for host, target in spec.volumes.items()}
+        if spec.return_value_path is not None:
+            spec.return_value_path.parent.mkdir(parents=True, exist_ok=True)
+            volumes[str(spec.return_value_path.parent)] = {"bind": OUT_DIR, "mode": "rw"}
+            environment["JOBGRAPH_RETURN_VALUE_FILE"] = f"{OUT_DIR}/{spec.return_value_path.name}"
         options: dict[str, Any] = {
             "command": list(spec.args) or None,
-            "environment": dict(spec.env),
-            "name": name.lower().replace("$", "-").replace("_", "-"),
+            "environment": environment,
+            "name": name,
             "labels": {
                 f"{LABEL}.run_id": spec.run_id, f"{LABEL}.task": spec.task, f"{LABEL}.attempt": str(spec.attempt),
                 f"{LABEL}.pipeline": spec.pipeline, f"{LABEL}.owner": self._owner,
             },
             "working_dir": spec.workdir,
             "network_mode": spec.network,
-            "volumes": {str((self._cwd / host).resolve()): _bind(target) for host, target in spec.volumes.items()},
+            "volumes": volumes,
         }
         if spec.memory_bytes:
             options["mem_limit"] = spec.memory_bytes
@@ -141,23 +156,34 @@ class ContainerRunner:
     async def wait(self, handle: ContainerHandle) -> Outcome:
         """Wait for the container to exit, save its output, note an OOM kill, and remove it."""
         container = handle.container
+        failures = 0
         while True:
             try:
                 code = await self._call(self._wait_once, container)
                 break
-            except requests.exceptions.RequestException:
-                await self._save_logs(handle)
             except docker.errors.NotFound:
                 return Outcome(AttemptStatus.ERROR, None, "the container disappeared while it ran")
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                if _timed_out(exc):
+                    await self._save_logs(handle)
+                    continue
+                failures += 1
+                if failures >= ENGINE_RETRIES:
+                    return Outcome(AttemptStatus.ERROR, None, f"the {self._engine} engine stopped answering: {exc}")
+                await asyncio.sleep(1.0)
         await self._save_logs(handle)
         if code == 0:
             self._remove_later(container)
             return Outcome(AttemptStatus.DONE, 0)
         state = (await self._call(_inspect, container)).get("State", {})
         self._remove_later(container)
-        if state.get("OOMKilled") or (code == 137 and handle.spec.memory_bytes):
-            limit = f" (memory limit {handle.spec.memory_bytes // (1 << 20)} MiB)" if handle.spec.memory_bytes else ""
-            return Outcome(AttemptStatus.FAILED, code, f"OOMKilled: out of memory{limit}, exit code {code}")
+        limit = f"memory limit {handle.spec.memory_bytes // (1 << 20)} MiB" if handle.spec.memory_bytes else ""
+        if state.get("OOMKilled"):
+            reason = f"OOMKilled: out of memory ({limit or 'no limit'}), exit code {code}"
+            return Outcome(AttemptStatus.FAILED, code, reason)
+        if code == 137 and limit:
+            # Podman 4.3 never sets OOMKilled here: a SIGKILL under a memory limit is the kernel's OOM killer.
+            return Outcome(AttemptStatus.FAILED, code, f"killed (exit code 137) under a {limit}: out of memory")
         return Outcome(AttemptStatus.FAILED, code, f"exit code {code}")
 
     def _wait_once(self, container: Container) -> int:
@@ -176,7 +202,9 @@ class ContainerRunner:
 
     def _remove_later(self, container: Container) -> None:
         """Remove an exited container off the critical path; `aclose` waits for every removal."""
-        self._removals.add(asyncio.get_running_loop().run_in_executor(self._threads, _remove, container))
+        removal = asyncio.get_running_loop().run_in_executor(self._threads, _remove, container)
+        self._removals.add(removal)
+        removal.add_done_callback(self._removals.discard)
 
     async def _save_logs(self, handle: ContainerHandle) -> None:
         try:
@@ -251,7 +279,7 @@ def _bind(target: str) -> dict[str, str]:
 def _inspect(container: Container) -> dict[str, Any]:
     try:
         container.reload()
-    except docker.errors.NotFound:
+    except (docker.errors.DockerException, requests.exceptions.RequestException):
         return {}
     return dict(container.attrs)
 
@@ -262,8 +290,13 @@ def _kill(container: Container) -> None:
 
 
 def _remove(container: Container) -> None:
-    with contextlib.suppress(docker.errors.NotFound):
+    with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
         container.remove(force=True)
+
+
+def _timed_out(exc: Exception) -> bool:
+    """A wait call that simply ran out of time (requests reports a read timeout as a ConnectionError)."""
+    return isinstance(exc, requests.exceptions.Timeout) or "timed out" in str(exc).lower()
 
 
 def _explain(exc: Exception) -> str:

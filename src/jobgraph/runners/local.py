@@ -60,7 +60,7 @@ class LocalRunner:
         """Start the process with stdout and stderr appended to the attempt's log file."""
         command = self.command(spec)
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **spec.env}
+        env = {k: v for k, v in os.environ.items() if k not in spec.withheld_env} | dict(spec.env)
         with spec.log_path.open("ab") as log:
             try:
                 popen = subprocess.Popen(

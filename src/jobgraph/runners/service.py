@@ -18,7 +18,10 @@ from pathlib import Path
 
 from jobgraph.errors import RunnerError
 
-WELL_KNOWN_SOCKETS = ("/run/podman/podman.sock", "/var/run/docker.sock", "/run/user/0/podman/podman.sock")
+WELL_KNOWN_SOCKETS = {
+    "podman": ("/run/podman/podman.sock", "/run/user/0/podman/podman.sock"),
+    "docker": ("/var/run/docker.sock",),
+}
 START_TIMEOUT_SECS = 15.0
 
 
@@ -65,7 +68,7 @@ def find_or_start(engine: str, folder: Path) -> EngineService:
         if not ping(configured):
             raise RunnerError(f"no container engine answers at DOCKER_HOST={configured}")
         return EngineService(configured)
-    for path in WELL_KNOWN_SOCKETS:
+    for path in WELL_KNOWN_SOCKETS.get(engine, ()):
         if ping(f"unix://{path}"):
             return EngineService(f"unix://{path}")
     if engine != "podman" or shutil.which("podman") is None:

@@ -21,7 +21,7 @@ from sqlalchemy.schema import CreateView
 
 from jobgraph.engine.events import AttemptEnded, AttemptStarted, Event, RunEnded, RunStarted, TaskChanged
 from jobgraph.errors import StoreError
-from jobgraph.states import AttemptStatus, RunState, TaskState
+from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
 from jobgraph.store.tables import VIEW_NAMES, attempts, metadata, runs, task_runs, view_selects
 
 DEFAULT_URL = "sqlite:///.jobgraph/jobgraph.db"
@@ -184,7 +184,7 @@ class Store:
         if event.state == TaskState.RUNNING and key not in self._task_started:
             self._task_started[key] = event.at
             values["started_at"] = _utc(event.at)
-        if event.state in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED):
+        if event.state in TERMINAL_TASK_STATES:
             values["finished_at"] = _utc(event.at)
             values["error_message"] = event.reason
             values["return_value"] = event.return_value

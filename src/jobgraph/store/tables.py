@@ -26,7 +26,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Select
 
-from jobgraph.states import AttemptStatus, TaskState
+from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus
 
 metadata = MetaData()
 
@@ -109,7 +109,7 @@ def view_selects(dialect: Dialect) -> dict[str, Select[tuple[object, ...]]]:
         .select_from(attempts.join(runs, attempts.c.run_id == runs.c.run_id))
         .where(attempts.c.status != AttemptStatus.RUNNING.value)
     )
-    terminal = [s.value for s in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.SKIPPED, TaskState.CANCELLED)]
+    terminal = sorted(s.value for s in TERMINAL_TASK_STATES)
     task_logging_stats = select(
         task_runs.c.run_id.label("graph_run_group_id"),
         task_runs.c.task.label("name"),
