@@ -7,6 +7,8 @@ source scripts/venv.sh
 echo "== podman and the images the container tests run"
 bash scripts/setup-podman.sh
 bash scripts/build-images.sh
+echo "== PostgreSQL server for the store tests"
+bash scripts/setup-postgres.sh
 echo "== ruff"; "$VENV/bin/ruff" check src tests bench
 echo "== mypy"; "$VENV/bin/mypy"
 echo "== pytest"; "$VENV/bin/pytest" "$@"

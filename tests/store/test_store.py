@@ -6,9 +6,13 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import pytest
+from sqlalchemy import text
+
 from jobgraph.config import Pipeline
 from jobgraph.config.validate import check_pipeline
-from jobgraph.engine import Event, GraphRun
+from jobgraph.engine import Event, GraphRun, PriorTask
+from jobgraph.errors import StoreError
 from jobgraph.runners import LocalRunner
 from jobgraph.store import Store
 from jobgraph.store.tables import VIEW_NAMES
@@ -28,8 +32,8 @@ def run_into(store: Store, tmp_path: Path, jobs: list[dict[str, object]], extra:
     return result.run_id
 
 
-def test_views_have_the_seeds_columns(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_views_have_the_seeds_columns(tmp_path: Path, store_url: str) -> None:
+    store = Store(store_url)
     run_id = run_into(store, tmp_path, [
         {"name": "ok", "image": "sh", "args": ['printf 7 > "$JOBGRAPH_RETURN_VALUE_FILE"']},
         {"name": "bad", "image": "sh", "args": ["echo \"it's 'broken'; drop table runs\" >&2; exit 4"], "retries": 1},
@@ -50,12 +54,11 @@ def test_views_have_the_seeds_columns(tmp_path: Path) -> None:
     assert len(by_name["ok"][4]) == len("YYYY-MM-DD HH:MM:SS") and isinstance(by_name["ok"][6], int)
     assert by_name["bad"][2] == "FAILED" and "exit code 4" in by_name["bad"][7]
     assert by_name["never"][2] == "SKIPPED" and by_name["never"][4] is None
+    with store._engine.connect() as raw:
+        assert raw.execute(text("select count(*) from runs")).scalar() == 1
+        for view in VIEW_NAMES:
+            assert raw.execute(text(f"select count(*) from {view}")).scalar_one() >= 3
     store.close()
-
-    raw = sqlite3.connect(tmp_path / "db.sqlite")
-    assert raw.execute("select count(*) from runs").fetchone() == (1,)
-    for view in VIEW_NAMES:
-        assert raw.execute(f"select count(*) from {view}").fetchone()[0] >= 3
 
 
 def test_a_record_is_written_at_every_state_change(tmp_path: Path) -> None:
@@ -72,9 +75,28 @@ def test_a_record_is_written_at_every_state_change(tmp_path: Path) -> None:
     assert seen == ["PENDING", "QUEUED", "RUNNING", "RUNNING", "RUNNING", "SUCCEEDED", "SUCCEEDED"]
 
 
-def test_runs_are_found_by_a_unique_prefix(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_runs_are_found_by_a_unique_prefix(tmp_path: Path, store_url: str) -> None:
+    store = Store(store_url)
     run_id = run_into(store, tmp_path, [{"name": "a", "image": "sh", "args": ["true"]}])
     assert store.run(run_id[:8]).run_id == run_id
     assert [t.task for t in store.tasks(run_id)] == ["a"]
     assert [a.status for a in store.attempts(run_id)] == ["DONE"]
+    with pytest.raises(StoreError, match="no run with id '%'"):
+        store.run("%")
+    store.close()
+
+
+def test_a_retry_reopens_the_run_in_the_store(tmp_path: Path, store_url: str) -> None:
+    store = Store(store_url)
+    run_id = run_into(store, tmp_path, [{"name": "a", "image": "sh", "args": ["exit 1"]}])
+    assert store.run(run_id).state == "FAILED"
+    pipeline = check_pipeline(Pipeline.model_validate_json(store.run(run_id).snapshot), "snapshot")
+    runner = LocalRunner({"sh": ("sh", "-c")}, cwd=tmp_path)
+    fixed = pipeline.model_copy(update={"jobs": (pipeline.jobs[0].model_copy(update={"args": ("true",)}),)})
+    prior = {t.task: PriorTask(t.state, t.attempts, t.return_value) for t in store.tasks(run_id)}
+    asyncio.run(GraphRun(fixed, lambda _j: runner, [store], tmp_path / "logs", run_id=run_id, prior=prior,
+                         run_attempt=2).run())
+    run = store.run(run_id)
+    assert (run.state, run.run_attempt) == ("SUCCEEDED", 2)
+    assert [(a.attempt, a.status) for a in store.attempts(run_id)] == [(1, "FAILED"), (2, "DONE")]
+    store.close()

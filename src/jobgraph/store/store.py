@@ -264,7 +264,10 @@ def _open_engine(url: str) -> Engine:
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url)
-    except (ArgumentError, ImportError, ValueError) as exc:
+    except ImportError as exc:
+        raise StoreError(f"cannot use the store URL {url!r}: {exc} (for PostgreSQL: "
+                         "pip install 'jobgraph[postgres]')") from None
+    except (ArgumentError, ValueError) as exc:
         raise StoreError(f"cannot use the store URL {url!r}: {exc}") from None
     except OSError as exc:
         raise StoreError(f"cannot create the store's folder for {url!r}: {exc.strerror}") from None
