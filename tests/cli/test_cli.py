@@ -229,3 +229,37 @@ def test_deeply_nested_json_is_a_clear_error(tmp_path: Path, cli: Cli) -> None:
     (tmp_path / "deep.json").write_text("[" * 100_000)
     result = cli("validate", "deep.json", check=2)
     assert "deep.json" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_kill_9_of_jobgraph_is_recovered_on_the_next_start_and_retry_resumes(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
+    pids, gate = tmp_path / "pids", tmp_path / "gate"
+    path = write_pipeline({"jobs": [
+        sh("quick", "echo done"),
+        sh("slow", f"echo $$ >> {pids}; sleep 300 & echo $! >> {pids}; "
+                   f"if [ -e {gate} ]; then exit 0; fi; wait", after=["quick"]),
+        sh("last", "true", after=["slow"]),
+    ]})
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph")}
+    process = subprocess.Popen([sys.executable, "-m", "jobgraph", "run", str(path)], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while (not pids.exists() or len(pids.read_text().split()) < 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    left = [int(p) for p in pids.read_text().split()]
+    assert any(process_alive(pid) for pid in left), "the jobs should outlive a kill -9 until the next start"
+    store = Store(store_url(tmp_path))
+    run_id = store.runs(1)[0].run_id
+    assert store.run(run_id).state == "RUNNING"
+
+    gate.touch()
+    retried = cli("retry", run_id, check=0)
+    assert f"run {run_id} of p: its jobgraph process died; killed 1 leftover process group(s)" in retried.stderr
+    assert all(not process_alive(pid) for pid in left)
+    lost = next(a for a in store.attempts(run_id) if a.task == "slow")
+    assert lost.status == "CANCELLED" and (lost.error or "").startswith("orchestrator lost")
+    assert {t.task: (t.state, t.attempts) for t in store.tasks(run_id)} == {
+        "quick": ("SUCCEEDED", 1), "slow": ("SUCCEEDED", 2), "last": ("SUCCEEDED", 1)}
+    assert "quick RUNNING" not in retried.stdout

@@ -17,6 +17,7 @@ from jobgraph.cli.common import (
     EXIT_OK,
     StoreOption,
     console,
+    errors,
     home,
     reported,
     store_url,
@@ -27,6 +28,7 @@ from jobgraph.cli.show import tasks_table
 from jobgraph.config import Job, Pipeline, check_pipeline, load
 from jobgraph.engine import GraphRun, PriorTask, RunResult
 from jobgraph.errors import ConfigError, Problem, StoreError
+from jobgraph.recovery import recover_lost_runs
 from jobgraph.runners import AnyRunner, make_runner
 from jobgraph.states import RETRYABLE_TASK_STATES, RunState, TaskState
 from jobgraph.store import Store
@@ -42,6 +44,7 @@ def run(file: FileArgument, store: StoreOption = None, runner: RunnerOption = No
     """Run a pipeline once, now, with a live view; exit 0 if every job succeeded, 1 if not, 130 if cancelled."""
     pipeline = load(file, runner)
     with Store(store_url(store)) as records:
+        report_lost_runs(records)
         result = execute(pipeline, records, runner)
     raise typer.Exit(EXIT_CODES[result.state])
 
@@ -54,6 +57,7 @@ def retry(
 ) -> None:
     """Run again a run's failed, skipped and cancelled jobs, keeping what succeeded (EXECUTE TASK ... RETRY LAST)."""
     with Store(store_url(store)) as records:
+        report_lost_runs(records)
         previous = records.run(run_id)
         if previous.state == RunState.RUNNING:
             raise StoreError(f"run {previous.run_id} is still running")
@@ -108,6 +112,14 @@ def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run
         title += f"; jobs that did not succeed: {len(tasks)}" if tasks else ""
     console.print(tasks_table(tasks, title=title))
     return result
+
+
+def report_lost_runs(records: Store) -> None:
+    """Close runs whose jobgraph process died, and say so."""
+    for lost in recover_lost_runs(records):
+        errors.print(f"run {lost.run_id} of {lost.pipeline}: its jobgraph process died; killed "
+                     f"{lost.killed} leftover process group(s), marked it CANCELLED "
+                     f"(`jobgraph retry {lost.run_id}` resumes it)")
 
 
 def _secrets(pipeline: Pipeline) -> dict[str, str]:

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import re
-import socket
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +26,7 @@ import requests.exceptions
 from docker.models.containers import Container
 
 from jobgraph.errors import RunnerError
+from jobgraph.owner import owner_is_gone, owner_label
 from jobgraph.runners.base import JobSpec, Outcome, redact, tail_of
 from jobgraph.runners.service import EngineService, find_or_start
 from jobgraph.states import AttemptStatus
@@ -50,11 +50,6 @@ class ContainerHandle:
 
     container: Container
     spec: JobSpec
-
-
-def owner_label() -> str:
-    """This process, in a way that survives pid reuse: host, pid and the pid's start time."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
 
 
 class ContainerRunner:
@@ -250,25 +245,11 @@ def _remove_owned_by(client: docker.DockerClient, owner: str) -> None:
 def remove_orphans(client: docker.DockerClient) -> list[str]:
     """Remove containers whose jobgraph owner on this host is gone; return their names."""
     removed = []
-    host = socket.gethostname()
     for container in client.containers.list(all=True, filters={"label": f"{LABEL}.owner"}):
-        owner_host, _, rest = container.labels.get(f"{LABEL}.owner", "").partition(":")
-        pid_text, _, started = rest.partition(":")
-        if owner_host != host or not pid_text.isdigit():
-            continue
-        if _start_time(int(pid_text)) != started:
+        if owner_is_gone(container.labels.get(f"{LABEL}.owner", "")):
             _remove(container)
             removed.append(container.name)
     return removed
-
-
-def _start_time(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return "gone"
-    return "gone" if fields[0] == "Z" else fields[19]
 
 
 def _bind(target: str) -> dict[str, str]:

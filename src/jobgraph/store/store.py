@@ -7,8 +7,6 @@ statement is a SQLAlchemy Core construct with bound parameters.
 from __future__ import annotations
 
 import json
-import os
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +19,7 @@ from sqlalchemy.schema import CreateView
 
 from jobgraph.engine.events import AttemptEnded, AttemptStarted, Event, RunEnded, RunStarted, TaskChanged
 from jobgraph.errors import StoreError
+from jobgraph.owner import owner_label
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
 from jobgraph.store.tables import VIEW_NAMES, attempts, metadata, runs, task_runs, view_selects
 
@@ -46,6 +45,7 @@ class RunRecord:
     started_at: datetime
     finished_at: datetime | None
     snapshot: str
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ class Store:
         if event.run_attempt > 1:
             conn.execute(update(runs).where(runs.c.run_id == event.run_id).values(
                 state=RunState.RUNNING.value, run_attempt=event.run_attempt, finished_at=None,
-                snapshot=event.snapshot, pid=os.getpid(), host=socket.gethostname()))
+                snapshot=event.snapshot, owner=owner_label()))
             conn.execute(update(task_runs).where(and_(
                 task_runs.c.run_id == event.run_id, task_runs.c.task.not_in(event.resumed))).values(
                 state=TaskState.PENDING.value, started_at=None, finished_at=None, duration_secs=None,
@@ -168,7 +168,7 @@ class Store:
             run_id=event.run_id, pipeline=event.pipeline, state=RunState.RUNNING.value,
             run_attempt=event.run_attempt, started_at=_utc(event.at),
             scheduled_time=_utc(event.scheduled_time), snapshot=event.snapshot,
-            pid=os.getpid(), host=socket.gethostname()))
+            owner=owner_label()))
         conn.execute(insert(task_runs), [
             {"run_id": event.run_id, "task": t.name, "state": TaskState.PENDING.value, "attempts": 0,
              "pool": t.pool, "image": t.image, "predecessors": json.dumps(list(t.predecessors)),
@@ -200,6 +200,26 @@ class Store:
             query = query.where(runs.c.pipeline == pipeline)
         with self._engine.connect() as conn:
             return [_run_record(row) for row in conn.execute(query).mappings()]
+
+    def running_runs(self) -> list[RunRecord]:
+        """Runs recorded as RUNNING: live ones, and any whose orchestrator died."""
+        with self._engine.connect() as conn:
+            query = select(runs).where(runs.c.state == RunState.RUNNING.value)
+            return [_run_record(row) for row in conn.execute(query).mappings()]
+
+    def mark_lost(self, run_id: str, reason: str) -> None:
+        """Close the records of a run whose orchestrator died: what was unfinished is CANCELLED."""
+        at = _utc(datetime.now(UTC))
+        unfinished = sorted(s.value for s in set(TaskState) - TERMINAL_TASK_STATES)
+        with self._engine.begin() as conn:
+            conn.execute(update(attempts).where(and_(
+                attempts.c.run_id == run_id, attempts.c.status == AttemptStatus.RUNNING.value)).values(
+                status=AttemptStatus.CANCELLED.value, error=reason, finished_at=at, created_date=at))
+            conn.execute(update(task_runs).where(and_(
+                task_runs.c.run_id == run_id, task_runs.c.state.in_(unfinished))).values(
+                state=TaskState.CANCELLED.value, error_message=reason, finished_at=at))
+            conn.execute(update(runs).where(runs.c.run_id == run_id).values(
+                state=RunState.CANCELLED.value, finished_at=at))
 
     def run(self, run_id: str) -> RunRecord:
         """One run, by its id or a unique prefix of it (as git takes short hashes)."""
@@ -255,7 +275,7 @@ def _run_record(row: Any) -> RunRecord:
     return RunRecord(
         run_id=row["run_id"], pipeline=row["pipeline"], state=RunState(row["state"]),
         run_attempt=row["run_attempt"], started_at=_aware(row["started_at"]) or row["started_at"],
-        finished_at=_aware(row["finished_at"]), snapshot=row["snapshot"],
+        finished_at=_aware(row["finished_at"]), snapshot=row["snapshot"], owner=row["owner"],
     )
 
 

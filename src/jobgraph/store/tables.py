@@ -40,8 +40,7 @@ runs = Table(
     Column("scheduled_time", DateTime, nullable=False),
     Column("finished_at", DateTime),
     Column("snapshot", Text, nullable=False),
-    Column("pid", Integer),
-    Column("host", String(255)),
+    Column("owner", String(300)),
 )
 
 task_runs = Table(

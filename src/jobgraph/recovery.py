@@ -1,0 +1,61 @@
+"""Runs whose orchestrator died (kill -9, a crash): kill what they left running and close their records.
+
+`jobgraph run` and `jobgraph retry` call this first, so a lost run never stays RUNNING, no job
+process it started outlives it for long, and `jobgraph retry RUN_ID` can resume it. Job processes
+are found by the JOBGRAPH_RUN_ID every job gets in its environment (their process groups are
+killed); containers are removed by the container runner, by their owner label, when it next connects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobgraph.owner import owner_is_gone
+from jobgraph.store import Store
+
+LOST_REASON = "orchestrator lost: the jobgraph process running this run died"
+
+
+@dataclass(frozen=True)
+class LostRun:
+    """A run that was found orphaned and closed."""
+
+    run_id: str
+    pipeline: str
+    killed: int
+
+
+def recover_lost_runs(store: Store) -> list[LostRun]:
+    """Close every RUNNING run whose orchestrator on this host is gone; kill its leftover processes."""
+    lost = []
+    for run in store.running_runs():
+        if run.owner is None or not owner_is_gone(run.owner):
+            continue
+        killed = kill_processes_of_run(run.run_id)
+        store.mark_lost(run.run_id, LOST_REASON)
+        lost.append(LostRun(run.run_id, run.pipeline, killed))
+    return lost
+
+
+def kill_processes_of_run(run_id: str) -> int:
+    """SIGKILL the process group of every process whose environment names this run; return how many."""
+    marker = f"JOBGRAPH_RUN_ID={run_id}".encode()
+    groups: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environment = (entry / "environ").read_bytes()
+            if marker in environment.split(b"\0"):
+                groups.add(os.getpgid(int(entry.name)))
+        except (OSError, ProcessLookupError):
+            continue
+    groups.discard(os.getpgid(0))  # never our own group, whatever our environment says
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+    return len(groups)
