@@ -167,6 +167,7 @@ def test_cycle_prints_its_path(write_pipeline: WritePipeline) -> None:
     ({"jobs": [sh("a", "true", env={"A": 1})]}, "job 'a', field 'env.A': Input should be a valid string"),
     ({"jobs": [{"name": "a", "image": "nomap"}]}, "job 'a', field 'image': image 'nomap' has no command in 'images'"),
     ({"name": "bad name", "jobs": [sh("a", "true")]}, "field 'name': 'bad name' is not a valid name"),
+    ({"schedule": "every hour", "jobs": [sh("a", "true")]}, "field 'schedule': 'every hour' is not a schedule"),
     ({"pools": {"p": {"max_parallel": 0}}, "jobs": [sh("a", "true")]}, "field 'pools.p.max_parallel'"),
     ({"jobs": [sh("a", "true")], "finalizer": {"image": "sh", "after": ["a"]}},
      "job 'finalizer': the finalizer runs after every job; it takes no 'after'"),

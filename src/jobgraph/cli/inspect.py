@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +16,7 @@ from jobgraph.cli.common import console, reported
 from jobgraph.config import Pipeline, load
 from jobgraph.errors import ConfigError, Problem
 from jobgraph.graph import Dag
+from jobgraph.schedule import parse_schedule
 
 FileArgument = Annotated[Path, typer.Argument(help="Pipeline file: native YAML/JSON, or the seed's jobconfig.json")]
 RunnerOption = Annotated[
@@ -39,6 +41,10 @@ def validate(file: FileArgument, runner: RunnerOption = None) -> None:
     final = f", finalizer '{pipeline.finalizer.name}'" if pipeline.finalizer else ""
     console.print(f"{escape(str(file))}: ok: pipeline '{pipeline.name}', {len(pipeline.jobs)} jobs in "
                   f"{len(pools)} pools ({', '.join(pools)}){final}")
+    if pipeline.schedule:
+        fires = parse_schedule(pipeline.schedule).next_after(datetime.now(UTC))
+        console.print(f"schedule '{escape(pipeline.schedule)}': next fire {fires:%Y-%m-%d %H:%M:%S} UTC "
+                      "(counted from now for an interval schedule)")
 
 
 @reported

@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from jobgraph.schedule import parse_schedule
+
 MAX_RETRIES = 100
 """More retries than this is almost always a typo; Snowflake caps task retries at 10."""
 
@@ -58,6 +60,11 @@ def parse_duration(value: Any) -> float:
     if not 0 <= seconds <= MAX_DURATION_SECS:
         raise ValueError(f"a duration must be between 0 and 7 days, got {value!r}")
     return seconds
+
+
+def _check_schedule(text: str) -> str:
+    parse_schedule(text)
+    return text
 
 
 def _split_after(value: Any) -> Any:
@@ -200,7 +207,8 @@ class Pipeline(_Model):
     """A whole pipeline file, in native form (the seed's array is converted to this)."""
 
     name: Name
-    schedule: str | None = None
+    schedule: Annotated[str, AfterValidator(_check_schedule)] | None = Field(
+        default=None, description="'59 MINUTE', 'USING CRON 0 9 * * MON America/Los_Angeles', or '*/5 * * * * [zone]'")
     overlap: Literal["skip", "allow", "queue"] = "skip"
     suspend_after_failures: int | None = Field(default=None, strict=True, ge=1)
     pools: dict[Name, Pool] = Field(default_factory=dict)
