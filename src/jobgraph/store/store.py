@@ -13,15 +13,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, create_engine, event, insert, inspect, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, create_engine, event, insert, inspect, select, text, update
 from sqlalchemy.exc import ArgumentError, OperationalError
-from sqlalchemy.schema import CreateView
 
 from jobgraph.engine.events import AttemptEnded, AttemptStarted, Event, RunEnded, RunStarted, TaskChanged
 from jobgraph.errors import StoreError
 from jobgraph.owner import owner_label
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
-from jobgraph.store.tables import VIEW_NAMES, attempts, metadata, runs, task_runs, view_selects
+from jobgraph.store.tables import SCHEMA_VERSION, VIEW_NAMES, attempts, runs, task_runs, view_selects
 
 DEFAULT_URL = "sqlite:///.jobgraph/jobgraph.db"
 
@@ -99,12 +98,7 @@ class Store:
         self._connection: Connection | None = None
         self._task_started: dict[tuple[str, str], datetime] = {}
         try:
-            with self._engine.begin() as connection:
-                metadata.create_all(connection)
-                existing = set(inspect(connection).get_view_names())
-                for name, query in view_selects(connection.dialect).items():
-                    if name not in existing:
-                        connection.execute(CreateView(query, name))
+            migrate(self._engine)
         except OperationalError as exc:
             raise StoreError(f"cannot open the store at {url}: {exc.orig}") from None
 
@@ -269,6 +263,31 @@ class Store:
             order = query.c.created_date if name == "jobs_run_stats" else query.c.completed_time
             result = conn.execute(select(query).order_by(order.desc(), *query.c).limit(limit))
             return list(result.keys()), [tuple(row) for row in result]
+
+
+def schema_version(engine: Engine) -> str | None:
+    """The store's migration version, or None for an empty database."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def migrate(engine: Engine, to: str = SCHEMA_VERSION) -> None:
+    """Bring the store's schema to `to` with Alembic (from empty, or from any earlier version).
+
+    The version is read first with one query, so opening an up-to-date store does not import Alembic.
+    """
+    if schema_version(engine) == to:
+        return
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, to)
 
 
 def _run_record(row: Any) -> RunRecord:

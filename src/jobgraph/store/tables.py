@@ -41,6 +41,8 @@ runs = Table(
     Column("finished_at", DateTime),
     Column("snapshot", Text, nullable=False),
     Column("owner", String(300)),
+    Column("trigger", String(16)),
+    Column("pipeline_version", String(64)),
 )
 
 task_runs = Table(
@@ -79,6 +81,50 @@ attempts = Table(
     UniqueConstraint("run_id", "task", "attempt"),
     ForeignKeyConstraint(["run_id", "task"], ["task_runs.run_id", "task_runs.task"], ondelete="CASCADE"),
 )
+
+pipelines = Table(
+    "pipelines", metadata,
+    Column("name", String(255), primary_key=True),
+    Column("version", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("schedule", String(255)),
+    Column("anchor", DateTime, nullable=False),
+    Column("next_fire_at", DateTime),
+    Column("failures_in_row", Integer, nullable=False, default=0),
+    Column("deployed_at", DateTime, nullable=False),
+    Column("note", Text),
+)
+
+pipeline_versions = Table(
+    "pipeline_versions", metadata,
+    Column("name", String(255), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("snapshot", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    PrimaryKeyConstraint("name", "version"),
+)
+
+fires = Table(
+    "fires", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("pipeline", String(255), nullable=False, index=True),
+    Column("scheduled_time", DateTime, nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("run_id", String(36)),
+    Column("note", Text),
+    Column("at", DateTime, nullable=False),
+)
+
+leases = Table(
+    "leases", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(300), nullable=False),
+    Column("expires_at", DateTime, nullable=False),
+)
+
+SCHEMA_VERSION = "0002"
+"""The newest migration (store/migrations/versions); a store at another version is migrated on open."""
 
 VIEW_NAMES = ("jobs_run_stats", "task_logging_stats")
 
