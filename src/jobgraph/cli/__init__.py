@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from jobgraph.cli import doctor, inspect, run, show
+from jobgraph.cli import doctor, inspect, run, service, show
 
 app = typer.Typer(
     name="jobgraph",
@@ -24,6 +24,13 @@ app.command()(show.show)
 app.command()(show.logs)
 app.command()(show.stats)
 app.command()(doctor.doctor)
+app.command()(service.deploy)
+app.command()(service.pipelines)
+app.command()(service.suspend)
+app.command()(service.resume)
+app.command()(service.trigger)
+app.command()(service.drop)
+app.command()(service.serve)
 
 
 def main() -> None:

@@ -60,6 +60,7 @@ class RunView:
     run_id: str = ""
     pipeline: str = ""
     state: RunState = RunState.RUNNING
+    prefix: str = ""
     _live: Live | None = None
 
     def __enter__(self) -> RunView:
@@ -106,7 +107,8 @@ class RunView:
     def _line(self, text: str) -> None:
         """Plain output: written straight to the stream, since rich's rendering per line is slow at scale."""
         if self._live is None:
-            self.console.file.write(f"{datetime.now():%H:%M:%S} {text}\n")
+            self.console.file.write(f"{datetime.now():%H:%M:%S} {self.prefix}{text}\n")
+            self.console.file.flush()
 
     def __rich__(self) -> Table:
         """The live table: running jobs first, then the rest, cut to the screen with a count of what is hidden."""

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -74,11 +75,9 @@ def retry(
     raise typer.Exit(EXIT_CODES[result.state])
 
 
-def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run_id: str | None = None,
-            prior: dict[str, PriorTask] | None = None, run_attempt: int = 1) -> RunResult:
-    """Run the graph with the store and the live view listening; Ctrl-C and SIGTERM cancel it."""
-    secrets = _secrets(pipeline)
-    runners: dict[str, AnyRunner] = {}
+def runner_factory(pipeline: Pipeline, runner_override: str | None,
+                   runners: dict[str, AnyRunner]) -> Callable[[Job], AnyRunner]:
+    """Pick each job's runner by name, making each runner once; the caller closes them."""
 
     def runner_for(job: Job) -> AnyRunner:
         name = runner_override or job.runner or "local"
@@ -86,9 +85,19 @@ def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run
             runners[name] = make_runner(name, pipeline, home(), cwd=Path.cwd())
         return runners[name]
 
+    return runner_for
+
+
+def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run_id: str | None = None,
+            prior: dict[str, PriorTask] | None = None, run_attempt: int = 1, trigger: str = "manual",
+            version: str | None = None) -> RunResult:
+    """Run the graph with the store and the live view listening; Ctrl-C and SIGTERM cancel it."""
+    secrets = job_secrets(pipeline)
+    runners: dict[str, AnyRunner] = {}
     with RunView(console) as view:
-        graph_run = GraphRun(pipeline, runner_for, [records, view], home() / "logs",
-                             run_id=run_id, prior=prior, run_attempt=run_attempt, secrets=secrets)
+        graph_run = GraphRun(pipeline, runner_factory(pipeline, runner_override, runners), [records, view],
+                             home() / "logs", run_id=run_id, prior=prior, run_attempt=run_attempt,
+                             secrets=secrets, trigger=trigger, version=version)
 
         async def main() -> RunResult:
             loop = asyncio.get_running_loop()
@@ -122,7 +131,7 @@ def report_lost_runs(records: Store) -> None:
                      f"(`jobgraph retry {lost.run_id}` resumes it)")
 
 
-def _secrets(pipeline: Pipeline) -> dict[str, str]:
+def job_secrets(pipeline: Pipeline) -> dict[str, str]:
     """The values of every job's `secrets`, from jobgraph's environment; a missing one stops the run."""
     jobs = [*pipeline.jobs, *([pipeline.finalizer] if pipeline.finalizer else [])]
     missing = [Problem(f"secret {name} is not set in jobgraph's environment", job=job.name, field="secrets")

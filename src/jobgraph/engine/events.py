@@ -38,6 +38,8 @@ class RunStarted:
     snapshot: str
     run_attempt: int = 1
     resumed: tuple[str, ...] = ()
+    trigger: str = "manual"
+    version: str | None = None
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,8 @@ class GraphRun:
         prior: Mapping[str, PriorTask] | None = None,
         run_attempt: int = 1,
         secrets: Mapping[str, str] | None = None,
+        trigger: str = "manual",
+        version: str | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.run_id = run_id or str(uuid.uuid4())
@@ -95,6 +97,7 @@ class GraphRun:
         self._prior = prior or {}
         self._run_attempt = run_attempt
         self._secrets = secrets or {}
+        self._origin = (trigger, version)
         self._limits = {name.casefold(): pool.limits() for name, pool in pipeline.pools.items()}
         self._jobs = {job.name: job for job in pipeline.jobs}
         self._dag = Dag.build((job.name, job.after) for job in pipeline.jobs)
@@ -126,6 +129,7 @@ class GraphRun:
             self.pipeline.model_dump_json(), self._run_attempt,
             resumed=tuple(n for n in self._dag.order if n in self._prior
                           and self._prior[n].state == TaskState.SUCCEEDED),
+            trigger=self._origin[0], version=self._origin[1],
         ))
         waiting: dict[str, int] = {}
         for name in self._dag.order:

@@ -160,8 +160,8 @@ class Store:
             return
         conn.execute(insert(runs).values(
             run_id=event.run_id, pipeline=event.pipeline, state=RunState.RUNNING.value,
-            run_attempt=event.run_attempt, started_at=_utc(event.at),
-            scheduled_time=_utc(event.scheduled_time), snapshot=event.snapshot,
+            run_attempt=event.run_attempt, started_at=_utc(event.at), trigger=event.trigger,
+            pipeline_version=event.version, scheduled_time=_utc(event.scheduled_time), snapshot=event.snapshot,
             owner=owner_label()))
         conn.execute(insert(task_runs), [
             {"run_id": event.run_id, "task": t.name, "state": TaskState.PENDING.value, "attempts": 0,

@@ -1,0 +1,186 @@
+"""Deployed pipelines and the scheduler service: deploy, pipelines, suspend, resume, trigger, drop, serve."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from jobgraph.cli.common import EXIT_OK, StoreOption, console, home, reported, store_url
+from jobgraph.cli.inspect import FileArgument, RunnerOption
+from jobgraph.cli.render import RunView, styled
+from jobgraph.cli.run import EXIT_CODES, execute, job_secrets, report_lost_runs, runner_factory
+from jobgraph.config import Pipeline, check_pipeline, load
+from jobgraph.engine import GraphRun
+from jobgraph.errors import JobgraphError
+from jobgraph.owner import owner_label
+from jobgraph.runners import AnyRunner
+from jobgraph.schedule import parse_schedule
+from jobgraph.scheduler import LEASE, Scheduler
+from jobgraph.store import Store
+from jobgraph.store.deployments import ACTIVE, SUSPENDED, DeployedPipeline, Deployments
+
+NameArgument = Annotated[str, typer.Argument(help="A deployed pipeline's name")]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _next_fire(schedule: str | None, anchor: datetime) -> datetime | None:
+    return parse_schedule(schedule).next_after(anchor, anchor) if schedule else None
+
+
+def _when(moment: datetime | None) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC" if moment else "-"
+
+
+@reported
+def deploy(file: FileArgument, store: StoreOption = None, runner: RunnerOption = None) -> None:
+    """Store a pipeline (validated, versioned by content) with its schedule: the seed's create_job_tasks()."""
+    pipeline = load(file, runner)
+    now = _now()
+    with Store(store_url(store)) as records:
+        deployments = Deployments(records)
+        version, new = deployments.deploy(pipeline.name, pipeline.model_dump_json(), str(file.resolve()),
+                                          pipeline.schedule, now, _next_fire(pipeline.schedule, now))
+        deployed = deployments.get(pipeline.name)
+    change = "new version" if new else "unchanged version"
+    schedule = f"schedule '{pipeline.schedule}', next run {_when(deployed.next_fire_at)}" if pipeline.schedule \
+        else "no schedule (run it with `jobgraph trigger`)"
+    console.print(f"deployed {pipeline.name}: {change} {version}, {deployed.state}; {escape(schedule)}")
+
+
+@reported
+def pipelines(store: StoreOption = None) -> None:
+    """List deployed pipelines: schedule, state, version, last and next run."""
+    with Store(store_url(store)) as records:
+        table = Table(title="deployed pipelines", title_justify="left")
+        for column in ("pipeline", "state", "version", "schedule", "last run", "next run (UTC)", "note"):
+            table.add_column(column, overflow="fold")
+        for deployed in Deployments(records).all():
+            last = records.runs(1, deployed.name)
+            last_text = f"{last[0].state} {last[0].started_at:%Y-%m-%d %H:%M:%S}" if last else "-"
+            upcoming = deployed.next_fire_at if deployed.state == ACTIVE else None
+            table.add_row(deployed.name, styled(deployed.state), deployed.version, escape(deployed.schedule or "-"),
+                          last_text, _when(upcoming).removesuffix(" UTC"), escape(deployed.note or ""))
+        console.print(table)
+
+
+@reported
+def suspend(name: NameArgument, store: StoreOption = None) -> None:
+    """Stop scheduling a pipeline (runs in progress go on): ALTER TASK ... SUSPEND."""
+    with Store(store_url(store)) as records:
+        deployments = Deployments(records)
+        deployed = deployments.get(name)
+        deployments.update(deployed.name, state=SUSPENDED, note="suspended by hand")
+    console.print(f"{deployed.name} suspended")
+
+
+@reported
+def resume(name: NameArgument, store: StoreOption = None) -> None:
+    """Schedule a suspended pipeline again, counting its schedule from now: ALTER TASK ... RESUME."""
+    now = _now()
+    with Store(store_url(store)) as records:
+        deployments = Deployments(records)
+        deployed = deployments.get(name)
+        upcoming = _next_fire(deployed.schedule, now)
+        deployments.update(deployed.name, state=ACTIVE, failures_in_row=0, note=None, anchor=now,
+                           next_fire_at=upcoming)
+    console.print(f"{deployed.name} resumed; next run {_when(upcoming)}")
+
+
+@reported
+def trigger(name: NameArgument, store: StoreOption = None, runner: RunnerOption = None) -> None:
+    """Run a deployed pipeline now (EXECUTE TASK root_task): by the running service if there is one, else here."""
+    now = _now()
+    with Store(store_url(store)) as records:
+        deployments = Deployments(records)
+        deployed = deployments.get(name)
+        holder = deployments.lease_holder(LEASE, now)
+        if holder is not None:
+            deployments.record_fire(deployed.name, now, "REQUESTED", now, note="jobgraph trigger")
+            console.print(f"{deployed.name}: run requested from the scheduler service ({holder})")
+            raise typer.Exit(EXIT_OK)
+        report_lost_runs(records)
+        pipeline = check_pipeline(Pipeline.model_validate_json(deployments.snapshot(deployed.name, deployed.version)),
+                                  f"pipeline {deployed.name}", runner)
+        result = execute(pipeline, records, runner, trigger="trigger", version=deployed.version)
+    raise typer.Exit(EXIT_CODES[result.state])
+
+
+@reported
+def drop(
+    name: NameArgument,
+    purge: Annotated[bool, typer.Option(help="Also delete the pipeline's runs, attempts and versions")] = False,
+    store: StoreOption = None,
+) -> None:
+    """Remove a deployed pipeline and its schedule (the seed's drop_job_tasks()); history stays unless --purge."""
+    with Store(store_url(store)) as records:
+        deployments = Deployments(records)
+        deployed = deployments.get(name)
+        purged = deployments.drop(deployed.name, purge)
+    kept = f"purged {purged} runs and their history" if purge else "its run history is kept"
+    console.print(f"{deployed.name} dropped; {kept}")
+
+
+@reported
+def serve(
+    store: StoreOption = None,
+    runner: RunnerOption = None,
+    tick: Annotated[float, typer.Option(help="Seconds between scheduler ticks", min=0.05, max=60)] = 1.0,
+    drain: Annotated[bool, typer.Option(help="On SIGTERM, let running runs finish instead of cancelling them")] = False,
+) -> None:
+    """Run the scheduler and every triggered run until SIGTERM or Ctrl-C; one line per event."""
+    with Store(store_url(store)) as records:
+        report_lost_runs(records)
+        deployments = Deployments(records)
+        runners: dict[str, AnyRunner] = {}
+        holder = owner_label()
+
+        def say(text: str) -> None:
+            console.file.write(f"{datetime.now():%H:%M:%S} {text}\n")
+            console.file.flush()
+
+        def start_run(deployed: DeployedPipeline, pipeline: Pipeline, scheduled: datetime,
+                      how: str) -> GraphRun:
+            checked = check_pipeline(pipeline, f"pipeline {deployed.name}", runner)
+            view = RunView(console, prefix=f"[{deployed.name}] ")
+            return GraphRun(checked, runner_factory(checked, runner, runners), [records, view], home() / "logs",
+                            scheduled_time=scheduled, secrets=job_secrets(checked), trigger=how,
+                            version=deployed.version)
+
+        scheduler = Scheduler(deployments, _now, start_run, holder, on_message=say)
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            say(f"jobgraph serve: scheduler {holder}, store {records.url}, tick {tick:g}s")
+            waiting = False
+            while not stop.is_set():
+                try:
+                    held = await scheduler.tick()
+                except JobgraphError as exc:
+                    say(f"error: {exc}")
+                    held = True
+                if not held and not waiting:
+                    say(f"waiting: another scheduler holds the lease ({deployments.lease_holder(LEASE, _now())})")
+                waiting = not held
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), tick)
+            running = scheduler.running()
+            say(f"stopping: {'draining' if drain else 'cancelling'} {len(running)} running run(s)")
+            await scheduler.shutdown(drain)
+            for each in runners.values():
+                await each.aclose()
+            say("stopped")
+
+        asyncio.run(main())

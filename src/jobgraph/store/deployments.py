@@ -1,0 +1,195 @@
+"""Deployed pipelines, their versions, the record of every schedule fire, and the scheduler's lease.
+
+Like the rest of the store it knows nothing of DAGs or schedules: the scheduler computes fire times
+and passes them in. Every statement is a SQLAlchemy construct with bound parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from jobgraph.errors import StoreError
+from jobgraph.store.store import Store, _aware, _utc
+from jobgraph.store.tables import attempts, fires, leases, pipeline_versions, pipelines, runs, task_runs
+
+ACTIVE, SUSPENDED = "ACTIVE", "SUSPENDED"
+
+
+@dataclass(frozen=True)
+class DeployedPipeline:
+    """A pipeline as deployed: which version runs, its schedule and where it stands."""
+
+    name: str
+    version: str
+    state: str
+    schedule: str | None
+    anchor: datetime
+    next_fire_at: datetime | None
+    failures_in_row: int
+    deployed_at: datetime
+    note: str | None
+
+
+@dataclass(frozen=True)
+class Fire:
+    """One thing the scheduler did (or was asked to do) for a pipeline."""
+
+    pipeline: str
+    scheduled_time: datetime
+    action: str
+    run_id: str | None
+    note: str | None
+    at: datetime
+
+
+def content_version(snapshot: str) -> str:
+    """A version is the hash of the pipeline's content: redeploying the same file changes nothing."""
+    return hashlib.sha256(snapshot.encode()).hexdigest()[:16]
+
+
+class Deployments:
+    """Reads and writes the deployment tables of a Store."""
+
+    def __init__(self, store: Store) -> None:
+        self._engine = store._engine
+
+    def deploy(self, name: str, snapshot: str, source: str, schedule: str | None, now: datetime,
+               next_fire_at: datetime | None) -> tuple[str, bool]:
+        """Store a version and make it the one that runs; return (version, whether it is new)."""
+        version = content_version(snapshot)
+        at = _utc(now)
+        with self._engine.begin() as conn:
+            known = conn.execute(select(pipeline_versions.c.version).where(and_(
+                pipeline_versions.c.name == name, pipeline_versions.c.version == version))).first()
+            if known is None:
+                conn.execute(insert(pipeline_versions).values(
+                    name=name, version=version, snapshot=snapshot, source=source, created_at=at))
+            current = conn.execute(select(pipelines).where(pipelines.c.name == name)).mappings().first()
+            values = {"version": version, "schedule": schedule, "deployed_at": at}
+            if current is None:
+                conn.execute(insert(pipelines).values(
+                    name=name, state=ACTIVE, anchor=at, failures_in_row=0,
+                    next_fire_at=_utc(next_fire_at) if next_fire_at else None, **values))
+            else:
+                if current["schedule"] != schedule:
+                    values |= {"anchor": at, "next_fire_at": _utc(next_fire_at) if next_fire_at else None}
+                conn.execute(update(pipelines).where(pipelines.c.name == name).values(**values))
+        return version, known is None
+
+    def all(self) -> list[DeployedPipeline]:
+        """Every deployed pipeline, by name."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(pipelines).order_by(pipelines.c.name)).mappings().all()
+        return [_deployed(row) for row in rows]
+
+    def get(self, name: str) -> DeployedPipeline:
+        """One deployed pipeline; names compare case-insensitively."""
+        with self._engine.connect() as conn:
+            row = conn.execute(select(pipelines).where(
+                func.lower(pipelines.c.name) == name.strip().lower())).mappings().first()
+        if row is None:
+            raise StoreError(f"no deployed pipeline named {name!r} (`jobgraph pipelines` lists them)")
+        return _deployed(row)
+
+    def snapshot(self, name: str, version: str) -> str:
+        """The pipeline content of one version."""
+        with self._engine.connect() as conn:
+            value = conn.execute(select(pipeline_versions.c.snapshot).where(and_(
+                pipeline_versions.c.name == name, pipeline_versions.c.version == version))).scalar()
+        if value is None:
+            raise StoreError(f"pipeline {name} has no version {version}")
+        return str(value)
+
+    def update(self, name: str, **values: object) -> None:
+        """Change a deployed pipeline's state, next fire time, failure count or note."""
+        clean = {k: _utc(v) if isinstance(v, datetime) else v for k, v in values.items()}
+        with self._engine.begin() as conn:
+            conn.execute(update(pipelines).where(pipelines.c.name == name).values(**clean))
+
+    def drop(self, name: str, purge: bool) -> int:
+        """Remove the schedule (the seed's drop_job_tasks); with purge, its history too. Return runs purged."""
+        pipeline = self.get(name)
+        with self._engine.begin() as conn:
+            conn.execute(delete(pipelines).where(pipelines.c.name == pipeline.name))
+            if not purge:
+                return 0
+            run_ids = select(runs.c.run_id).where(runs.c.pipeline == pipeline.name)
+            conn.execute(delete(attempts).where(attempts.c.run_id.in_(run_ids)))
+            conn.execute(delete(task_runs).where(task_runs.c.run_id.in_(run_ids)))
+            purged = conn.execute(delete(runs).where(runs.c.pipeline == pipeline.name)).rowcount
+            conn.execute(delete(fires).where(fires.c.pipeline == pipeline.name))
+            conn.execute(delete(pipeline_versions).where(pipeline_versions.c.name == pipeline.name))
+        return int(purged or 0)
+
+    def record_fire(self, pipeline: str, scheduled_time: datetime, action: str, now: datetime,
+                    run_id: str | None = None, note: str | None = None) -> None:
+        """Write down what the scheduler did at a fire time (started, skipped, queued, requested)."""
+        with self._engine.begin() as conn:
+            conn.execute(insert(fires).values(pipeline=pipeline, scheduled_time=_utc(scheduled_time),
+                                              action=action, run_id=run_id, note=note, at=_utc(now)))
+
+    def fires(self, pipeline: str) -> list[Fire]:
+        """A pipeline's fires, oldest first."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(fires).where(fires.c.pipeline == pipeline).order_by(fires.c.id)).mappings()
+            return [Fire(r["pipeline"], _aware(r["scheduled_time"]) or r["scheduled_time"], r["action"], r["run_id"],
+                         r["note"], _aware(r["at"]) or r["at"]) for r in rows]
+
+    def take_requests(self) -> list[Fire]:
+        """Claim every REQUESTED fire (a `jobgraph trigger` for the service), so each is run once."""
+        taken = []
+        with self._engine.begin() as conn:
+            rows = conn.execute(select(fires).where(fires.c.action == "REQUESTED")).mappings().all()
+            for row in rows:
+                claimed = conn.execute(update(fires).where(and_(
+                    fires.c.id == row["id"], fires.c.action == "REQUESTED")).values(action="TAKEN"))
+                if claimed.rowcount == 1:
+                    taken.append(Fire(row["pipeline"], _aware(row["scheduled_time"]) or row["scheduled_time"],
+                                      "TAKEN", None, row["note"], _aware(row["at"]) or row["at"]))
+        return taken
+
+    def acquire_lease(self, name: str, holder: str, now: datetime, ttl_secs: float) -> bool:
+        """Take or renew a lease; True if `holder` has it until now + ttl. Only one holder at a time."""
+        at = _utc(now)
+        expires = _utc(datetime.fromtimestamp(now.timestamp() + ttl_secs, UTC))
+        with self._engine.begin() as conn:
+            renewed = conn.execute(update(leases).where(and_(
+                leases.c.name == name, or_(leases.c.holder == holder, leases.c.expires_at < at))).values(
+                holder=holder, expires_at=expires))
+            if renewed.rowcount == 1:
+                return True
+            if conn.execute(select(leases.c.name).where(leases.c.name == name)).first() is not None:
+                return False
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(insert(leases).values(name=name, holder=holder, expires_at=expires))
+        except IntegrityError:
+            return False
+        return True
+
+    def lease_holder(self, name: str, now: datetime) -> str | None:
+        """Who holds a lease that has not expired, if anyone."""
+        with self._engine.connect() as conn:
+            row = conn.execute(select(leases).where(and_(
+                leases.c.name == name, leases.c.expires_at >= _utc(now)))).mappings().first()
+        return None if row is None else str(row["holder"])
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give a lease up (a clean shutdown), so another scheduler need not wait for it to expire."""
+        with self._engine.begin() as conn:
+            conn.execute(delete(leases).where(and_(leases.c.name == name, leases.c.holder == holder)))
+
+
+def _deployed(row: object) -> DeployedPipeline:
+    r = dict(row)  # type: ignore[call-overload]
+    return DeployedPipeline(
+        name=r["name"], version=r["version"], state=r["state"], schedule=r["schedule"],
+        anchor=_aware(r["anchor"]) or r["anchor"], next_fire_at=_aware(r["next_fire_at"]),
+        failures_in_row=r["failures_in_row"], deployed_at=_aware(r["deployed_at"]) or r["deployed_at"],
+        note=r["note"],
+    )
