@@ -118,3 +118,57 @@ def test_kill_9_of_serve_loses_nothing_and_leaves_no_process(
     assert f"run {run.run_id} of svc: its jobgraph process died" in out
     slow = next(a for a in store.attempts(run.run_id) if a.task == "slow")
     assert slow.status == "CANCELLED" and (slow.error or "").startswith("orchestrator lost")
+
+
+def test_two_services_never_start_the_same_run_twice(tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
+    write_pipeline({"name": "svc", "overlap": "allow", "jobs": [sh("a", "sleep 0.5")]})
+    cli("deploy", "pipeline.yaml", check=0)
+    services = [start_serve(tmp_path), start_serve(tmp_path)]
+    try:
+        store = Store(store_url(tmp_path))
+        wait_until(lambda: Deployments(store).lease_holder("scheduler", datetime.now(UTC)) is not None)
+        for _ in range(3):
+            cli("trigger", "svc", check=0)
+        wait_until(lambda: [r.state for r in store.runs(10, "svc")] == ["SUCCEEDED"] * 3)
+        time.sleep(1)
+        for service in services:
+            service.send_signal(signal.SIGTERM)
+        outputs = [service.communicate(timeout=60)[0] for service in services]
+    finally:
+        for service in services:
+            if service.poll() is None:
+                service.kill()
+    assert len(store.runs(10, "svc")) == 3
+    assert sum("waiting: another scheduler holds the lease" in out for out in outputs) == 1
+    assert [f.action for f in Deployments(store).fires("svc")].count("STARTED") == 3
+
+
+def test_drain_lets_running_runs_finish(tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
+    started = tmp_path / "started"
+    write_pipeline({"name": "svc", "jobs": [sh("a", f"touch {started}; sleep 1")]})
+    cli("deploy", "pipeline.yaml", check=0)
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph")}
+    serve = subprocess.Popen([sys.executable, "-m", "jobgraph", "serve", "--tick", "0.1", "--drain"], cwd=tmp_path,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        store = Store(store_url(tmp_path))
+        wait_until(lambda: Deployments(store).lease_holder("scheduler", datetime.now(UTC)) is not None)
+        cli("trigger", "svc", check=0)
+        wait_until(started.exists)
+        serve.send_signal(signal.SIGTERM)
+        out, _ = serve.communicate(timeout=60)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+    assert "stopping: draining 1 running run(s)" in out
+    assert store.runs(1, "svc")[0].state == "SUCCEEDED"
+
+
+def test_the_seed_pipeline_on_a_postgresql_store(tmp_path: Path, cli: Cli, any_store_url: str) -> None:
+    for name in ("jobconfig.json", "pipeline.yaml"):
+        (tmp_path / name).write_text((Path(__file__).parents[2] / "examples" / "seed" / name).read_text())
+    cli("run", "pipeline.yaml", "--store", any_store_url, check=0)
+    jobs = cli("stats", "jobs_run_stats", "--store", any_store_url, check=0).stdout
+    assert jobs.count(" DONE ") == 6
+    tasks = cli("stats", "task_logging_stats", "--store", any_store_url, check=0).stdout
+    assert tasks.count(" SUCCEEDED ") == 6
