@@ -19,6 +19,17 @@ from jobgraph.store import Store
 from tests.conftest import SEED, Cli, WritePipeline, process_alive, sh, store_url
 
 
+def start_run(tmp_path: Path, path: Path, pids: Path, expected: int = 2) -> subprocess.Popen[str]:
+    """Start `jobgraph run` in the background; return once its jobs wrote `expected` pids to `pids`."""
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph")}
+    process = subprocess.Popen([sys.executable, "-m", "jobgraph", "run", str(path)], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while (not pids.exists() or len(pids.read_text().split()) < expected) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return process
+
+
 def copy_seed(tmp_path: Path) -> None:
     for name in ("jobconfig.json", "pipeline.yaml"):
         shutil.copy(SEED / name, tmp_path / name)
@@ -88,12 +99,7 @@ def test_cancel_kills_every_job_records_it_and_exits_130(
                  sh("later", "true", after=["slow1"])],
         "finalizer": {"image": "sh", "args": [f"echo done > {tmp_path / 'final'}"]},
     })
-    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph")}
-    process = subprocess.Popen([sys.executable, "-m", "jobgraph", "run", str(path)], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while (not pids.exists() or len(pids.read_text().split()) < 2) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    process = start_run(tmp_path, path, pids)
     process.send_signal(sig)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, out + err
@@ -179,12 +185,7 @@ def test_a_second_ctrl_c_does_not_stop_the_kill_of_a_job_that_ignores_sigterm(
     pids = tmp_path / "pids"
     path = write_pipeline({"jobs": [sh("stubborn", f"trap '' TERM; echo $$ >> {pids}; sleep 300 & "
                                                f"echo $! >> {pids}; wait")]})
-    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph")}
-    process = subprocess.Popen([sys.executable, "-m", "jobgraph", "run", str(path)], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while (not pids.exists() or len(pids.read_text().split()) < 2) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    process = start_run(tmp_path, path, pids)
     process.send_signal(signal.SIGINT)
     time.sleep(0.5)
     process.send_signal(signal.SIGINT)
@@ -240,14 +241,9 @@ def test_kill_9_of_jobgraph_is_recovered_on_the_next_start_and_retry_resumes(
                    f"if [ -e {gate} ]; then exit 0; fi; wait", after=["quick"]),
         sh("last", "true", after=["slow"]),
     ]})
-    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph")}
-    process = subprocess.Popen([sys.executable, "-m", "jobgraph", "run", str(path)], cwd=tmp_path, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while (not pids.exists() or len(pids.read_text().split()) < 2) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    process = start_run(tmp_path, path, pids)
     process.kill()
-    process.wait()
+    process.communicate()
     left = [int(p) for p in pids.read_text().split()]
     assert any(process_alive(pid) for pid in left), "the jobs should outlive a kill -9 until the next start"
     store = Store(store_url(tmp_path))
