@@ -168,8 +168,8 @@ def serve(
             while not stop.is_set():
                 try:
                     held = await scheduler.tick()
-                except JobgraphError as exc:
-                    say(f"error: {exc}")
+                except Exception as exc:  # a busy or unreachable store must not end the service
+                    say(f"error: {exc}" if isinstance(exc, JobgraphError) else f"error: {exc!r}; retrying")
                     held = True
                 if not held and not waiting:
                     say(f"waiting: another scheduler holds the lease ({deployments.lease_holder(LEASE, _now())})")
