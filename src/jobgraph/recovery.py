@@ -14,6 +14,8 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobgraph.config import Pipeline
+from jobgraph.errors import JobgraphError
 from jobgraph.owner import owner_is_gone
 from jobgraph.store import Store
 
@@ -27,18 +29,40 @@ class LostRun:
     run_id: str
     pipeline: str
     killed: int
+    containers: int = 0
 
 
-def recover_lost_runs(store: Store) -> list[LostRun]:
-    """Close every RUNNING run whose orchestrator on this host is gone; kill its leftover processes."""
+def recover_lost_runs(store: Store, folder: Path) -> list[LostRun]:
+    """Close every RUNNING run whose orchestrator on this host is gone; kill its processes and containers.
+
+    `folder` is jobgraph's own, where a Podman API service may be started to remove containers.
+    """
     lost = []
     for run in store.running_runs():
         if run.owner is None or not owner_is_gone(run.owner):
             continue
         killed = kill_processes_of_run(run.run_id)
+        containers = 0
+        for engine in container_engines(run.snapshot):
+            try:
+                from jobgraph.runners.container import remove_run_containers
+
+                containers += remove_run_containers(engine, folder, [run.run_id])
+            except JobgraphError:
+                pass  # no engine reachable: the container runner removes them when it next connects
         store.mark_lost(run.run_id, LOST_REASON)
-        lost.append(LostRun(run.run_id, run.pipeline, killed))
+        lost.append(LostRun(run.run_id, run.pipeline, killed, containers))
     return lost
+
+
+def container_engines(snapshot: str) -> set[str]:
+    """The container engines a run's pipeline used, from its stored snapshot."""
+    try:
+        pipeline = Pipeline.model_validate_json(snapshot)
+    except ValueError:
+        return set()
+    jobs = [*pipeline.jobs, *([pipeline.finalizer] if pipeline.finalizer else [])]
+    return {job.runner for job in jobs if job.runner in ("podman", "docker")}
 
 
 def kill_processes_of_run(run_id: str) -> int:

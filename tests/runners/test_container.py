@@ -171,7 +171,7 @@ def test_the_seed_demo_runs_in_containers_with_the_failure_story(tmp_path: Path,
     assert sum(1 for r in rows if r[1] == "t_myjob_3" and r[2] == "FAILED") == 3
 
 
-def test_kill_9_leaves_containers_that_the_next_start_removes(
+def test_kill_9_leaves_containers_that_the_next_run_removes(
         tmp_path: Path, engine: docker.DockerClient, write_pipeline: Any) -> None:
     path = write_pipeline({"name": "k", "defaults": {"runner": "podman", "network": "none"},
                            "jobs": [box("stuck", "sleep 300")]}, with_sh=False)
@@ -186,26 +186,9 @@ def test_kill_9_leaves_containers_that_the_next_start_removes(
     process.wait()
     assert len(engine.containers.list(all=True, filters={"label": "jobgraph.task=stuck"})) == 1
 
-    quick = write_pipeline({"name": "q", "defaults": {"runner": "podman", "network": "none"},
-                            "jobs": [box("quick", "true")]}, name="quick.yaml", with_sh=False)
-    subprocess.run([sys.executable, "-m", "jobgraph", "run", str(quick)], cwd=tmp_path, env=env, check=True,
-                   capture_output=True)
+    quick = write_pipeline({"name": "q", "images": {"sh": ["sh", "-c"]}, "jobs": [{"name": "quick", "image": "sh",
+                            "args": ["true"]}]}, name="quick.yaml", with_sh=False)
+    after = subprocess.run([sys.executable, "-m", "jobgraph", "run", str(quick)], cwd=tmp_path, env=env, check=True,
+                           capture_output=True, text=True)
+    assert "its jobgraph process died; killed" in after.stderr and "and 1 container(s)" in after.stderr
     assert engine.containers.list(all=True, filters={"label": "jobgraph.task=stuck"}) == []
-
-
-@pytest.mark.parametrize("delay", [0.05, 0.3, 0.6])
-def test_cancel_while_containers_are_being_created_leaves_nothing(
-        tmp_path: Path, engine: docker.DockerClient, delay: float) -> None:
-    """Whenever the cancel lands (connecting, creating, starting), no container survives the run."""
-    left: list[str] = []
-
-    def before_close(event: Event) -> None:
-        if isinstance(event, RunEnded):
-            left.extend(c.name for c in engine.containers.list(all=True, filters={"label": "jobgraph.task"}))
-
-    result, events = execute(tmp_path, [box(f"j{i}", "sleep 30") for i in range(4)], cancel_after=delay,
-                             listener=before_close)
-    assert result.state == RunState.CANCELLED and left == []
-    assert set(result.tasks.values()) == {TaskState.CANCELLED}
-    started = {(e.task, e.attempt) for e in events if isinstance(e, AttemptStarted)}
-    assert started == {(e.task, e.attempt) for e in events if isinstance(e, AttemptEnded)}

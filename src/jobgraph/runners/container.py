@@ -242,6 +242,24 @@ def _remove_owned_by(client: docker.DockerClient, owner: str) -> None:
             _remove(container)
 
 
+def remove_run_containers(engine: str, folder: Path, run_ids: list[str]) -> int:
+    """Remove every container of these runs (the recovery of runs whose orchestrator died)."""
+    service = find_or_start(engine, folder)
+    removed = 0
+    try:
+        client = docker.DockerClient(base_url=service.base_url, timeout=60)
+        try:
+            for run_id in run_ids:
+                for container in client.containers.list(all=True, filters={"label": f"{LABEL}.run_id={run_id}"}):
+                    _remove(container)
+                    removed += 1
+        finally:
+            client.close()
+    finally:
+        service.stop()
+    return removed
+
+
 def remove_orphans(client: docker.DockerClient) -> list[str]:
     """Remove containers whose jobgraph owner on this host is gone; return their names."""
     removed = []
