@@ -6,7 +6,8 @@
 #   localhost/jobgraph-sql-job:latest the seed demo's job image: jobgraph-python + jobgraph's demo SQL job
 #                                     (podman build; its layer cache makes a rebuild ~1 s)
 #
-# Each image is skipped when it already exists, unless FORCE=1.
+# The test and python images are skipped when they already exist, unless FORCE=1; the demo SQL job
+# image is rebuilt every time (from podman's layer cache, ~0.3 s) so it always has the current job.
 # Env: FORCE=1         rebuild both images (and ignore the cached python rootfs)
 #      ONLY=test|python|sql build only one of them (sql builds python first)
 #      CACHE_DIR       where the python rootfs tarball is cached (default ~/.cache/jobgraph)

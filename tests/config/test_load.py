@@ -181,3 +181,8 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     path.write_text(json.dumps([{**SEED_JOB, "retry_count": -1}, {**SEED_JOB, "task_name": "t 2"}]))
     message = _problem(path, runner="podman")
     assert "job 't1', field 'retry_count'" in message and "field 'task_name': 't 2' is not a valid name" in message
+
+
+def test_a_misspelled_jobs_key_is_reported_as_missing_with_the_unknown_key(write_pipeline: WritePipeline) -> None:
+    message = _problem(write_pipeline({"job": [sh("a", "true")]}))
+    assert "field 'jobs': is required" in message and "field 'job': unknown field" in message

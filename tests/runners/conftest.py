@@ -53,9 +53,13 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[docker.DockerCl
 
 @pytest.fixture
 def no_leftovers(engine: docker.DockerClient) -> Iterator[docker.DockerClient]:
-    """Fail the test if any jobgraph container is left behind, by the engine's own list."""
+    """Fail the test if a jobgraph container it made is left behind, by the engine's own list.
+
+    Containers that existed before the test (another jobgraph on this machine) are not counted.
+    """
+    before = {c.id for c in engine.containers.list(all=True, filters={"label": "jobgraph.run_id"})}
     yield engine
-    left = engine.containers.list(all=True, filters={"label": "jobgraph.run_id"})
+    left = [c for c in engine.containers.list(all=True, filters={"label": "jobgraph.run_id"}) if c.id not in before]
     for container in left:
         container.remove(force=True)
     assert [c.name for c in left] == []

@@ -128,7 +128,8 @@ def test_cancel_stops_and_removes_every_container(tmp_path: Path, engine: docker
 
     def before_close(event: Event) -> None:
         if isinstance(event, RunEnded):  # the runner has not swept anything yet
-            left.extend(c.name for c in engine.containers.list(all=True, filters={"label": "jobgraph.task"}))
+            left.extend(c.name for c in engine.containers.list(
+                all=True, filters={"label": f"jobgraph.run_id={event.run_id}"}))
 
     result, events = execute(tmp_path, jobs, cancel_after=2.0, listener=before_close)
     assert left == []
@@ -192,3 +193,22 @@ def test_kill_9_leaves_containers_that_the_next_run_removes(
                            capture_output=True, text=True)
     assert "its jobgraph process died; killed" in after.stderr and "and 1 container(s)" in after.stderr
     assert engine.containers.list(all=True, filters={"label": "jobgraph.task=stuck"}) == []
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.3, 0.6])
+def test_cancel_while_containers_are_being_created_leaves_nothing(
+        tmp_path: Path, engine: docker.DockerClient, delay: float) -> None:
+    """Whenever the cancel lands (connecting, creating, starting), no container survives the run."""
+    left: list[str] = []
+
+    def before_close(event: Event) -> None:
+        if isinstance(event, RunEnded):
+            left.extend(c.name for c in engine.containers.list(
+                all=True, filters={"label": f"jobgraph.run_id={event.run_id}"}))
+
+    result, events = execute(tmp_path, [box(f"j{i}", "sleep 30") for i in range(4)], cancel_after=delay,
+                             listener=before_close)
+    assert result.state == RunState.CANCELLED and left == []
+    assert set(result.tasks.values()) == {TaskState.CANCELLED}
+    started = {(e.task, e.attempt) for e in events if isinstance(e, AttemptStarted)}
+    assert started == {(e.task, e.attempt) for e in events if isinstance(e, AttemptEnded)}

@@ -28,11 +28,13 @@ def load(path: str | Path, runner: str | None = None) -> Pipeline:
         data: dict[str, Any] = {"name": _name_from_stem(file), "jobs": seed_jobs(document, file)}
     elif isinstance(document, dict):
         data = dict(document)
-        data["jobs"] = list(_as_list(data.get("jobs", []), file, "jobs"))
-        for included in _included_files(data.get("jobs_from"), file):
-            data["jobs"].extend(seed_jobs(_read_array(included), included))
-        if not data["jobs"]:
-            raise ConfigError(str(file), [Problem("the list of jobs is empty", field="jobs")])
+        included = _included_files(data.get("jobs_from"), file)
+        if "jobs" in data or included:
+            data["jobs"] = list(_as_list(data.get("jobs", []), file, "jobs"))
+            for path in included:
+                data["jobs"].extend(seed_jobs(_read_array(path), path))
+            if not data["jobs"]:
+                raise ConfigError(str(file), [Problem("the list of jobs is empty", field="jobs")])
     else:
         raise ConfigError(
             str(file),
@@ -105,7 +107,7 @@ def _validate(data: dict[str, Any], file: Path) -> Pipeline:
     try:
         return Pipeline.model_validate(data)
     except ValidationError as exc:
-        jobs = data["jobs"]
+        jobs = data.get("jobs", [])
 
         def locate(loc: tuple[Any, ...]) -> tuple[str | None, tuple[Any, ...]]:
             if loc[:1] == ("jobs",) and len(loc) > 1 and isinstance(loc[1], int) and loc[1] < len(jobs):
