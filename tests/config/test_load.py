@@ -127,7 +127,7 @@ SEED_JOB = {"task_name": "t1", "image_name": "img", "after_task_name": "root_tas
     ({"after_task_name": "t1"}, "job 't1', field 'after': a job cannot run after itself"),
     ({"after_task_name": "ghost"}, "job 't1', field 'after': unknown predecessor 'ghost'"),
     ({"table_name": "results; drop"}, "field 'table_name'"),
-    ({"retry_cout": 1}, "job 't1', field 'retry_cout': unknown field"),
+    ({"retry_cout": 1}, "job 't1', field 'retry_cout': unknown field (did you mean 'retry_count'?"),
 ])
 def test_bad_seed_fields_name_the_job_and_field(tmp_path: Path, changes: dict[str, object], expected: str) -> None:
     path = tmp_path / "jobconfig.json"
@@ -186,3 +186,8 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 def test_a_misspelled_jobs_key_is_reported_as_missing_with_the_unknown_key(write_pipeline: WritePipeline) -> None:
     message = _problem(write_pipeline({"job": [sh("a", "true")]}))
     assert "field 'jobs': is required" in message and "field 'job': unknown field" in message
+
+
+def test_a_typo_in_a_native_field_gets_a_hint(write_pipeline: WritePipeline) -> None:
+    message = _problem(write_pipeline({"jobs": [sh("a", "true", afterr=["b"])]}))
+    assert "job 'a', field 'afterr': unknown field (did you mean 'after'?" in message

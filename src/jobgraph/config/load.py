@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from jobgraph.config.model import Pipeline, check_name
+from jobgraph.config.model import Defaults, Job, Pipeline, Pool, check_name
 from jobgraph.config.seed import SeedTask
 from jobgraph.config.validate import check_pipeline
 from jobgraph.errors import ConfigError, Problem
@@ -136,12 +137,19 @@ def _problems(exc: ValidationError, locate: Locate) -> list[Problem]:
     return problems
 
 
+KNOWN_FIELDS = sorted({name for model in (Pipeline, Job, Defaults, Pool, SeedTask) for name in model.model_fields})
+"""Every field name a pipeline file may use, for "did you mean" hints."""
+
+
 def _message(error: Any) -> str:
     kind = error["type"]
     if kind == "missing":
         return "is required"
     if kind == "extra_forbidden":
-        return "unknown field (see `jobgraph schema` for the fields a pipeline takes)"
+        unknown = str(error["loc"][-1])
+        close = difflib.get_close_matches(unknown, KNOWN_FIELDS, n=1, cutoff=0.7)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return f"unknown field ({hint}`jobgraph schema` lists the fields a pipeline takes)"
     message = str(error["msg"])
     message = message.removeprefix("Value error, ")
     value = error.get("input")
