@@ -86,6 +86,7 @@ def test_the_seed_failure_story_then_retry(tmp_path: Path, cli: Cli) -> None:
     assert all(t.state == "SUCCEEDED" for t in tasks.values())
     assert store.run(run.run_id).run_attempt == 2 and store.run(run.run_id).state == "SUCCEEDED"
     assert len(results(tmp_path, "results_1")) == 2 and len(results(tmp_path, "results_6")) == 2
+    assert "(after 1 retry)" in cli("show", run.run_id, check=0).stdout
     assert "nothing to retry" in cli("retry", run.run_id, check=0).stdout
     assert run.run_id in cli("history", check=0).stdout
 

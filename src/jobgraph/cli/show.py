@@ -58,7 +58,9 @@ def show(run_id: RunIdArgument, store: StoreOption = None) -> None:
     with Store(store_url(store)) as records:
         run = records.run(run_id)
         console.print(tasks_table(records.tasks(run.run_id),
-                                  title=f"run {run.run_id} of {run.pipeline}: {run.state}"))
+                                  title=f"run {run.run_id} of {run.pipeline}: {run.state}"
+                                  + (f" (after {run.run_attempt - 1} retry)" if run.run_attempt == 2 else
+                                     f" (after {run.run_attempt - 1} retries)" if run.run_attempt > 2 else "")))
         table = Table(title="attempts", title_justify="left")
         for column in ("job", "attempt", "status", "exit", "duration", "error"):
             table.add_column(column, overflow="fold")
