@@ -75,7 +75,8 @@ class LocalRunner:
         """Wait for the main process, then kill whatever it left behind in its group."""
         await _exited(handle.popen)
         code = handle.popen.wait()
-        _kill_group(handle.pgid, signal.SIGKILL)
+        if _kill_group(handle.pgid, signal.SIGKILL):
+            await _group_gone(handle.pgid)
         redact_file(handle.spec.log_path, handle.spec.secret_values)
         if code == 0:
             return Outcome(AttemptStatus.DONE, 0)
@@ -96,16 +97,45 @@ class LocalRunner:
                 await asyncio.wait_for(_exited(handle.popen), self._kill_grace)
         _kill_group(handle.pgid, signal.SIGKILL)
         handle.popen.wait()
-        _kill_group(handle.pgid, signal.SIGKILL)
+        if _kill_group(handle.pgid, signal.SIGKILL):
+            await _group_gone(handle.pgid)
         redact_file(handle.spec.log_path, handle.spec.secret_values)
 
     async def aclose(self) -> None:
         """Nothing to release: every process is reaped by wait or cancel."""
 
 
-def _kill_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+def _kill_group(pgid: int, sig: signal.Signals) -> bool:
+    """Signal a process group; False when no process is left in it."""
+    try:
         os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+async def _group_gone(pgid: int, timeout: float = 5.0) -> None:
+    """Wait until no live process remains in the group: a SIGKILL is delivered, not instantly obeyed.
+
+    Only called when the group still had members, so the common case (none) costs nothing.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+    while _live_members(pgid) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def _live_members(pgid: int) -> bool:
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 async def _exited(popen: subprocess.Popen[bytes]) -> None:
