@@ -84,8 +84,10 @@ def start_podman_service(socket_path: Path) -> EngineService:
     socket_path.unlink(missing_ok=True)
     url = f"unix://{socket_path.resolve()}"
     log = (socket_path.parent / "podman-service.log").open("ab")
+    # Its own folder as working directory: conmon drops files there (an `oom` marker on an OOM kill).
     process = subprocess.Popen(["podman", "system", "service", "--time=0", url], stdin=subprocess.DEVNULL,
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                               cwd=socket_path.parent)
     log.close()
     service = EngineService(url, process)
     deadline = time.monotonic() + START_TIMEOUT_SECS
