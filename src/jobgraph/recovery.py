@@ -61,7 +61,7 @@ def container_engines(snapshot: str) -> set[str]:
         pipeline = Pipeline.model_validate_json(snapshot)
     except ValueError:
         return set()
-    jobs = [*pipeline.jobs, *([pipeline.finalizer] if pipeline.finalizer else [])]
+    jobs = pipeline.all_jobs()
     return {job.runner for job in jobs if job.runner in ("podman", "docker")}
 
 

@@ -31,6 +31,12 @@ def styled(state: str) -> Text:
     return Text(str(state), style=STYLES.get(state, ""))  # type: ignore[call-overload]
 
 
+def write_line(console: Console, text: str) -> None:
+    """One timestamped plain line, straight to the stream (rich's rendering per line is slow at scale)."""
+    console.file.write(f"{datetime.now():%H:%M:%S} {text}\n")
+    console.file.flush()
+
+
 def duration(seconds: float | None) -> str:
     """Seconds as a short human duration."""
     if seconds is None:
@@ -107,8 +113,7 @@ class RunView:
     def _line(self, text: str) -> None:
         """Plain output: written straight to the stream, since rich's rendering per line is slow at scale."""
         if self._live is None:
-            self.console.file.write(f"{datetime.now():%H:%M:%S} {self.prefix}{text}\n")
-            self.console.file.flush()
+            write_line(self.console, self.prefix + text)
 
     def __rich__(self) -> Table:
         """The live table: running jobs first, then the rest, cut to the screen with a count of what is hidden."""

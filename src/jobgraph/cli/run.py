@@ -134,7 +134,7 @@ def report_lost_runs(records: Store) -> None:
 
 def job_secrets(pipeline: Pipeline) -> dict[str, str]:
     """The values of every job's `secrets`, from jobgraph's environment; a missing one stops the run."""
-    jobs = [*pipeline.jobs, *([pipeline.finalizer] if pipeline.finalizer else [])]
+    jobs = pipeline.all_jobs()
     missing = [Problem(f"secret {name} is not set in jobgraph's environment", job=job.name, field="secrets")
                for job in jobs for name in job.secrets if name not in os.environ]
     if missing:

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from jobgraph.cli.common import EXIT_OK, StoreOption, console, home, reported, store_url
 from jobgraph.cli.inspect import FileArgument, RunnerOption
-from jobgraph.cli.render import RunView, styled
+from jobgraph.cli.render import RunView, styled, write_line
 from jobgraph.cli.run import EXIT_CODES, execute, job_secrets, report_lost_runs, runner_factory
 from jobgraph.config import Pipeline, check_pipeline, load
 from jobgraph.engine import GraphRun
@@ -145,8 +145,7 @@ def serve(
         holder = owner_label()
 
         def say(text: str) -> None:
-            console.file.write(f"{datetime.now():%H:%M:%S} {text}\n")
-            console.file.flush()
+            write_line(console, text)
 
         def start_run(deployed: DeployedPipeline, pipeline: Pipeline, scheduled: datetime,
                       how: str) -> GraphRun:

@@ -233,6 +233,10 @@ class Pipeline(_Model):
         object.__setattr__(self, "finalizer", finalizer)
         return self
 
+    def all_jobs(self) -> list[Job]:
+        """The jobs, then the finalizer if there is one: everything that runs."""
+        return [*self.jobs, *([self.finalizer] if self.finalizer else [])]
+
     def pool_size(self, pool: str) -> int:
         """Slots of a pool; pools the file does not define get `defaults.pool_size`."""
         defined = {name.casefold(): p for name, p in self.pools.items()}.get(pool.casefold())

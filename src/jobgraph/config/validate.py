@@ -19,7 +19,7 @@ def check_pipeline(pipeline: Pipeline, file: str, runner: str | None = None) -> 
     """
     problems: list[Problem] = []
     canonical: dict[str, str] = {}
-    everything = [*pipeline.jobs, *([pipeline.finalizer] if pipeline.finalizer else [])]
+    everything = pipeline.all_jobs()
     for job in everything:
         key = job.name.casefold()
         if key in canonical:

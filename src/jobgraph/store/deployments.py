@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -137,8 +138,7 @@ class Deployments:
         """A pipeline's fires, oldest first."""
         with self._engine.connect() as conn:
             rows = conn.execute(select(fires).where(fires.c.pipeline == pipeline).order_by(fires.c.id)).mappings()
-            return [Fire(r["pipeline"], _aware(r["scheduled_time"]) or r["scheduled_time"], r["action"], r["run_id"],
-                         r["note"], _aware(r["at"]) or r["at"]) for r in rows]
+            return [_fire(row) for row in rows]
 
     def take_requests(self) -> list[Fire]:
         """Claim every REQUESTED fire (a `jobgraph trigger` for the service), so each is run once."""
@@ -149,8 +149,7 @@ class Deployments:
                 claimed = conn.execute(update(fires).where(and_(
                     fires.c.id == row["id"], fires.c.action == "REQUESTED")).values(action="TAKEN"))
                 if claimed.rowcount == 1:
-                    taken.append(Fire(row["pipeline"], _aware(row["scheduled_time"]) or row["scheduled_time"],
-                                      "TAKEN", None, row["note"], _aware(row["at"]) or row["at"]))
+                    taken.append(_fire({**row, "action": "TAKEN"}))
         return taken
 
     def acquire_lease(self, name: str, holder: str, now: datetime, ttl_secs: float) -> bool:
@@ -185,11 +184,16 @@ class Deployments:
             conn.execute(delete(leases).where(and_(leases.c.name == name, leases.c.holder == holder)))
 
 
+def _fire(row: Any) -> Fire:
+    return Fire(row["pipeline"], _aware(row["scheduled_time"]), row["action"], row["run_id"], row["note"],
+                _aware(row["at"]))
+
+
 def _deployed(row: object) -> DeployedPipeline:
     r = dict(row)  # type: ignore[call-overload]
     return DeployedPipeline(
         name=r["name"], version=r["version"], state=r["state"], schedule=r["schedule"],
-        anchor=_aware(r["anchor"]) or r["anchor"], next_fire_at=_aware(r["next_fire_at"]),
-        failures_in_row=r["failures_in_row"], deployed_at=_aware(r["deployed_at"]) or r["deployed_at"],
+        anchor=_aware(r["anchor"]), next_fire_at=_aware(r["next_fire_at"]),
+        failures_in_row=r["failures_in_row"], deployed_at=_aware(r["deployed_at"]),
         note=r["note"],
     )

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import Connection, Engine, and_, bindparam, create_engine, event, insert, inspect, select, text, update
 from sqlalchemy.exc import ArgumentError, OperationalError
@@ -85,7 +85,12 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
 
 
+@overload
+def _aware(value: datetime) -> datetime: ...
+@overload
+def _aware(value: None) -> None: ...
 def _aware(value: datetime | None) -> datetime | None:
+    """Stored naive UTC back to an aware datetime."""
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
@@ -250,7 +255,7 @@ class Store:
             return [AttemptRecord(
                 task=row["task"], attempt=row["attempt"], status=AttemptStatus(row["status"]),
                 exit_code=row["exit_code"], error=row["error"], log_path=Path(row["log_path"]),
-                started_at=_aware(row["started_at"]) or row["started_at"],
+                started_at=_aware(row["started_at"]),
                 finished_at=_aware(row["finished_at"]), duration_secs=row["duration_secs"],
             ) for row in conn.execute(query).mappings()]
 
@@ -293,7 +298,7 @@ def migrate(engine: Engine, to: str = SCHEMA_VERSION) -> None:
 def _run_record(row: Any) -> RunRecord:
     return RunRecord(
         run_id=row["run_id"], pipeline=row["pipeline"], state=RunState(row["state"]),
-        run_attempt=row["run_attempt"], started_at=_aware(row["started_at"]) or row["started_at"],
+        run_attempt=row["run_attempt"], started_at=_aware(row["started_at"]),
         finished_at=_aware(row["finished_at"]), snapshot=row["snapshot"], owner=row["owner"],
     )
 
