@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +16,20 @@ import pytest
 
 from jobgraph.config import Pipeline
 from jobgraph.config.validate import check_pipeline
-from jobgraph.engine import AttemptEnded, Event, GraphRun, PriorTask, RunEnded, RunResult, TaskChanged
+from jobgraph.engine import (
+    AttemptEnded,
+    AttemptStarted,
+    Event,
+    GraphRun,
+    PriorTask,
+    RunEnded,
+    RunResult,
+    TaskChanged,
+)
 from jobgraph.runners import LocalRunner
 from jobgraph.states import AttemptStatus, RunState, TaskState
-from tests.conftest import process_alive, sh
+from jobgraph.store import Store
+from tests.conftest import WritePipeline, process_alive, sh, store_url
 
 
 def make(jobs: list[dict[str, Any]], **fields: Any) -> Pipeline:
@@ -231,3 +245,56 @@ def test_an_unexpected_runner_error_fails_that_job_not_the_run(tmp_path: Path) -
     assert {e.status for e in ended} == {AttemptStatus.ERROR}
     assert all("internal error: ValueError('boom')" in (e.error or "") for e in ended)
     assert isinstance(events[-1], RunEnded)
+
+
+STUBBORN = "trap 'echo term >> {term}' TERM; echo $$ >> {pids}; while :; do sleep 0.05; done"
+"""A job that ignores SIGTERM (noting each one), so a kill grace runs to its end."""
+
+
+def test_a_cancel_during_a_timeouts_kill_grace_still_ends_the_attempt_and_the_job(tmp_path: Path) -> None:
+    term, pids = tmp_path / "term", tmp_path / "pids"
+    pipeline = make([sh("stubborn", STUBBORN.format(term=term, pids=pids), timeout=0.3), sh("later", "true")],
+                    pools={"one": {"max_parallel": 1}}, defaults={"pool": "one"})
+    events: list[Event] = []
+    runner = LocalRunner(pipeline.images, cwd=tmp_path, kill_grace=3.0)
+    graph_run = GraphRun(pipeline, lambda _job: runner, [events.append], tmp_path / "logs")
+
+    async def main() -> RunResult:
+        task = asyncio.create_task(graph_run.run())
+        while not term.exists():
+            await asyncio.sleep(0.02)
+        graph_run.cancel()
+        return await task
+
+    result = asyncio.run(main())
+    started = [(e.task, e.attempt) for e in events if isinstance(e, AttemptStarted)]
+    ended = [(e.task, e.attempt, e.status) for e in events if isinstance(e, AttemptEnded)]
+    assert started == [("stubborn", 1)] and ended == [("stubborn", 1, AttemptStatus.TIMEOUT)]
+    assert result.state == RunState.CANCELLED
+    assert result.tasks == {"stubborn": TaskState.CANCELLED, "later": TaskState.CANCELLED}
+    assert states(events, "stubborn")[-1] == TaskState.CANCELLED
+    assert not process_alive(int(pids.read_text()))
+
+
+def test_sigint_during_a_timeouts_kill_grace_leaves_every_record_ended(
+        tmp_path: Path, write_pipeline: WritePipeline) -> None:
+    term, pids = tmp_path / "term", tmp_path / "pids"
+    path = write_pipeline({"jobs": [sh("stubborn", STUBBORN.format(term=term, pids=pids), timeout=0.3,
+                                       retries=2)]})
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph"), "JOBGRAPH_KILL_GRACE": "3"}
+    env.pop("JOBGRAPH_STORE", None)
+    process = subprocess.Popen([sys.executable, "-m", "jobgraph", "run", str(path)], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not term.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, out + err
+    store = Store(store_url(tmp_path))
+    run = store.runs(1)[0]
+    assert run.state == RunState.CANCELLED and run.finished_at is not None
+    assert [(t.task, t.state) for t in store.tasks(run.run_id)] == [("stubborn", TaskState.CANCELLED)]
+    assert [(a.attempt, a.status) for a in store.attempts(run.run_id)] == [(1, AttemptStatus.TIMEOUT)]
+    assert all(a.finished_at is not None for a in store.attempts(run.run_id))
+    assert not process_alive(int(pids.read_text()))
