@@ -27,6 +27,7 @@ from jobgraph.engine import (
     TaskChanged,
 )
 from jobgraph.runners import LocalRunner
+from jobgraph.runners.containment import cgroup_base
 from jobgraph.states import AttemptStatus, RunState, TaskState
 from jobgraph.store import Store
 from tests.conftest import WritePipeline, process_alive, sh, store_url
@@ -204,10 +205,12 @@ def test_a_retry_keeps_what_succeeded_and_numbers_attempts_on(tmp_path: Path) ->
 
 @pytest.fixture(autouse=True)
 def _no_stray_children() -> None:
-    """Every test here must leave no child process of the test runner behind."""
+    """Every test here must leave no child process of the test runner behind, and no cgroup of its jobs."""
     yield  # type: ignore[misc]
     children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
     assert [c for c in children if process_alive(int(c))] == []
+    base = cgroup_base()
+    assert base is None or list(base.glob(f"{os.getpid()}-*")) == []
 
 
 def test_a_cancel_landing_as_a_job_is_dispatched_still_ends_the_run_cleanly(tmp_path: Path) -> None:

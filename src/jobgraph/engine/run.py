@@ -9,7 +9,6 @@ predecessor did not succeed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import json
 import uuid
