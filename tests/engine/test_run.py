@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,23 @@ def make(jobs: list[dict[str, Any]], **fields: Any) -> Pipeline:
     return check_pipeline(Pipeline.model_validate(document), "test")
 
 
+def closing(runner: LocalRunner, run: Coroutine[Any, Any, RunResult]) -> RunResult:
+    """Run a graph, then close its runner as `jobgraph run` does."""
+
+    async def main() -> RunResult:
+        try:
+            return await run
+        finally:
+            await runner.aclose()
+
+    return asyncio.run(main())
+
+
 def execute(pipeline: Pipeline, tmp_path: Path, **kwargs: Any) -> tuple[RunResult, list[Event]]:
     events: list[Event] = []
     runner = LocalRunner(pipeline.images, cwd=tmp_path, kill_grace=1.0)
     graph_run = GraphRun(pipeline, lambda _job: runner, [events.append], tmp_path / "logs", **kwargs)
-    return asyncio.run(graph_run.run()), events
+    return closing(runner, graph_run.run()), events
 
 
 def states(events: list[Event], task: str) -> list[str]:
@@ -146,7 +159,7 @@ def test_cancel_stops_running_jobs_and_still_runs_the_finalizer(tmp_path: Path) 
         graph_run.cancel()
         return await task
 
-    result = asyncio.run(main())
+    result = closing(runner, main())
     assert result.state == RunState.CANCELLED
     assert result.tasks["slow"] == TaskState.CANCELLED and result.tasks["later"] == TaskState.CANCELLED
     assert not process_alive(int(pids.read_text()))
@@ -225,7 +238,7 @@ def test_a_cancel_landing_as_a_job_is_dispatched_still_ends_the_run_cleanly(tmp_
 
     graph_run = GraphRun(pipeline, lambda _job: runner, [events.append, cancel_when_b_queues], tmp_path / "logs")
     holder.append(graph_run)
-    result = asyncio.run(graph_run.run())
+    result = closing(runner, graph_run.run())
     assert result.state == RunState.CANCELLED and result.tasks["b"] == TaskState.CANCELLED
     assert any(isinstance(e, RunEnded) for e in events)
 
@@ -242,7 +255,7 @@ def test_an_unexpected_runner_error_fails_that_job_not_the_run(tmp_path: Path) -
     pipeline = make([sh("a", "true"), sh("b", "true")])
     runner = BrokenRunner(pipeline.images, cwd=tmp_path)
     events: list[Event] = []
-    result = asyncio.run(GraphRun(pipeline, lambda _job: runner, [events.append], tmp_path / "logs").run())
+    result = closing(runner, GraphRun(pipeline, lambda _job: runner, [events.append], tmp_path / "logs").run())
     assert result.state == RunState.FAILED and result.tasks == {"a": "FAILED", "b": "FAILED"}
     ended = [e for e in events if isinstance(e, AttemptEnded)]
     assert {e.status for e in ended} == {AttemptStatus.ERROR}
@@ -269,7 +282,7 @@ def test_a_cancel_during_a_timeouts_kill_grace_still_ends_the_attempt_and_the_jo
         graph_run.cancel()
         return await task
 
-    result = asyncio.run(main())
+    result = closing(runner, main())
     started = [(e.task, e.attempt) for e in events if isinstance(e, AttemptStarted)]
     ended = [(e.task, e.attempt, e.status) for e in events if isinstance(e, AttemptEnded)]
     assert started == [("stubborn", 1)] and ended == [("stubborn", 1, AttemptStatus.TIMEOUT)]

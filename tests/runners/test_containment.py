@@ -216,11 +216,13 @@ def test_without_cgroup_kill_the_cgroup_is_frozen_and_each_member_killed(
     asyncio.run(attempt.end())
     assert main.wait(timeout=5) == -signal.SIGKILL
     assert_all_gone(pids, DAEMONS)
+    layer.end_run("run-freeze")
     assert_no_cgroup_left("run-freeze")
 
 
 def test_a_process_another_thread_forks_while_a_job_is_placed_is_sent_home(tmp_path: Path) -> None:
-    attempt = cgroup_layer().attempt("run-stray", "job", 1, {})
+    layer = cgroup_layer()
+    attempt = layer.attempt("run-stray", "job", 1, {})
     with attempt.placing():
         job = subprocess.Popen(["sleep", "300"], start_new_session=True)
         other = subprocess.Popen(["sleep", "301"])  # as if another thread of jobgraph forked just now
@@ -236,4 +238,5 @@ def test_a_process_another_thread_forks_while_a_job_is_placed_is_sent_home(tmp_p
         other.wait()
         job.kill()
         job.wait()
+    layer.end_run("run-stray")
     assert_no_cgroup_left("run-stray")

@@ -88,6 +88,14 @@ class Containment:
         fallback = {"JOBGRAPH_RUN_ID": run_id, "JOBGRAPH_TASK": task, "JOBGRAPH_ATTEMPT": str(attempt)}
         return ProcessAttempt(frozenset(f"{n}={env.get(n, fallback[n])}".encode() for n in MARKER))
 
+    def end_run(self, run_id: str) -> None:
+        """The run is over in this process: remove its cgroup folder, and this process's once it is empty."""
+        if self.base is not None:
+            owner = self.base / _owner()
+            _remove_tree(owner / _safe(run_id))
+            with contextlib.suppress(OSError):
+                owner.rmdir()
+
 
 def containment() -> Containment:
     """This process's containment layer, chosen once (JOBGRAPH_CONTAINMENT: auto, cgroup or process)."""
@@ -135,13 +143,13 @@ class CgroupAttempt:
         try:
             _write(self.path / "cgroup.procs", "0")
         except OSError as exc:
-            self._release()
+            _remove_tree(self.path)
             raise RunnerError(f"cannot place the job in its cgroup {self.path}: {exc.strerror or exc}") from None
         try:
             yield
         except BaseException:
             _write(self.home / "cgroup.procs", "0")
-            self._release()
+            _remove_tree(self.path)
             raise
         _write(self.home / "cgroup.procs", "0")
 
@@ -164,21 +172,14 @@ class CgroupAttempt:
         return _populated(self.path)
 
     async def end(self) -> None:
-        """Kill the cgroup, wait until it is empty, remove it, and its run's and owner's once they are empty."""
+        """Kill the cgroup, wait until it is empty, remove it."""
         deadline = time.monotonic() + KILL_TIMEOUT
         delay = 0.001
         while _populated(self.path) and time.monotonic() < deadline:
             _kill_cgroup(self.path)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
-        self._release()
-
-    def _release(self) -> None:
-        """Remove the attempt's cgroup, then its run's and its owner's if nothing else is in them."""
         _remove_tree(self.path)
-        for folder in (self.path.parent, self.path.parent.parent):
-            with contextlib.suppress(OSError):
-                folder.rmdir()
 
 
 def kill_cgroups_of_run(run_id: str) -> int:
@@ -331,14 +332,13 @@ def _remove_tree(path: Path) -> None:
 
 
 def _make(path: Path) -> None:
-    """Create the cgroup folders; retry if another run of this process removes an empty parent meanwhile."""
-    for _ in range(3):
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            return
-        except FileNotFoundError:
-            continue
-    path.mkdir(parents=True, exist_ok=True)
+    """Create a cgroup, and its parents the first time (one system call in the usual case)."""
+    try:
+        path.mkdir()
+    except FileNotFoundError:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        pass
 
 
 def _write(path: Path, value: str) -> None:
@@ -351,7 +351,12 @@ def _write(path: Path, value: str) -> None:
 
 def _owner() -> str:
     """This jobgraph process, as a cgroup name that a reused pid cannot fool."""
-    return f"{os.getpid()}-{process_start_time(os.getpid())}"
+    return _owner_of(os.getpid())
+
+
+@functools.cache
+def _owner_of(pid: int) -> str:
+    return f"{pid}-{process_start_time(pid)}"
 
 
 def _owner_is_gone(name: str) -> bool:
@@ -375,10 +380,11 @@ class _Process:
     group: int
     session: int
     zombie: bool
-    started: bytes
+    started: int
+    """Clock ticks since boot."""
 
     @property
-    def key(self) -> tuple[int, bytes]:
+    def key(self) -> tuple[int, int]:
         """The process, in a way a reused pid cannot fool."""
         return self.pid, self.started
 
@@ -389,15 +395,18 @@ class ProcessAttempt:
 
     marker: frozenset[bytes]
     main: int | None = None
-    seen: set[tuple[int, bytes]] = field(default_factory=set)
+    main_started: int = 0
+    seen: set[tuple[int, int]] = field(default_factory=set)
 
     def placing(self) -> contextlib.AbstractContextManager[None]:
         """Nothing to do: the main process starts its own session and carries the marker."""
         return contextlib.nullcontext()
 
     def started(self, pid: int) -> None:
-        """Remember the main process: its group and session are the job's."""
+        """Remember the main process: its group and session are the job's, and nothing of it is older."""
         self.main = pid
+        process = _read_process(pid)
+        self.main_started = process.started if process is not None else 0
 
     def signal(self, sig: signal.Signals) -> None:
         """Signal each live process of the attempt."""
@@ -426,7 +435,7 @@ class ProcessAttempt:
     def _members(self) -> list[_Process]:
         roots = {self.main} if self.main is not None else set()
         return _family(lambda p, env: p.key in self.seen or p.group in roots or p.session in roots
-                       or self.marker <= env(), self.seen)
+                       or (p.started >= self.main_started and self.marker <= env()), self.seen)
 
     def _reap(self, members: list[_Process]) -> None:
         for process in members:
@@ -448,7 +457,7 @@ def kill_marked_processes(run_id: str) -> int:
 
 
 def _family(is_seed: Callable[[_Process, Callable[[], frozenset[bytes]]], bool],
-            seen: set[tuple[int, bytes]]) -> list[_Process]:
+            seen: set[tuple[int, int]]) -> list[_Process]:
     """The processes that match `is_seed` (given a way to read each one's environment), and their descendants.
 
     Adds their pids to `seen`, so that one seen alive is still known once it is a zombie. Never jobgraph.
@@ -480,7 +489,8 @@ def _read_process(pid: int) -> _Process | None:
             fields = stat.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return _Process(pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0] in (b"Z", b"X"), fields[19])
+    return _Process(pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0] in (b"Z", b"X"),
+                    int(fields[19]))
 
 
 def _environment(process: _Process) -> frozenset[bytes]:

@@ -46,6 +46,7 @@ class LocalRunner:
         self._images = images
         self._cwd = cwd
         self._kill_grace = kill_grace
+        self._runs: set[str] = set()
 
     def command(self, spec: JobSpec) -> list[str]:
         """The host command for a job: the image's command, then the job's args."""
@@ -64,6 +65,7 @@ class LocalRunner:
         env = {k: v for k, v in os.environ.items() if k not in spec.withheld_env} | dict(spec.env)
         self.kill_grace()  # a bad setting stops the job before it starts, not when it must be killed
         processes = containment().attempt(spec.run_id, spec.task, spec.attempt, env)
+        self._runs.add(spec.run_id)
         with spec.log_path.open("ab") as log, processes.placing():
             try:
                 popen = subprocess.Popen(
@@ -118,7 +120,10 @@ class LocalRunner:
         return grace
 
     async def aclose(self) -> None:
-        """Nothing to release: every attempt's processes are killed and reaped by wait or cancel."""
+        """Every attempt's processes are killed and reaped by wait or cancel; remove what held the runs."""
+        for run_id in self._runs:
+            containment().end_run(run_id)
+        self._runs.clear()
 
 
 async def _all_gone(processes: Attempt) -> None:
