@@ -240,3 +240,35 @@ def test_a_process_another_thread_forks_while_a_job_is_placed_is_sent_home(tmp_p
         job.wait()
     layer.end_run("run-stray")
     assert_no_cgroup_left("run-stray")
+
+
+REAPER_CHECK = """
+import asyncio, os, sys
+from pathlib import Path
+from jobgraph.runners import JobSpec, LocalRunner
+
+async def main():
+    runner = LocalRunner({"sh": ["sh", "-c"]}, kill_grace=1)
+    for attempt, script in enumerate(sys.argv[1:], start=1):
+        marker = {"JOBGRAPH_RUN_ID": "run-reap", "JOBGRAPH_TASK": "job", "JOBGRAPH_ATTEMPT": str(attempt)}
+        spec = JobSpec("run-reap", "p", "job", attempt, "sh", (script,), marker, Path(f"attempt-{attempt}.log"))
+        await runner.wait(await runner.start(spec))
+    await runner.aclose()
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+    print(" ".join(Path(f"/proc/{c}/stat").read_text().rsplit(") ", 1)[1][0] for c in children))
+
+asyncio.run(main())
+"""
+
+
+def test_the_process_layer_reaps_the_orphans_it_adopts(tmp_path: Path) -> None:
+    """As a subreaper, jobgraph adopts daemons whose parent died; once they exit it must reap them."""
+    pids = tmp_path / "pids"
+    lives = f"setsid sh -c 'echo $$ >> {pids}; sleep 300' & sleep 0.2"
+    ends = f"(setsid sh -c 'echo $$ >> {pids}; sleep 0.1' &); sleep 0.5"
+    env = {**os.environ, "JOBGRAPH_CONTAINMENT": "process"}
+    result = subprocess.run([sys.executable, "-c", REAPER_CHECK, lives, ends], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [], "jobgraph kept children (Z: zombies it never reaped)"
+    assert_all_gone(pids, 2)

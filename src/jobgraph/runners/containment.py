@@ -389,6 +389,10 @@ class _Process:
         return self.pid, self.started
 
 
+_MAINS: set[int] = set()
+"""Main processes of this jobgraph's live attempts: their runner reaps them, so the orphan reaper must not."""
+
+
 @dataclass
 class ProcessAttempt:
     """An attempt found by its environment marker, its group and session, and their descendants."""
@@ -405,82 +409,94 @@ class ProcessAttempt:
     def started(self, pid: int) -> None:
         """Remember the main process: its group and session are the job's, and nothing of it is older."""
         self.main = pid
+        _MAINS.add(pid)
         process = _read_process(pid)
         self.main_started = process.started if process is not None else 0
 
     def signal(self, sig: signal.Signals) -> None:
         """Signal each live process of the attempt."""
-        for process in self._members():
-            if not process.zombie and process.pid != os.getpid():
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(process.pid, sig)
+        _signal_all(self._living(_scan()), sig)
 
     def alive(self) -> bool:
         """Whether a live process of the attempt remains."""
-        return any(not p.zombie for p in self._members())
+        return bool(self._living(_scan()))
 
     async def end(self) -> None:
-        """SIGKILL every process of the attempt until none is left; reap those reparented to jobgraph."""
+        """SIGKILL every process of the attempt until none is left; reap the orphans left to jobgraph."""
         deadline = time.monotonic() + KILL_TIMEOUT
         delay = 0.001
         while time.monotonic() < deadline:
-            members = self._members()
-            self._reap(members)
-            if not any(not p.zombie for p in members):
-                return
-            self.signal(signal.SIGKILL)
+            processes = _scan()
+            _reap_orphans(processes)
+            living = self._living(processes)
+            if not living:
+                break
+            _signal_all(living, signal.SIGKILL)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
+        _MAINS.discard(self.main or 0)  # no await from here until the runner reaps it
 
-    def _members(self) -> list[_Process]:
+    def _living(self, processes: dict[int, _Process]) -> list[_Process]:
         roots = {self.main} if self.main is not None else set()
-        return _family(lambda p, env: p.key in self.seen or p.group in roots or p.session in roots
-                       or (p.started >= self.main_started and self.marker <= env()), self.seen)
-
-    def _reap(self, members: list[_Process]) -> None:
-        for process in members:
-            if process.zombie and process.parent == os.getpid() and process.pid != self.main:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(process.pid, os.WNOHANG)
+        members = _family(processes, lambda p, env: p.key in self.seen or p.group in roots or p.session in roots
+                          or (p.started >= self.main_started and self.marker <= env()))
+        self.seen.update(p.key for p in members)
+        return [p for p in members if not p.zombie]
 
 
 def kill_marked_processes(run_id: str) -> int:
     """SIGKILL every process whose environment names this run, their groups and descendants; say how many."""
     marker = f"JOBGRAPH_RUN_ID={run_id}".encode()
-    marked = _family(lambda _p, env: marker in env(), set())
-    groups = {p.group for p in marked} - {os.getpgid(0)}
-    doomed = [p for p in _family(lambda p, env: p.group in groups or marker in env(), set()) if not p.zombie]
-    for process in doomed:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(process.pid, signal.SIGKILL)
+    processes = _scan()
+    groups = {p.group for p in _family(processes, lambda _p, env: marker in env())} - {os.getpgid(0)}
+    doomed = [p for p in _family(processes, lambda p, env: p.group in groups or marker in env()) if not p.zombie]
+    _signal_all(doomed, signal.SIGKILL)
     return len(doomed)
 
 
-def _family(is_seed: Callable[[_Process, Callable[[], frozenset[bytes]]], bool],
-            seen: set[tuple[int, int]]) -> list[_Process]:
-    """The processes that match `is_seed` (given a way to read each one's environment), and their descendants.
-
-    Adds their pids to `seen`, so that one seen alive is still known once it is a zombie. Never jobgraph.
-    """
-    processes: dict[int, _Process] = {}
-    children: dict[int, list[int]] = {}
+def _scan() -> dict[int, _Process]:
+    """Every process on the host, from /proc."""
+    processes = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             process = _read_process(int(entry.name))
             if process is not None:
                 processes[process.pid] = process
-                children.setdefault(process.parent, []).append(process.pid)
+    return processes
+
+
+def _family(processes: dict[int, _Process],
+            is_seed: Callable[[_Process, Callable[[], frozenset[bytes]]], bool]) -> list[_Process]:
+    """The processes that match `is_seed` (given a way to read each one's environment), and their descendants.
+
+    Never jobgraph itself.
+    """
+    children: dict[int, list[_Process]] = {}
+    for process in processes.values():
+        children.setdefault(process.parent, []).append(process)
     found: dict[int, _Process] = {}
     stack = [p for p in processes.values()
              if p.pid != os.getpid() and is_seed(p, functools.partial(_environment, p))]
     while stack:
         process = stack.pop()
-        if process.pid in found or process.pid == os.getpid():
-            continue
-        found[process.pid] = process
-        stack += [processes[c] for c in children.get(process.pid, ()) if c in processes]
-    seen.update(p.key for p in found.values())
+        if process.pid not in found and process.pid != os.getpid():
+            found[process.pid] = process
+            stack += children.get(process.pid, [])
     return list(found.values())
+
+
+def _signal_all(processes: list[_Process], sig: signal.Signals) -> None:
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(process.pid, sig)
+
+
+def _reap_orphans(processes: dict[int, _Process]) -> None:
+    """Reap the zombies reparented to jobgraph (its subreaper's duty); never a main process a runner awaits."""
+    for process in processes.values():
+        if process.zombie and process.parent == os.getpid() and process.pid not in _MAINS:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(process.pid, os.WNOHANG)
 
 
 def _read_process(pid: int) -> _Process | None:
