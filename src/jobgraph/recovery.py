@@ -15,7 +15,7 @@ from pathlib import Path
 from jobgraph.config import Pipeline
 from jobgraph.errors import JobgraphError
 from jobgraph.owner import owner_is_gone
-from jobgraph.runners.containment import kill_cgroups_of_run, kill_marked_processes, remove_empty_cgroups
+from jobgraph.runners.containment import kill_lost_run, remove_empty_cgroups
 from jobgraph.store import Store
 
 LOST_REASON = "orchestrator lost: the jobgraph process running this run died"
@@ -40,7 +40,7 @@ def recover_lost_runs(store: Store, folder: Path) -> list[LostRun]:
     for run in store.running_runs():
         if run.owner is None or not owner_is_gone(run.owner):
             continue
-        killed = kill_processes_of_run(run.run_id)
+        killed = kill_lost_run(run.run_id)
         containers = 0
         for engine in container_engines(run.snapshot):
             try:
@@ -63,8 +63,3 @@ def container_engines(snapshot: str) -> set[str]:
         return set()
     jobs = pipeline.all_jobs()
     return {job.runner for job in jobs if job.runner in ("podman", "docker")}
-
-
-def kill_processes_of_run(run_id: str) -> int:
-    """SIGKILL every process the run's jobs left, daemons included; return how many."""
-    return kill_cgroups_of_run(run_id) + kill_marked_processes(run_id)

@@ -197,7 +197,7 @@ def cgroup_layer() -> containment.Containment:
 def test_without_cgroup_kill_the_cgroup_is_frozen_and_each_member_killed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     layer = cgroup_layer()
-    real_write = containment._write
+    real_write = containment._write  # the one way the module writes a cgroup file
 
     def no_cgroup_kill(path: Path, value: str) -> None:
         if path.name == "cgroup.kill":

@@ -9,14 +9,15 @@ them; these layers can. `containment()` picks one per jobgraph process, from JOB
   jobgraph's own cgroup when jobgraph is itself a contained job). No process can leave its cgroup, by
   any session or group trick. Ending the attempt writes `cgroup.kill` (before Linux 5.14: freezes the
   cgroup and SIGKILLs each member), waits until the cgroup is empty and removes it. After a kill -9 of
-  jobgraph, `kill_run` finds the lost run's cgroups by name and does the same. Placing a job costs
-  two small writes: jobgraph enters the attempt's cgroup just while it forks the job, then goes back.
-- `process` (the fallback, said once on stderr; or asked for): jobgraph becomes a child subreaper, so
-  orphans are reparented to it rather than to init, and ending the attempt SIGKILLs, until none is
-  left, every process whose environment carries the attempt's marker (JOBGRAPH_RUN_ID, JOBGRAPH_TASK,
-  JOBGRAPH_ATTEMPT), every member of the job's process group or session, and all their descendants;
-  the killed ones reparented to jobgraph are reaped. Its gap: a process that clears its environment and
-  leaves the job's session, after its parent died, is not found. Each end of attempt scans /proc.
+  jobgraph, `kill_lost_run` finds the lost run's cgroups by name and does the same. Placing a job costs
+  two small writes: jobgraph enters the attempt's cgroup just while it forks the job, then goes back
+  (and sends back any process another of its threads forked meanwhile).
+- `process` (the fallback, said once on stderr; or asked for), in process_tree: jobgraph becomes a
+  child subreaper and, when the attempt ends, SIGKILLs until none is left every process that carries
+  the attempt's environment marker (JOBGRAPH_RUN_ID, JOBGRAPH_TASK, JOBGRAPH_ATTEMPT), is in the job's
+  process group or session, or descends from one of those, and reaps the orphans it adopted. Its gap:
+  a process that clears its environment and leaves the job's session, after its parent died, is not
+  found. Each end of attempt scans /proc (about 2 ms with 150 processes).
 - `auto` (the default): `cgroup` if it works, else `process`. `cgroup` alone fails the job's attempt
   with the reason when cgroups cannot be had.
 """
@@ -25,29 +26,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from jobgraph.errors import RunnerError
 from jobgraph.owner import process_start_time
+from jobgraph.runners.process_tree import (
+    KILL_TIMEOUT,
+    ProcessAttempt,
+    become_subreaper,
+    kill_marked_processes,
+    parent_of,
+)
 
 LAYERS = ("auto", "cgroup", "process")
 MARKER = ("JOBGRAPH_RUN_ID", "JOBGRAPH_TASK", "JOBGRAPH_ATTEMPT")
 """The environment variables that name a job's attempt: the process layer's (and recovery's) marker."""
-
-KILL_TIMEOUT = 10.0
-"""How long a SIGKILLed attempt may take to be gone (a process in uninterruptible sleep takes a while)."""
-
-_PR_SET_CHILD_SUBREAPER = 36
-
 
 class Attempt(Protocol):
     """The processes of one attempt, as one thing to place, signal and end."""
@@ -116,15 +117,12 @@ def _chosen(wanted: str) -> Containment:
         why = f"cgroups cannot be used ({why})"
     else:
         why = "JOBGRAPH_CONTAINMENT=process"
-    reaper = _become_subreaper()
+    reaper = become_subreaper()
     description = (f"containing job processes without cgroups: {why}; jobgraph {reaper} and kills by the "
                    "JOBGRAPH_RUN_ID/TASK/ATTEMPT marker, process group and session, so a daemon that also "
                    "clears its environment can escape")
     print(f"jobgraph: {description}", file=sys.stderr)
     return Containment("process", description)
-
-
-# --- the cgroup layer -------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -157,7 +155,7 @@ class CgroupAttempt:
         """Send home any other child of jobgraph that another thread forked while jobgraph was placing."""
         self.main = pid
         for other in _cgroup_pids(self.path):
-            if other != pid and _parent(other) == os.getpid() and self.home is not None:
+            if other != pid and parent_of(other) == os.getpid() and self.home is not None:
                 with contextlib.suppress(OSError):
                     _write(self.home / "cgroup.procs", str(other))
 
@@ -182,7 +180,12 @@ class CgroupAttempt:
         _remove_tree(self.path)
 
 
-def kill_cgroups_of_run(run_id: str) -> int:
+def kill_lost_run(run_id: str) -> int:
+    """SIGKILL what a run whose jobgraph died left, in its cgroups or carrying its marker; say how many."""
+    return _kill_cgroups_of_run(run_id) + kill_marked_processes(run_id)
+
+
+def _kill_cgroups_of_run(run_id: str) -> int:
     """Kill and remove the cgroups of a run whose jobgraph died; return how many processes were killed."""
     killed = 0
     for run in _lost_cgroups():
@@ -368,169 +371,3 @@ def _safe(name: str) -> str:
     """A run id or job name as one path component (job names are letters, digits, _ and $ already)."""
     cleaned = "".join(c if c.isalnum() or c in "-_$." else "_" for c in name).lstrip(".")
     return cleaned or "_"
-
-
-# --- the process layer ------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Process:
-    pid: int
-    parent: int
-    group: int
-    session: int
-    zombie: bool
-    started: int
-    """Clock ticks since boot."""
-
-    @property
-    def key(self) -> tuple[int, int]:
-        """The process, in a way a reused pid cannot fool."""
-        return self.pid, self.started
-
-
-_MAINS: set[int] = set()
-"""Main processes of this jobgraph's live attempts: their runner reaps them, so the orphan reaper must not."""
-
-
-@dataclass
-class ProcessAttempt:
-    """An attempt found by its environment marker, its group and session, and their descendants."""
-
-    marker: frozenset[bytes]
-    main: int | None = None
-    main_started: int = 0
-    seen: set[tuple[int, int]] = field(default_factory=set)
-
-    def placing(self) -> contextlib.AbstractContextManager[None]:
-        """Nothing to do: the main process starts its own session and carries the marker."""
-        return contextlib.nullcontext()
-
-    def started(self, pid: int) -> None:
-        """Remember the main process: its group and session are the job's, and nothing of it is older."""
-        self.main = pid
-        _MAINS.add(pid)
-        process = _read_process(pid)
-        self.main_started = process.started if process is not None else 0
-
-    def signal(self, sig: signal.Signals) -> None:
-        """Signal each live process of the attempt."""
-        _signal_all(self._living(_scan()), sig)
-
-    def alive(self) -> bool:
-        """Whether a live process of the attempt remains."""
-        return bool(self._living(_scan()))
-
-    async def end(self) -> None:
-        """SIGKILL every process of the attempt until none is left; reap the orphans left to jobgraph."""
-        deadline = time.monotonic() + KILL_TIMEOUT
-        delay = 0.001
-        while time.monotonic() < deadline:
-            processes = _scan()
-            _reap_orphans(processes)
-            living = self._living(processes)
-            if not living:
-                break
-            _signal_all(living, signal.SIGKILL)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
-        _MAINS.discard(self.main or 0)  # no await from here until the runner reaps it
-
-    def _living(self, processes: dict[int, _Process]) -> list[_Process]:
-        roots = {self.main} if self.main is not None else set()
-        members = _family(processes, lambda p, env: p.key in self.seen or p.group in roots or p.session in roots
-                          or (p.started >= self.main_started and self.marker <= env()))
-        self.seen.update(p.key for p in members)
-        return [p for p in members if not p.zombie]
-
-
-def kill_marked_processes(run_id: str) -> int:
-    """SIGKILL every process whose environment names this run, their groups and descendants; say how many."""
-    marker = f"JOBGRAPH_RUN_ID={run_id}".encode()
-    processes = _scan()
-    groups = {p.group for p in _family(processes, lambda _p, env: marker in env())} - {os.getpgid(0)}
-    doomed = [p for p in _family(processes, lambda p, env: p.group in groups or marker in env()) if not p.zombie]
-    _signal_all(doomed, signal.SIGKILL)
-    return len(doomed)
-
-
-def _scan() -> dict[int, _Process]:
-    """Every process on the host, from /proc."""
-    processes = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            process = _read_process(int(entry.name))
-            if process is not None:
-                processes[process.pid] = process
-    return processes
-
-
-def _family(processes: dict[int, _Process],
-            is_seed: Callable[[_Process, Callable[[], frozenset[bytes]]], bool]) -> list[_Process]:
-    """The processes that match `is_seed` (given a way to read each one's environment), and their descendants.
-
-    Never jobgraph itself.
-    """
-    children: dict[int, list[_Process]] = {}
-    for process in processes.values():
-        children.setdefault(process.parent, []).append(process)
-    found: dict[int, _Process] = {}
-    stack = [p for p in processes.values()
-             if p.pid != os.getpid() and is_seed(p, functools.partial(_environment, p))]
-    while stack:
-        process = stack.pop()
-        if process.pid not in found and process.pid != os.getpid():
-            found[process.pid] = process
-            stack += children.get(process.pid, [])
-    return list(found.values())
-
-
-def _signal_all(processes: list[_Process], sig: signal.Signals) -> None:
-    for process in processes:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(process.pid, sig)
-
-
-def _reap_orphans(processes: dict[int, _Process]) -> None:
-    """Reap the zombies reparented to jobgraph (its subreaper's duty); never a main process a runner awaits."""
-    for process in processes.values():
-        if process.zombie and process.parent == os.getpid() and process.pid not in _MAINS:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(process.pid, os.WNOHANG)
-
-
-def _read_process(pid: int) -> _Process | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return _Process(pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0] in (b"Z", b"X"),
-                    int(fields[19]))
-
-
-def _environment(process: _Process) -> frozenset[bytes]:
-    """A process's environment entries (none for a zombie, or one that is gone or not ours to read)."""
-    if process.zombie:
-        return frozenset()
-    try:
-        with open(f"/proc/{process.pid}/environ", "rb") as environ:
-            return frozenset(environ.read().split(b"\0"))
-    except OSError:
-        return frozenset()
-
-
-def _parent(pid: int) -> int | None:
-    process = _read_process(pid)
-    return process.parent if process is not None else None
-
-
-def _become_subreaper() -> str:
-    """Make orphaned descendants of jobgraph its children, not init's; say whether that worked."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0:
-            return "is their child subreaper"
-        return f"cannot be their subreaper ({os.strerror(ctypes.get_errno())})"
-    except (OSError, AttributeError) as exc:
-        return f"cannot be their subreaper ({exc})"
