@@ -146,10 +146,10 @@ class CgroupAttempt:
         try:
             yield
         except BaseException:
-            _write(self.home / "cgroup.procs", "0")
+            _go_home(self.home)
             _remove_tree(self.path)
             raise
-        _write(self.home / "cgroup.procs", "0")
+        _go_home(self.home)
 
     def started(self, pid: int) -> None:
         """Send home any other child of jobgraph that another thread forked while jobgraph was placing."""
@@ -278,6 +278,16 @@ def _own_cgroup() -> Path:
             if line.startswith("0::"):
                 return mount / line[3:].strip().lstrip("/")
     raise OSError("no cgroup v2 entry in /proc/self/cgroup")
+
+
+def _go_home(home: Path) -> None:
+    """Leave the attempt's cgroup for jobgraph's own, or the root one if a manager removed ours meanwhile."""
+    try:
+        _write(home / "cgroup.procs", "0")
+    except OSError:
+        mount = _cgroup2_mount()
+        assert mount is not None
+        _write(mount / "cgroup.procs", "0")
 
 
 def _kill_cgroup(path: Path) -> None:
