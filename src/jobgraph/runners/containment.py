@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import re
 import signal
 import sys
 import time
@@ -47,6 +48,7 @@ from jobgraph.runners.process_tree import (
 )
 
 LAYERS = ("auto", "cgroup", "process")
+_PLAIN = re.compile(r"[A-Za-z0-9_$-]+")
 MARKER = ("JOBGRAPH_RUN_ID", "JOBGRAPH_TASK", "JOBGRAPH_ATTEMPT")
 """The environment variables that name a job's attempt: the process layer's (and recovery's) marker."""
 
@@ -379,5 +381,6 @@ def _owner_is_gone(name: str) -> bool:
 
 def _safe(name: str) -> str:
     """A run id or job name as one path component (job names are letters, digits, _ and $ already)."""
-    cleaned = "".join(c if c.isalnum() or c in "-_$." else "_" for c in name).lstrip(".")
-    return cleaned or "_"
+    if _PLAIN.fullmatch(name):
+        return name
+    return re.sub(r"[^A-Za-z0-9_$.-]", "_", name).lstrip(".") or "_"
