@@ -25,6 +25,7 @@ them; these layers can. `containment()` picks one per jobgraph process, from JOB
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import functools
 import os
@@ -113,6 +114,7 @@ def _chosen(wanted: str) -> Containment:
     if wanted != "process":
         base, why = _usable_cgroup_base()
         if base is not None:
+            atexit.register(lambda: _remove_tree(base / _owner()))  # for runners nobody closed
             return Containment("cgroup", f"cgroup v2 per attempt under {base}", base)
         if wanted == "cgroup":
             raise RunnerError(f"JOBGRAPH_CONTAINMENT=cgroup, but no cgroup can be used: {why}")
