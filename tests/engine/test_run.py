@@ -272,7 +272,7 @@ def test_a_cancel_during_a_timeouts_kill_grace_still_ends_the_attempt_and_the_jo
     pipeline = make([sh("stubborn", STUBBORN.format(term=term, pids=pids), timeout=0.3), sh("later", "true")],
                     pools={"one": {"max_parallel": 1}}, defaults={"pool": "one"})
     events: list[Event] = []
-    runner = LocalRunner(pipeline.images, cwd=tmp_path, kill_grace=3.0)
+    runner = LocalRunner(pipeline.images, cwd=tmp_path, kill_grace=1.5)
     graph_run = GraphRun(pipeline, lambda _job: runner, [events.append], tmp_path / "logs")
 
     async def main() -> RunResult:
@@ -297,7 +297,7 @@ def test_sigint_during_a_timeouts_kill_grace_leaves_every_record_ended(
     term, pids = tmp_path / "term", tmp_path / "pids"
     path = write_pipeline({"jobs": [sh("stubborn", STUBBORN.format(term=term, pids=pids), timeout=0.3,
                                        retries=2)]})
-    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph"), "JOBGRAPH_KILL_GRACE": "3"}
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph"), "JOBGRAPH_KILL_GRACE": "1.5"}
     env.pop("JOBGRAPH_STORE", None)
     process = subprocess.Popen([sys.executable, "-m", "jobgraph", "run", str(path)], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -163,12 +163,20 @@ def test_the_layer_in_use_is_said_once_when_it_is_not_the_cgroup_one(
     assert result.stderr.count("containing job processes without cgroups") == 1, result.stderr
 
 
-def test_an_unknown_containment_setting_is_a_clear_error(
-        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("JOBGRAPH_CONTAINMENT", "jail")
-    result = cli("run", str(write_pipeline({"jobs": [sh("a", "true")]})), check=1)
-    assert "JOBGRAPH_CONTAINMENT='jail'" in result.stdout + result.stderr
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("JOBGRAPH_CONTAINMENT", "jail", "JOBGRAPH_CONTAINMENT='jail' is not one of auto, cgroup, process"),
+    ("JOBGRAPH_KILL_GRACE", "soon", "JOBGRAPH_KILL_GRACE='soon' is not a number of seconds from 0 to 3600"),
+])
+def test_a_bad_setting_is_a_clear_error_and_runs_nothing(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline, monkeypatch: pytest.MonkeyPatch,
+        name: str, value: str, message: str) -> None:
+    monkeypatch.setenv(name, value)
+    result = cli("run", str(write_pipeline({"jobs": [sh("a", f"touch {tmp_path / 'ran'}")]})), check=1)
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "ran").exists()
+    store = Store(store_url(tmp_path))
+    [attempt] = store.attempts(store.runs(1)[0].run_id)
+    assert attempt.status == "ERROR" and attempt.error == message
 
 
 def test_daemons_of_a_nested_jobgraph_die_with_the_outer_job(
