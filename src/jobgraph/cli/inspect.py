@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -67,13 +68,19 @@ def graph(
             raise ConfigError(str(file), [Problem(f"no job named '{dependents}'", field="--dependents")])
         names = [match, *dag.descendants(match)]
     if output == GraphFormat.dot:
-        console.print(_dot(pipeline, dag, names), markup=False)
+        _write(_dot(pipeline, dag, names))
     elif output == GraphFormat.mermaid:
-        console.print(_mermaid(pipeline, dag, names), markup=False)
+        _write(_mermaid(pipeline, dag, names))
     elif output == GraphFormat.json:
-        console.print_json(json.dumps(_as_json(pipeline, dag, names)))
+        _write(json.dumps(_as_json(pipeline, dag, names), indent=2))
     else:
         console.print(_table(pipeline, dag, names))
+
+
+def _write(text: str) -> None:
+    """Machine-readable output goes to stdout as is: never wrapped at the terminal's width, never styled."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def _levels(dag: Dag) -> dict[str, int]:
