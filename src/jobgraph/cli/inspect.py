@@ -15,6 +15,7 @@ from rich.table import Table
 
 from jobgraph.cli.common import console, reported
 from jobgraph.config import Pipeline, load
+from jobgraph.config.validate import did_you_mean
 from jobgraph.errors import ConfigError, Problem
 from jobgraph.graph import Dag
 from jobgraph.schedule import parse_schedule
@@ -65,7 +66,8 @@ def graph(
     if dependents is not None:
         match = {n.casefold(): n for n in names}.get(dependents.strip().casefold())
         if match is None:
-            raise ConfigError(str(file), [Problem(f"no job named '{dependents}'", field="--dependents")])
+            raise ConfigError(str(file), [Problem(f"no job named '{dependents}'{did_you_mean(dependents, names)}",
+                                                  field="--dependents")])
         names = [match, *dag.descendants(match)]
     if output == GraphFormat.dot:
         _write(_dot(pipeline, dag, names))

@@ -31,7 +31,7 @@ from jobgraph.cli.render import RunView
 from jobgraph.cli.show import tasks_table
 from jobgraph.config import Job, Pipeline, check_pipeline, load
 from jobgraph.engine import GraphRun, PriorTask, RunResult
-from jobgraph.errors import ConfigError, Problem, StoreError
+from jobgraph.errors import ConfigError, Problem, RunnerError, StoreError
 from jobgraph.recovery import recover_lost_runs
 from jobgraph.runners import AnyRunner, make_runner
 from jobgraph.states import RETRYABLE_TASK_STATES, RunState, TaskState
@@ -91,6 +91,18 @@ def runner_factory(pipeline: Pipeline, runner_override: str | None,
     return runner_for
 
 
+async def open_runners(pipeline: Pipeline, runner_override: str | None, runners: dict[str, AnyRunner]) -> None:
+    """Connect every runner the pipeline uses before anything runs: a backend that is down stops the run here."""
+    runner_for = runner_factory(pipeline, runner_override, runners)
+    for job in pipeline.all_jobs():
+        runner_for(job)
+    for name, runner in runners.items():
+        try:
+            await runner.open()
+        except RunnerError as exc:
+            raise RunnerError(f"runner {name}: {exc}; nothing was run") from None
+
+
 def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run_id: str | None = None,
             prior: dict[str, PriorTask] | None = None, run_attempt: int = 1, trigger: str = "manual",
             version: str | None = None) -> RunResult:
@@ -108,6 +120,7 @@ def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run
                 loop.add_signal_handler(sig, graph_run.cancel)
             loop.add_signal_handler(signal.SIGHUP, view.hang_up)
             try:
+                await open_runners(pipeline, runner_override, runners)
                 return await graph_run.run()
             finally:
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
