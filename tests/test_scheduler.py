@@ -405,7 +405,7 @@ def test_taking_over_from_a_dead_holder_on_this_host_closes_its_runs_at_once(
 
     assert asyncio.run(scenario()) is True
     assert Deployments(store).lease_holder(LEASE, clock()) == "B"
-    assert f"took over the lease from {dead}" in messages
+    assert f"took over the lease from {dead} (its process is gone)" in messages
     assert store.run(orphan).state == "CANCELLED"
     assert [f.action for f in Deployments(store).fires("nightly")] == ["STARTED"]
     store.close()

@@ -110,11 +110,12 @@ class Scheduler:
 
     def _take_over(self, previous: Lease | None, now: datetime) -> None:
         """First tick with the lease: close what the previous holder, if dead, left RUNNING."""
+        if previous is not None and previous.holder != self.holder:
+            why = "its lease ran out" if previous.expires_at < now else "its process is gone"
+            self.on_message(f"took over the lease from {previous.holder} ({why})")
         self.recover()
-        if previous is None or previous.holder == self.holder:
-            return
-        self.on_message(f"took over the lease from {previous.holder}")
-        if on_this_host(previous.holder) or previous.expires_at >= now:
+        if previous is None or previous.holder == self.holder or on_this_host(previous.holder) \
+                or previous.expires_at >= now:
             return  # on this host `recover` checked its pid
         reason = f"orchestrator lost: its scheduler service {previous.holder} stopped renewing its lease"
         for run in self.store.running_runs():
@@ -248,9 +249,13 @@ class Scheduler:
             self.on_message(f"{name}: queued fire at {queued.scheduled:%H:%M:%S} dropped, the pipeline is "
                             f"{deployed.state}")
             return
-        pipeline = Pipeline.model_validate_json(self.deployments.snapshot(name, deployed.version))
-        self._start(deployed, pipeline, queued.scheduled, queued.trigger,
-                    "started after the previous run (overlap: queue)")
+        try:
+            pipeline = Pipeline.model_validate_json(self.deployments.snapshot(name, deployed.version))
+            self._start(deployed, pipeline, queued.scheduled, queued.trigger,
+                        "started after the previous run (overlap: queue)")
+        except (JobgraphError, ValueError) as exc:
+            self.deployments.record_fire(name, queued.scheduled, "ERROR", now, note=str(exc))
+            self.on_message(f"{name}: could not start the queued run: {exc}")
 
     def _drop_queued(self, why: str) -> None:
         for name, queued in self.queued.items():

@@ -289,7 +289,7 @@ def test_a_standby_service_takes_over_from_a_killed_one_closes_its_run_and_honou
         for process in (first, standby, by_hand):
             if process is not None and process.poll() is None:
                 process.kill()
-    assert f"took over the lease from {first_label}" in out
+    assert f"took over the lease from {first_label} (its process is gone)" in out
     assert f"run {lost.run_id} of svc: its jobgraph process died" in out
     assert "stopping: cancelling 1 running run(s)" in out
     states = {r.run_id: r.state for r in store.runs(10, "svc")}
@@ -301,3 +301,29 @@ def test_a_standby_service_takes_over_from_a_killed_one_closes_its_run_and_honou
 
 def standby_label(store: Store) -> str:
     return Deployments(store).lease_holder("scheduler", datetime.now(UTC)) or "-"
+
+
+def test_a_request_the_dying_service_never_took_is_withdrawn_and_run_here(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
+    write_pipeline({"name": "svc", "jobs": [sh("a", "true")]})
+    cli("deploy", "pipeline.yaml", check=0)
+    store = Store(store_url(tmp_path))
+    serve = start_serve(tmp_path)
+    trigger: subprocess.Popen[str] | None = None
+    try:
+        wait_until(lambda: holder_pid(store) == serve.pid)
+        serve.send_signal(signal.SIGSTOP)  # alive, holding its lease, but taking no request
+        trigger = start_jobgraph(tmp_path, "trigger", "svc")
+        wait_until(lambda: [f.action for f in Deployments(store).fires("svc")] == ["REQUESTED"])
+        serve.kill()
+        serve.wait()
+        out, _ = trigger.communicate(timeout=60)
+    finally:
+        for process in (serve, trigger):
+            if process is not None and process.poll() is None:
+                process.kill()
+    assert trigger.returncode == 0, out
+    assert "svc: the scheduler service" in out and "stopped before taking the request (request withdrawn); " \
+                                                   "running it here" in out
+    assert [f.action for f in Deployments(store).fires("svc")] == ["WITHDRAWN"]
+    assert [r.state for r in store.runs(10, "svc")] == ["SUCCEEDED"]
