@@ -130,10 +130,10 @@ class Scheduler:
         if not self.held:
             return
         self.held = False
-        holder = self.deployments.lease_holder(LEASE, now) or "another scheduler"
-        self.on_message(f"lost the lease to {holder}: this scheduler no longer fires")
+        holder = self.deployments.lease_holder(LEASE, now)
+        self.on_message(f"lost the lease to {holder or 'another scheduler'}: this scheduler no longer fires")
         self._drop_queued("the scheduler lost its lease before the queued run started")
-        if not on_this_host(holder) and self.running():
+        if holder is not None and not on_this_host(holder) and self.running():
             self.on_message(f"cancelling {len(self.running())} running run(s): {holder} has taken them for lost")
             for graph_run in self.running():
                 graph_run.cancel()
