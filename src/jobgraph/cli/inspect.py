@@ -44,9 +44,10 @@ def validate(file: FileArgument, runner: RunnerOption = None) -> None:
     console.print(f"{escape(str(file))}: ok: pipeline '{pipeline.name}', {len(pipeline.jobs)} jobs in "
                   f"{len(pools)} pools ({', '.join(pools)}){final}")
     if pipeline.schedule:
-        fires = parse_schedule(pipeline.schedule).next_after(datetime.now(UTC))
-        console.print(f"schedule '{escape(pipeline.schedule)}': next fire {fires:%Y-%m-%d %H:%M:%S} UTC "
-                      "(counted from now for an interval schedule)")
+        schedule = parse_schedule(pipeline.schedule)
+        fires = schedule.next_after(datetime.now(UTC))
+        counted = " (counted from now: an interval counts from when it is deployed)" if schedule.minutes else ""
+        console.print(f"schedule '{escape(pipeline.schedule)}': next fire {fires:%Y-%m-%d %H:%M:%S} UTC{counted}")
 
 
 @reported
