@@ -12,7 +12,8 @@ from pathlib import Path
 
 from jobgraph.states import RunState, TaskState
 from jobgraph.store import Store
-from tests.conftest import WritePipeline, process_alive, sh, store_url
+from tests.cli.test_service import holder_pid
+from tests.conftest import Cli, WritePipeline, process_alive, sh, store_url
 
 
 def slow_pipeline(write_pipeline: WritePipeline, tmp_path: Path) -> Path:
@@ -66,3 +67,30 @@ def test_a_closed_terminal_sighup_lets_the_run_go_on_like_nohup(tmp_path: Path,
     process.send_signal(signal.SIGHUP)  # ... and its shell hangs up
     assert process.wait(timeout=60) == 0
     assert_ran_to_the_end(tmp_path)
+
+
+def test_serve_whose_reader_went_away_keeps_serving(tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
+    write_pipeline({"name": "svc", "jobs": [sh("job", f"echo ran >> {tmp_path}/ran")]})
+    cli("deploy", "pipeline.yaml", check=0)
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph")}
+    script = f"set -o pipefail; {sys.executable} -m jobgraph serve --tick 0.1 | head -1"
+    serve = subprocess.Popen(["bash", "-c", script], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        for expected in ("ran\n", "ran\nran\n"):  # the first trigger meets a closed pipe, the second too
+            cli("trigger", "svc", check=0)
+            with Store(store_url(tmp_path)) as records:
+                assert records.runs()[0].state == RunState.SUCCEEDED
+            assert (tmp_path / "ran").read_text() == expected
+        with Store(store_url(tmp_path)) as records:
+            pid = holder_pid(records)
+        assert pid is not None
+        os.kill(pid, signal.SIGHUP)  # and a hang-up does not stop it either
+        cli("trigger", "svc", check=0)
+        assert (tmp_path / "ran").read_text() == "ran\nran\nran\n"
+        os.kill(pid, signal.SIGTERM)
+        _out, err = serve.communicate(timeout=60)
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+    assert serve.returncode == 0 and "Traceback" not in err, err

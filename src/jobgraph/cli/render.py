@@ -96,8 +96,7 @@ class RunView:
 
     def hang_up(self) -> None:
         """The terminal closed (SIGHUP): like `nohup`, the run goes on; what wrote to the terminal stops."""
-        streams = [s for s in (self.console.file, sys.stderr) if _is_tty(s)]
-        silence(*streams)
+        terminal_gone(self.console)
         self._stop_live()
 
     def __call__(self, event: Event) -> None:
@@ -171,6 +170,11 @@ class RunView:
 
 _ORDER = {TaskState.RUNNING: 0, TaskState.FAILED: 1, TaskState.QUEUED: 2, TaskState.CANCELLED: 3,
           TaskState.SKIPPED: 4, TaskState.SUCCEEDED: 5, TaskState.PENDING: 6}
+
+
+def terminal_gone(console: Console) -> None:
+    """After SIGHUP: output that went to the closed terminal goes nowhere; pipes and files still get it."""
+    silence(*(stream for stream in (console.file, sys.stderr) if _is_tty(stream)))
 
 
 def _is_tty(stream: object) -> bool:

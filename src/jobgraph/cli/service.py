@@ -22,10 +22,11 @@ from jobgraph.cli.common import (
     errors,
     home,
     reported,
+    silence,
     store_url,
 )
 from jobgraph.cli.inspect import FileArgument, RunnerOption
-from jobgraph.cli.render import RunView, styled, write_line
+from jobgraph.cli.render import RunView, styled, terminal_gone, write_line
 from jobgraph.cli.run import EXIT_CODES, execute, job_secrets, report_lost_runs, runner_factory
 from jobgraph.config import Pipeline, check_pipeline, load
 from jobgraph.engine import GraphRun
@@ -223,7 +224,10 @@ def serve(
         holder = owner_label()
 
         def say(text: str) -> None:
-            write_line(console, text)
+            try:
+                write_line(console, text)
+            except OSError:  # the reader went away: the service goes on, its output stops
+                silence(console.file)
 
         def start_run(deployed: DeployedPipeline, pipeline: Pipeline, scheduled: datetime,
                       how: str) -> GraphRun:
@@ -241,6 +245,7 @@ def serve(
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(signal.SIGHUP, terminal_gone, console)  # like nohup: serve on, quietly
             say(f"jobgraph serve: scheduler {holder}, store {records.url}, tick {tick:g}s")
             waiting = False
             while not stop.is_set():
