@@ -214,8 +214,8 @@ class Store:
             conn.execute(update(runs).where(runs.c.run_id == event.run_id).values(
                 state=RunState.RUNNING.value, run_attempt=event.run_attempt, finished_at=None,
                 snapshot=event.snapshot, owner=owner_label()))
-            counts = dict(conn.execute(select(task_runs.c.task, task_runs.c.attempts).where(
-                task_runs.c.run_id == event.run_id, _LATEST)).tuples().all())
+            counts = {task: attempts for task, attempts in conn.execute(select(
+                task_runs.c.task, task_runs.c.attempts).where(task_runs.c.run_id == event.run_id, _LATEST))}
         else:
             conn.execute(insert(runs).values(
                 run_id=event.run_id, pipeline=event.pipeline, state=RunState.RUNNING.value,
@@ -262,7 +262,7 @@ class Store:
             if counts:
                 per_state = select(task_runs.c.run_id, task_runs.c.state, func.count()).where(
                     task_runs.c.run_id.in_(list(counts)), _LATEST).group_by(task_runs.c.run_id, task_runs.c.state)
-                for run_id, state, count in conn.execute(per_state).tuples():
+                for run_id, state, count in conn.execute(per_state):
                     counts[run_id][state] = count
         return [RunSummary(
             run_id=row["run_id"], pipeline=row["pipeline"], state=RunState(row["state"]),
@@ -341,7 +341,8 @@ class Store:
             stored = table(name, *(column(str(c.key), c.type) for c in columns))
             order = stored.c[_VIEW_ORDER[name]]
             result = conn.execute(select(stored).order_by(order.desc(), *stored.c).limit(limit))
-            return list(result.keys()), [tuple(row) for row in result]
+            return list(result.keys()), [tuple(_aware(v) if isinstance(v, datetime) else v for v in row)
+                                         for row in result]
 
 
 def schema_version(engine: Engine) -> str | None:
