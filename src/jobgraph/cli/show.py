@@ -13,7 +13,7 @@ from jobgraph.cli.common import StoreOption, console, reported, store_url
 from jobgraph.cli.render import duration, styled
 from jobgraph.errors import StoreError
 from jobgraph.store import Store, TaskRecord
-from jobgraph.store.views import VIEW_NAMES
+from jobgraph.store.views import VIEW_NAMES, VIEW_ORDER
 
 RunIdArgument = Annotated[str, typer.Argument(help="A run id (a unique prefix is enough)")]
 
@@ -107,8 +107,10 @@ def stats(
     Times are UTC; the column headers say so.
     """
     with Store(store_url(store)) as records:
-        columns, rows = records.view(view.strip().lower(), limit)
-        table = Table(title=f"select top {limit} * from {view}", title_justify="left")
+        name = view.strip().lower()
+        columns, rows = records.view(name, limit)
+        table = Table(title=f"select top {limit} * from {name} order by {VIEW_ORDER[name]} desc (times in UTC)",
+                      title_justify="left")
         for column in columns:
             table.add_column(f"{column} (UTC)" if column.endswith(TIME_SUFFIXES) else column, overflow="fold")
         for row in rows:

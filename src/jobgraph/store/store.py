@@ -38,7 +38,7 @@ from jobgraph.errors import StoreError
 from jobgraph.owner import owner_label
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
 from jobgraph.store.tables import SCHEMA_VERSION, attempts, runs, task_runs
-from jobgraph.store.views import VIEW_NAMES, current_views
+from jobgraph.store.views import VIEW_NAMES, VIEW_ORDER, current_views
 
 DEFAULT_URL = "sqlite:///.jobgraph/jobgraph.db"
 
@@ -58,9 +58,6 @@ _UPDATE_TASK = update(task_runs).where(and_(
     task_runs.c.run_id == bindparam("k_run"), task_runs.c.task == bindparam("k_task"),
     task_runs.c.run_attempt == _RUN_ATTEMPT))
 
-_VIEW_ORDER = {"jobs_run_stats": "created_date", "task_logging_stats": "completed_time",
-               "job_attempts": "start_time"}
-"""What `stats` orders each view by, newest first (the quickstart orders jobs_run_stats the same way)."""
 _UPDATE_RUN = update(runs).where(runs.c.run_id == bindparam("k_run"))
 
 
@@ -339,7 +336,7 @@ class Store:
         with self._engine.connect() as conn:
             columns = current_views(conn.dialect)[name].selected_columns
             stored = table(name, *(column(str(c.key), c.type) for c in columns))
-            order = stored.c[_VIEW_ORDER[name]]
+            order = stored.c[VIEW_ORDER[name]]
             result = conn.execute(select(stored).order_by(order.desc(), *stored.c).limit(limit))
             return list(result.keys()), [tuple(_aware(v) if isinstance(v, datetime) else v for v in row)
                                          for row in result]
