@@ -7,6 +7,7 @@ then run as written, through the backend's own driver, not through jobgraph.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import sqlite3
@@ -19,6 +20,11 @@ import psycopg
 import yaml
 from sqlalchemy import make_url
 
+from jobgraph.config import Pipeline
+from jobgraph.config.validate import check_pipeline
+from jobgraph.engine import Event, GraphRun
+from jobgraph.engine.events import AttemptEnded
+from jobgraph.runners import LocalRunner
 from jobgraph.store import Store
 from tests.conftest import SEED, Cli
 
@@ -136,4 +142,30 @@ def test_the_seed_story_fills_the_three_views_as_the_seed_means_them(
         shown = cli("stats", view, "--limit", "50", *store_option, check=0).stdout
         assert "(UTC)" in shown and second.run_id in shown
     assert cli("stats", "job_attempts", "--limit", "50", *store_option, check=0).stdout.count(" FAILED ") == 3
+    store.close()
+
+
+def test_a_cancelled_run_shows_who_ran_and_who_never_started(tmp_path: Path, any_store_url: str) -> None:
+    """A job cancelled while it ran, or while it waited to retry, has its row CANCELLED; one never started has none."""
+    pipeline = check_pipeline(Pipeline.model_validate({"name": "root_task", "images": {"sh": ["sh", "-c"]}, "jobs": [
+        {"name": "slow", "image": "sh", "args": ["sleep 30"]},
+        {"name": "flaky", "image": "sh", "args": ["exit 5"], "retries": 1, "retry_delay": "30s"},
+        {"name": "later", "image": "sh", "args": ["true"], "after": ["slow"]},
+    ]}), "test")
+    store = Store(any_store_url)
+    runner = LocalRunner(pipeline.images, cwd=tmp_path)
+
+    def cancel_when_flaky_failed(event: Event) -> None:
+        if isinstance(event, AttemptEnded) and event.task == "flaky":
+            asyncio.get_running_loop().call_later(0.2, graph_run.cancel)
+
+    graph_run = GraphRun(pipeline, lambda _job: runner, [store, cancel_when_flaky_failed], tmp_path / "logs")
+    asyncio.run(graph_run.run())
+    columns, rows = store.view("jobs_run_stats", 10)
+    jobs = {r[1]: dict(zip(columns, r, strict=True)) for r in rows}
+    assert set(jobs) == {"slow", "flaky"}
+    assert jobs["slow"]["job_status"] == "CANCELLED" and jobs["flaky"]["job_status"] == "CANCELLED"
+    assert jobs["flaky"]["exit_code"] == 5 and jobs["flaky"]["attempt"] == 1
+    _, rows = store.view("task_logging_stats", 10)
+    assert {r[1]: r[2] for r in rows} == {"slow": "CANCELLED", "flaky": "CANCELLED", "later": "CANCELLED"}
     store.close()
