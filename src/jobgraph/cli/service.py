@@ -78,7 +78,7 @@ def pipelines(store: StoreOption = None) -> None:
     """List deployed pipelines: schedule, state, version, last and next run."""
     with Store(store_url(store)) as records:
         table = Table(title="deployed pipelines", title_justify="left")
-        for column in ("pipeline", "state", "version", "schedule", "last run", "next run (UTC)", "note"):
+        for column in ("pipeline", "state", "version", "schedule", "last run (UTC)", "next run (UTC)", "note"):
             table.add_column(column, overflow="fold")
         for deployed in Deployments(records).all():
             last = records.runs(1, deployed.name)
