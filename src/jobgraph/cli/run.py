@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
 from jobgraph.cli.common import (
     EXIT_CANCELLED,
@@ -21,6 +23,7 @@ from jobgraph.cli.common import (
     errors,
     home,
     reported,
+    silence,
     store_url,
 )
 from jobgraph.cli.inspect import FileArgument, RunnerOption
@@ -28,7 +31,7 @@ from jobgraph.cli.render import RunView
 from jobgraph.cli.show import tasks_table
 from jobgraph.config import Job, Pipeline, check_pipeline, load
 from jobgraph.engine import GraphRun, PriorTask, RunResult
-from jobgraph.errors import ConfigError, Problem, StoreError
+from jobgraph.errors import ConfigError, Problem, RunnerError, StoreError
 from jobgraph.recovery import recover_lost_runs
 from jobgraph.runners import AnyRunner, make_runner
 from jobgraph.states import RETRYABLE_TASK_STATES, RunState, TaskState
@@ -88,6 +91,18 @@ def runner_factory(pipeline: Pipeline, runner_override: str | None,
     return runner_for
 
 
+async def open_runners(pipeline: Pipeline, runner_override: str | None, runners: dict[str, AnyRunner]) -> None:
+    """Connect every runner the pipeline uses before anything runs: a backend that is down stops the run here."""
+    runner_for = runner_factory(pipeline, runner_override, runners)
+    for job in pipeline.all_jobs():
+        runner_for(job)
+    for name, runner in runners.items():
+        try:
+            await runner.open()
+        except RunnerError as exc:
+            raise RunnerError(f"runner {name}: {exc}; nothing was run") from None
+
+
 def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run_id: str | None = None,
             prior: dict[str, PriorTask] | None = None, run_attempt: int = 1, trigger: str = "manual",
             version: str | None = None) -> RunResult:
@@ -103,24 +118,40 @@ def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, graph_run.cancel)
+            loop.add_signal_handler(signal.SIGHUP, view.hang_up)
             try:
+                await open_runners(pipeline, runner_override, runners)
                 return await graph_run.run()
             finally:
-                for sig in (signal.SIGINT, signal.SIGTERM):
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
                 for runner in runners.values():
                     await runner.aclose()
 
         result = asyncio.run(main())
+        # Still inside the view: the hang-up handler is gone, so ignore SIGHUP while the summary prints.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for listener, exc in graph_run.listener_failures:
+        if listener is not view:
+            errors.print(f"[red]error:[/red] {escape(str(exc))}; the run was stopped", markup=True)
+    try:
+        console.print(summary_table(records, result))
+    except OSError:
+        silence(console.file)
+    return result
+
+
+def summary_table(records: Store, result: RunResult) -> Table:
+    """The closing table; a big run shows the jobs that did not succeed first, then the others, up to a screen."""
     tasks = records.tasks(result.run_id)
     title = f"run {result.run_id}: {result.state}"
     if len(tasks) > SUMMARY_ROWS:
         counts = Counter(str(t.state).lower() for t in tasks)
         title += " (" + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + ")"
-        tasks = [t for t in tasks if t.state != TaskState.SUCCEEDED][:SUMMARY_ROWS]
-        title += f"; jobs that did not succeed: {len(tasks)}" if tasks else ""
-    console.print(tasks_table(tasks, title=title))
-    return result
+        tasks = sorted(tasks, key=lambda t: t.state == TaskState.SUCCEEDED)
+        title += f"; the first {SUMMARY_ROWS}: `jobgraph show {result.run_id}` lists every job"
+        tasks = tasks[:SUMMARY_ROWS]
+    return tasks_table(tasks, title=title)
 
 
 def report_lost_runs(records: Store) -> None:

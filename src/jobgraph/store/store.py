@@ -7,29 +7,57 @@ statement is a SQLAlchemy Core construct with bound parameters.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, overload
 
-from sqlalchemy import Connection, Engine, and_, bindparam, create_engine, event, insert, inspect, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    column,
+    create_engine,
+    event,
+    exists,
+    func,
+    insert,
+    inspect,
+    select,
+    table,
+    text,
+    update,
+)
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from jobgraph.engine.events import AttemptEnded, AttemptStarted, Event, RunEnded, RunStarted, TaskChanged
 from jobgraph.errors import StoreError
 from jobgraph.owner import owner_label
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
-from jobgraph.store.tables import SCHEMA_VERSION, VIEW_NAMES, attempts, runs, task_runs, view_selects
+from jobgraph.store.tables import SCHEMA_VERSION, attempts, runs, task_runs
+from jobgraph.store.views import VIEW_NAMES, VIEW_ORDER, current_views
 
 DEFAULT_URL = "sqlite:///.jobgraph/jobgraph.db"
 
-_INSERT_ATTEMPT = insert(attempts)
+_RUN_ATTEMPT = select(runs.c.run_attempt).where(runs.c.run_id == bindparam("k_run")).scalar_subquery()
+"""The graph run attempt now running: an event's job and attempt rows belong to it."""
+
+_LATER = task_runs.alias("later")
+_LATEST = ~exists().where(and_(_LATER.c.run_id == task_runs.c.run_id, _LATER.c.task == task_runs.c.task,
+                               _LATER.c.run_attempt > task_runs.c.run_attempt))
+"""A job's row of the latest graph run attempt that ran it: its current state."""
+
+_INSERT_ATTEMPT = insert(attempts).values(run_attempt=_RUN_ATTEMPT)
 _UPDATE_ATTEMPT = update(attempts).where(and_(
     attempts.c.run_id == bindparam("k_run"), attempts.c.task == bindparam("k_task"),
     attempts.c.attempt == bindparam("k_attempt")))
 _UPDATE_TASK = update(task_runs).where(and_(
-    task_runs.c.run_id == bindparam("k_run"), task_runs.c.task == bindparam("k_task")))
+    task_runs.c.run_id == bindparam("k_run"), task_runs.c.task == bindparam("k_task"),
+    task_runs.c.run_attempt == _RUN_ATTEMPT))
+
 _UPDATE_RUN = update(runs).where(runs.c.run_id == bindparam("k_run"))
 
 
@@ -48,6 +76,20 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
+class RunSummary:
+    """One graph run as `history` lists it: no pipeline snapshot, and its jobs counted by state."""
+
+    run_id: str
+    pipeline: str
+    state: RunState
+    run_attempt: int
+    started_at: datetime
+    finished_at: datetime | None
+    scheduled_time: datetime
+    task_counts: Mapping[str, int]
+
+
+@dataclass(frozen=True)
 class TaskRecord:
     """One job of a run as stored."""
 
@@ -63,6 +105,7 @@ class TaskRecord:
     duration_secs: float | None
     return_value: str | None
     error_message: str | None
+    run_attempt: int = 1
 
 
 @dataclass(frozen=True)
@@ -78,11 +121,12 @@ class AttemptRecord:
     started_at: datetime
     finished_at: datetime | None
     duration_secs: float | None
+    run_attempt: int = 1
 
 
 def _utc(value: datetime) -> datetime:
-    """Naive UTC for storage, the same on every backend."""
-    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+    """Aware UTC for storage (a naive value is taken as UTC): PostgreSQL keeps the zone, SQLite the UTC text."""
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @overload
@@ -90,8 +134,10 @@ def _aware(value: datetime) -> datetime: ...
 @overload
 def _aware(value: None) -> None: ...
 def _aware(value: datetime | None) -> datetime | None:
-    """Stored naive UTC back to an aware datetime."""
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+    """A stored time as aware UTC, whichever zone the backend's session reads it in (SQLite: naive UTC)."""
+    if value is None:
+        return None
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class Store:
@@ -140,7 +186,7 @@ class Store:
                 self._task_changed(conn, event)
             elif isinstance(event, AttemptStarted):
                 conn.execute(_INSERT_ATTEMPT, {
-                    "run_id": event.run_id, "task": event.task, "attempt": event.attempt,
+                    "k_run": event.run_id, "run_id": event.run_id, "task": event.task, "attempt": event.attempt,
                     "status": AttemptStatus.RUNNING.value, "log_path": str(event.log_path),
                     "started_at": _utc(event.at), "created_date": _utc(event.at)})
             elif isinstance(event, AttemptEnded):
@@ -154,26 +200,34 @@ class Store:
                                            "finished_at": _utc(event.at)})
 
     def _run_started(self, conn: Connection, event: RunStarted) -> None:
+        """A graph run attempt begins: its jobs get new rows, and an earlier attempt's rows stay as they ended.
+
+        On a retry (run_attempt > 1) the jobs that succeeded before (`resumed`) get no row: their
+        row of the attempt they succeeded in stays their current one. The others start from the
+        attempt count they reached, so attempt numbers go on across graph run attempts.
+        """
+        counts: dict[str, int] = {}
         if event.run_attempt > 1:
             conn.execute(update(runs).where(runs.c.run_id == event.run_id).values(
                 state=RunState.RUNNING.value, run_attempt=event.run_attempt, finished_at=None,
                 snapshot=event.snapshot, owner=owner_label()))
-            conn.execute(update(task_runs).where(and_(
-                task_runs.c.run_id == event.run_id, task_runs.c.task.not_in(event.resumed))).values(
-                state=TaskState.PENDING.value, started_at=None, finished_at=None, duration_secs=None,
-                return_value=None, error_message=None))
-            return
-        conn.execute(insert(runs).values(
-            run_id=event.run_id, pipeline=event.pipeline, state=RunState.RUNNING.value,
-            run_attempt=event.run_attempt, started_at=_utc(event.at), trigger=event.trigger,
-            pipeline_version=event.version, scheduled_time=_utc(event.scheduled_time), snapshot=event.snapshot,
-            owner=owner_label()))
-        conn.execute(insert(task_runs), [
-            {"run_id": event.run_id, "task": t.name, "state": TaskState.PENDING.value, "attempts": 0,
-             "pool": t.pool, "image": t.image, "predecessors": json.dumps(list(t.predecessors)),
-             "is_finalizer": t.is_finalizer}
-            for t in event.tasks
-        ])
+            counts = {task: attempts for task, attempts in conn.execute(select(
+                task_runs.c.task, task_runs.c.attempts).where(task_runs.c.run_id == event.run_id, _LATEST))}
+        else:
+            conn.execute(insert(runs).values(
+                run_id=event.run_id, pipeline=event.pipeline, state=RunState.RUNNING.value,
+                run_attempt=event.run_attempt, started_at=_utc(event.at), trigger=event.trigger,
+                pipeline_version=event.version, scheduled_time=_utc(event.scheduled_time),
+                snapshot=event.snapshot, owner=owner_label()))
+        resumed = set(event.resumed)
+        rows = [
+            {"run_id": event.run_id, "task": t.name, "run_attempt": event.run_attempt,
+             "state": TaskState.PENDING.value, "attempts": counts.get(t.name, 0), "pool": t.pool,
+             "image": t.image, "predecessors": json.dumps(list(t.predecessors)), "is_finalizer": t.is_finalizer}
+            for t in event.tasks if t.name not in resumed
+        ]
+        if rows:
+            conn.execute(insert(task_runs), rows)
 
     def _task_changed(self, conn: Connection, event: TaskChanged) -> None:
         key = (event.run_id, event.task)
@@ -192,13 +246,27 @@ class Store:
                 values["duration_secs"] = (event.at - started).total_seconds()
         conn.execute(_UPDATE_TASK, {"k_run": event.run_id, "k_task": event.task, **values})
 
-    def runs(self, limit: int = 20, pipeline: str | None = None) -> list[RunRecord]:
-        """The newest runs first."""
-        query = select(runs).order_by(runs.c.started_at.desc()).limit(limit)
+    def runs(self, limit: int = 20, pipeline: str | None = None) -> list[RunSummary]:
+        """The newest runs first, with their jobs counted by state: two queries, no pipeline snapshot."""
+        query = select(runs.c.run_id, runs.c.pipeline, runs.c.state, runs.c.run_attempt, runs.c.started_at,
+                       runs.c.finished_at, runs.c.scheduled_time).order_by(
+            runs.c.started_at.desc(), runs.c.run_id).limit(limit)
         if pipeline is not None:
             query = query.where(runs.c.pipeline == pipeline)
         with self._engine.connect() as conn:
-            return [_run_record(row) for row in conn.execute(query).mappings()]
+            rows = conn.execute(query).mappings().all()
+            counts: dict[str, Counter[str]] = {row["run_id"]: Counter() for row in rows}
+            if counts:
+                per_state = select(task_runs.c.run_id, task_runs.c.state, func.count()).where(
+                    task_runs.c.run_id.in_(list(counts)), _LATEST).group_by(task_runs.c.run_id, task_runs.c.state)
+                for run_id, state, count in conn.execute(per_state):
+                    counts[run_id][state] = count
+        return [RunSummary(
+            run_id=row["run_id"], pipeline=row["pipeline"], state=RunState(row["state"]),
+            run_attempt=row["run_attempt"], started_at=_aware(row["started_at"]),
+            finished_at=_aware(row["finished_at"]), scheduled_time=_aware(row["scheduled_time"]),
+            task_counts=dict(counts[row["run_id"]]),
+        ) for row in rows]
 
     def running_runs(self) -> list[RunRecord]:
         """Runs recorded as RUNNING: live ones, and any whose orchestrator died."""
@@ -235,8 +303,8 @@ class Store:
         return _run_record(rows[0])
 
     def tasks(self, run_id: str) -> list[TaskRecord]:
-        """Every job of a run, in the order the run listed them."""
-        query = select(task_runs).where(task_runs.c.run_id == run_id)
+        """Every job of a run as it stands now (its row of the latest graph run attempt that ran it), by name."""
+        query = select(task_runs).where(task_runs.c.run_id == run_id, _LATEST).order_by(task_runs.c.task)
         with self._engine.connect() as conn:
             return [TaskRecord(
                 task=row["task"], state=TaskState(row["state"]), attempts=row["attempts"], pool=row["pool"],
@@ -244,6 +312,7 @@ class Store:
                 is_finalizer=row["is_finalizer"], started_at=_aware(row["started_at"]),
                 finished_at=_aware(row["finished_at"]), duration_secs=row["duration_secs"],
                 return_value=row["return_value"], error_message=row["error_message"],
+                run_attempt=row["run_attempt"],
             ) for row in conn.execute(query).mappings()]
 
     def attempts(self, run_id: str, task: str | None = None) -> list[AttemptRecord]:
@@ -257,17 +326,20 @@ class Store:
                 exit_code=row["exit_code"], error=row["error"], log_path=Path(row["log_path"]),
                 started_at=_aware(row["started_at"]),
                 finished_at=_aware(row["finished_at"]), duration_secs=row["duration_secs"],
+                run_attempt=row["run_attempt"],
             ) for row in conn.execute(query).mappings()]
 
     def view(self, name: str, limit: int = 10) -> tuple[list[str], list[Sequence[Any]]]:
-        """Rows of one of the seed's views, newest first, as the quickstart queries them."""
+        """Rows of one of the views in the store, newest first, as the quickstart queries them."""
         if name not in VIEW_NAMES:
             raise StoreError(f"no view named {name!r}; the views are {', '.join(VIEW_NAMES)}")
         with self._engine.connect() as conn:
-            query = view_selects(conn.dialect)[name].subquery()
-            order = query.c.created_date if name == "jobs_run_stats" else query.c.completed_time
-            result = conn.execute(select(query).order_by(order.desc(), *query.c).limit(limit))
-            return list(result.keys()), [tuple(row) for row in result]
+            columns = current_views(conn.dialect)[name].selected_columns
+            stored = table(name, *(column(str(c.key), c.type) for c in columns))
+            order = stored.c[VIEW_ORDER[name]]
+            result = conn.execute(select(stored).order_by(order.desc(), *stored.c).limit(limit))
+            return list(result.keys()), [tuple(_aware(v) if isinstance(v, datetime) else v for v in row)
+                                         for row in result]
 
 
 def schema_version(engine: Engine) -> str | None:
