@@ -115,10 +115,11 @@ def run(main: Callable[[], Awaitable[T]]) -> T:
 
 
 def test_a_job_gets_its_env_and_args_and_returns_a_value(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The job gets its env and nothing of jobgraph's own (but PATH); Slurm adds the user's login env."""
+    """The job gets its env, and of jobgraph's own only PATH, HOME and SLURM_CONF."""
     monkeypatch.setenv("JOBGRAPH_OWN_VARIABLE", "leaked")
     secret = "s3cr3t-value"
-    spec = cluster.spec("hello", 'echo "args=$0 greeting=$GREETING key=$API_KEY own=${JOBGRAPH_OWN_VARIABLE:-unset}"; '
+    spec = cluster.spec("hello", 'echo "args=$0 greeting=$GREETING key=$API_KEY '
+                        'own=${JOBGRAPH_OWN_VARIABLE:-unset} home=$HOME"; '
                         'printf %s "$GREETING" > "$JOBGRAPH_RETURN_VALUE_FILE"',
                         env={"GREETING": "a,b=c 'd' \"e\" $HOME", "API_KEY": secret},
                         secret_values=frozenset({secret}))
@@ -135,14 +136,15 @@ def test_a_job_gets_its_env_and_args_and_returns_a_value(cluster: Cluster, monke
     outcome, logs, value, handle = run(main)
     assert (outcome.status, outcome.exit_code) == (AttemptStatus.DONE, 0)
     assert value == "a,b=c 'd' \"e\" $HOME"
-    assert logs == "args=sh greeting=a,b=c 'd' \"e\" $HOME key=*** own=unset\n"
+    assert logs == f"args=sh greeting=a,b=c 'd' \"e\" $HOME key=*** own=unset home={os.environ['HOME']}\n"
     assert spec.log_path.read_text() == logs
     assert secret not in (handle.folder / "output.log").read_text()
     assert squeue_state(handle.job_id) == "COMPLETED"
     plan = runner.describe(spec)
     assert secret not in json.dumps(plan)
     assert 'export API_KEY="${API_KEY}"' in str(plan["stdin"])
-    assert "--export=NONE" in plan["argv"] and f"--comment=jobgraph:{cluster.run_id}/hello/1" in plan["argv"]
+    assert set(plan["env"]) <= {"PATH", "HOME", "SLURM_CONF"}  # type: ignore[arg-type]
+    assert "--export=ALL" in plan["argv"] and f"--comment=jobgraph:{cluster.run_id}/hello/1" in plan["argv"]
 
 
 def test_a_failing_job_has_its_exit_code_and_output(cluster: Cluster) -> None:

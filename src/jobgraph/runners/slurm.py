@@ -43,6 +43,7 @@ from jobgraph.runners.slurm_batch import (
     host_command,
     resource_limits,
     sbatch_argv,
+    sbatch_env,
 )
 from jobgraph.runners.slurm_states import ACTIVE_STATES, SQUEUE_FORMAT, SlurmJob, outcome_of, parse_squeue
 from jobgraph.states import AttemptStatus
@@ -99,11 +100,13 @@ class SlurmRunner:
         await asyncio.to_thread(_make_private, self._shared / "slurm")
 
     def describe(self, spec: JobSpec) -> dict[str, object]:
-        """What `start` would submit for this attempt, secrets shown as ${NAME} references."""
+        """What `start` would submit for this attempt: sbatch's argv, its environment and the script on
+        its stdin, secrets shown as ${NAME} references."""
         folder = attempt_folder(self._shared, spec)
         return {
             "runner": "slurm",
             "argv": [redact(arg, spec.secret_values) for arg in sbatch_argv(spec, self._settings, folder, self._cwd)],
+            "env": sbatch_env(),
             "stdin": batch_script(spec, host_command(self._images, spec), folder, show_secrets=False),
             "folder": str(folder),
         }
@@ -274,9 +277,12 @@ class SlurmRunner:
         return parse_squeue(out)
 
     async def _slurm(self, argv: Sequence[str], stdin: str | None = None) -> tuple[int, str, str]:
-        """Run one Slurm command without blocking the loop; SBATCH_* variables are left out, so the
-        flags `jobgraph plan` shows are all the flags there are."""
-        env = {name: value for name, value in os.environ.items() if not name.startswith("SBATCH_")}
+        """Run one Slurm command without blocking the loop, in an environment with no SBATCH_*,
+        SQUEUE_* or SLURM_* input variables (those change what the commands do or print, e.g. when
+        jobgraph itself runs inside a Slurm job): the flags `jobgraph plan` shows are all there are."""
+        env = sbatch_env() if argv[0] == "sbatch" else {
+            name: value for name, value in os.environ.items()
+            if not name.startswith(("SBATCH_", "SQUEUE_", "SCANCEL_", "SLURM_")) or name == "SLURM_CONF"}
         timeout = min(COMMAND_TIMEOUT, self._settings.controller_timeout)
         try:
             process = await asyncio.create_subprocess_exec(
