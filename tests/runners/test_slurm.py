@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -145,6 +146,34 @@ def test_a_job_gets_its_env_and_args_and_returns_a_value(cluster: Cluster, monke
     assert 'export API_KEY="${API_KEY}"' in str(plan["stdin"])
     assert set(plan["env"]) <= {"PATH", "HOME", "SLURM_CONF"}  # type: ignore[arg-type]
     assert "--export=ALL" in plan["argv"] and f"--comment=jobgraph:{cluster.run_id}/hello/1" in plan["argv"]
+
+
+@dataclass(frozen=True)
+class TimedSpec(JobSpec):
+    """A JobSpec with the `timeout` the engine is to add; the runner reads it when it is there."""
+
+    timeout: float | None = None
+
+
+def test_timeout_cpu_memory_and_settings_become_sbatch_flags_slurm_accepts(cluster: Cluster) -> None:
+    runner = cluster.runner(partition="debug", extra_sbatch_args=["--nice=10"])
+    base = cluster.spec("sized", "true", cpu=1.5, memory_bytes=100 << 20)
+    spec = TimedSpec(**{f.name: getattr(base, f.name) for f in fields(JobSpec)}, timeout=61)
+
+    async def main() -> SlurmHandle:
+        handle = await cluster.start(runner, spec)
+        await runner.wait(handle)
+        await runner.aclose()
+        return handle
+
+    handle = run(main)
+    argv = runner.describe(spec)["argv"]
+    assert argv[-5:] == ["--time=2", "--cpus-per-task=2", "--mem=100M", "--partition=debug", "--nice=10"]
+    shown = subprocess.run(["scontrol", "show", "job", "-o", handle.job_id], capture_output=True, text=True,
+                           check=True).stdout
+    for field in ("TimeLimit=00:02:00", "NumCPUs=2", "mem=100M", "Partition=debug", "Nice=10", "JobState=COMPLETED",
+                  f"Comment=jobgraph:{cluster.run_id}/sized/1", f"StdOut={handle.folder}/output.log"):
+        assert field in shown
 
 
 def test_a_failing_job_has_its_exit_code_and_output(cluster: Cluster) -> None:

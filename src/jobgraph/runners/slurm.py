@@ -250,7 +250,8 @@ class SlurmRunner:
         """How an attempt that left the queue ended; its output is copied (redacted) to its log path."""
         exit_file = await asyncio.to_thread(read_exit_code, handle.folder, handle.job_id)
         tail = await self.logs(handle, LOG_TAIL_FOR_STATE)
-        await asyncio.to_thread(_save_log, handle)
+        with contextlib.suppress(OSError):  # the outcome matters more than the copy
+            await asyncio.to_thread(_save_log, handle)
         if job is not None:
             return outcome_of(job, exit_file, handle.cancelled, tail, handle.limits)
         if exit_file is not None:

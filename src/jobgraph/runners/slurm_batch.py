@@ -169,7 +169,7 @@ def batch_script(spec: JobSpec, command: Sequence[str], folder: Path, show_secre
     env = dict(spec.env)
     env["JOBGRAPH_RETURN_VALUE_FILE"] = str(folder / RETURN_VALUE_FILE)
     lines = ["#!/bin/sh", f"# jobgraph: pipeline {spec.pipeline}, run {spec.run_id}, job {spec.task}, "
-             f"attempt {spec.attempt}"]
+             f"attempt {spec.attempt}", "jobgraph_slurm_job_id=$SLURM_JOB_ID"]
     for name, value in env.items():
         if not _SHELL_NAME.match(name):
             raise RunnerError(f"the Slurm runner cannot pass the variable {name!r}: its name is not a shell name")
@@ -181,7 +181,7 @@ def batch_script(spec: JobSpec, command: Sequence[str], folder: Path, show_secre
     lines += [
         " ".join(shlex.quote(_hide(part, spec, show_secrets)) for part in command) + " </dev/null",
         "code=$?",
-        f'echo "$SLURM_JOB_ID $code" > {exit_file}',
+        f'echo "$jobgraph_slurm_job_id $code" > {exit_file}',
         'exit "$code"',
     ]
     return "\n".join(lines) + "\n"
