@@ -274,6 +274,26 @@ def test_a_new_runner_adopts_a_running_job_and_gets_its_real_end(cluster: Cluste
     assert spec.log_path.read_text() == "finished late\n"
 
 
+def test_a_pending_job_is_adopted_and_followed_to_its_end(cluster: Cluster) -> None:
+    spec = cluster.spec("later", "exit 6")
+    first, second = cluster.runner(extra_sbatch_args=["--begin=now+600"]), cluster.runner()
+
+    async def main() -> tuple[str | None, Any]:
+        handle = await cluster.start(first, spec)
+        await first.aclose()
+        adopted = await second.adopt(handle.job_id, spec)
+        await asyncio.sleep(0.5)  # a poll or two while it waits for its begin time
+        state_while_adopted = squeue_state(handle.job_id)
+        subprocess.run(["scontrol", "update", f"jobid={handle.job_id}", "StartTime=now"], check=True, timeout=30)
+        outcome = await second.wait(adopted)
+        await second.aclose()
+        return state_while_adopted, outcome
+
+    state_while_adopted, outcome = run(main)
+    assert state_while_adopted == "PENDING"
+    assert (outcome.status, outcome.exit_code) == (AttemptStatus.FAILED, 6)
+
+
 def test_a_job_that_ended_while_nobody_watched_is_adopted_with_its_exit_code(cluster: Cluster) -> None:
     spec = cluster.spec("quick", "exit 5")
     first, second = cluster.runner(), cluster.runner()

@@ -210,27 +210,32 @@ class SlurmRunner:
         return job_id
 
     async def _poll(self) -> None:
-        """One `squeue` for every job in flight per interval, until none is left."""
+        """One `squeue` for every job in flight per interval, until none is left.
+
+        It waits an interval before its first poll too: a job just submitted has not ended yet, and a
+        poller that stopped for want of jobs must not add a call each time it starts again.
+        """
         loop = asyncio.get_running_loop()
         failing_since: float | None = None
         try:
             while self._watched:
+                await asyncio.sleep(self._settings.poll_interval)
                 ids = list(self._watched)
+                if not ids:
+                    break
                 try:
                     jobs = await self._squeue(ids)
                 except RunnerError as exc:
                     failing_since = loop.time() if failing_since is None else failing_since
                     if loop.time() - failing_since >= self._settings.controller_timeout:
                         reason = f"Slurm did not answer for {self._settings.controller_timeout:g}s: {exc}"
-                        for job_id in ids:
-                            self._resolve(self._watched[job_id], Outcome(AttemptStatus.ERROR, None, reason))
+                        for handle in [self._watched[i] for i in ids if i in self._watched]:
+                            self._resolve(handle, Outcome(AttemptStatus.ERROR, None, reason))
                         failing_since = None
                 else:
                     failing_since = None
                     for job_id in ids:
                         await self._settle(job_id, jobs.get(job_id))
-                if self._watched:
-                    await asyncio.sleep(self._settings.poll_interval)
         except Exception as exc:  # a bug must reach the waiters, not hang them
             for handle in list(self._watched.values()):
                 self._resolve(handle, Outcome(AttemptStatus.ERROR, None, f"the Slurm poller failed: {exc!r}"))
