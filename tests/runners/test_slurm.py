@@ -250,6 +250,35 @@ def test_a_term_signal_after_our_cancel_is_cancelled_not_failed(cluster: Cluster
     assert outcome.exit_code == 128 + 15
 
 
+def test_a_cancel_while_sbatch_runs_does_not_lose_the_job(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sbatch is slowed after it submitted (a wrapper on PATH), so the cancel lands between the two."""
+    wrappers = cluster.tmp_path / "bin"
+    wrappers.mkdir()
+    (wrappers / "sbatch").write_text(f'#!/bin/sh\n{shutil.which("sbatch")} "$@"\ncode=$?\nsleep 1\nexit $code\n')
+    (wrappers / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
+    runner = cluster.runner()
+    tag = f"jobgraph:{cluster.run_id}/caught/1"
+
+    def ours() -> list[str]:
+        listed = subprocess.run(["squeue", "-h", "--states=all", "-O", "JobID:|,State:|,Comment:"],
+                                capture_output=True, text=True, timeout=30).stdout.splitlines()
+        return [line for line in listed if line.endswith(f"|{tag}")]
+
+    async def main() -> list[str]:
+        starting = asyncio.create_task(runner.start(cluster.spec("caught", "sleep 300")))
+        while not ours():
+            await asyncio.sleep(0.05)
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        await runner.aclose()
+        return ours()
+
+    left = run(main)
+    assert len(left) == 1 and left[0].split("|")[1] == "CANCELLED", left
+
+
 def test_a_new_runner_adopts_a_running_job_and_gets_its_real_end(cluster: Cluster) -> None:
     spec = cluster.spec("long", "sleep 3; echo finished late; exit 7")
     first, second = cluster.runner(), cluster.runner()
