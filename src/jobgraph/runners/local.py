@@ -16,11 +16,17 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jobgraph.errors import RunnerError
 from jobgraph.runners.base import JobSpec, Outcome, redact_file, tail_of
 from jobgraph.runners.containment import Attempt, containment
 from jobgraph.states import AttemptStatus
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from jobgraph.config.model import Pipeline
 
 PYTHON_ALIASES = frozenset({"python", "python3"})
 """In an image's command, these mean the Python that runs jobgraph, so a venv needs no activation."""
@@ -159,3 +165,9 @@ async def _exited(popen: subprocess.Popen[bytes]) -> None:
     finally:
         loop.remove_reader(pidfd)
         os.close(pidfd)
+
+
+def build(_name: str, pipeline: Pipeline, _settings: BaseModel | None, _folder: Path,
+          cwd: Path | None) -> LocalRunner:
+    """The registry's constructor: the pipeline's `images` say which host command stands for each image."""
+    return LocalRunner(pipeline.images, cwd=cwd)

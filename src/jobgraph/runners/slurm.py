@@ -29,6 +29,7 @@ import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jobgraph.errors import RunnerError
 from jobgraph.runners.base import JobSpec, Outcome, redact
@@ -47,6 +48,11 @@ from jobgraph.runners.slurm_batch import (
 )
 from jobgraph.runners.slurm_states import ACTIVE_STATES, SQUEUE_FORMAT, SlurmJob, outcome_of, parse_squeue
 from jobgraph.states import AttemptStatus
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from jobgraph.config.model import Pipeline
 
 COMMAND_TIMEOUT = 30.0
 """Longest wait for one Slurm command (Slurm's own MessageTimeout is 10 s by default)."""
@@ -361,3 +367,10 @@ def _save_log(handle: SlurmHandle) -> None:
             fd = os.open(handle.folder / OUTPUT_FILE, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK)
             with os.fdopen(fd, "w") as file:
                 file.write(text)
+
+
+def build(_name: str, pipeline: Pipeline, settings: BaseModel | None, folder: Path,
+          cwd: Path | None) -> SlurmRunner:
+    """The registry's constructor, with the pipeline's `runners.slurm` settings."""
+    return SlurmRunner(pipeline.images, settings if isinstance(settings, SlurmSettings) else SlurmSettings(),
+                       folder, cwd=cwd)
