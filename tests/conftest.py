@@ -133,3 +133,25 @@ def any_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     return f"{server}/{name}"
+
+
+def _ping() -> bool:
+    try:
+        return subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="session")
+def slurm() -> None:
+    """A Slurm cluster that answers: set up (or brought back after a restart) by scripts/setup-slurm.sh."""
+    if shutil.which("sbatch") and _ping():
+        return
+    if os.geteuid() == 0:
+        subprocess.run(["bash", str(REPO / "scripts" / "setup-slurm.sh")], capture_output=True, timeout=600)
+        if shutil.which("sbatch") and _ping():
+            return
+    message = "no Slurm cluster answers here; run `bash scripts/setup-slurm.sh` (as root)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"Slurm tests cannot run on CI: {message}", pytrace=False)
+    pytest.skip(message)

@@ -37,6 +37,7 @@ from jobgraph.runners.slurm_batch import (
     EXIT_CODE_FILE,
     OUTPUT_FILE,
     RETURN_VALUE_FILE,
+    NodeSize,
     SlurmSettings,
     attempt_folder,
     batch_script,
@@ -46,7 +47,7 @@ from jobgraph.runners.slurm_batch import (
     sbatch_argv,
     sbatch_env,
 )
-from jobgraph.runners.slurm_states import ACTIVE_STATES, SQUEUE_FORMAT, SlurmJob, outcome_of, parse_squeue
+from jobgraph.runners.slurm_states import ACTIVE_STATES, NEVER_STARTS, SQUEUE_FORMAT, SlurmJob, outcome_of, parse_squeue
 from jobgraph.states import AttemptStatus
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class SlurmRunner:
         self._shared = (self._cwd / (settings.shared_dir or folder)).resolve()
         self._watched: dict[str, SlurmHandle] = {}
         self._poller: asyncio.Task[None] | None = None
+        self._largest: NodeSize | None = None
 
     @property
     def settings(self) -> SlurmSettings:
@@ -104,6 +106,19 @@ class SlurmRunner:
         if code != 0 or " is UP" not in out:
             raise RunnerError(f"the Slurm controller does not answer: {(out + err).strip() or f'exit code {code}'}")
         await asyncio.to_thread(_make_private, self._shared / "slurm")
+        self._largest = await self._largest_node()
+
+    async def _largest_node(self) -> NodeSize | None:
+        """The most CPUs and memory one node of the partition has: requests are capped to it, as a pool's
+        instance family may ask more than a small cluster's nodes have (the container runner caps CPUs too)."""
+        argv = ["sinfo", "-h", "-N", "-o", "%c|%m"] + (["-p", self._settings.partition] if self._settings.partition
+                                                      else [])
+        code, out, _err = await self._slurm(argv)
+        sizes = [line.split("|") for line in out.split() if code == 0 and "|" in line]
+        try:
+            return NodeSize(max(int(c) for c, _ in sizes), max(int(m) for _, m in sizes)) if sizes else None
+        except ValueError:
+            return None
 
     def describe(self, spec: JobSpec) -> dict[str, object]:
         """What `start` would submit for this attempt: sbatch's argv, its environment and the script on
@@ -111,7 +126,8 @@ class SlurmRunner:
         folder = attempt_folder(self._shared, spec)
         return {
             "runner": "slurm",
-            "argv": [redact(arg, spec.secret_values) for arg in sbatch_argv(spec, self._settings, folder, self._cwd)],
+            "argv": [redact(arg, spec.secret_values)
+                     for arg in sbatch_argv(spec, self._settings, folder, self._cwd, self._largest)],
             "env": sbatch_env(),
             "stdin": batch_script(spec, host_command(self._images, spec), folder, show_secrets=False),
             "folder": str(folder),
@@ -129,7 +145,7 @@ class SlurmRunner:
         """
         folder = attempt_folder(self._shared, spec)
         script = batch_script(spec, host_command(self._images, spec), folder)
-        argv = sbatch_argv(spec, self._settings, folder, self._cwd)
+        argv = sbatch_argv(spec, self._settings, folder, self._cwd, self._largest)
         await asyncio.to_thread(_prepare, folder)
         submitting = asyncio.ensure_future(self._submit(argv, script))
         try:
@@ -254,6 +270,12 @@ class SlurmRunner:
         if job is not None and job.comment != expected:
             self._resolve(handle, Outcome(AttemptStatus.ERROR, None, f"Slurm job {job_id} is not this attempt's "
                                           f"job: its comment is {job.comment!r}, not {expected!r}"))
+        elif job is not None and job.state == "PENDING" and job.reason in NEVER_STARTS:
+            await self._slurm(["scancel", job_id])
+            asked = resource_limits(handle.spec)
+            self._resolve(handle, Outcome(AttemptStatus.ERROR, None, f"Slurm will never start this job "
+                                          f"({job.reason}): it asks for more than the cluster allows"
+                                          + (f" ({asked})" if asked else "") + "; cancelled it"))
         elif job is None or job.state not in ACTIVE_STATES:
             self._resolve(handle, await self._ended(handle, job))
 

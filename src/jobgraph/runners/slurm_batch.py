@@ -23,6 +23,7 @@ import re
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -116,8 +117,20 @@ def host_command(images: Mapping[str, Sequence[str]], spec: JobSpec) -> list[str
     return command + list(spec.args)
 
 
-def sbatch_argv(spec: JobSpec, settings: SlurmSettings, folder: Path, chdir: Path) -> list[str]:
-    """The sbatch command line for one attempt; the batch script goes to its stdin."""
+@dataclass(frozen=True)
+class NodeSize:
+    """The largest node of the partition, as `sinfo` reports it (CPUs, MiB): what one job can get."""
+
+    cpus: int
+    mebibytes: int
+
+
+def sbatch_argv(spec: JobSpec, settings: SlurmSettings, folder: Path, chdir: Path,
+                largest: NodeSize | None = None) -> list[str]:
+    """The sbatch command line for one attempt; the batch script goes to its stdin.
+
+    CPUs and memory come from the pool, capped to the largest node when it is known.
+    """
     output = str(folder / OUTPUT_FILE)
     argv = ["sbatch", "--parsable", f"--job-name=jobgraph.{spec.task}", f"--comment={comment(spec)}",
             f"--output={output}", f"--error={output}", f"--chdir={chdir}", "--export=ALL"]
@@ -125,9 +138,10 @@ def sbatch_argv(spec: JobSpec, settings: SlurmSettings, folder: Path, chdir: Pat
     if minutes:
         argv.append(f"--time={minutes}")
     if spec.cpu:
-        argv.append(f"--cpus-per-task={max(1, math.ceil(spec.cpu))}")
+        cpus = max(1, math.ceil(spec.cpu))
+        argv.append(f"--cpus-per-task={min(cpus, largest.cpus) if largest else cpus}")
     if mebibytes:
-        argv.append(f"--mem={mebibytes}M")
+        argv.append(f"--mem={min(mebibytes, largest.mebibytes) if largest else mebibytes}M")
     for name in ("partition", "account", "qos"):
         value = getattr(settings, name)
         if value:
@@ -136,9 +150,11 @@ def sbatch_argv(spec: JobSpec, settings: SlurmSettings, folder: Path, chdir: Pat
 
 
 def resource_limits(spec: JobSpec) -> str:
-    """The attempt's --mem and --time in words, for the messages of an attempt Slurm killed."""
+    """The attempt's --cpus-per-task, --mem and --time in words, for the messages about what it asked."""
     minutes, mebibytes = _time_minutes(spec), _mem_mebibytes(spec)
-    return ", ".join(([f"--mem={mebibytes}M"] if mebibytes else []) + ([f"--time={minutes} min"] if minutes else []))
+    cpus = [f"--cpus-per-task={max(1, math.ceil(spec.cpu))}"] if spec.cpu else []
+    return ", ".join(cpus + ([f"--mem={mebibytes}M"] if mebibytes else [])
+                     + ([f"--time={minutes} min"] if minutes else []))
 
 
 def _time_minutes(spec: JobSpec) -> int | None:

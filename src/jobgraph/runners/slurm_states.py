@@ -14,6 +14,13 @@ from dataclasses import dataclass
 from jobgraph.runners.base import Outcome
 from jobgraph.states import AttemptStatus
 
+NEVER_STARTS = frozenset({
+    "PartitionConfig", "BadConstraints", "PartitionNodeLimit", "PartitionTimeLimit", "InvalidAccount",
+    "InvalidQOS", "QOSMaxCpuPerJobLimit", "QOSMaxMemoryPerJob", "AssocMaxCpuPerJobLimit",
+    "AssocMaxMemPerJobLimit",
+})
+"""Pending reasons that mean the job asks for what the cluster can never give it: waiting would be forever."""
+
 SQUEUE_FORMAT = "JobID:|,State:|,Reason:|,exit_code:|,Comment:"
 """An empty width after the colon means no padding and no truncation; '|' ends each field."""
 
