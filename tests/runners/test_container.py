@@ -66,10 +66,16 @@ def test_success_with_env_labels_volume_workdir_and_return_value(
               'printf "42 rows" > "$JOBGRAPH_RETURN_VALUE_FILE"; echo to-stdout; echo to-stderr >&2; sleep 2')
     seen: dict[str, str] = {}
 
+    def look() -> None:  # until the container runs (it may take seconds to create under load)
+        found = engine.containers.list(filters={"label": "jobgraph.task=hello"})
+        if found:
+            seen.update(found[0].labels)
+        else:
+            asyncio.get_running_loop().call_later(0.2, look)
+
     def labels(event: Event) -> None:
         if isinstance(event, TaskChanged) and event.task == "hello" and event.state == "RUNNING":
-            asyncio.get_running_loop().call_later(1.0, lambda: seen.update(
-                engine.containers.list(filters={"label": "jobgraph.task=hello"})[0].labels))
+            asyncio.get_running_loop().call_soon(look)
 
     jobs = [box("hello", script, env={"GREETING": "hi"}, volumes={"shared": "/w"}, workdir="/w"),
             box("next", 'echo "$JOBGRAPH_PREDECESSOR_VALUES" > /w/values', after=["hello"],

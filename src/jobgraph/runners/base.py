@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from jobgraph.config.model import DEFAULT_LOG_LIMIT
 from jobgraph.states import AttemptStatus
 
 
@@ -20,7 +21,8 @@ class JobSpec:
 
     `secret_values` are replaced by `***` in whatever the runner writes; `withheld_env` names secrets
     of other jobs, which a runner that inherits jobgraph's environment must not pass on;
-    `return_value_path` is where `JOBGRAPH_RETURN_VALUE_FILE` points on this host.
+    `return_value_path` is where `JOBGRAPH_RETURN_VALUE_FILE` points on this host, in a folder of its
+    own (the only one a container job gets to write in); `log_limit` caps the bytes of output stored.
     """
 
     run_id: str
@@ -41,6 +43,7 @@ class JobSpec:
     secret_values: frozenset[str] = field(default_factory=frozenset)
     withheld_env: frozenset[str] = field(default_factory=frozenset)
     return_value_path: Path | None = None
+    log_limit: int = DEFAULT_LOG_LIMIT
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,8 @@ class Runner(Protocol[H]):
 
     Contract:
     - `start` returns once the job is running, or raises RunnerError if it could not be started
-      (the engine records that as an ERROR attempt). stdout and stderr go to `spec.log_path`.
+      (the engine records that as an ERROR attempt). stdout and stderr go to `spec.log_path`
+      through an `output.LogWriter` (redacted, capped), never by handing the job the file.
     - `wait` returns the Outcome once the job has ended. It may be cancelled (asyncio) at any time;
       cancelling `wait` does not stop the job: `cancel` does.
     - `cancel` stops the job and everything it started, and returns once nothing of it is left.
@@ -91,42 +95,6 @@ class Runner(Protocol[H]):
         ...
 
 
-def tail_of(path: Path, tail_bytes: int) -> str:
-    """The last bytes of a log file as text; runners that write logs to disk share this."""
-    try:
-        with path.open("rb") as file:
-            file.seek(0, 2)
-            size = file.tell()
-            file.seek(max(0, size - tail_bytes))
-            data = file.read()
-    except FileNotFoundError:
-        return ""
-    text = data.decode("utf-8", errors="replace")
-    if size > tail_bytes:
-        text = "..." + text[text.find("\n") + 1 :] if "\n" in text else "..." + text
-    return text
-
-
 AnyRunner = Runner[Any]
 """What the engine holds: a runner of any backend."""
 
-
-REDACTED = "***"
-
-
-def redact(text: str, secret_values: frozenset[str]) -> str:
-    """Hide secret values in text that is about to be stored or shown."""
-    for value in sorted(secret_values, key=len, reverse=True):
-        if value:
-            text = text.replace(value, REDACTED)
-    return text
-
-
-def redact_file(path: Path, secret_values: frozenset[str]) -> None:
-    """Rewrite a log file with secret values hidden (a no-op without secrets)."""
-    if not secret_values or not path.exists():
-        return
-    text = path.read_text(errors="replace")
-    cleaned = redact(text, secret_values)
-    if cleaned != text:
-        path.write_text(cleaned)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobgraph.errors import RunnerError
-from jobgraph.runners.base import JobSpec, Outcome, redact_file, tail_of
+from jobgraph.runners.base import JobSpec, Outcome
+from jobgraph.runners.output import LogWriter, PipeCapture, redactor_for, tail
 from jobgraph.states import AttemptStatus
 
 PYTHON_ALIASES = frozenset({"python", "python3"})
@@ -26,10 +27,11 @@ PYTHON_ALIASES = frozenset({"python", "python3"})
 
 @dataclass
 class LocalProcess:
-    """A started job: its process and group."""
+    """A started job: its process and group, and the pipe its output comes through."""
 
     popen: subprocess.Popen[bytes]
     spec: JobSpec
+    output: PipeCapture
 
     @property
     def pgid(self) -> int:
@@ -57,19 +59,23 @@ class LocalRunner:
         return command + list(spec.args)
 
     async def start(self, spec: JobSpec) -> LocalProcess:
-        """Start the process with stdout and stderr appended to the attempt's log file."""
+        """Start the process with stdout and stderr on a pipe that jobgraph drains into the log, redacted."""
         command = self.command(spec)
-        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k not in spec.withheld_env} | dict(spec.env)
-        with spec.log_path.open("ab") as log:
-            try:
-                popen = subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    env=env, cwd=self._cwd, start_new_session=True, close_fds=True,
-                )
-            except OSError as exc:
-                raise RunnerError(f"cannot start {command[0]!r}: {exc.strerror or exc}") from None
-        return LocalProcess(popen, spec)
+        try:
+            output = PipeCapture(LogWriter(spec.log_path, redactor_for(spec.secret_values), spec.log_limit))
+        except OSError as exc:
+            raise RunnerError(f"cannot create the log {spec.log_path}: {exc.strerror or exc}") from None
+        try:
+            popen = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=output.job_end, stderr=subprocess.STDOUT,
+                env=env, cwd=self._cwd, start_new_session=True, close_fds=True,
+            )
+        except OSError as exc:
+            output.close()
+            raise RunnerError(f"cannot start {command[0]!r}: {exc.strerror or exc}") from None
+        output.start()
+        return LocalProcess(popen, spec, output)
 
     async def wait(self, handle: LocalProcess) -> Outcome:
         """Wait for the main process, then kill whatever it left behind in its group."""
@@ -77,7 +83,7 @@ class LocalRunner:
         code = handle.popen.wait()
         if _kill_group(handle.pgid, signal.SIGKILL):
             await _group_gone(handle.pgid)
-        redact_file(handle.spec.log_path, handle.spec.secret_values)
+        await handle.output.finish()
         if code == 0:
             return Outcome(AttemptStatus.DONE, 0)
         if code < 0:
@@ -87,7 +93,7 @@ class LocalRunner:
 
     async def logs(self, handle: LocalProcess, tail_bytes: int) -> str:
         """The end of the attempt's log file."""
-        return tail_of(handle.spec.log_path, tail_bytes)
+        return tail(handle.spec.log_path, tail_bytes)
 
     async def cancel(self, handle: LocalProcess) -> None:
         """SIGTERM the group, give it `kill_grace` seconds, then SIGKILL it; reap the main process."""
@@ -99,7 +105,7 @@ class LocalRunner:
         handle.popen.wait()
         if _kill_group(handle.pgid, signal.SIGKILL):
             await _group_gone(handle.pgid)
-        redact_file(handle.spec.log_path, handle.spec.secret_values)
+        await handle.output.finish()
 
     async def aclose(self) -> None:
         """Nothing to release: every process is reaped by wait or cancel."""
