@@ -108,9 +108,13 @@ def test_ctrl_c_works_after_a_job_left_a_fifo(tmp_path: Path, write_pipeline: Wr
     path = write_pipeline({"jobs": [sh("plants", 'mkfifo "$JOBGRAPH_RETURN_VALUE_FILE"'),
                                     sh("waits", f"echo $$ > {pid_file}; sleep 60", after=["plants"])]})
     process = jobgraph(tmp_path, "run", str(path))
-    wait_for(pid_file.exists)
-    process.send_signal(signal.SIGINT)
-    process.communicate(timeout=30)
+    try:
+        wait_for(pid_file.exists)
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+    finally:
+        process.kill()  # harmless once it ended; a frozen jobgraph must not outlive the test
+        process.wait()
     assert process.returncode == 130
     store = Store(store_url(tmp_path))
     assert store.runs(1)[0].state == "CANCELLED"
