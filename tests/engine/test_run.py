@@ -160,7 +160,7 @@ def test_environment_and_return_values_reach_dependents(tmp_path: Path) -> None:
     assert env["JOBGRAPH_PIPELINE"] == "p" and env["JOBGRAPH_RUN_ID"] == "run-1"
     assert env["JOBGRAPH_TASK"] == "second" and env["JOBGRAPH_ATTEMPT"] == "1"
     assert env["JOBGRAPH_SCHEDULED_TIME"].startswith("20")
-    assert env["JOBGRAPH_RETURN_VALUE_FILE"].endswith("second/attempt-1.out/return")
+    assert env["JOBGRAPH_RETURN_VALUE_FILE"].endswith("second/attempt-1.return")
     assert json.loads(env["JOBGRAPH_PREDECESSOR_VALUES"]) == {"first": "42 rows"}
     assert seen.read_text().splitlines()[-1] == "hello"
     done = next(e for e in events if isinstance(e, TaskChanged) and e.task == "first" and e.state == "SUCCEEDED")

@@ -66,16 +66,16 @@ def test_success_with_env_labels_volume_workdir_and_return_value(
               'printf "42 rows" > "$JOBGRAPH_RETURN_VALUE_FILE"; echo to-stdout; echo to-stderr >&2; sleep 2')
     seen: dict[str, str] = {}
 
-    def look() -> None:  # until the container runs (it may take seconds to create under load)
-        found = engine.containers.list(filters={"label": "jobgraph.task=hello"})
+    def look(run_id: str) -> None:  # until the container runs (it may take seconds to create under load)
+        found = engine.containers.list(filters={"label": ["jobgraph.task=hello", f"jobgraph.run_id={run_id}"]})
         if found:
             seen.update(found[0].labels)
         else:
-            asyncio.get_running_loop().call_later(0.2, look)
+            asyncio.get_running_loop().call_later(0.2, look, run_id)
 
     def labels(event: Event) -> None:
         if isinstance(event, TaskChanged) and event.task == "hello" and event.state == "RUNNING":
-            asyncio.get_running_loop().call_soon(look)
+            asyncio.get_running_loop().call_soon(look, event.run_id)
 
     jobs = [box("hello", script, env={"GREETING": "hi"}, volumes={"shared": "/w"}, workdir="/w"),
             box("next", 'echo "$JOBGRAPH_PREDECESSOR_VALUES" > /w/values', after=["hello"],
@@ -271,7 +271,7 @@ def test_a_multi_line_secret_leaks_from_no_container_log_error_or_return_file(tm
     _, events = execute(tmp_path, [box("leaky", script, secrets=list(secrets))], secrets=secrets, listener=peek)
     ended = attempts(events, "leaky")[0]
     texts = [*seen_running, ended.error or "", ended.log_path.read_text(),
-             (ended.log_path.parent / "attempt-1.out" / "return").read_text(),
+             (ended.log_path.parent / "attempt-1.return").read_text(),
              *((e.reason or "") for e in events if isinstance(e, TaskChanged))]
     pieces = ["s3cr3", "t-value"] + [line for line in PEM.splitlines() if len(line) >= 4]
     for text in texts:

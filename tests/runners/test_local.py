@@ -25,7 +25,7 @@ PEM = ("-----BEGIN PRIVATE KEY-----\n"
        "UnlGmPaGdRlpRwqZr2LWnUVPqGkTRB9yCvzqxUwqjQIDAQABAoIBAQCRbLPjsYLo\n"
        "AB==\n"
        "-----END PRIVATE KEY-----")
-LOG = '"$(dirname "$(dirname "$JOBGRAPH_RETURN_VALUE_FILE")")/attempt-1.log"'
+LOG = '"$(dirname "$JOBGRAPH_RETURN_VALUE_FILE")/attempt-1.log"'
 """In a job's shell: the path of its own log, which it could try to replace."""
 
 
@@ -211,7 +211,7 @@ def test_a_multi_line_secret_leaks_nowhere_line_by_line(
         assert not [line for line in secret_lines if line in text], text
     assert "got: ***" in seen[1]
     assert {t.task: t.return_value for t in store.tasks(run_id)}["returns"] == "***\n***\n***"
-    assert (folder / "prints" / "attempt-1.out" / "return").read_text() == "***"
+    assert (folder / "prints" / "attempt-1.return").read_text() == "***"
 
 
 def test_nul_bytes_in_output_and_return_values_are_stored_on_every_backend(

@@ -32,13 +32,7 @@ from jobgraph.engine.events import (
 from jobgraph.errors import RunnerError
 from jobgraph.graph import Dag
 from jobgraph.runners.base import AnyRunner, JobSpec, Outcome
-from jobgraph.runners.output import (
-    prepare_out_folder,
-    read_return_value,
-    redactor_for,
-    scrub_return_file,
-    stored_text,
-)
+from jobgraph.runners.output import read_return_value, redactor_for, scrub_return_file, stored_text
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
 
 LOG_TAIL_BYTES = 4096
@@ -291,7 +285,6 @@ class GraphRun:
         handle = None
         outcome = Outcome(AttemptStatus.CANCELLED, None, "cancelled")
         try:
-            prepare_out_folder(return_path.parent)
             handle = await runner.start(spec)
             outcome = await asyncio.wait_for(runner.wait(handle), job.timeout)
         except RunnerError as exc:
@@ -338,8 +331,7 @@ class GraphRun:
         return {**env, **job.env, **secrets}
 
     def _return_value_path(self, job: Job, attempt: int) -> Path:
-        """In a folder of the attempt's own, apart from the logs: all a container job may write to."""
-        return self._log_dir / job.name / f"attempt-{attempt}.out" / "return"
+        return self._log_dir / job.name / f"attempt-{attempt}.return"
 
     def _read_return_value(self, job: Job, attempt: int) -> str | None:
         """The attempt's return value: bounded, never through a link or from a FIFO, redacted, NUL-free."""

@@ -21,8 +21,9 @@ class JobSpec:
 
     `secret_values` are replaced by `***` in whatever the runner writes; `withheld_env` names secrets
     of other jobs, which a runner that inherits jobgraph's environment must not pass on;
-    `return_value_path` is where `JOBGRAPH_RETURN_VALUE_FILE` points on this host, in a folder of its
-    own (the only one a container job gets to write in); `log_limit` caps the bytes of output stored.
+    `return_value_path` is where the engine reads the return value once the attempt ended: a runner
+    whose jobs write it elsewhere (a container's own out folder) brings it there; `log_limit` caps
+    the bytes of output stored.
     """
 
     run_id: str

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import struct
 import threading
 import uuid
@@ -32,7 +33,14 @@ from docker.models.containers import Container
 from jobgraph.errors import RunnerError
 from jobgraph.owner import owner_is_gone, owner_label
 from jobgraph.runners.base import JobSpec, Outcome
-from jobgraph.runners.output import CHUNK_BYTES, LogWriter, redactor_for, tail
+from jobgraph.runners.output import (
+    CHUNK_BYTES,
+    LogWriter,
+    collect_return_file,
+    prepare_out_folder,
+    redactor_for,
+    tail,
+)
 from jobgraph.runners.service import EngineService, find_or_start
 from jobgraph.states import AttemptStatus
 
@@ -44,7 +52,10 @@ ENGINE_RETRIES = 5
 """Failed calls in a row (a second apart) before a running attempt is recorded as ERROR: engine gone."""
 
 OUT_DIR = "/jobgraph/out"
-"""Where the attempt's folder is mounted, so the job can write its return value."""
+"""Where the attempt's own out folder is mounted, so the job can write its return value."""
+
+RETURN_FILE = "return"
+"""The return-value file's name in the out folder."""
 
 T = TypeVar("T")
 
@@ -123,11 +134,17 @@ class ContainerRunner:
         client = await self.client()
         options = self._options(spec)
         image = self._images.get(spec.image, spec.image)
+        out = _out_folder(spec)
         try:
             writer = LogWriter(spec.log_path, redactor_for(spec.secret_values), spec.log_limit)
         except OSError as exc:
             raise RunnerError(f"cannot create the log {spec.log_path}: {exc.strerror or exc}") from None
         try:
+            if out is not None:
+                try:
+                    prepare_out_folder(out)
+                except OSError as exc:
+                    raise RunnerError(f"cannot create the out folder {out}: {exc.strerror or exc}") from None
             try:
                 container = await self._call(client.containers.create, image, **options)
             except docker.errors.ImageNotFound:
@@ -142,6 +159,8 @@ class ContainerRunner:
                 raise RunnerError(f"cannot start the container: {_explain(exc)}") from None
         except BaseException:
             writer.close()
+            if out is not None:
+                shutil.rmtree(out, ignore_errors=True)
             raise
         return ContainerHandle(container, spec, EngineLog(writer))
 
@@ -150,9 +169,10 @@ class ContainerRunner:
         name = f"jobgraph-{base}-{spec.run_id[:8]}-{spec.attempt}-{uuid.uuid4().hex[:6]}"
         environment = dict(spec.env)
         volumes = {str((self._cwd / host).resolve()): _bind(target) for host, target in spec.volumes.items()}
-        if spec.return_value_path is not None:  # its own empty folder, made by the engine: nothing else of ours
-            volumes[str(spec.return_value_path.parent)] = {"bind": OUT_DIR, "mode": "rw"}
-            environment["JOBGRAPH_RETURN_VALUE_FILE"] = f"{OUT_DIR}/{spec.return_value_path.name}"
+        out = _out_folder(spec)
+        if out is not None:  # a new, empty folder of its own (see _start): nothing of jobgraph's is mounted
+            volumes[str(out)] = {"bind": OUT_DIR, "mode": "rw"}
+            environment["JOBGRAPH_RETURN_VALUE_FILE"] = f"{OUT_DIR}/{RETURN_FILE}"
         options: dict[str, Any] = {
             "command": list(spec.args) or None,
             "environment": environment,
@@ -227,8 +247,12 @@ class ContainerRunner:
         removal.add_done_callback(self._removals.discard)
 
     async def _save_logs(self, handle: ContainerHandle, final: bool = False) -> None:
-        """Bring the log up to date with what the engine holds; `final` closes it (the container ended)."""
+        """Bring the log up to date with what the engine holds; `final` (the container ended) closes it
+        and brings the return file to where the engine reads it."""
         await self._call(_copy_logs, handle.container, handle.log, final)
+        out = _out_folder(handle.spec)
+        if final and out is not None and handle.spec.return_value_path is not None:
+            collect_return_file(out, RETURN_FILE, handle.spec.return_value_path)
 
     async def logs(self, handle: ContainerHandle, tail_bytes: int) -> str:
         """The end of the saved output."""
@@ -288,6 +312,11 @@ def remove_orphans(client: docker.DockerClient) -> list[str]:
             _remove(container)
             removed.append(container.name)
     return removed
+
+
+def _out_folder(spec: JobSpec) -> Path | None:
+    """The attempt's out folder, beside where the engine reads its return value (`attempt-N.out`)."""
+    return spec.return_value_path.with_suffix(".out") if spec.return_value_path is not None else None
 
 
 def _copy_logs(container: Container, log: EngineLog, final: bool) -> None:

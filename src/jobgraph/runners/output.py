@@ -262,6 +262,18 @@ def prepare_out_folder(folder: Path) -> None:
         os.mkdir(folder)
 
 
+def collect_return_file(folder: Path, name: str, target: Path) -> None:
+    """Move a job's return file out of its out folder to where the engine reads it; remove the folder.
+
+    Only a regular file is moved, by a rename (never followed, never copied); whatever else the job
+    left there (links, FIFOs, other files) goes away with the folder. Harmless to call twice.
+    """
+    with contextlib.suppress(OSError):
+        if stat.S_ISREG(os.lstat(folder / name).st_mode):
+            os.replace(folder / name, target)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
