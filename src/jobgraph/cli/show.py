@@ -15,7 +15,7 @@ from rich.table import Table
 from jobgraph.cli.common import StoreOption, console, reported, store_url
 from jobgraph.cli.render import duration, styled
 from jobgraph.errors import StoreError
-from jobgraph.runners.output import copy_out, open_regular
+from jobgraph.runners.output import UnsafeFile, copy_out, open_regular
 from jobgraph.store import Store, TaskRecord
 from jobgraph.store.tables import VIEW_NAMES
 
@@ -96,9 +96,11 @@ def logs(
         fd = open_regular(chosen.log_path)
     except FileNotFoundError:
         raise StoreError(f"the log file {chosen.log_path} is gone") from None
-    except OSError:
+    except UnsafeFile:
         raise StoreError(f"the log file {chosen.log_path} is not a regular file (did a job replace it?): "
                          "it is not shown") from None
+    except OSError as exc:
+        raise StoreError(f"cannot read the log file {chosen.log_path}: {exc.strerror or exc}") from None
     console.print(f"# {chosen.task} attempt {chosen.attempt}: {chosen.status} ({chosen.log_path})",
                   style="dim", markup=False)
     sys.stdout.flush()

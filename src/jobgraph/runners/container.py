@@ -247,12 +247,15 @@ class ContainerRunner:
         removal.add_done_callback(self._removals.discard)
 
     async def _save_logs(self, handle: ContainerHandle, final: bool = False) -> None:
-        """Bring the log up to date with what the engine holds; `final` (the container ended) closes it
-        and brings the return file to where the engine reads it."""
+        """Bring the log up to date with the engine's; `final`: close it and bring the return file back.
+
+        Both in the runner's threads: a job decides how much it printed and what it left in its out
+        folder, and neither may hold up the event loop.
+        """
         await self._call(_copy_logs, handle.container, handle.log, final)
         out = _out_folder(handle.spec)
         if final and out is not None and handle.spec.return_value_path is not None:
-            collect_return_file(out, RETURN_FILE, handle.spec.return_value_path)
+            await self._call(collect_return_file, out, RETURN_FILE, handle.spec.return_value_path)
 
     async def logs(self, handle: ContainerHandle, tail_bytes: int) -> str:
         """The end of the saved output."""
