@@ -52,14 +52,17 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[docker.DockerCl
 
 
 @pytest.fixture
-def no_leftovers(engine: docker.DockerClient) -> Iterator[docker.DockerClient]:
+def no_leftovers(engine: docker.DockerClient, tmp_path: Path) -> Iterator[docker.DockerClient]:
     """Fail the test if a jobgraph container it made is left behind, by the engine's own list.
 
-    Containers that existed before the test (another jobgraph on this machine) are not counted.
+    A container is this test's when it mounts a folder under the test's tmp_path (every jobgraph
+    container mounts its attempt's out folder, under the run's logs): other jobgraphs on this
+    machine, other test sessions included, share the engine's storage, and their containers are
+    neither counted nor touched.
     """
-    before = {c.id for c in engine.containers.list(all=True, filters={"label": "jobgraph.run_id"})}
     yield engine
-    left = [c for c in engine.containers.list(all=True, filters={"label": "jobgraph.run_id"}) if c.id not in before]
+    left = [c for c in engine.containers.list(all=True, filters={"label": "jobgraph.run_id"})
+            if any(str(m.get("Source", "")).startswith(f"{tmp_path}/") for m in c.attrs.get("Mounts", []))]
     for container in left:
         container.remove(force=True)
     assert [c.name for c in left] == []

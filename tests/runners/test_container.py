@@ -66,10 +66,16 @@ def test_success_with_env_labels_volume_workdir_and_return_value(
               'printf "42 rows" > "$JOBGRAPH_RETURN_VALUE_FILE"; echo to-stdout; echo to-stderr >&2; sleep 2')
     seen: dict[str, str] = {}
 
+    def look(run_id: str) -> None:  # until the container runs (it may take seconds to create under load)
+        found = engine.containers.list(filters={"label": ["jobgraph.task=hello", f"jobgraph.run_id={run_id}"]})
+        if found:
+            seen.update(found[0].labels)
+        else:
+            asyncio.get_running_loop().call_later(0.2, look, run_id)
+
     def labels(event: Event) -> None:
         if isinstance(event, TaskChanged) and event.task == "hello" and event.state == "RUNNING":
-            asyncio.get_running_loop().call_later(1.0, lambda: seen.update(
-                engine.containers.list(filters={"label": "jobgraph.task=hello"})[0].labels))
+            asyncio.get_running_loop().call_soon(look, event.run_id)
 
     jobs = [box("hello", script, env={"GREETING": "hi"}, volumes={"shared": "/w"}, workdir="/w"),
             box("next", 'echo "$JOBGRAPH_PREDECESSOR_VALUES" > /w/values', after=["hello"],
@@ -214,3 +220,79 @@ def test_cancel_while_containers_are_being_created_leaves_nothing(
     assert set(result.tasks.values()) == {TaskState.CANCELLED}
     started = {(e.task, e.attempt) for e in events if isinstance(e, AttemptStarted)}
     assert started == {(e.task, e.attempt) for e in events if isinstance(e, AttemptEnded)}
+
+
+PEM = ("-----BEGIN PRIVATE KEY-----\n"
+       "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKB\n"
+       "UnlGmPaGdRlpRwqZr2LWnUVPqGkTRB9yCvzqxUwqjQIDAQABAoIBAQCRbLPjsYLo\n"
+       "AB==\n"
+       "-----END PRIVATE KEY-----")
+
+
+def test_a_container_job_sees_only_its_out_folder_and_cannot_reach_host_files_by_links(tmp_path: Path) -> None:
+    """Links planted at every name jobgraph used or uses touch no host file and read none into the store."""
+    host = tmp_path / "host-file"
+    host.write_text("HOST FILE, not the job's\n")
+    plant = " ".join(f"ln -sf {host} /jobgraph/out/{name};" for name in
+                     ("attempt-1.log", "attempt-1.return", "return", "../attempt-1.log", ".return.scrubbed"))
+    steals = f'echo "out holds [$(ls -A /jobgraph/out)]"; ln -s {host} "$JOBGRAPH_RETURN_VALUE_FILE"; {plant} echo end'
+    relinks = f"{plant} echo printed; exit 1"
+    result, events = execute(tmp_path, [box("steals", steals), box("relinks", relinks, secrets=["API_TOKEN"])],
+                             secrets={"API_TOKEN": "HOST"})
+    assert host.read_text() == "HOST FILE, not the job's\n"
+    done = next(e for e in events if isinstance(e, TaskChanged) and e.task == "steals" and e.state == "SUCCEEDED")
+    assert done.return_value is None
+    log = attempts(events, "steals")[0].log_path
+    assert not log.is_symlink() and log.read_text() == "out holds []\nend\n"
+    failed = attempts(events, "relinks")[0]
+    assert failed.error is not None and "printed" in failed.error and "FILE" not in failed.error
+    assert result.tasks == {"steals": TaskState.SUCCEEDED, "relinks": TaskState.FAILED}
+
+
+def test_a_fifo_return_file_in_a_container_freezes_nothing(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result, events = execute(tmp_path, [box("plants", 'mkfifo "$JOBGRAPH_RETURN_VALUE_FILE"'),
+                                        box("slow", "sleep 60", timeout=3)])
+    assert time.monotonic() - started < 45
+    assert result.tasks == {"plants": TaskState.SUCCEEDED, "slow": TaskState.FAILED}
+    assert attempts(events, "slow")[0].status == AttemptStatus.TIMEOUT
+
+
+def test_a_multi_line_secret_leaks_from_no_container_log_error_or_return_file(tmp_path: Path) -> None:
+    script = ('echo "token $API_TOKEN"; printf "split %s" "${API_TOKEN%???????}"; sleep 7; '
+              'printf "%s\\n" "${API_TOKEN#?????}"; '
+              'echo "$PRIVATE_KEY" | while read -r line; do echo "got: $line"; done; '
+              'printf "%s" "$PRIVATE_KEY" > "$JOBGRAPH_RETURN_VALUE_FILE"; exit 1')
+    secrets = {"API_TOKEN": "s3cr3t-value", "PRIVATE_KEY": PEM}
+    seen_running: list[str] = []
+
+    def peek(event: Event) -> None:  # the log as `jobgraph logs` shows it while the job sleeps
+        if isinstance(event, AttemptStarted):
+            asyncio.get_running_loop().call_later(6.5, lambda: seen_running.append(event.log_path.read_text()))
+
+    _, events = execute(tmp_path, [box("leaky", script, secrets=list(secrets))], secrets=secrets, listener=peek)
+    ended = attempts(events, "leaky")[0]
+    texts = [*seen_running, ended.error or "", ended.log_path.read_text(),
+             (ended.log_path.parent / "attempt-1.return").read_text(),
+             *((e.reason or "") for e in events if isinstance(e, TaskChanged))]
+    pieces = ["s3cr3", "t-value"] + [line for line in PEM.splitlines() if len(line) >= 4]
+    for text in texts:
+        assert not [piece for piece in pieces if piece in text], text
+    assert seen_running and "token ***" in seen_running[0]
+    assert "split ***" in texts[2] and "got: ***" in texts[2] and texts[3] == "***"
+
+
+def test_container_output_is_streamed_and_capped_and_the_job_runs_on(tmp_path: Path) -> None:
+    (tmp_path / "shared").mkdir()
+    noisy = ("head -c 3000000 /dev/zero | tr '\\000' x; echo; echo done > /w/marker; "
+             'printf ok > "$JOBGRAPH_RETURN_VALUE_FILE"')
+    result, events = execute(tmp_path, [box("noisy", noisy, volumes={"shared": "/w"}, log_limit="1m"),
+                                        box("one_line", "head -c 3000000 /dev/zero | tr '\\000' y", log_limit="10m")])
+    assert result.state == RunState.SUCCEEDED
+    assert (tmp_path / "shared" / "marker").read_text() == "done\n"
+    done = next(e for e in events if isinstance(e, TaskChanged) and e.task == "noisy" and e.state == "SUCCEEDED")
+    assert done.return_value == "ok"
+    capped = attempts(events, "noisy")[0].log_path.read_bytes()
+    assert capped.count(b"x") == 1 << 20
+    assert capped.endswith(b"(log_limit); the rest of the job's output is not stored]\n")
+    assert attempts(events, "one_line")[0].log_path.read_bytes() == b"y" * 3_000_000

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -12,6 +14,7 @@ from rich.table import Table
 from jobgraph.cli.common import StoreOption, console, reported, store_url
 from jobgraph.cli.render import duration, styled
 from jobgraph.errors import StoreError
+from jobgraph.runners.output import UnsafeFile, copy_out, open_regular
 from jobgraph.store import Store, TaskRecord
 from jobgraph.store.views import VIEW_NAMES, VIEW_ORDER
 
@@ -77,7 +80,7 @@ def logs(
     attempt: Annotated[int | None, typer.Option(help="Which attempt [default: the last]")] = None,
     store: StoreOption = None,
 ) -> None:
-    """Print the full output of one attempt of a job."""
+    """Print the full output of one attempt of a job, as it is stored (streamed: any size)."""
     with Store(store_url(store)) as records:
         run = records.run(run_id)
         attempts = [a for a in records.attempts(run.run_id) if a.task.casefold() == job.strip().casefold()]
@@ -87,13 +90,25 @@ def logs(
         if chosen is None:
             numbers = ", ".join(str(a.attempt) for a in attempts)
             raise StoreError(f"job {attempts[0].task} has no attempt {attempt} (it has {numbers})")
-        try:
-            text = chosen.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            raise StoreError(f"the log file {chosen.log_path} is gone") from None
-        console.print(f"# {chosen.task} attempt {chosen.attempt}: {chosen.status} ({chosen.log_path})",
-                      style="dim", markup=False)
-        console.out(text, end="", highlight=False)
+    try:
+        fd = open_regular(chosen.log_path)
+    except FileNotFoundError:
+        raise StoreError(f"the log file {chosen.log_path} is gone") from None
+    except UnsafeFile:
+        raise StoreError(f"the log file {chosen.log_path} is not a regular file (did a job replace it?): "
+                         "it is not shown") from None
+    except OSError as exc:
+        raise StoreError(f"cannot read the log file {chosen.log_path}: {exc.strerror or exc}") from None
+    console.print(f"# {chosen.task} attempt {chosen.attempt}: {chosen.status} ({chosen.log_path})",
+                  style="dim", markup=False)
+    sys.stdout.flush()
+    try:
+        copy_out(fd, sys.stdout.buffer)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader left (`| head`): stop quietly, like cat
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        os.close(fd)
 
 
 @reported

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from jobgraph.runners.base import DEFAULT_LOG_LIMIT
 from jobgraph.runners.registry import RUNNER_NAMES
 from jobgraph.schedule import parse_schedule
 
@@ -16,6 +17,7 @@ MAX_RETRIES = 100
 """More retries than this is almost always a typo; Snowflake caps task retries at 10."""
 
 MAX_DURATION_SECS = 7 * 24 * 3600.0
+
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,254}\Z")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -63,6 +65,26 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+def no_nul(text: str) -> str:
+    """Refuse a NUL byte where a string becomes a command-line argument, an environment value or a path.
+
+    No operating system can pass one there; found at run time it would be an internal error.
+    """
+    if "\x00" in text:
+        raise ValueError("contains a NUL byte (\\x00), which no command line, environment or path can carry")
+    return text
+
+
+def parse_log_limit(value: Any) -> int:
+    """A log size cap: bytes as a number, or text such as `100m`, `1g`, `64k`; at least 1k."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("expected a size such as 100m, 1g or 64k")
+    size = value if isinstance(value, int) else memory_bytes(value)
+    if size < 1 << 10:
+        raise ValueError(f"{value!r} is too small: a log limit is at least 1k")
+    return size
+
+
 def _check_schedule(text: str) -> str:
     parse_schedule(text)
     return text
@@ -86,7 +108,9 @@ RunnerName = Annotated[str, AfterValidator(_check_runner_name), Field(json_schem
 NetworkMode = Literal["none", "bridge", "host"]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Retries = Annotated[int, Field(strict=True, ge=0, le=MAX_RETRIES)]
-Command = Annotated[tuple[Annotated[str, Field(min_length=1)], ...], Field(min_length=1)]
+Text = Annotated[str, AfterValidator(no_nul)]
+Command = Annotated[tuple[Annotated[str, Field(min_length=1), AfterValidator(no_nul)], ...], Field(min_length=1)]
+LogLimit = Annotated[int, BeforeValidator(parse_log_limit)]
 
 
 INSTANCE_FAMILIES: dict[str, tuple[float, int]] = {
@@ -161,18 +185,21 @@ class Defaults(_Model):
     pool: Name = "default"
     pool_size: int = Field(default_factory=lambda: os.cpu_count() or 1, strict=True, ge=1, le=100_000)
     runner: RunnerName = "local"
-    volumes: dict[str, str] = Field(default_factory=dict, description="Mounted into every job's container")
-    workdir: str | None = None
+    volumes: dict[Text, Text] = Field(default_factory=dict, description="Mounted into every job's container")
+    workdir: Text | None = None
     network: NetworkMode = "bridge"
+    log_limit: LogLimit = Field(
+        default=DEFAULT_LOG_LIMIT, description="The most output stored per attempt (e.g. 100m, 1g): beyond it the log "
+        "ends with a note and the job runs on")
 
 
 class Job(_Model):
     """One node of the DAG: an image run with args, after its predecessors."""
 
     name: Name
-    image: str = Field(min_length=1)
-    args: tuple[str, ...] = ()
-    env: dict[Name, str] = Field(default_factory=dict)
+    image: Text = Field(min_length=1)
+    args: tuple[Text, ...] = ()
+    env: dict[Name, Text] = Field(default_factory=dict)
     after: Annotated[tuple[Name, ...], BeforeValidator(_split_after)] = ()
     pool: Name | None = None
     retries: Retries | None = None
@@ -187,12 +214,14 @@ class Job(_Model):
     secrets: tuple[Name, ...] = Field(
         default=(), description="Environment variables passed from jobgraph's own environment at run time; "
         "their values are never stored and are redacted from logs and errors.")
-    volumes: dict[str, str] = Field(
+    volumes: dict[Text, Text] = Field(
         default_factory=dict, description="Container runners: host path -> container path (append ':ro' to "
         "the container path for read-only). Relative host paths are relative to the working directory.")
-    workdir: str | None = Field(default=None, description="Container runners: the working directory inside.")
+    workdir: Text | None = Field(default=None, description="Container runners: the working directory inside.")
     network: NetworkMode | None = Field(
         default=None, description="Container runners: 'none' (fastest start, no network), 'bridge' or 'host'")
+    log_limit: LogLimit | None = Field(
+        default=None, description="The most output stored per attempt (e.g. 100m, 1g) [default: defaults.log_limit]")
 
 
 class Finalizer(Job):
@@ -221,7 +250,7 @@ class Pipeline(_Model):
     pools: dict[Name, Pool] = Field(default_factory=dict)
     images: dict[Annotated[str, Field(min_length=1)], Command] = Field(
         default_factory=dict, description="Local runner: image -> the host command that stands for it")
-    container_images: dict[Annotated[str, Field(min_length=1)], Annotated[str, Field(min_length=1)]] = Field(
+    container_images: dict[Annotated[str, Field(min_length=1)], Annotated[Text, Field(min_length=1)]] = Field(
         default_factory=dict, description="Container runners: image named in a job -> the image to run "
         "(e.g. the seed's registry path -> a locally built image)")
     defaults: Defaults = Field(default_factory=Defaults)
@@ -256,7 +285,7 @@ class Pipeline(_Model):
 def _with_defaults(job: _J, defaults: Defaults) -> _J:
     update: dict[str, object] = {}
     for field in ("retries", "retry_delay", "retry_backoff", "timeout", "trigger_rule", "pool", "runner",
-                  "workdir", "network"):
+                  "workdir", "network", "log_limit"):
         if getattr(job, field) is None:
             update[field] = getattr(defaults, field)
     if defaults.volumes:

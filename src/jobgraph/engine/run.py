@@ -31,7 +31,8 @@ from jobgraph.engine.events import (
 )
 from jobgraph.errors import RunnerError
 from jobgraph.graph import Dag
-from jobgraph.runners.base import AnyRunner, JobSpec, Outcome, redact, redact_file
+from jobgraph.runners.base import DEFAULT_LOG_LIMIT, AnyRunner, JobSpec, Outcome
+from jobgraph.runners.output import read_return_value, redactor_for, scrub_return_file, stored_text
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
 
 LOG_TAIL_BYTES = 4096
@@ -94,7 +95,7 @@ class GraphRun:
         self._runner_for = runner_for
         self._listeners = list(listeners)
         self.listener_failures: list[tuple[Listener, Exception]] = []
-        self._log_dir = log_dir / self.run_id
+        self._log_dir = (log_dir / self.run_id).resolve()  # once: job names are plain, nothing below is a link
         self._prior = prior or {}
         self._run_attempt = run_attempt
         self._secrets = secrets or {}
@@ -110,6 +111,7 @@ class GraphRun:
         self._sequence = 0
         self._cancelled = False
         self._secret_values = frozenset(v for v in self._secrets.values() if v)
+        self._redactor = redactor_for(self._secret_values)
 
     def cancel(self) -> None:
         """Stop every running job and start no other; the finalizer still runs.
@@ -274,14 +276,15 @@ class GraphRun:
     async def _attempt(self, job: Job, attempt: int) -> Outcome:
         """One execution: start, wait (bounded by the timeout), and record how it ended, whatever happens."""
         runner = self._runner_for(job)
-        log_path = (self._log_dir / job.name / f"attempt-{attempt}.log").resolve()
+        log_path = self._log_dir / job.name / f"attempt-{attempt}.log"
+        return_path = self._return_value_path(job, attempt)
         cpu, memory = self._limits.get(self._pool_key(job), (None, None))
         spec = JobSpec(self.run_id, self.pipeline.name, job.name, attempt, job.image, job.args,
                        self._env(job, attempt), log_path, pool=job.pool or "default", cpu=cpu,
                        memory_bytes=memory, container_name=job.container_name, volumes=job.volumes,
                        workdir=job.workdir, network=job.network, secret_values=self._secret_values,
                        withheld_env=frozenset(self._secrets) - set(job.secrets),
-                       return_value_path=self._return_value_path(job, attempt))
+                       return_value_path=return_path, log_limit=job.log_limit or DEFAULT_LOG_LIMIT)
         started = now()
         self._emit(AttemptStarted(self.run_id, job.name, attempt, started, log_path))
         handle = None
@@ -304,7 +307,8 @@ class GraphRun:
             if outcome.status not in (AttemptStatus.DONE, AttemptStatus.CANCELLED) and handle is not None:
                 outcome = await _with_log_tail(runner, handle, outcome)
         finally:  # whatever interrupted what, the attempt that started ends, with what is known of it
-            error = redact(outcome.error, self._secret_values) if outcome.error else None
+            scrub_return_file(return_path, self._redactor)
+            error = stored_text(outcome.error, self._redactor) if outcome.error else None
             self._emit(AttemptEnded(self.run_id, job.name, attempt, outcome.status, started, now(),
                                     outcome.exit_code, error, log_path))
         return Outcome(outcome.status, outcome.exit_code, error)
@@ -328,25 +332,20 @@ class GraphRun:
         return {**env, **job.env, **secrets}
 
     def _return_value_path(self, job: Job, attempt: int) -> Path:
-        return (self._log_dir / job.name / f"attempt-{attempt}.return").resolve()
+        return self._log_dir / job.name / f"attempt-{attempt}.return"
 
     def _read_return_value(self, job: Job, attempt: int) -> str | None:
-        try:
-            with self._return_value_path(job, attempt).open("rb") as file:
-                data = file.read(RETURN_VALUE_MAX_BYTES)
-        except OSError:
-            return None
-        text = data.decode("utf-8", errors="replace")
-        value = redact(text, self._secret_values).rstrip("\n")
-        if value != text.rstrip("\n"):
-            redact_file(self._return_value_path(job, attempt), self._secret_values)
-        self._values[job.name] = value
+        """The attempt's return value: bounded, never through a link or from a FIFO, redacted, NUL-free."""
+        value = read_return_value(self._return_value_path(job, attempt), self._redactor, RETURN_VALUE_MAX_BYTES)
+        if value is not None:
+            self._values[job.name] = value
         return value
 
     def _set_state(self, name: str, state: TaskState, attempt: int = 0, reason: str | None = None,
                    return_value: str | None = None) -> None:
         if state in TERMINAL_TASK_STATES:
             self._states[name] = state
+        reason = stored_text(reason, self._redactor) if reason else reason
         self._emit(TaskChanged(self.run_id, name, state, now(), attempt, reason, return_value))
 
     def _pool_key(self, job: Job) -> str:

@@ -13,6 +13,9 @@ from typing import Any, Protocol, TypeVar
 
 from jobgraph.states import AttemptStatus
 
+DEFAULT_LOG_LIMIT = 100 << 20
+"""The most output stored per attempt unless the file says otherwise: enough for any log a person reads."""
+
 
 @dataclass(frozen=True)
 class JobSpec:
@@ -20,7 +23,9 @@ class JobSpec:
 
     `secret_values` are replaced by `***` in whatever the runner writes; `withheld_env` names secrets
     of other jobs, which a runner that inherits jobgraph's environment must not pass on;
-    `return_value_path` is where `JOBGRAPH_RETURN_VALUE_FILE` points on this host.
+    `return_value_path` is where the engine reads the return value once the attempt ended: a runner
+    whose jobs write it elsewhere (a container's own out folder) brings it there; `log_limit` caps
+    the bytes of output stored.
     """
 
     run_id: str
@@ -41,6 +46,7 @@ class JobSpec:
     secret_values: frozenset[str] = field(default_factory=frozenset)
     withheld_env: frozenset[str] = field(default_factory=frozenset)
     return_value_path: Path | None = None
+    log_limit: int = DEFAULT_LOG_LIMIT
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,8 @@ class Runner(Protocol[H]):
 
     Contract:
     - `start` returns once the job is running, or raises RunnerError if it could not be started
-      (the engine records that as an ERROR attempt). stdout and stderr go to `spec.log_path`.
+      (the engine records that as an ERROR attempt). stdout and stderr go to `spec.log_path`
+      through an `output.LogWriter` (redacted, capped), never by handing the job the file.
     - `wait` returns the Outcome once the job has ended. It may be cancelled (asyncio) at any time;
       cancelling `wait` does not stop the job: `cancel` does.
     - `cancel` stops the job and everything it started, and returns once nothing of it is left.
@@ -97,42 +104,6 @@ class Runner(Protocol[H]):
         ...
 
 
-def tail_of(path: Path, tail_bytes: int) -> str:
-    """The last bytes of a log file as text; runners that write logs to disk share this."""
-    try:
-        with path.open("rb") as file:
-            file.seek(0, 2)
-            size = file.tell()
-            file.seek(max(0, size - tail_bytes))
-            data = file.read()
-    except FileNotFoundError:
-        return ""
-    text = data.decode("utf-8", errors="replace")
-    if size > tail_bytes:
-        text = "..." + text[text.find("\n") + 1 :] if "\n" in text else "..." + text
-    return text
-
-
 AnyRunner = Runner[Any]
 """What the engine holds: a runner of any backend."""
 
-
-REDACTED = "***"
-
-
-def redact(text: str, secret_values: frozenset[str]) -> str:
-    """Hide secret values in text that is about to be stored or shown."""
-    for value in sorted(secret_values, key=len, reverse=True):
-        if value:
-            text = text.replace(value, REDACTED)
-    return text
-
-
-def redact_file(path: Path, secret_values: frozenset[str]) -> None:
-    """Rewrite a log file with secret values hidden (a no-op without secrets)."""
-    if not secret_values or not path.exists():
-        return
-    text = path.read_text(errors="replace")
-    cleaned = redact(text, secret_values)
-    if cleaned != text:
-        path.write_text(cleaned)

@@ -2,7 +2,9 @@
 
 It uses the `docker` SDK, always detached: create, start, wait, logs, remove (a followed log stream
 can hang forever on Podman, and `auto_remove` loses the exit code there). The SDK is blocking, so
-its calls run in this runner's own thread pool. Every container carries labels naming its run, job,
+its calls run in this runner's own thread pool. The output is read from the engine as a stream of
+chunks into the attempt's LogWriter (redacted, capped); the job gets only its own empty out folder
+mounted, never jobgraph's logs. Every container carries labels naming its run, job,
 attempt, pipeline and owner (host, pid and the pid's start time), so containers left by an
 orchestrator that died are found and removed the next time a runner connects.
 """
@@ -13,10 +15,13 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
+import struct
+import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -27,7 +32,15 @@ from docker.models.containers import Container
 
 from jobgraph.errors import RunnerError
 from jobgraph.owner import owner_is_gone, owner_label
-from jobgraph.runners.base import JobSpec, Outcome, redact, tail_of
+from jobgraph.runners.base import JobSpec, Outcome
+from jobgraph.runners.output import (
+    CHUNK_BYTES,
+    LogWriter,
+    collect_return_file,
+    prepare_out_folder,
+    redactor_for,
+    tail,
+)
 from jobgraph.runners.service import EngineService, find_or_start
 from jobgraph.states import AttemptStatus
 
@@ -44,9 +57,22 @@ ENGINE_RETRIES = 5
 """Failed calls in a row (a second apart) before a running attempt is recorded as ERROR: engine gone."""
 
 OUT_DIR = "/jobgraph/out"
-"""Where the attempt's folder is mounted, so the job can write its return value."""
+"""Where the attempt's own out folder is mounted, so the job can write its return value."""
+
+RETURN_FILE = "return"
+"""The return-value file's name in the out folder."""
 
 T = TypeVar("T")
+
+
+@dataclass
+class EngineLog:
+    """How much of a container's output is already in its log; one copy at a time (the lock)."""
+
+    writer: LogWriter
+    copied: int = 0
+    closed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
@@ -55,6 +81,7 @@ class ContainerHandle:
 
     container: Container
     spec: JobSpec
+    log: EngineLog
 
 
 class ContainerRunner:
@@ -116,29 +143,45 @@ class ContainerRunner:
         client = await self.client()
         options = self._options(spec)
         image = self._images.get(spec.image, spec.image)
+        out = _out_folder(spec)
         try:
-            container = await self._call(client.containers.create, image, **options)
-        except docker.errors.ImageNotFound:
-            raise RunnerError(f"image '{image}' not found in the {self._engine} engine "
-                              "(no registry is used: build it first, e.g. `bash scripts/build-images.sh`)") from None
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise RunnerError(f"cannot create the container: {_explain(exc)}") from None
+            writer = LogWriter(spec.log_path, redactor_for(spec.secret_values), spec.log_limit)
+        except OSError as exc:
+            raise RunnerError(f"cannot create the log {spec.log_path}: {exc.strerror or exc}") from None
         try:
-            await self._call(container.start)
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            await self._call(_remove, container)
-            raise RunnerError(f"cannot start the container: {_explain(exc)}") from None
-        return ContainerHandle(container, spec)
+            if out is not None:
+                try:
+                    prepare_out_folder(out)
+                except OSError as exc:
+                    raise RunnerError(f"cannot create the out folder {out}: {exc.strerror or exc}") from None
+            try:
+                container = await self._call(client.containers.create, image, **options)
+            except docker.errors.ImageNotFound:
+                raise RunnerError(f"image '{image}' not found in the {self._engine} engine (no registry is "
+                                  "used: build it first, e.g. `bash scripts/build-images.sh`)") from None
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                raise RunnerError(f"cannot create the container: {_explain(exc)}") from None
+            try:
+                await self._call(container.start)
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                await self._call(_remove, container)
+                raise RunnerError(f"cannot start the container: {_explain(exc)}") from None
+        except BaseException:
+            writer.close()
+            if out is not None:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        return ContainerHandle(container, spec, EngineLog(writer))
 
     def _options(self, spec: JobSpec) -> dict[str, Any]:
         base = re.sub(r"[^a-z0-9]+", "-", (spec.container_name or spec.task).lower()).strip("-")[:40] or "job"
         name = f"jobgraph-{base}-{spec.run_id[:8]}-{spec.attempt}-{uuid.uuid4().hex[:6]}"
         environment = dict(spec.env)
         volumes = {str((self._cwd / host).resolve()): _bind(target) for host, target in spec.volumes.items()}
-        if spec.return_value_path is not None:
-            spec.return_value_path.parent.mkdir(parents=True, exist_ok=True)
-            volumes[str(spec.return_value_path.parent)] = {"bind": OUT_DIR, "mode": "rw"}
-            environment["JOBGRAPH_RETURN_VALUE_FILE"] = f"{OUT_DIR}/{spec.return_value_path.name}"
+        out = _out_folder(spec)
+        if out is not None:  # a new, empty folder of its own (see _start): nothing of jobgraph's is mounted
+            volumes[str(out)] = {"bind": OUT_DIR, "mode": "rw"}
+            environment["JOBGRAPH_RETURN_VALUE_FILE"] = f"{OUT_DIR}/{RETURN_FILE}"
         options: dict[str, Any] = {
             "command": list(spec.args) or None,
             "environment": environment,
@@ -166,6 +209,7 @@ class ContainerRunner:
                 code = await self._call(self._wait_once, container)
                 break
             except docker.errors.NotFound:
+                await self._save_logs(handle, final=True)
                 return Outcome(AttemptStatus.ERROR, None, "the container disappeared while it ran")
             except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
                 if _timed_out(exc):
@@ -173,9 +217,10 @@ class ContainerRunner:
                     continue
                 failures += 1
                 if failures >= ENGINE_RETRIES:
+                    await self._save_logs(handle, final=True)
                     return Outcome(AttemptStatus.ERROR, None, f"the {self._engine} engine stopped answering: {exc}")
                 await asyncio.sleep(1.0)
-        await self._save_logs(handle)
+        await self._save_logs(handle, final=True)
         if code == 0:
             self._remove_later(container)
             return Outcome(AttemptStatus.DONE, 0)
@@ -210,23 +255,25 @@ class ContainerRunner:
         self._removals.add(removal)
         removal.add_done_callback(self._removals.discard)
 
-    async def _save_logs(self, handle: ContainerHandle) -> None:
-        try:
-            output = await self._call(handle.container.logs, stdout=True, stderr=True)
-        except (docker.errors.DockerException, requests.exceptions.RequestException):
-            return
-        text = redact(output.decode("utf-8", errors="replace"), handle.spec.secret_values)
-        handle.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-        handle.spec.log_path.write_text(text)
+    async def _save_logs(self, handle: ContainerHandle, final: bool = False) -> None:
+        """Bring the log up to date with the engine's; `final`: close it and bring the return file back.
+
+        Both in the runner's threads: a job decides how much it printed and what it left in its out
+        folder, and neither may hold up the event loop.
+        """
+        await self._call(_copy_logs, handle.container, handle.log, final)
+        out = _out_folder(handle.spec)
+        if final and out is not None and handle.spec.return_value_path is not None:
+            await self._call(collect_return_file, out, RETURN_FILE, handle.spec.return_value_path)
 
     async def logs(self, handle: ContainerHandle, tail_bytes: int) -> str:
         """The end of the saved output."""
-        return tail_of(handle.spec.log_path, tail_bytes)
+        return tail(handle.spec.log_path, tail_bytes)
 
     async def cancel(self, handle: ContainerHandle) -> None:
         """Kill the container, keep what it printed, and remove it."""
         await self._call(_kill, handle.container)
-        await self._save_logs(handle)
+        await self._save_logs(handle, final=True)
         await self._call(_remove, handle.container)
 
     async def aclose(self) -> None:
@@ -277,6 +324,75 @@ def remove_orphans(client: docker.DockerClient) -> list[str]:
             _remove(container)
             removed.append(container.name)
     return removed
+
+
+def _out_folder(spec: JobSpec) -> Path | None:
+    """The attempt's out folder, beside where the engine reads its return value (`attempt-N.out`)."""
+    return spec.return_value_path.with_suffix(".out") if spec.return_value_path is not None else None
+
+
+def _copy_logs(container: Container, log: EngineLog, final: bool) -> None:
+    """Stream the container's output from the engine into its log, skipping what an earlier copy stored.
+
+    The engine's log is read again from its start each time (the API has no byte offset), in chunks:
+    memory stays bounded whatever the job printed, and once the log is cut nothing more is fetched.
+    """
+    with log.lock:
+        if log.closed:
+            return
+        try:
+            if not log.writer.cut:
+                position = 0
+                for chunk in _output_chunks(container):
+                    end = position + len(chunk)
+                    if end > log.copied:
+                        log.writer.write(chunk[max(0, log.copied - position):])
+                        log.copied = end
+                    position = end
+                    if log.writer.cut:
+                        break
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
+            pass  # the engine is gone or the container removed: keep what was stored
+        finally:
+            if final:
+                log.writer.close()
+                log.closed = True
+
+
+def _output_chunks(container: Container) -> Iterator[bytes]:
+    """stdout and stderr as the engine stores them, as chunks of at most CHUNK_BYTES.
+
+    The SDK would read each multiplexed frame whole, and an engine may make one frame of a job's
+    gigabyte-long line; here a frame is read a chunk at a time. jobgraph never asks for a TTY, so
+    the stream is always multiplexed: an 8-byte header (stream, 3 zero bytes, big-endian length).
+    """
+    api = container.client.api
+    response = api._get(api._url("/containers/{0}/logs", container.id),
+                        params={"stdout": 1, "stderr": 1, "follow": 0, "timestamps": 0, "tail": "all"},
+                        stream=True)
+    try:
+        api._raise_for_status(response)
+        raw = response.raw
+        while len(header := _read_exact(raw, 8)) == 8:
+            (length,) = struct.unpack(">xxxxL", header)
+            while length:
+                piece = raw.read(min(length, CHUNK_BYTES))
+                if not piece:
+                    return
+                length -= len(piece)
+                yield piece
+    finally:
+        response.close()
+
+
+def _read_exact(raw: Any, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        piece = raw.read(count - len(data))
+        if not piece:
+            break
+        data += piece
+    return data
 
 
 def _bind(target: str) -> dict[str, str]:

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jobgraph.errors import RunnerError
-from jobgraph.runners.base import JobSpec, Outcome, redact_file, tail_of
+from jobgraph.runners.base import JobSpec, Outcome
 from jobgraph.runners.containment import Attempt, containment
+from jobgraph.runners.output import LogWriter, PipeCapture, redactor_for, tail
 from jobgraph.states import AttemptStatus
 
 if TYPE_CHECKING:
@@ -37,11 +38,12 @@ KILL_GRACE = 5.0
 
 @dataclass
 class LocalProcess:
-    """A started job: its main process, and every process of its attempt."""
+    """A started job: its main process, every process of its attempt, and the pipe its output comes through."""
 
     popen: subprocess.Popen[bytes]
     spec: JobSpec
     processes: Attempt
+    output: PipeCapture
 
 
 class LocalRunner:
@@ -68,30 +70,35 @@ class LocalRunner:
         """Nothing to connect to: processes start on this host."""
 
     async def start(self, spec: JobSpec) -> LocalProcess:
-        """Start the process with stdout and stderr appended to the attempt's log file."""
+        """Start the process with stdout and stderr on a pipe that jobgraph drains into the log, redacted."""
         command = self.command(spec)
-        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k not in spec.withheld_env} | dict(spec.env)
         self.kill_grace()  # a bad setting stops the job before it starts, not when it must be killed
+        try:
+            output = PipeCapture(LogWriter(spec.log_path, redactor_for(spec.secret_values), spec.log_limit))
+        except OSError as exc:
+            raise RunnerError(f"cannot create the log {spec.log_path}: {exc.strerror or exc}") from None
         processes = containment().attempt(spec.run_id, spec.task, spec.attempt, env)
         self._runs.add(spec.run_id)
-        with spec.log_path.open("ab") as log, processes.placing():
+        with processes.placing():
             try:
                 popen = subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    command, stdin=subprocess.DEVNULL, stdout=output.job_end, stderr=subprocess.STDOUT,
                     env=env, cwd=self._cwd, start_new_session=True, close_fds=True,
                 )
             except OSError as exc:
+                output.close()
                 raise RunnerError(f"cannot start {command[0]!r}: {exc.strerror or exc}") from None
         processes.started(popen.pid)
-        return LocalProcess(popen, spec, processes)
+        output.start()
+        return LocalProcess(popen, spec, processes, output)
 
     async def wait(self, handle: LocalProcess) -> Outcome:
         """Wait for the main process, then kill whatever it left behind, then reap it."""
         await _exited(handle.popen)
         await handle.processes.end()
         code = handle.popen.wait()
-        redact_file(handle.spec.log_path, handle.spec.secret_values)
+        await handle.output.finish()
         if code == 0:
             return Outcome(AttemptStatus.DONE, 0)
         if code < 0:
@@ -101,7 +108,7 @@ class LocalRunner:
 
     async def logs(self, handle: LocalProcess, tail_bytes: int) -> str:
         """The end of the attempt's log file."""
-        return tail_of(handle.spec.log_path, tail_bytes)
+        return tail(handle.spec.log_path, tail_bytes)
 
     async def cancel(self, handle: LocalProcess) -> None:
         """SIGTERM every process of the attempt, give them `kill_grace` seconds, SIGKILL what is left."""
@@ -111,7 +118,7 @@ class LocalRunner:
                 await asyncio.wait_for(_all_gone(handle.processes), self.kill_grace())
         await handle.processes.end()
         handle.popen.wait()
-        redact_file(handle.spec.log_path, handle.spec.secret_values)
+        await handle.output.finish()
 
     def kill_grace(self) -> float:
         """The grace given, JOBGRAPH_KILL_GRACE seconds unless set when the runner was made."""

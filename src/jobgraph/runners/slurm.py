@@ -25,14 +25,14 @@ import asyncio
 import contextlib
 import os
 import shutil
-import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jobgraph.errors import RunnerError
-from jobgraph.runners.base import JobSpec, Outcome, redact
+from jobgraph.runners.base import JobSpec, Outcome
+from jobgraph.runners.output import LogWriter, open_regular, read_bounded, read_return_value, redactor_for, tail
 from jobgraph.runners.slurm_batch import (
     EXIT_CODE_FILE,
     OUTPUT_FILE,
@@ -126,7 +126,7 @@ class SlurmRunner:
         folder = attempt_folder(self._shared, spec)
         return {
             "runner": "slurm",
-            "argv": [redact(arg, spec.secret_values)
+            "argv": [redactor_for(spec.secret_values).text(arg)
                      for arg in sbatch_argv(spec, self._settings, folder, self._cwd, self._largest)],
             "env": sbatch_env(),
             "stdin": batch_script(spec, host_command(self._images, spec), folder, show_secrets=False),
@@ -173,14 +173,14 @@ class SlurmRunner:
 
     async def logs(self, handle: SlurmHandle, tail_bytes: int) -> str:
         """The end of the attempt's output, from its folder (a link or special file there is not read)."""
-        data = await asyncio.to_thread(read_regular, handle.folder / OUTPUT_FILE, tail_bytes, True)
-        text = (data or b"").decode("utf-8", errors="replace")
-        return redact(text, handle.spec.secret_values)
+        source = handle.spec.log_path if handle.outcome.done() else handle.folder / OUTPUT_FILE
+        text = await asyncio.to_thread(tail, source, tail_bytes)
+        return redactor_for(handle.spec.secret_values).text(text)
 
     async def read_return_value(self, handle: SlurmHandle, max_bytes: int) -> str | None:
         """The job's return value file, at most `max_bytes`; None if it wrote none (or planted a link)."""
-        data = await asyncio.to_thread(read_regular, handle.folder / RETURN_VALUE_FILE, max_bytes, False)
-        return None if data is None else redact(data.decode("utf-8", errors="replace"), handle.spec.secret_values)
+        return await asyncio.to_thread(read_return_value, handle.folder / RETURN_VALUE_FILE,
+                                       redactor_for(handle.spec.secret_values), max_bytes)
 
     async def cancel(self, handle: SlurmHandle) -> None:
         """`scancel` the job, then return once squeue shows it ended (or no longer lists it)."""
@@ -337,28 +337,13 @@ class SlurmRunner:
         return process.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
-def read_regular(path: Path, max_bytes: int, tail: bool = False) -> bytes | None:
-    """At most `max_bytes` of a regular file (its end if `tail`); None for a link, FIFO, device or nothing.
-
-    O_NOFOLLOW refuses a planted link, O_NONBLOCK keeps a planted FIFO from hanging the open.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return None
-        if tail and info.st_size > max_bytes:
-            file.seek(info.st_size - max_bytes)
-        return file.read(max(0, min(max_bytes, info.st_size + 65536)))
-
-
 def read_exit_code(folder: Path, job_id: str) -> int | None:
     """The exit code the batch script wrote, if that file is there and was written by this very job."""
-    data = read_regular(folder / EXIT_CODE_FILE, 64)
-    parts = (data or b"").decode(errors="replace").split()
+    try:
+        data = read_bounded(folder / EXIT_CODE_FILE, 64)
+    except OSError:  # none written, or not a regular file
+        return None
+    parts = data.decode(errors="replace").split()
     if len(parts) == 2 and parts[0] == job_id and parts[1].isdigit():
         return int(parts[1])
     return None
@@ -376,19 +361,24 @@ def _prepare(folder: Path) -> None:
 
 
 def _save_log(handle: SlurmHandle) -> None:
-    """Copy the output to the attempt's log path (where `jobgraph logs` reads), secrets hidden."""
-    data = read_regular(handle.folder / OUTPUT_FILE, 1 << 40)
-    if data is None:
+    """Copy the output to the attempt's log path (where `jobgraph logs` reads), redacted and capped as
+    every runner's logs are; the shared copy is then removed, as it may hold a secret on a filesystem
+    others can read."""
+    source = handle.folder / OUTPUT_FILE
+    try:
+        fd = open_regular(source)
+    except OSError:
         return
-    raw = data.decode("utf-8", errors="replace")
-    text = redact(raw, handle.spec.secret_values)
-    handle.spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-    handle.spec.log_path.write_text(text)
-    if text != raw:  # the shared copy too: it outlives the run on a filesystem others may read
+    writer = LogWriter(handle.spec.log_path, redactor_for(handle.spec.secret_values), handle.spec.log_limit)
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            writer.write(chunk)
+    finally:
+        writer.close()
+        os.close(fd)
+    if handle.spec.secret_values:
         with contextlib.suppress(OSError):
-            fd = os.open(handle.folder / OUTPUT_FILE, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK)
-            with os.fdopen(fd, "w") as file:
-                file.write(text)
+            source.unlink()
 
 
 def build(_name: str, pipeline: Pipeline, settings: BaseModel | None, folder: Path,

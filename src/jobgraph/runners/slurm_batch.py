@@ -30,8 +30,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from jobgraph.errors import RunnerError
-from jobgraph.runners.base import JobSpec, redact
+from jobgraph.runners.base import JobSpec
 from jobgraph.runners.local import PYTHON_ALIASES
+from jobgraph.runners.output import redactor_for
 
 OUTPUT_FILE = "output.log"
 EXIT_CODE_FILE = "exit_code"
@@ -204,4 +205,4 @@ def batch_script(spec: JobSpec, command: Sequence[str], folder: Path, show_secre
 
 
 def _hide(text: str, spec: JobSpec, show_secrets: bool) -> str:
-    return text if show_secrets else redact(text, spec.secret_values)
+    return text if show_secrets else redactor_for(spec.secret_values).text(text)
