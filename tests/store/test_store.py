@@ -15,6 +15,7 @@ from jobgraph.engine import Event, GraphRun, PriorTask
 from jobgraph.errors import StoreError
 from jobgraph.runners import LocalRunner
 from jobgraph.store import Store
+from jobgraph.store.store import RunBusy
 from jobgraph.store.tables import VIEW_NAMES
 
 SEED_JOBS_RUN_STATS = ["root_task_name", "task_name", "job_status", "graph_run_id", "graph_start_time",
@@ -94,9 +95,31 @@ def test_a_retry_reopens_the_run_in_the_store(tmp_path: Path, store_url: str) ->
     runner = LocalRunner({"sh": ("sh", "-c")}, cwd=tmp_path)
     fixed = pipeline.model_copy(update={"jobs": (pipeline.jobs[0].model_copy(update={"args": ("true",)}),)})
     prior = {t.task: PriorTask(t.state, t.attempts, t.return_value) for t in store.tasks(run_id)}
+    retry = GraphRun(fixed, lambda _j: runner, [store], tmp_path / "logs", run_id=run_id, prior=prior, run_attempt=2)
+    with pytest.raises(RunBusy, match="was not claimed for attempt 2 by this process"):
+        asyncio.run(retry.run())
+    assert store.run(run_id).state == "FAILED" and [a.attempt for a in store.attempts(run_id)] == [1]
+
+    claimed = store.claim_run(store.run(run_id))
+    assert (claimed.state, claimed.run_attempt, claimed.owner) == ("RUNNING", 2, store.owner)
     asyncio.run(GraphRun(fixed, lambda _j: runner, [store], tmp_path / "logs", run_id=run_id, prior=prior,
                          run_attempt=2).run())
     run = store.run(run_id)
     assert (run.state, run.run_attempt) == ("SUCCEEDED", 2)
     assert [(a.attempt, a.status) for a in store.attempts(run_id)] == [(1, "FAILED"), (2, "DONE")]
     store.close()
+
+
+def test_a_run_is_claimed_by_exactly_one_of_the_processes_that_saw_it(tmp_path: Path, store_url: str) -> None:
+    first, second = Store(store_url), Store(store_url)
+    second.owner = "other-host:1:1"
+    run_id = run_into(first, tmp_path, [{"name": "a", "image": "sh", "args": ["exit 1"]}])
+    seen = first.run(run_id)
+    assert first.claim_run(seen).run_attempt == 2
+    with pytest.raises(RunBusy, match=f"run {run_id} is already being retried by {first.owner} \\(attempt 2\\)"):
+        second.claim_run(seen)
+    lost = first.run(run_id)
+    assert second.take_over(lost) and not first.take_over(lost)
+    assert first.run(run_id).owner == "other-host:1:1"
+    first.close()
+    second.close()

@@ -1,0 +1,104 @@
+"""`jobgraph retry` as users meet it: one writer per run, a finished attempt is a success, which definition reruns."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from jobgraph.store import Store
+from tests.conftest import Cli, WritePipeline, sh, store_url
+
+
+def retry_processes(tmp_path: Path, run_id: str, url: str, count: int,
+                    release: Path) -> list[subprocess.CompletedProcess[str]]:
+    """Start `count` `jobgraph retry RUN` at once; once all but one have ended (or after a minute), touch `release`."""
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph"), "COLUMNS": "250"}
+    processes = [subprocess.Popen([sys.executable, "-m", "jobgraph", "retry", run_id, "--store", url], cwd=tmp_path,
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(count)]
+    deadline = time.monotonic() + 60
+    while sum(p.poll() is None for p in processes) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    release.touch()
+    finished = []
+    for process in processes:
+        out, err = process.communicate(timeout=120)
+        finished.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return finished
+
+
+def test_four_retries_at_once_run_the_failed_job_once(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline, any_store_url: str) -> None:
+    url = any_store_url
+    count, gate, release = tmp_path / "count", tmp_path / "gate", tmp_path / "release"
+    write_pipeline({"jobs": [
+        sh("first", "true"),
+        sh("flaky", f"echo ran >> {count}; [ -e {gate} ] || exit 3; while [ ! -e {release} ]; do sleep 0.05; done",
+           after=["first"]),
+    ]})
+    cli("run", "pipeline.yaml", "--store", url, check=1)
+    store = Store(url)
+    run_id = store.runs(1)[0].run_id
+    gate.touch()
+
+    results = retry_processes(tmp_path, run_id, url, 4, release)
+    outputs = [r.stdout + r.stderr for r in results]
+    assert sorted(r.returncode for r in results) == [0, 2, 2, 2], outputs
+    assert not any("IntegrityError" in o or "Traceback" in o for o in outputs), outputs
+    for loser in (r for r in results if r.returncode == 2):
+        assert f"run {run_id} is already being retried by " in loser.stderr, loser.stderr
+        assert "nothing was run" in loser.stderr
+    assert count.read_text().splitlines() == ["ran", "ran"]
+    run = store.run(run_id)
+    assert run.state == "SUCCEEDED" and run.run_attempt == 2
+    assert {t.task: (t.state, t.attempts) for t in store.tasks(run_id)} == {
+        "first": ("SUCCEEDED", 1), "flaky": ("SUCCEEDED", 2)}
+    assert [(a.task, a.attempt, a.status) for a in store.attempts(run_id)] == [
+        ("first", 1, "DONE"), ("flaky", 1, "FAILED"), ("flaky", 2, "DONE")]
+    store.close()
+
+
+def kill_9_after_attempt_done(url: str, run_id: str, job: str, task_state: str, run_state: str) -> None:
+    """Leave the rows as a kill -9 between "attempt DONE" and "job SUCCEEDED" does (before or after recovery)."""
+    dead_owner = f"{socket.gethostname()}:{os.getpid()}:not-this-process"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE runs SET state = :state, finished_at = NULL, owner = :owner WHERE run_id = :run"),
+                     {"state": run_state, "owner": dead_owner, "run": run_id})
+        conn.execute(text("UPDATE task_runs SET state = :state, finished_at = NULL, return_value = NULL, "
+                          "duration_secs = NULL WHERE run_id = :run AND task = :task"),
+                     {"state": task_state, "run": run_id, "task": job})
+        conn.execute(text("UPDATE task_runs SET state = :state, attempts = 0, started_at = NULL, "
+                          "finished_at = NULL, duration_secs = NULL WHERE run_id = :run AND task <> :task"),
+                     {"state": "PENDING" if run_state == "RUNNING" else "CANCELLED", "run": run_id, "task": job})
+        conn.execute(text("DELETE FROM attempts WHERE run_id = :run AND task <> :task"), {"run": run_id, "task": job})
+    engine.dispose()
+
+
+@pytest.mark.parametrize(("task_state", "run_state"), [("RUNNING", "RUNNING"), ("CANCELLED", "CANCELLED")],
+                         ids=["recovered-by-this-retry", "recovered-before"])
+def test_a_job_whose_last_attempt_ended_done_is_not_run_again(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline, task_state: str, run_state: str) -> None:
+    count = tmp_path / "count"
+    write_pipeline({"jobs": [sh("done", f"echo ran >> {count}"), sh("next", f"echo next >> {count}", after=["done"])]})
+    cli("run", "pipeline.yaml", check=0)
+    url = store_url(tmp_path)
+    store = Store(url)
+    run_id = store.runs(1)[0].run_id
+    kill_9_after_attempt_done(url, run_id, "done", task_state, run_state)
+    count.write_text("ran\n")
+
+    retried = cli("retry", run_id, check=0)
+    assert "keeping 1 succeeded jobs" in retried.stdout
+    assert count.read_text().splitlines() == ["ran", "next"]
+    assert {t.task: (t.state, t.attempts) for t in store.tasks(run_id)} == {
+        "done": ("SUCCEEDED", 1), "next": ("SUCCEEDED", 1)}
+    assert store.run(run_id).state == "SUCCEEDED"
+    store.close()
