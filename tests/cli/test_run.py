@@ -102,3 +102,52 @@ def test_a_job_whose_last_attempt_ended_done_is_not_run_again(
         "done": ("SUCCEEDED", 1), "next": ("SUCCEEDED", 1)}
     assert store.run(run_id).state == "SUCCEEDED"
     store.close()
+
+
+def test_retry_says_which_definition_it_reruns_and_takes_a_repaired_file(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
+    count = tmp_path / "count"
+    write_pipeline({"name": "nightly", "jobs": [
+        sh("extract", f"echo extract >> {count}"),
+        sh("load", f"echo load >> {count}; exit 5", after=["extract"]),
+    ]})
+    cli("deploy", "pipeline.yaml", check=0)
+    cli("trigger", "nightly", check=1)
+    store = Store(store_url(tmp_path))
+    run = store.runs(1)[0]
+    assert run.version is not None
+
+    again = cli("retry", run.run_id, check=1)
+    assert f"definition: the run's stored snapshot of nightly, pipeline version {run.version}" in again.stdout
+
+    write_pipeline({"name": "nightly", "jobs": [
+        sh("extract", f"echo extract >> {count}"),
+        sh("load_all", f"echo load >> {count}", after=["extract"]),
+        sh("report", "true", after=["extract"]),
+    ]}, name="renamed.yaml")
+    refused = cli("retry", run.run_id, "--file", "renamed.yaml", check=2)
+    assert f"renamed.yaml, job 'load': job 'load' of run {run.run_id} is missing from the file" in refused.stderr
+    assert f"renamed.yaml, job 'load_all': job 'load_all' is not in run {run.run_id}" in refused.stderr
+    assert f"renamed.yaml, job 'report': job 'report' is not in run {run.run_id}" in refused.stderr
+    assert "nothing was run." in refused.stderr and "Traceback" not in refused.stderr
+
+    write_pipeline({"name": "nightly", "jobs": [
+        sh("extract", f"echo extract >> {count}"),
+        sh("load", f"echo load >> {count}"),
+    ]}, name="unchained.yaml")
+    refused = cli("retry", run.run_id, "--file", "unchained.yaml", check=2)
+    assert f"job 'load', field 'after': after is [] in the file but ['extract'] in run {run.run_id}" in refused.stderr
+    assert store.run(run.run_id).run_attempt == 2
+    assert count.read_text().splitlines() == ["extract", "load", "load"]
+
+    write_pipeline({"name": "nightly", "jobs": [
+        sh("extract", f"echo extract >> {count}"),
+        sh("load", f"echo repaired >> {count}", after=["extract"]),
+    ]}, name="repaired.yaml")
+    repaired = cli("retry", run.run_id, "--file", "repaired.yaml", check=0)
+    assert "definition: repaired.yaml (the run's jobs and edges, repaired)" in repaired.stdout
+    assert count.read_text().splitlines() == ["extract", "load", "load", "repaired"]
+    after = store.run(run.run_id)
+    assert (after.state, after.run_attempt, after.version) == ("SUCCEEDED", 3, None)
+    assert "echo repaired" in after.snapshot
+    store.close()
