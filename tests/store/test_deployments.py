@@ -23,7 +23,8 @@ def wait_for(path: Path, seconds: float = 60) -> None:
 def test_purge_is_refused_while_a_run_is_in_progress(tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
     started, release = tmp_path / "started", tmp_path / "release"
     write_pipeline({"name": "nightly", "jobs": [
-        sh("wait", f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done"), sh("then", "true", after=["wait"]),
+        sh("wait", f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done"),
+        sh("then", "true", after=["wait"]),
     ]})
     cli("deploy", "pipeline.yaml", check=0)
     release.touch()
