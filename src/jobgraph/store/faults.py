@@ -83,8 +83,8 @@ def _sqlite_fault(error: sqlite3.Error, path: str, detail: str) -> StoreFault | 
                           transient=True)
     if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "malformed" in detail or "not a database" in detail:
         return StoreFault(f"the store {path} is damaged ({detail}): move it aside (mv {path} {path}.damaged) and "
-                          "jobgraph starts a new, empty store there; `sqlite3 FILE .recover` may save what the "
-                          "damaged file still holds", transient=False)
+                          f"jobgraph starts a new, empty store there; `sqlite3 {path}.damaged .recover` may save "
+                          "what it still holds", transient=False)
     if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
         return StoreFault(f"the store {path} stayed locked by another process ({detail}): try again once it is "
                           "done", transient=True)

@@ -55,14 +55,15 @@ def migrate(engine: Engine, to: str, url: str | None = None) -> None:
             raise StoreFault(f"cannot upgrade the store {store_name(url or str(engine.url))} from version "
                              f"{current} to {to} ({exc}): it was probably written by a newer jobgraph; use that "
                              "one, or another store", transient=False) from None
-        except StoreFault:
-            conn.rollback()
-            raise
         except Exception as exc:
             conn.rollback()
+            if isinstance(exc, StoreFault) and exc.transient:
+                raise
+            cause = getattr(exc, "orig", None) or exc
+            detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
             raise StoreFault(f"cannot upgrade the store {store_name(url or str(engine.url))} from version "
-                             f"{current} to {to}: {exc}; nothing was changed, and the next jobgraph command "
-                             "tries again", transient=False) from exc
+                             f"{current} to {to}: {detail}; nothing was changed, and the next jobgraph command "
+                             "tries again", transient=False) from None
         conn.commit()
 
 
