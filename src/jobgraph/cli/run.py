@@ -34,6 +34,7 @@ from jobgraph.recovery import recover_lost_runs
 from jobgraph.runners import AnyRunner, make_runner
 from jobgraph.states import RETRYABLE_TASK_STATES, RunState, TaskState
 from jobgraph.store import Store
+from jobgraph.store.faults import store_name
 from jobgraph.store.recorder import PATIENCE_SECS, RunRecorder
 from jobgraph.store.store import RunBusy, RunRecord, busy_reason
 
@@ -158,7 +159,10 @@ def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run
         errors.print(f"[red]error:[/red] {escape(message)}")
         asyncio.get_running_loop().call_soon(cancel[0])  # between engine steps, as a signal handler would
 
-    recorder = RunRecorder(records, store_down, patience=store_patience())
+    def store_waits(message: str) -> None:
+        errors.print(f"[yellow]warning:[/yellow] {escape(message)}")
+
+    recorder = RunRecorder(records, store_down, store_waits, patience=store_patience())
     with RunView(console) as view:
         graph_run = GraphRun(pipeline, runner_factory(pipeline, runner_override, runners), [recorder, view],
                              home() / "logs", run_id=run_id, prior=prior, run_attempt=run_attempt,
@@ -180,8 +184,9 @@ def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run
         result = asyncio.run(main())
     if recorder.unwritten:
         raise StoreError(f"run {result.run_id} ended {result.state}, but {recorder.unwritten} of its records could "
-                         f"not be written ({recorder.down}). Once the store is back, `jobgraph retry "
-                         f"{result.run_id}` (or any `jobgraph run`) closes its records, and the retry resumes it")
+                         f"not be written to the store {store_name(records.url)}. Once the store is back, "
+                         f"`jobgraph retry {result.run_id}` (or any `jobgraph run`) closes its records, and the retry "
+                         "resumes it")
     tasks = records.tasks(result.run_id)
     title = f"run {result.run_id}: {result.state}"
     if len(tasks) > SUMMARY_ROWS:

@@ -30,17 +30,19 @@ _FIRST_PAUSE, _LONGEST_PAUSE = 0.05, 2.0
 
 
 class RunRecorder:
-    """An engine listener that records a run in `store` and reports, once, when it no longer can."""
+    """An engine listener that records a run in `store`; it says when it waits for the store and when it gives up."""
 
-    def __init__(self, store: Store, on_down: Callable[[str], None], patience: float = PATIENCE_SECS,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, store: Store, on_down: Callable[[str], None], on_wait: Callable[[str], None] | None = None,
+                 patience: float = PATIENCE_SECS, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._on_down = on_down
+        self._on_wait = on_wait
         self._patience = patience
         self._sleep = sleep
         self._clock = clock
         self._pending: deque[Event] = deque()
-        self._failed_once: set[int] = set()
+        self._in_doubt = False
         self._down: str | None = None
 
     @property
@@ -63,32 +65,43 @@ class RunRecorder:
 
     def _flush(self, deadline: float | None) -> None:
         """Write pending events in order; wait out transient faults until `deadline` (None: try once)."""
-        pause = _FIRST_PAUSE
+        pause, waited = _FIRST_PAUSE, False
         while self._pending:
             event = self._pending[0]
             try:
                 self._store.record(event)
             except StoreFault as fault:
-                self._failed_once.add(id(event))
+                # A write that failed in flight may have been committed all the same: if writing it again
+                # then conflicts (an insert of a row that is there), it is there.
+                self._in_doubt = True
                 if not fault.transient or deadline is None or self._clock() + pause > deadline:
                     self._give_up(str(fault), waited=fault.transient and deadline is not None)
                     return
+                if not waited and self._on_wait is not None and self._down is None:
+                    self._on_wait(f"{fault}; the run waits up to {self._patience:g}s for the store")
+                waited = True
                 self._sleep(pause)
                 pause = min(pause * 2, _LONGEST_PAUSE)
                 continue
-            except IntegrityError:
-                if id(event) not in self._failed_once:
-                    self._pending.popleft()
-                    self._give_up(f"the store refused a record of run {event.run_id}: {type(event).__name__} "
-                                  "conflicts with what it holds", waited=False)
+            except IntegrityError as exc:
+                if not self._in_doubt:
+                    self._done()
+                    self._give_up(f"the store refused a record of run {event.run_id} ({type(event).__name__}: "
+                                  f"{str(exc.orig).strip().splitlines()[0]})", waited=False)
                     return
-                # the write failed in flight but had been committed: it is there already
-            except Exception as exc:  # a record the store refuses must not stop the others
-                self._pending.popleft()
-                self._give_up(f"the store refused a record of run {event.run_id}: {exc}", waited=False)
+            except Exception as exc:  # a record the store refuses must not hold back the others
+                self._done()
+                self._give_up(f"the store refused a record of run {event.run_id} ({type(event).__name__}: {exc})",
+                              waited=False)
                 return
-            self._pending.popleft()
-            self._failed_once.discard(id(event))
+            self._done()
+            if waited and self._on_wait is not None and self._down is None:
+                self._on_wait("the store is back; the run goes on")
+                waited = False
+
+    def _done(self) -> None:
+        self._pending.popleft()
+        self._in_doubt = False
 
     def _give_up(self, why: str, waited: bool) -> None:
         if self._down is not None:
