@@ -38,6 +38,8 @@ die() { say "ERROR: $*"; [ -s "$LOG" ] && tail -20 "$LOG" >&2; exit 1; }
 
 command -v podman >/dev/null || die "podman not installed: run setup-podman.sh first"
 WORK=$(mktemp -d /tmp/build-images.XXXXXX)
+# conmon drops an `oom` marker file in its working directory: keep it in the scratch folder, not the checkout.
+cd "$WORK"
 trap 'rm -rf "$WORK"' EXIT
 
 image_exists() { podman image exists "$1"; }

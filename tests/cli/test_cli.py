@@ -129,6 +129,13 @@ BAD_INPUTS = {
         "the jobs form a cycle: "),
     "retries.yaml": (yaml.safe_dump({"name": "p", "images": {"i": ["true"]}, "jobs": [
         {"name": "a", "image": "i", "retries": 1000}]}), "job 'a', field 'retries'"),
+    "timeout0.yaml": (yaml.safe_dump({"name": "p", "images": {"i": ["true"]}, "defaults": {"timeout": 0},
+                                      "jobs": [{"name": "a", "image": "i"}]}), "field 'defaults.timeout'"),
+    "typo_after.yaml": (yaml.safe_dump({"name": "p", "images": {"i": ["true"]}, "jobs": [
+        {"name": "extract", "image": "i"}, {"name": "load", "image": "i", "after": ["extrct"]}]}),
+        "job 'load', field 'after': unknown predecessor 'extrct' (did you mean 'extract'?)"),
+    "zero.yaml": ("name: p\njobs_from: /dev/zero\n", "/dev/zero: is not a regular file"),
+    "fifo.yaml": ("name: p\njobs_from: a.fifo\n", "a.fifo: is not a regular file"),
 }
 
 
@@ -138,7 +145,8 @@ def test_bad_input_exits_2_with_a_message_and_runs_nothing(tmp_path: Path, cli: 
     content, expected = BAD_INPUTS[name]
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    result = cli(command, name, check=2)
+    os.mkfifo(tmp_path / "a.fifo")
+    result = cli(command, name, check=2, timeout=10)
     assert expected in result.stderr and "Traceback" not in result.stderr + result.stdout
     assert "nothing was run" in result.stderr
     assert not (tmp_path / ".jobgraph").exists()

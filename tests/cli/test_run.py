@@ -1,4 +1,5 @@
-"""`jobgraph retry` as users meet it: one writer per run, a finished attempt is a success, which definition reruns."""
+"""`jobgraph run` and `jobgraph retry` as users meet them: the closing summary, one writer per run, a finished
+attempt is a success, which definition a retry reruns."""
 
 from __future__ import annotations
 
@@ -14,6 +15,40 @@ from sqlalchemy import create_engine, text
 
 from jobgraph.store import Store
 from tests.conftest import Cli, WritePipeline, sh, store_url
+
+
+def test_a_big_runs_summary_shows_its_rows_failures_first(cli: Cli, write_pipeline: WritePipeline) -> None:
+    jobs = [sh(f"ok_{i}", "true") for i in range(50)] + [sh("broken", "exit 3")]
+    write_pipeline({"jobs": jobs})
+    out = cli("run", "pipeline.yaml", check=1).stdout
+    summary = out[out.index("run ", out.index(" FAILED\n")):]
+    rows = [line for line in summary.splitlines() if line.startswith("│")]
+    assert len(rows) == 40
+    assert "broken" in rows[0] and "FAILED" in rows[0]
+    assert all("SUCCEEDED" in row for row in rows[1:])
+    assert "1 failed, 50 succeeded" in summary and "jobgraph show" in summary
+
+
+def test_a_container_runner_without_an_engine_stops_before_anything_runs(
+        tmp_path: Path, write_pipeline: WritePipeline) -> None:
+    marker = tmp_path / "ran"
+    path = write_pipeline({"jobs": [sh("first", f"touch {marker}", runner="local"),
+                                    {"name": "boxed", "image": "busybox", "runner": "docker", "after": ["first"]}]})
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph"),
+           "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    result = subprocess.run([sys.executable, "-m", "jobgraph", "run", str(path)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "runner docker: no container engine answers" in result.stderr and "nothing was run" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not marker.exists()
+    with Store(store_url(tmp_path)) as records:
+        assert records.runs() == []
+
+
+def test_version(cli: Cli) -> None:
+    out = cli("--version", check=0).stdout
+    assert out.startswith("jobgraph ") and out.split()[1][0].isdigit()
 
 
 def retry_processes(tmp_path: Path, run_id: str, url: str, count: int,
@@ -114,7 +149,7 @@ def test_retry_says_which_definition_it_reruns_and_takes_a_repaired_file(
     cli("deploy", "pipeline.yaml", check=0)
     cli("trigger", "nightly", check=1)
     store = Store(store_url(tmp_path))
-    run = store.runs(1)[0]
+    run = store.run(store.runs(1)[0].run_id)
     assert run.version is not None
 
     again = cli("retry", run.run_id, check=1)

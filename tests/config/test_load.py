@@ -191,3 +191,18 @@ def test_a_misspelled_jobs_key_is_reported_as_missing_with_the_unknown_key(write
 def test_a_typo_in_a_native_field_gets_a_hint(write_pipeline: WritePipeline) -> None:
     message = _problem(write_pipeline({"jobs": [sh("a", "true", afterr=["b"])]}))
     assert "job 'a', field 'afterr': unknown field (did you mean 'after'?" in message
+
+
+def test_a_bad_job_is_not_echoed_as_an_empty_list_of_jobs(write_pipeline: WritePipeline) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(write_pipeline({"jobs": [{"name": "a", "image": "sh", "timeoutt": 3}]}))
+    assert [p.field for p in caught.value.problems] == ["timeoutt"]
+
+
+def test_a_field_in_the_wrong_place_says_where_it_belongs(write_pipeline: WritePipeline) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(write_pipeline({"retries": 2, "jobs": [{"name": "a", "image": "sh", "max_parallel": 3}]}))
+    message = str(caught.value)
+    assert "field 'retries': unknown field ('retries' belongs in a job, 'defaults' or 'finalizer', not here" in message
+    assert "job 'a', field 'max_parallel': unknown field ('max_parallel' belongs in a pool, not here" in message
+    assert "did you mean 'retries'" not in message

@@ -12,7 +12,17 @@ import pytest
 
 from jobgraph.config import Pipeline
 from jobgraph.config.validate import check_pipeline
-from jobgraph.engine import AttemptEnded, Event, GraphRun, PriorTask, RunEnded, RunResult, TaskChanged
+from jobgraph.engine import (
+    AttemptEnded,
+    AttemptStarted,
+    Event,
+    GraphRun,
+    PriorTask,
+    RetryWaiting,
+    RunEnded,
+    RunResult,
+    TaskChanged,
+)
 from jobgraph.runners import LocalRunner
 from jobgraph.states import AttemptStatus, RunState, TaskState
 from tests.conftest import process_alive, sh
@@ -85,17 +95,69 @@ def test_all_done_runs_anyway_like_the_seed(tmp_path: Path) -> None:
 def test_retries_until_success_with_every_attempt_recorded(tmp_path: Path) -> None:
     counter = tmp_path / "count"
     script = f"echo x >> {counter}; test $(wc -l < {counter}) -ge 3"
-    result, events = execute(make([sh("flaky", script, retries=5, retry_delay=0.05, retry_backoff=2)]), tmp_path)
+    result, events = execute(make([sh("flaky", script, retries=5, retry_delay=0.2, retry_backoff=2)]), tmp_path)
     attempts = [(e.attempt, e.status) for e in events if isinstance(e, AttemptEnded)]
     assert attempts == [(1, "FAILED"), (2, "FAILED"), (3, "DONE")]
     assert result.tasks["flaky"] == TaskState.SUCCEEDED
+    waits = [(e.next_attempt, e.delay) for e in events if isinstance(e, RetryWaiting)]
+    assert waits == [(2, 0.2), (3, 0.4)]  # the delay, then doubled by the backoff
+    ended = {e.attempt: e.at for e in events if isinstance(e, AttemptEnded)}
+    started = {e.attempt: e.at for e in events if isinstance(e, AttemptStarted)}
+    for attempt, delay in waits:
+        assert (started[attempt] - ended[attempt - 1]).total_seconds() >= delay
 
 
 def test_retries_run_out(tmp_path: Path) -> None:
     _result, events = execute(make([sh("bad", "exit 1", retries=2)]), tmp_path)
     assert [e.attempt for e in events if isinstance(e, AttemptEnded)] == [1, 2, 3]
     failed = next(e for e in events if isinstance(e, TaskChanged) and e.state == "FAILED")
-    assert failed.reason == "attempt 3 of 3 FAILED (exit code 1)"
+    assert failed.reason == "attempt 3 FAILED, the last of 3 allowed (exit code 1)"
+
+
+def test_after_a_retry_the_reason_names_the_real_attempt_number(tmp_path: Path) -> None:
+    prior = {"bad": PriorTask(TaskState.FAILED, 3)}
+    _result, events = execute(make([sh("bad", "exit 1", retries=2)]), tmp_path, prior=prior, run_attempt=2)
+    failed = next(e for e in events if isinstance(e, TaskChanged) and e.state == "FAILED")
+    assert failed.attempt == 6
+    assert failed.reason == "attempt 6 FAILED, the last of 3 allowed in this retry (exit code 1)"
+
+
+def test_a_listener_that_fails_never_touches_the_run(tmp_path: Path) -> None:
+    def broken(_event: Event) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    events: list[Event] = []
+    pipeline = make([sh("a", "true"), sh("b", "true", after=["a"])])
+    runner = LocalRunner(pipeline.images, cwd=tmp_path, kill_grace=1.0)
+    graph_run = GraphRun(pipeline, lambda _job: runner, [broken, events.append], tmp_path / "logs")
+    result = asyncio.run(graph_run.run())
+    assert result.state == RunState.SUCCEEDED
+    assert isinstance(events[-1], RunEnded) and events[-1].state == RunState.SUCCEEDED
+    assert [listener for listener, _ in graph_run.listener_failures] == [broken]
+
+
+def test_an_essential_listener_that_fails_cancels_the_run_rather_than_run_unrecorded(tmp_path: Path) -> None:
+    class Recorder:
+        essential = True
+
+        def __init__(self) -> None:
+            self.seen = 0
+
+        def __call__(self, event: Event) -> None:
+            self.seen += 1
+            if isinstance(event, AttemptStarted):
+                raise OSError(28, "No space left on device")
+
+    marker = tmp_path / "second-ran"
+    pipeline = make([sh("a", "sleep 0.2"), sh("b", f"touch {marker}", after=["a"])])
+    runner = LocalRunner(pipeline.images, cwd=tmp_path, kill_grace=1.0)
+    events: list[Event] = []
+    graph_run = GraphRun(pipeline, lambda _job: runner, [Recorder(), events.append], tmp_path / "logs")
+    result = asyncio.run(graph_run.run())
+    assert result.state == RunState.CANCELLED
+    assert not marker.exists()
+    assert {e.task: e.state for e in events if isinstance(e, TaskChanged) and e.state in ("CANCELLED",)} == {
+        "a": TaskState.CANCELLED, "b": TaskState.CANCELLED}
 
 
 def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:

@@ -169,7 +169,9 @@ def test_the_seed_demo_runs_in_containers_with_the_failure_story(tmp_path: Path,
     states = {t.task: t.state for t in store.tasks(failed_run.run_id)}
     assert states["t_myjob_6"] == "SKIPPED" and states["t_myjob_5"] == "SUCCEEDED"
     _, rows = store.view("jobs_run_stats", limit=20)
-    assert sum(1 for r in rows if r[1] == "t_myjob_3" and r[2] == "FAILED") == 3
+    assert [r[2] for r in rows if r[1] == "t_myjob_3" and r[3] == failed_run.run_id] == ["FAILED"]
+    _, rows = store.view("job_attempts", limit=20)
+    assert [r[3] for r in rows if r[1] == "t_myjob_3" and r[0] == failed_run.run_id] == ["FAILED"] * 3
 
 
 def test_kill_9_leaves_containers_that_the_next_run_removes(

@@ -1,20 +1,31 @@
-"""Schema migrations (Alembic) on both backends: from an empty database, and from the previous version."""
+"""Schema migrations (Alembic) on both backends: from an empty database, and from earlier versions with data."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, inspect, make_url, text
+from sqlalchemy.engine import Engine
 
 from jobgraph.store import Store
 from jobgraph.store.faults import StoreFault
 from jobgraph.store.store import migrate, schema_version
 from jobgraph.store.tables import SCHEMA_VERSION
+from tests.store.test_store import run_into
+
+NOON = datetime(2026, 11, 1, 12, 0)
+"""A naive UTC time, as stores of 0001 and 0002 held them."""
+
+
+def _time_text(engine: Engine) -> str:
+    return "2026-11-01 12:00:00" if engine.dialect.name == "postgresql" else "20261101120000"
 
 
 def test_an_empty_database_gets_the_whole_schema(store_url: str) -> None:
@@ -22,30 +33,109 @@ def test_an_empty_database_gets_the_whole_schema(store_url: str) -> None:
     engine = create_engine(store_url)
     tables = set(inspect(engine).get_table_names())
     assert {"runs", "task_runs", "attempts", "pipelines", "pipeline_versions", "fires", "leases"} <= tables
-    assert {"jobs_run_stats", "task_logging_stats"} <= set(inspect(engine).get_view_names())
+    assert {"jobs_run_stats", "task_logging_stats", "job_attempts"} <= set(inspect(engine).get_view_names())
     assert schema_version(engine) == SCHEMA_VERSION
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            kinds = {name: kind for name, kind in conn.execute(text(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'runs'"))}
+            assert kinds["started_at"] == "timestamp with time zone"
+            assert conn.execute(text("SELECT CAST('2026-11-01 12:00:00' AS DATETIME)")).scalar() == NOON
     store.close()
     engine.dispose()
 
 
-def test_a_store_of_the_previous_version_is_migrated_with_its_history(store_url: str) -> None:
+def test_a_store_of_the_first_version_is_migrated_with_its_history(store_url: str) -> None:
     engine = create_engine(store_url)
     migrate(engine, to="0001")
     assert schema_version(engine) == "0001" and not inspect(engine).has_table("pipelines")
-    now = datetime(2026, 11, 1, 12, 0)
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO runs (run_id, pipeline, state, run_attempt, started_at, scheduled_time, "
                           "finished_at, snapshot) VALUES ('r1', 'root_task', 'FAILED', 1, :t, :t, :t, '{}')"),
-                     {"t": now})
+                     {"t": NOON})
         conn.execute(text("INSERT INTO task_runs (run_id, task, state, attempts, pool, image, predecessors, "
                           "is_finalizer, started_at, finished_at, duration_secs, error_message) VALUES "
                           "('r1', 't_myjob_3', 'FAILED', 1, 'p', 'i', '[]', :f, :t, :t, 2.0, 'boom')"),
-                     {"t": now, "f": False})
+                     {"t": NOON, "f": False})
     store = Store(store_url)
     assert schema_version(engine) == SCHEMA_VERSION
     assert store.run("r1").state == "FAILED" and [t.task for t in store.tasks("r1")] == ["t_myjob_3"]
     _, rows = store.view("task_logging_stats")
-    assert rows == [("r1", "t_myjob_3", "FAILED", None, "2026-11-01 12:00:00", "2026-11-01 12:00:00", 2, "boom")]
+    moment = _time_text(engine)
+    assert rows == [("r1", "t_myjob_3", "FAILED", None, moment, moment, 2, "boom", 1)]
+    store.close()
+    engine.dispose()
+
+
+def _fill_0002(engine: Engine) -> None:
+    """A store of 0002 with a run retried once: its job rows hold only their latest state."""
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO runs (run_id, pipeline, state, run_attempt, started_at, scheduled_time, "
+                          "finished_at, snapshot, trigger) VALUES ('r2', 'root_task', 'SUCCEEDED', 2, :t, :t, :t, "
+                          "'{}', 'manual')"), {"t": NOON})
+        for task, attempts in (("t_myjob_1", 1), ("t_myjob_3", 2)):
+            conn.execute(text("INSERT INTO task_runs (run_id, task, state, attempts, pool, image, predecessors, "
+                              "is_finalizer, started_at, finished_at, duration_secs) VALUES "
+                              "('r2', :task, 'SUCCEEDED', :n, 'p', 'i', '[]', :f, :t, :t, 1.0)"),
+                         {"task": task, "n": attempts, "t": NOON, "f": False})
+        for number, (task, attempt, status) in enumerate(
+                (("t_myjob_1", 1, "DONE"), ("t_myjob_3", 1, "FAILED"), ("t_myjob_3", 2, "DONE")), start=1):
+            conn.execute(text("INSERT INTO attempts (id, run_id, task, attempt, status, exit_code, log_path, "
+                              "started_at, finished_at, duration_secs, created_date) VALUES "
+                              "(:id, 'r2', :task, :attempt, :status, :code, 'log', :t, :t, 1.0, :t)"),
+                         {"id": number, "task": task, "attempt": attempt, "status": status,
+                          "code": 0 if status == "DONE" else 1, "t": NOON})
+        conn.execute(text("INSERT INTO pipelines (name, version, state, schedule, anchor, next_fire_at, "
+                          "failures_in_row, deployed_at) VALUES ('root_task', 'v1', 'ACTIVE', '59 MINUTE', :t, :t, "
+                          "0, :t)"), {"t": NOON})
+
+
+def test_a_store_of_0002_keeps_its_rows_and_times(store_url: str, tmp_path: Path) -> None:
+    """Times were naive UTC: on PostgreSQL they must not move with the session's zone when they become aware."""
+    engine = create_engine(store_url)
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f'ALTER DATABASE "{make_url(store_url).database}" SET timezone TO '
+                              "'America/New_York'"))
+        engine.dispose()
+    migrate(engine, to="0002")
+    _fill_0002(engine)
+    store = Store(store_url)
+    assert schema_version(engine) == SCHEMA_VERSION
+    noon = NOON.replace(tzinfo=UTC)
+    run = store.run("r2")
+    assert (run.started_at, run.run_attempt) == (noon, 2) and run.started_at.utcoffset() is not None
+    tasks = store.tasks("r2")
+    assert [(t.task, t.attempts, t.run_attempt, t.started_at) for t in tasks] == [
+        ("t_myjob_1", 1, 2, noon), ("t_myjob_3", 2, 2, noon)]
+    assert [(a.task, a.attempt, a.run_attempt) for a in store.attempts("r2")] == [
+        ("t_myjob_1", 1, 2), ("t_myjob_3", 1, 2), ("t_myjob_3", 2, 2)]
+    _, jobs = store.view("jobs_run_stats")
+    assert sorted((r[1], r[2], r[4], r[7], r[8]) for r in jobs) == [
+        ("t_myjob_1", "DONE", noon, 2, 1), ("t_myjob_3", "DONE", noon, 2, 2)]
+    from jobgraph.store.deployments import Deployments
+
+    assert Deployments(store).get("root_task").anchor == noon
+    run_into(store, tmp_path, [{"name": "after", "image": "sh", "args": ["true"]}])  # new attempt ids go on
+    assert len(store.runs(10)) == 2
+    store.close()
+    engine.dispose()
+
+
+def test_0003_downgrades_to_0002_and_back(store_url: str, tmp_path: Path) -> None:
+    store = Store(store_url)
+    run_id = run_into(store, tmp_path, [{"name": "a", "image": "sh", "args": ["true"]}])
+    store.close()
+    engine = create_engine(store_url)
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrate.__code__.co_filename).parent / "migrations"))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0002")
+    assert schema_version(engine) == "0002" and "job_attempts" not in inspect(engine).get_view_names()
+    store = Store(store_url)
+    assert [(t.task, t.state) for t in store.tasks(run_id)] == [("a", "SUCCEEDED")]
+    assert [(a.task, a.status) for a in store.attempts(run_id)] == [("a", "DONE")]
     store.close()
     engine.dispose()
 
@@ -74,10 +164,10 @@ def test_eight_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path,
 def test_an_interrupted_upgrade_changes_nothing_and_runs_again(store_url: str) -> None:
     engine = create_engine(store_url)
     migrate(engine, to="0001")
-    with engine.begin() as conn:  # something in the way of the last step of 0002
+    with engine.begin() as conn:  # something in the way of a late step of 0002
         conn.execute(text("CREATE TABLE leases (name VARCHAR(64))"))
-    with pytest.raises(StoreFault, match=r"cannot upgrade the store .* from version 0001 to 0002: .*leases.*"
-                                         r"nothing was changed"):
+    with pytest.raises(StoreFault, match=rf"cannot upgrade the store .* from version 0001 to {SCHEMA_VERSION}: "
+                                         r"\S*(table|relation) \S*leases\S* already exists; nothing was changed"):
         Store(store_url)
     assert schema_version(engine) == "0001"
     assert not {"pipelines", "pipeline_versions", "fires"} & set(inspect(engine).get_table_names())

@@ -1,4 +1,4 @@
-"""The store: the seed's two views with the seed's columns, bound parameters, a record at every event."""
+"""The store: the seed's views with the seed's columns, bound parameters, a record at every event, lean reads."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from jobgraph.config import Pipeline
 from jobgraph.config.validate import check_pipeline
@@ -15,8 +15,8 @@ from jobgraph.engine import Event, GraphRun, PriorTask
 from jobgraph.errors import StoreError
 from jobgraph.runners import LocalRunner
 from jobgraph.store import Store
-from jobgraph.store.store import RunBusy
-from jobgraph.store.tables import VIEW_NAMES
+from jobgraph.store.ownership import RunBusy
+from jobgraph.store.views import VIEW_NAMES
 
 SEED_JOBS_RUN_STATS = ["root_task_name", "task_name", "job_status", "graph_run_id", "graph_start_time",
                        "errors", "created_date"]
@@ -41,24 +41,32 @@ def test_views_have_the_seeds_columns(tmp_path: Path, store_url: str) -> None:
         {"name": "never", "image": "sh", "args": ["true"], "after": ["bad"]},
     ])
     columns, rows = store.view("jobs_run_stats", limit=10)
-    assert columns[:7] == SEED_JOBS_RUN_STATS and columns[7:] == ["attempt", "exit_code", "duration_secs"]
-    by_attempt = {(r[1], r[7]): r for r in rows}
-    assert set(by_attempt) == {("ok", 1), ("bad", 1), ("bad", 2)}
-    bad = by_attempt[("bad", 2)]
-    assert bad[0] == "root_task" and bad[2] == "FAILED" and bad[3] == run_id and bad[8] == 4
+    assert columns[:7] == SEED_JOBS_RUN_STATS
+    assert columns[7:] == ["graph_run_attempt", "attempt", "exit_code", "duration_secs"]
+    by_job = {r[1]: r for r in rows}
+    assert len(rows) == 2 and set(by_job) == {"ok", "bad"}  # one row per job that ran; "never" was skipped
+    bad = by_job["bad"]
+    assert bad[0] == "root_task" and bad[2] == "FAILED" and bad[3] == run_id and bad[8] == 2 and bad[9] == 4
     assert "it's 'broken'; drop table runs" in bad[5]
+    assert by_job["ok"][2] == "DONE" and by_job["ok"][5] == ""
 
     columns, rows = store.view("task_logging_stats", limit=10)
-    assert columns == SEED_TASK_LOGGING_STATS
+    assert columns == [*SEED_TASK_LOGGING_STATS, "graph_run_attempt"]
     by_name = {r[1]: r for r in rows}
     assert by_name["ok"][2] == "SUCCEEDED" and by_name["ok"][3] == "7" and by_name["ok"][0] == run_id
-    assert len(by_name["ok"][4]) == len("YYYY-MM-DD HH:MM:SS") and isinstance(by_name["ok"][6], int)
+    assert isinstance(by_name["ok"][6], int)
     assert by_name["bad"][2] == "FAILED" and "exit code 4" in by_name["bad"][7]
     assert by_name["never"][2] == "SKIPPED" and by_name["never"][4] is None
+
+    columns, rows = store.view("job_attempts", limit=10)
+    assert columns == ["graph_run_id", "task_name", "attempt", "status", "exit_code", "error", "start_time",
+                       "end_time", "duration_secs", "graph_run_attempt"]
+    assert sorted((r[1], r[2], r[3], r[4]) for r in rows) == [("bad", 1, "FAILED", 4), ("bad", 2, "FAILED", 4),
+                                                              ("ok", 1, "DONE", 0)]
     with store._engine.connect() as raw:
         assert raw.execute(text("select count(*) from runs")).scalar() == 1
         for view in VIEW_NAMES:
-            assert raw.execute(text(f"select count(*) from {view}")).scalar_one() >= 3
+            assert raw.execute(text(f"select count(*) from {view}")).scalar_one() >= 2
     store.close()
 
 
@@ -95,9 +103,11 @@ def test_a_retry_reopens_the_run_in_the_store(tmp_path: Path, store_url: str) ->
     runner = LocalRunner({"sh": ("sh", "-c")}, cwd=tmp_path)
     fixed = pipeline.model_copy(update={"jobs": (pipeline.jobs[0].model_copy(update={"args": ("true",)}),)})
     prior = {t.task: PriorTask(t.state, t.attempts, t.return_value) for t in store.tasks(run_id)}
-    retry = GraphRun(fixed, lambda _j: runner, [store], tmp_path / "logs", run_id=run_id, prior=prior, run_attempt=2)
-    with pytest.raises(RunBusy, match="was not claimed for attempt 2 by this process"):
-        asyncio.run(retry.run())
+    unclaimed = GraphRun(fixed, lambda _j: runner, [store], tmp_path / "logs", run_id=run_id, prior=prior,
+                         run_attempt=2)
+    assert asyncio.run(unclaimed.run()).state == "CANCELLED"  # the store refused to record it: nothing ran
+    [(_, refused)] = unclaimed.listener_failures
+    assert isinstance(refused, RunBusy) and "was not claimed for attempt 2 by this process" in str(refused)
     assert store.run(run_id).state == "FAILED" and [a.attempt for a in store.attempts(run_id)] == [1]
 
     claimed = store.claim_run(store.run(run_id))
@@ -106,7 +116,28 @@ def test_a_retry_reopens_the_run_in_the_store(tmp_path: Path, store_url: str) ->
                          run_attempt=2).run())
     run = store.run(run_id)
     assert (run.state, run.run_attempt) == ("SUCCEEDED", 2)
-    assert [(a.attempt, a.status) for a in store.attempts(run_id)] == [(1, "FAILED"), (2, "DONE")]
+    assert [(a.attempt, a.status, a.run_attempt) for a in store.attempts(run_id)] == [
+        (1, "FAILED", 1), (2, "DONE", 2)]
+    _, logged = store.view("task_logging_stats")
+    assert sorted((r[1], r[2], r[8]) for r in logged) == [("a", "FAILED", 1), ("a", "SUCCEEDED", 2)]
+    _, jobs = store.view("jobs_run_stats")
+    assert sorted((r[1], r[2], r[7], r[8]) for r in jobs) == [("a", "DONE", 2, 2), ("a", "FAILED", 1, 1)]
+    store.close()
+
+
+def test_listing_runs_reads_no_snapshot_and_counts_jobs_in_one_query(tmp_path: Path, store_url: str) -> None:
+    """`history` lists runs: whatever their number and size, two statements and no pipeline snapshot."""
+    store = Store(store_url)
+    run_ids = [run_into(store, tmp_path, [{"name": "a", "image": "sh", "args": ["true"]},
+                                          {"name": "b", "image": "sh", "args": ["exit 3"]},
+                                          {"name": "c", "image": "sh", "args": ["true"], "after": ["b"]}])
+               for _ in range(3)]
+    statements: list[str] = []
+    event.listen(store._engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    listed = store.runs(10)
+    assert len(statements) == 2 and not any("snapshot" in s for s in statements)
+    assert [r.run_id for r in listed] == run_ids[::-1]
+    assert all(r.task_counts == {"SUCCEEDED": 1, "FAILED": 1, "SKIPPED": 1} for r in listed)
     store.close()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from jobgraph.cli import doctor, inspect, run, service, show
@@ -14,6 +16,28 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("jobgraph")
+        except PackageNotFoundError:
+            number = "unknown (not installed)"
+        typer.echo(f"jobgraph {number}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    _version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                           help="Print jobgraph's version and exit")] = False,
+) -> None:
+    """Run containerized jobs in parallel as a DAG from a config file."""
+
+
 app.command()(inspect.validate)
 app.command()(inspect.graph)
 app.command()(inspect.schema)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, ParamSpec, TextIO, TypeVar
+from typing import IO, Annotated, ParamSpec, TextIO, TypeVar
 
 import typer
 from rich.console import Console
@@ -34,6 +35,20 @@ StoreOption = Annotated[
     typer.Option("--store", envvar="JOBGRAPH_STORE", help="SQLAlchemy URL of the store "
                  "[default: sqlite:///.jobgraph/jobgraph.db]", show_default=False),
 ]
+
+
+def silence(*streams: IO[str]) -> None:
+    """Point streams whose reader went away (a closed pipe, a closed terminal) at /dev/null.
+
+    Later writes, and Python's flush at exit, then succeed quietly: the output stops, the work goes on.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in streams:
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)
 
 
 def home() -> Path:

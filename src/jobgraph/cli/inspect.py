@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -14,6 +15,7 @@ from rich.table import Table
 
 from jobgraph.cli.common import console, reported
 from jobgraph.config import Pipeline, load
+from jobgraph.config.validate import did_you_mean
 from jobgraph.errors import ConfigError, Problem
 from jobgraph.graph import Dag
 from jobgraph.schedule import parse_schedule
@@ -42,9 +44,10 @@ def validate(file: FileArgument, runner: RunnerOption = None) -> None:
     console.print(f"{escape(str(file))}: ok: pipeline '{pipeline.name}', {len(pipeline.jobs)} jobs in "
                   f"{len(pools)} pools ({', '.join(pools)}){final}")
     if pipeline.schedule:
-        fires = parse_schedule(pipeline.schedule).next_after(datetime.now(UTC))
-        console.print(f"schedule '{escape(pipeline.schedule)}': next fire {fires:%Y-%m-%d %H:%M:%S} UTC "
-                      "(counted from now for an interval schedule)")
+        schedule = parse_schedule(pipeline.schedule)
+        fires = schedule.next_after(datetime.now(UTC))
+        counted = " (counted from now: an interval counts from when it is deployed)" if schedule.minutes else ""
+        console.print(f"schedule '{escape(pipeline.schedule)}': next fire {fires:%Y-%m-%d %H:%M:%S} UTC{counted}")
 
 
 @reported
@@ -64,16 +67,23 @@ def graph(
     if dependents is not None:
         match = {n.casefold(): n for n in names}.get(dependents.strip().casefold())
         if match is None:
-            raise ConfigError(str(file), [Problem(f"no job named '{dependents}'", field="--dependents")])
+            raise ConfigError(str(file), [Problem(f"no job named '{dependents}'{did_you_mean(dependents, names)}",
+                                                  field="--dependents")])
         names = [match, *dag.descendants(match)]
     if output == GraphFormat.dot:
-        console.print(_dot(pipeline, dag, names), markup=False)
+        _write(_dot(pipeline, dag, names))
     elif output == GraphFormat.mermaid:
-        console.print(_mermaid(pipeline, dag, names), markup=False)
+        _write(_mermaid(pipeline, dag, names))
     elif output == GraphFormat.json:
-        console.print_json(json.dumps(_as_json(pipeline, dag, names)))
+        _write(json.dumps(_as_json(pipeline, dag, names), indent=2))
     else:
         console.print(_table(pipeline, dag, names))
+
+
+def _write(text: str) -> None:
+    """Machine-readable output goes to stdout as is: never wrapped at the terminal's width, never styled."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def _levels(dag: Dag) -> dict[str, int]:

@@ -5,17 +5,20 @@ The view is an engine listener like the store; it never reads the store.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from jobgraph.engine.events import AttemptEnded, Event, RunEnded, RunStarted, TaskChanged
+from jobgraph.cli.common import silence
+from jobgraph.engine.events import AttemptEnded, Event, RetryWaiting, RunEnded, RunStarted, TaskChanged
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
 
 STYLES = {
@@ -55,6 +58,8 @@ class _Row:
     ended: float | None = None
     note: str = ""
     pool: str = ""
+    retry_at: float | None = None
+    next_attempt: int = 0
 
 
 @dataclass
@@ -71,14 +76,28 @@ class RunView:
 
     def __enter__(self) -> RunView:
         if self.console.is_terminal:
-            self._live = Live(self, console=self.console, refresh_per_second=8, transient=False)
+            self._live = Live(self, console=self.console, refresh_per_second=8, transient=True)
             self._live.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stop_live()
+
+    def _stop_live(self) -> None:
         if self._live is not None:
-            self._live.__exit__(None, None, None)
-            self._live = None
+            live, self._live = self._live, None
+            with contextlib.suppress(OSError):
+                live.__exit__(None, None, None)
+
+    def reader_gone(self) -> None:
+        """The output's reader went away (`| head`, a pager that quit): stop showing, never stop the run."""
+        silence(self.console.file)
+        self._stop_live()
+
+    def hang_up(self) -> None:
+        """The terminal closed (SIGHUP): like `nohup`, the run goes on; what wrote to the terminal stops."""
+        terminal_gone(self.console)
+        self._stop_live()
 
     def __call__(self, event: Event) -> None:
         """Update the table, or print a line when the output is not a terminal."""
@@ -91,9 +110,13 @@ class RunView:
                 self.rows[name].note = "kept from the previous attempt"
             again = f" (attempt {event.run_attempt} of this run)" if event.run_attempt > 1 else ""
             self._line(f"run {event.run_id} of {event.pipeline} started{again}: {len(event.tasks)} jobs")
+        elif isinstance(event, RetryWaiting):
+            row = self.rows.setdefault(event.task, _Row())
+            row.retry_at, row.next_attempt = time.monotonic() + event.delay, event.next_attempt
+            self._line(f"{event.task} waiting {duration(event.delay)} before attempt {event.next_attempt}")
         elif isinstance(event, TaskChanged):
             row = self.rows.setdefault(event.task, _Row())
-            row.state = event.state
+            row.state, row.retry_at = event.state, None
             row.attempt = event.attempt or row.attempt
             if event.state == TaskState.RUNNING and row.started is None:
                 row.started = time.monotonic()
@@ -113,26 +136,49 @@ class RunView:
     def _line(self, text: str) -> None:
         """Plain output: written straight to the stream, since rich's rendering per line is slow at scale."""
         if self._live is None:
-            write_line(self.console, self.prefix + text)
+            try:
+                write_line(self.console, self.prefix + text)
+            except OSError:
+                self.reader_gone()
 
-    def __rich__(self) -> Table:
-        """The live table: running jobs first, then the rest, cut to the screen with a count of what is hidden."""
+    def __rich__(self) -> Group:
+        """The live table: running jobs first, then the rest, cut to the screen with a count of what is hidden.
+
+        The title is a line of its own that never wraps, so a long run id cannot push into the table;
+        a job between attempts shows as waiting, with the time left before its next attempt.
+        """
         counts = Counter(row.state for row in self.rows.values())
         summary = ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items()))
-        table = Table(title=Text(f"{self.pipeline}  run {self.run_id}  ({summary})"), title_justify="left")
+        title = Text(f"{self.pipeline}  run {self.run_id}  ({summary})", no_wrap=True, overflow="ellipsis")
+        table = Table()
         for column in ("job", "pool", "state", "attempt", "time", "note"):
-            table.add_column(column, overflow="fold" if column == "note" else "ellipsis")
+            table.add_column(column, overflow="fold" if column == "note" else "ellipsis", no_wrap=column != "note")
         room = max(5, self.console.height - 8)
         rows = sorted(self.rows.items(), key=lambda item: _ORDER.get(item[1].state, 9))
         clock = time.monotonic()
         for name, row in rows[:room]:
             elapsed = None if row.started is None else (row.ended or clock) - row.started
-            table.add_row(name, row.pool, styled(row.state), str(row.attempt or ""), duration(elapsed),
-                          Text(row.note[:120]))
+            state, note = styled(row.state), row.note
+            if row.retry_at is not None and row.state == TaskState.RUNNING:
+                state = Text("WAITING", style="cyan")
+                note = f"attempt {row.next_attempt} in {duration(max(0.0, row.retry_at - clock))}"
+            table.add_row(name, row.pool, state, str(row.attempt or ""), duration(elapsed), Text(note[:120]))
         if len(rows) > room:
             table.add_row(f"... {len(rows) - room} more", "", "", "", "", "")
-        return table
+        return Group(title, table)
 
 
 _ORDER = {TaskState.RUNNING: 0, TaskState.FAILED: 1, TaskState.QUEUED: 2, TaskState.CANCELLED: 3,
           TaskState.SKIPPED: 4, TaskState.SUCCEEDED: 5, TaskState.PENDING: 6}
+
+
+def terminal_gone(console: Console) -> None:
+    """After SIGHUP: output that went to the closed terminal goes nowhere; pipes and files still get it."""
+    silence(*(stream for stream in (console.file, sys.stderr) if _is_tty(stream)))
+
+
+def _is_tty(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, OSError):
+        return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections import Counter
@@ -12,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
+from rich.table import Table
 
 from jobgraph.cli.common import (
     EXIT_CANCELLED,
@@ -22,6 +24,7 @@ from jobgraph.cli.common import (
     errors,
     home,
     reported,
+    silence,
     store_url,
 )
 from jobgraph.cli.inspect import FileArgument, RunnerOption
@@ -29,14 +32,15 @@ from jobgraph.cli.render import RunView
 from jobgraph.cli.show import tasks_table
 from jobgraph.config import Job, Pipeline, check_pipeline, load
 from jobgraph.engine import GraphRun, PriorTask, RunResult
-from jobgraph.errors import ConfigError, Problem, StoreError
+from jobgraph.errors import ConfigError, Problem, RunnerError, StoreError
 from jobgraph.recovery import recover_lost_runs
 from jobgraph.runners import AnyRunner, make_runner
 from jobgraph.states import RETRYABLE_TASK_STATES, RunState, TaskState
 from jobgraph.store import Store
 from jobgraph.store.faults import store_name
+from jobgraph.store.ownership import RunBusy, busy_reason
 from jobgraph.store.recorder import PATIENCE_SECS, RunRecorder
-from jobgraph.store.store import RunBusy, RunRecord, busy_reason
+from jobgraph.store.store import RunRecord
 
 SUMMARY_ROWS = 40
 """Past this many jobs, the closing summary lists only the jobs that did not succeed."""
@@ -85,8 +89,13 @@ def retry(
             raise StoreError(f"{busy}; nothing was run") from None
         console.print(f"retrying run {previous.run_id} of {escape(previous.pipeline)}: keeping {kept} succeeded jobs")
         console.print(f"definition: {escape(definition)}")
-        result = execute(pipeline, records, runner, run_id=previous.run_id, prior=prior,
-                         run_attempt=claimed.run_attempt, trigger=previous.trigger or "manual", version=version)
+        try:
+            result = execute(pipeline, records, runner, run_id=previous.run_id, prior=prior,
+                             run_attempt=claimed.run_attempt, trigger=previous.trigger or "manual", version=version)
+        except BaseException:
+            with contextlib.suppress(StoreError):  # stopped before it ran (a runner down): the run is as it was
+                records.release_claim(claimed, previous)
+            raise
     raise typer.Exit(EXIT_CODES[result.state])
 
 
@@ -147,6 +156,18 @@ def runner_factory(pipeline: Pipeline, runner_override: str | None,
     return runner_for
 
 
+async def open_runners(pipeline: Pipeline, runner_override: str | None, runners: dict[str, AnyRunner]) -> None:
+    """Connect every runner the pipeline uses before anything runs: a backend that is down stops the run here."""
+    runner_for = runner_factory(pipeline, runner_override, runners)
+    for job in pipeline.all_jobs():
+        runner_for(job)
+    for name, runner in runners.items():
+        try:
+            await runner.open()
+        except RunnerError as exc:
+            raise RunnerError(f"runner {name}: {exc}; nothing was run") from None
+
+
 def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run_id: str | None = None,
             prior: dict[str, PriorTask] | None = None, run_attempt: int = 1, trigger: str = "manual",
             version: str | None = None) -> RunResult:
@@ -173,29 +194,45 @@ def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, graph_run.cancel)
+            loop.add_signal_handler(signal.SIGHUP, view.hang_up)
             try:
+                await open_runners(pipeline, runner_override, runners)
                 return await graph_run.run()
             finally:
-                for sig in (signal.SIGINT, signal.SIGTERM):
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
                 for runner in runners.values():
                     await runner.aclose()
 
         result = asyncio.run(main())
+        # Still inside the view: the hang-up handler is gone, so ignore SIGHUP while the summary prints.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for listener, exc in graph_run.listener_failures:
+        if listener is not view:
+            errors.print(f"[red]error:[/red] {escape(str(exc))}; the run was stopped", markup=True)
     if recorder.unwritten:
         raise StoreError(f"run {result.run_id} ended {result.state}, but {recorder.unwritten} of its records could "
                          f"not be written to the store {store_name(records.url)}. Once the store is back, "
                          f"`jobgraph retry {result.run_id}` (or any `jobgraph run`) closes its records, and the retry "
                          "resumes it")
+    try:
+        console.print(summary_table(records, result))
+    except OSError:
+        silence(console.file)
+    return result
+
+
+def summary_table(records: Store, result: RunResult) -> Table:
+    """The closing table; a big run shows the jobs that did not succeed first, then the others, up to a screen."""
     tasks = records.tasks(result.run_id)
     title = f"run {result.run_id}: {result.state}"
     if len(tasks) > SUMMARY_ROWS:
         counts = Counter(str(t.state).lower() for t in tasks)
         title += " (" + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + ")"
-        tasks = [t for t in tasks if t.state != TaskState.SUCCEEDED][:SUMMARY_ROWS]
-        title += f"; jobs that did not succeed: {len(tasks)}" if tasks else ""
-    console.print(tasks_table(tasks, title=title))
-    return result
+        tasks = sorted(tasks, key=lambda t: t.state == TaskState.SUCCEEDED)
+        title += f"; the first {SUMMARY_ROWS}: `jobgraph show {result.run_id}` lists every job"
+        tasks = tasks[:SUMMARY_ROWS]
+    return tasks_table(tasks, title=title)
 
 
 def store_patience() -> float:

@@ -5,16 +5,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from jobgraph.cli.common import EXIT_OK, StoreOption, console, home, reported, store_url
+from jobgraph.cli.common import (
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_OK,
+    StoreOption,
+    console,
+    errors,
+    home,
+    reported,
+    silence,
+    store_url,
+)
 from jobgraph.cli.inspect import FileArgument, RunnerOption
-from jobgraph.cli.render import RunView, styled, write_line
+from jobgraph.cli.render import RunView, styled, terminal_gone, write_line
 from jobgraph.cli.run import EXIT_CODES, execute, job_secrets, report_lost_runs, runner_factory
 from jobgraph.config import Pipeline, check_pipeline, load
 from jobgraph.engine import GraphRun
@@ -22,11 +34,15 @@ from jobgraph.errors import JobgraphError
 from jobgraph.owner import owner_label
 from jobgraph.runners import AnyRunner
 from jobgraph.schedule import parse_schedule
-from jobgraph.scheduler import LEASE, Scheduler
+from jobgraph.scheduler import LEASE, Scheduler, live_lease_holder
 from jobgraph.store import Store
-from jobgraph.store.deployments import ACTIVE, SUSPENDED, DeployedPipeline, Deployments
+from jobgraph.store.deployments import ACTIVE, SUSPENDED, DeployedPipeline, Deployments, Fire
 
 NameArgument = Annotated[str, typer.Argument(help="A deployed pipeline's name")]
+LEASE_TTL_SECS = 15.0
+"""How long the scheduler's lease lasts without renewal (at least three ticks)."""
+REQUEST_GRACE_SECS = 2.0
+"""How long `trigger` waits for the fire of a request that a service took just before it died."""
 
 
 def _now() -> datetime:
@@ -62,7 +78,7 @@ def pipelines(store: StoreOption = None) -> None:
     """List deployed pipelines: schedule, state, version, last and next run."""
     with Store(store_url(store)) as records:
         table = Table(title="deployed pipelines", title_justify="left")
-        for column in ("pipeline", "state", "version", "schedule", "last run", "next run (UTC)", "note"):
+        for column in ("pipeline", "state", "version", "schedule", "last run (UTC)", "next run (UTC)", "note"):
             table.add_column(column, overflow="fold")
         for deployed in Deployments(records).all():
             last = records.runs(1, deployed.name)
@@ -98,21 +114,85 @@ def resume(name: NameArgument, store: StoreOption = None) -> None:
 
 @reported
 def trigger(name: NameArgument, store: StoreOption = None, runner: RunnerOption = None) -> None:
-    """Run a deployed pipeline now (EXECUTE TASK root_task): by the running service if there is one, else here."""
+    """Run a deployed pipeline now (EXECUTE TASK root_task): by the running service if there is one, else here.
+
+    Through the service it waits until the service has taken the request and says what it did: exit 0 when it
+    started or queued a run, 1 when overlap made it skip it. With no live service it runs the pipeline here.
+    """
     now = _now()
     with Store(store_url(store)) as records:
         deployments = Deployments(records)
         deployed = deployments.get(name)
-        holder = deployments.lease_holder(LEASE, now)
+        holder = live_lease_holder(deployments, now)
         if holder is not None:
             deployments.record_fire(deployed.name, now, "REQUESTED", now, note="jobgraph trigger")
-            console.print(f"{deployed.name}: run requested from the scheduler service ({holder})")
-            raise typer.Exit(EXIT_OK)
+            outcome = _await_outcome(deployments, deployed.name, now)
+            if outcome is not None:
+                _report_outcome(deployed.name, holder, outcome)
+            console.print(f"{deployed.name}: the scheduler service {holder} stopped before taking the request "
+                          "(request withdrawn); running it here")
+        else:
+            console.print(f"{deployed.name}: {_no_service(deployments)}; running it here")
         report_lost_runs(records)
         pipeline = check_pipeline(Pipeline.model_validate_json(deployments.snapshot(deployed.name, deployed.version)),
                                   f"pipeline {deployed.name}", runner)
         result = execute(pipeline, records, runner, trigger="trigger", version=deployed.version)
     raise typer.Exit(EXIT_CODES[result.state])
+
+
+def _no_service(deployments: Deployments) -> str:
+    lease = deployments.lease(LEASE)
+    if lease is None:
+        return "no scheduler service is running on this store"
+    if lease.expires_at >= _now():
+        return f"no scheduler service is running on this store (its last one, {lease.holder}, has died)"
+    return (f"no scheduler service is running on this store (the lease of {lease.holder} ran out "
+            f"{_when(lease.expires_at)})")
+
+
+def _await_outcome(deployments: Deployments, name: str, requested: datetime) -> Fire | None:
+    """Wait until the service has acted on a request; None if no live service took it (it is withdrawn then).
+
+    Bounded: a live service takes requests every tick and renews its lease; once no live service holds the
+    lease, the request is withdrawn (compare-and-set against the service taking it at that very moment).
+    """
+    orphaned_since: float | None = None
+    try:
+        while True:
+            outcome = deployments.request_outcome(name, requested)
+            if outcome is not None:
+                return outcome
+            if live_lease_holder(deployments, _now()) is not None:
+                orphaned_since = None
+            elif deployments.withdraw_request(name, requested):
+                return None
+            elif orphaned_since is None:
+                orphaned_since = time.monotonic()
+            elif time.monotonic() - orphaned_since > REQUEST_GRACE_SECS:
+                raise JobgraphError(f"the scheduler service took the request for {name} and stopped before "
+                                    "starting it; nothing runs: trigger it again")
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        if deployments.withdraw_request(name, requested):
+            errors.print(f"{name}: request withdrawn; nothing runs")
+            raise typer.Exit(EXIT_CANCELLED) from None
+        errors.print(f"{name}: the scheduler service has already taken the request; `jobgraph pipelines` shows it")
+        raise typer.Exit(EXIT_CANCELLED) from None
+
+
+def _report_outcome(name: str, holder: str, outcome: Fire) -> NoReturn:
+    """Say what the service did with a request, with an exit code that matches it."""
+    note = f": {outcome.note}" if outcome.note else ""
+    if outcome.action == "STARTED":
+        console.print(f"{name}: run requested from the scheduler service ({holder}): run {outcome.run_id} started")
+        raise typer.Exit(EXIT_OK)
+    if outcome.action == "QUEUED":
+        console.print(f"{name}: run requested from the scheduler service ({holder}): queued{escape(note)}")
+        raise typer.Exit(EXIT_OK)
+    if outcome.action == "SKIPPED":
+        console.print(f"{name}: the scheduler service ({holder}) skipped the request{escape(note)}")
+        raise typer.Exit(EXIT_FAILED)
+    raise JobgraphError(f"the scheduler service ({holder}) could not start {name}{note}")
 
 
 @reported
@@ -145,13 +225,15 @@ def serve(
 ) -> None:
     """Run the scheduler and every triggered run until SIGTERM or Ctrl-C; one line per event."""
     with Store(store_url(store)) as records:
-        report_lost_runs(records)
         deployments = Deployments(records)
         runners: dict[str, AnyRunner] = {}
         holder = owner_label()
 
         def say(text: str) -> None:
-            write_line(console, text)
+            try:
+                write_line(console, text)
+            except OSError:  # the reader went away: the service goes on, its output stops
+                silence(console.file)
 
         def start_run(deployed: DeployedPipeline, pipeline: Pipeline, scheduled: datetime,
                       how: str) -> GraphRun:
@@ -161,13 +243,15 @@ def serve(
                             scheduled_time=scheduled, secrets=job_secrets(checked), trigger=how,
                             version=deployed.version)
 
-        scheduler = Scheduler(deployments, _now, start_run, holder, on_message=say)
+        scheduler = Scheduler(records, _now, start_run, holder, recover=lambda: report_lost_runs(records),
+                              lease_ttl_secs=max(LEASE_TTL_SECS, 3 * tick), on_message=say)
 
         async def main() -> None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(signal.SIGHUP, terminal_gone, console)  # like nohup: serve on, quietly
             say(f"jobgraph serve: scheduler {holder}, store {records.url}, tick {tick:g}s")
             waiting = False
             while not stop.is_set():
@@ -177,7 +261,7 @@ def serve(
                     say(f"error: {exc}" if isinstance(exc, JobgraphError) else f"error: {exc!r}; retrying")
                     held = True
                 if not held and not waiting:
-                    say(f"waiting: another scheduler holds the lease ({deployments.lease_holder(LEASE, _now())})")
+                    say(f"waiting: another scheduler holds the lease ({live_lease_holder(deployments, _now())})")
                 waiting = not held
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), tick)

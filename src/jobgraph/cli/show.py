@@ -1,9 +1,8 @@
-"""Commands that read the store: history, show, logs, and the seed's two tables (stats)."""
+"""Commands that read the store: history, show, logs, and the seed's tables (stats). Times are shown in UTC."""
 
 from __future__ import annotations
 
-from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -14,7 +13,7 @@ from jobgraph.cli.common import StoreOption, console, reported, store_url
 from jobgraph.cli.render import duration, styled
 from jobgraph.errors import StoreError
 from jobgraph.store import Store, TaskRecord
-from jobgraph.store.tables import VIEW_NAMES
+from jobgraph.store.views import VIEW_NAMES, VIEW_ORDER
 
 RunIdArgument = Annotated[str, typer.Argument(help="A run id (a unique prefix is enough)")]
 
@@ -22,10 +21,10 @@ RunIdArgument = Annotated[str, typer.Argument(help="A run id (a unique prefix is
 def tasks_table(tasks: list[TaskRecord], title: str) -> Table:
     """One row per job of a run: state, attempts, timing, return value or error."""
     table = Table(title=title, title_justify="left")
-    for column in ("job", "state", "attempts", "started", "duration", "return value / error"):
+    for column in ("job", "state", "attempts", "started (UTC)", "duration", "return value / error"):
         table.add_column(column, overflow="fold")
     for task in tasks:
-        started = task.started_at.strftime("%Y-%m-%d %H:%M:%S") if task.started_at else ""
+        started = _utc_text(task.started_at)
         note = task.error_message or task.return_value or ""
         table.add_row(task.task, styled(task.state), str(task.attempts), started,
                       duration(task.duration_secs), escape(note.splitlines()[0] if note else ""))
@@ -44,11 +43,10 @@ def history(
         for column in ("run id", "pipeline", "state", "attempt", "started (UTC)", "duration", "jobs"):
             table.add_column(column)
         for run in records.runs(limit, pipeline):
-            counts = Counter(str(t.state) for t in records.tasks(run.run_id))
             took = (run.finished_at - run.started_at).total_seconds() if run.finished_at else None
             table.add_row(run.run_id, run.pipeline, styled(run.state), str(run.run_attempt),
-                          run.started_at.strftime("%Y-%m-%d %H:%M:%S"), duration(took),
-                          ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
+                          _utc_text(run.started_at), duration(took),
+                          ", ".join(f"{n} {s.lower()}" for s, n in sorted(run.task_counts.items())))
         console.print(table)
 
 
@@ -62,13 +60,13 @@ def show(run_id: RunIdArgument, store: StoreOption = None) -> None:
                                   + (f" (after {run.run_attempt - 1} retry)" if run.run_attempt == 2 else
                                      f" (after {run.run_attempt - 1} retries)" if run.run_attempt > 2 else "")))
         table = Table(title="attempts", title_justify="left")
-        for column in ("job", "attempt", "status", "exit", "duration", "error"):
+        for column in ("job", "attempt", "run attempt", "status", "exit", "started (UTC)", "duration", "error"):
             table.add_column(column, overflow="fold")
         for attempt in records.attempts(run.run_id):
             error = (attempt.error or "").strip()
-            table.add_row(attempt.task, str(attempt.attempt), str(attempt.status),
+            table.add_row(attempt.task, str(attempt.attempt), str(attempt.run_attempt), str(attempt.status),
                           "" if attempt.exit_code is None else str(attempt.exit_code),
-                          duration(attempt.duration_secs), escape(error[-400:]))
+                          _utc_text(attempt.started_at), duration(attempt.duration_secs), escape(error[-400:]))
         console.print(table)
 
 
@@ -100,27 +98,43 @@ def logs(
 
 @reported
 def stats(
-    view: Annotated[str, typer.Argument(help=f"{' or '.join(VIEW_NAMES)}")],
+    view: Annotated[str, typer.Argument(help=f"{', '.join(VIEW_NAMES)}")],
     limit: Annotated[int, typer.Option(help="How many rows")] = 10,
     store: StoreOption = None,
 ) -> None:
-    """Print the seed's tables: jobs_run_stats (one row per attempt) or task_logging_stats (per job)."""
+    """Print a view: jobs_run_stats (per job and graph run), task_logging_stats (the finalizer's), job_attempts.
+
+    Times are UTC; the column headers say so.
+    """
     with Store(store_url(store)) as records:
-        columns, rows = records.view(view.strip().lower(), limit)
-        table = Table(title=f"select top {limit} * from {view}", title_justify="left")
+        name = view.strip().lower()
+        columns, rows = records.view(name, limit)
+        table = Table(title=f"select top {limit} * from {name} order by {VIEW_ORDER[name]} desc (times in UTC)",
+                      title_justify="left")
         for column in columns:
-            table.add_column(column, overflow="fold")
+            table.add_column(f"{column} (UTC)" if column.endswith(TIME_SUFFIXES) else column, overflow="fold")
         for row in rows:
             table.add_row(*(escape(_cell(value)) for value in row))
         console.print(table)
 
 
+TIME_SUFFIXES = ("_time", "_date")
+"""The views' time columns (the seed's names end so); `stats` marks their headers "(UTC)"."""
+
+
+def _utc_text(moment: datetime | None) -> str:
+    """A stored time, to the second, in UTC (a naive one is already UTC)."""
+    if moment is None:
+        return ""
+    return (moment.astimezone(UTC) if moment.tzinfo else moment).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _cell(value: object) -> str:
-    """One line per cell: times to the second, errors folded onto one line and cut short."""
+    """One line per cell: times to the second in UTC, errors folded onto one line and cut short."""
     if value is None:
         return ""
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
+        return _utc_text(value)
     if isinstance(value, float):
         return f"{value:.3f}"
     text = " | ".join(line.strip() for line in str(value).strip().splitlines() if line.strip())

@@ -5,14 +5,16 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from jobgraph.config.model import Defaults, Job, Pipeline, Pool, check_name
+from jobgraph.config.model import Defaults, Finalizer, Job, Pipeline, Pool, check_name
 from jobgraph.config.seed import SeedTask
 from jobgraph.config.validate import check_pipeline
 from jobgraph.errors import ConfigError, Problem
@@ -48,14 +50,7 @@ def load(path: str | Path, runner: str | None = None) -> Pipeline:
 def read_document(file: Path) -> Any:
     """Parse JSON or YAML; parse errors carry the line and column."""
     name = str(file)
-    try:
-        raw = file.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(name, [Problem("no such file")]) from None
-    except IsADirectoryError:
-        raise ConfigError(name, [Problem("is a directory, not a pipeline file")]) from None
-    except OSError as exc:
-        raise ConfigError(name, [Problem(f"cannot be read: {exc.strerror}")]) from None
+    raw = _read_regular_file(file)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -84,6 +79,40 @@ def read_document(file: Path) -> Any:
         raise ConfigError(name, [Problem(f"invalid YAML: {exc}")]) from None
 
 
+MAX_FILE_BYTES = 64 << 20
+"""A pipeline file larger than this is a mistake (a log, an image), not a pipeline: refused before reading."""
+
+
+def _read_regular_file(file: Path) -> bytes:
+    """The bytes of a regular file; a FIFO, a device such as /dev/zero or a huge file is refused at once."""
+    name = str(file)
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(name, [Problem("no such file")]) from None
+    except OSError as exc:
+        raise ConfigError(name, [Problem(f"cannot be read: {exc.strerror}")]) from None
+    try:
+        status = os.fstat(fd)
+        if stat.S_ISDIR(status.st_mode):
+            raise ConfigError(name, [Problem("is a directory, not a pipeline file")])
+        if not stat.S_ISREG(status.st_mode):
+            raise ConfigError(name, [Problem("is not a regular file (a FIFO, a device or a socket): "
+                                             "a pipeline file must be a plain file")])
+        if status.st_size > MAX_FILE_BYTES:
+            raise ConfigError(name, [Problem(f"is {status.st_size >> 20} MiB: a pipeline file may be at most "
+                                             f"{MAX_FILE_BYTES >> 20} MiB")])
+        chunks, size = [], 0
+        while size < MAX_FILE_BYTES and (chunk := os.read(fd, 1 << 20)):
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)[:MAX_FILE_BYTES]
+    except OSError as exc:
+        raise ConfigError(name, [Problem(f"cannot be read: {exc.strerror}")]) from None
+    finally:
+        os.close(fd)
+
+
 def seed_jobs(document: list[Any], file: Path) -> list[dict[str, Any]]:
     """Validate a seed-form array with the seed's own field names, and map it to native jobs."""
     if not document:
@@ -98,7 +127,7 @@ def seed_jobs(document: list[Any], file: Path) -> list[dict[str, Any]]:
             jobs.append(SeedTask.model_validate(item).to_job())
         except ValidationError as exc:
             label = _job_label(item, "task_name", index)
-            problems.extend(_problems(exc, functools.partial(_in_job, label)))
+            problems.extend(_problems(exc, functools.partial(_in_job, label), SeedTask))
     if problems:
         raise ConfigError(str(file), problems)
     return jobs
@@ -127,28 +156,60 @@ def _in_job(label: str, loc: tuple[Any, ...]) -> tuple[str | None, tuple[Any, ..
 Locate = Callable[[tuple[Any, ...]], tuple[str | None, tuple[Any, ...]]]
 
 
-def _problems(exc: ValidationError, locate: Locate) -> list[Problem]:
-    """Pydantic's errors, each turned into the job and the field it is about."""
+def _problems(exc: ValidationError, locate: Locate, root: type[BaseModel] = Pipeline) -> list[Problem]:
+    """Pydantic's errors, each turned into the job and the field it is about.
+
+    A list of jobs with a bad job in it is also reported "too short" by pydantic (the bad item is
+    dropped); that echo of the real error is left out.
+    """
+    errors = exc.errors(include_url=False)
+    bad_job = any(len(e["loc"]) > 1 and e["loc"][0] == "jobs" for e in errors)
     problems = []
-    for error in exc.errors(include_url=False):
+    for error in errors:
+        if bad_job and error["type"] == "too_short" and tuple(error["loc"]) == ("jobs",):
+            continue
         job, rest = locate(tuple(error["loc"]))
         field = ".".join(str(part) for part in rest if part != "[key]") or None
-        problems.append(Problem(_message(error), job=job, field=field))
+        problems.append(Problem(_message(error, root), job=job, field=field))
     return problems
 
 
-KNOWN_FIELDS = sorted({name for model in (Pipeline, Job, Defaults, Pool, SeedTask) for name in model.model_fields})
-"""Every field name a pipeline file may use, for "did you mean" hints."""
+SECTIONS: dict[str, type[BaseModel]] = {"jobs": Job, "defaults": Defaults, "pools": Pool, "finalizer": Finalizer}
+"""Where each part of a native file is described, for hints that name the right fields."""
 
 
-def _message(error: Any) -> str:
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel]:
+    """The model whose field is at `loc` (`jobs.3.timeoutt` -> Job)."""
+    if root is not Pipeline or len(loc) < 2:
+        return root
+    return SECTIONS.get(str(loc[0]), root)
+
+
+def _unknown_field_hint(unknown: str, model: type[BaseModel]) -> str:
+    """A "did you mean" among the fields allowed right here, else where a field of that name belongs."""
+    close = difflib.get_close_matches(unknown, sorted(model.model_fields), n=1, cutoff=0.7)
+    if close and close[0] != unknown:
+        return f"did you mean '{close[0]}'? "
+    homes = [_PLACES.get(name, f"'{name}'") for name, section in SECTIONS.items()
+             if unknown in section.model_fields and section is not model]
+    if unknown in Pipeline.model_fields and model is not Pipeline:
+        homes.insert(0, "the top level")
+    if not homes:
+        return ""
+    where = homes[0] if len(homes) == 1 else ", ".join(homes[:-1]) + " or " + homes[-1]
+    return f"'{unknown}' belongs in {where}, not here; "
+
+
+_PLACES = {"jobs": "a job", "pools": "a pool"}
+
+
+def _message(error: Any, root: type[BaseModel] = Pipeline) -> str:
     kind = error["type"]
     if kind == "missing":
         return "is required"
     if kind == "extra_forbidden":
         unknown = str(error["loc"][-1])
-        close = difflib.get_close_matches(unknown, KNOWN_FIELDS, n=1, cutoff=0.7)
-        hint = f"did you mean '{close[0]}'? " if close else ""
+        hint = _unknown_field_hint(unknown, _model_at(tuple(error["loc"]), root))
         return f"unknown field ({hint}`jobgraph schema` lists the fields a pipeline takes)"
     message = str(error["msg"])
     message = message.removeprefix("Value error, ")

@@ -149,7 +149,7 @@ class Defaults(_Model):
     retries: Retries = 0
     retry_delay: Duration = 0.0
     retry_backoff: float = Field(default=1.0, ge=1.0, le=10.0)
-    timeout: Duration | None = None
+    timeout: Duration | None = Field(default=None, gt=0)
     trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
     pool: Name = "default"
     pool_size: int = Field(default_factory=lambda: os.cpu_count() or 1, strict=True, ge=1, le=100_000)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import graphlib
+from collections.abc import Iterable
 from typing import get_args
 
 from jobgraph.config.model import Job, Pipeline, RunnerName
@@ -35,7 +37,8 @@ def check_pipeline(pipeline: Pipeline, file: str, runner: str | None = None) -> 
         for predecessor in job.after:
             name = canonical.get(predecessor.casefold())
             if name is None:
-                problems.append(Problem(f"unknown predecessor '{predecessor}'", job=job.name, field="after"))
+                problems.append(Problem(f"unknown predecessor '{predecessor}'{did_you_mean(predecessor, canonical)}",
+                                        job=job.name, field="after"))
             elif name == job.name:
                 problems.append(Problem("a job cannot run after itself", job=job.name, field="after"))
             elif pipeline.finalizer is not None and name == pipeline.finalizer.name:
@@ -67,6 +70,13 @@ def check_pipeline(pipeline: Pipeline, file: str, runner: str | None = None) -> 
         raise ConfigError(file, [Problem("the jobs form a cycle: " + " -> ".join(cycle), job=cycle[0],
                                          field="after")])
     return pipeline.model_copy(update={"jobs": tuple(jobs)})
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the closest known name, compared case-insensitively; '' when none is close."""
+    by_key = {k.casefold(): k for k in known}
+    close = difflib.get_close_matches(name.casefold(), list(by_key), n=1, cutoff=0.6)
+    return f" (did you mean '{by_key[close[0]]}'?)" if close else ""
 
 
 def find_cycle(jobs: list[Job]) -> list[str]:

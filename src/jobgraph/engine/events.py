@@ -82,6 +82,17 @@ class AttemptEnded:
 
 
 @dataclass(frozen=True)
+class RetryWaiting:
+    """An attempt failed and the job waits `delay` seconds before its next attempt (Airflow's up_for_retry)."""
+
+    run_id: str
+    task: str
+    next_attempt: int
+    at: datetime
+    delay: float
+
+
+@dataclass(frozen=True)
 class RunEnded:
     """The graph run is over, finalizer included."""
 
@@ -90,5 +101,5 @@ class RunEnded:
     at: datetime
 
 
-Event = RunStarted | TaskChanged | AttemptStarted | AttemptEnded | RunEnded
+Event = RunStarted | TaskChanged | AttemptStarted | AttemptEnded | RetryWaiting | RunEnded
 Listener = Callable[[Event], None]

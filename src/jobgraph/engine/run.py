@@ -24,6 +24,7 @@ from jobgraph.engine.events import (
     AttemptStarted,
     Event,
     Listener,
+    RetryWaiting,
     RunEnded,
     RunStarted,
     TaskChanged,
@@ -92,7 +93,8 @@ class GraphRun:
         self.run_id = run_id or str(uuid.uuid4())
         self.scheduled_time = scheduled_time or now()
         self._runner_for = runner_for
-        self._listeners = listeners
+        self._listeners = list(listeners)
+        self.listener_failures: list[tuple[Listener, Exception]] = []
         self._log_dir = log_dir / self.run_id
         self._prior = prior or {}
         self._run_attempt = run_attempt
@@ -252,6 +254,8 @@ class GraphRun:
                     return TaskState.SUCCEEDED
                 if attempt < last:
                     delay = (job.retry_delay or 0.0) * (job.retry_backoff or 1.0) ** (attempt - first)
+                    if delay > 0:
+                        self._emit(RetryWaiting(self.run_id, job.name, attempt + 1, now(), delay))
                     await asyncio.sleep(delay)
         except asyncio.CancelledError:
             self._set_state(job.name, TaskState.CANCELLED, attempt=attempt, reason="the run was cancelled")
@@ -259,7 +263,9 @@ class GraphRun:
         except Exception as exc:  # a bug or an OS error must fail this job, not the whole run
             self._set_state(job.name, TaskState.FAILED, attempt=attempt, reason=f"internal error: {exc!r}")
             return TaskState.FAILED
-        reason = f"attempt {attempt - first + 1} of {last - first + 1} {outcome.status}"
+        allowed = last - first + 1
+        reason = f"attempt {attempt} {outcome.status}, the last of {allowed} allowed" + (
+            " in this retry" if first > 1 else "")
         lines = [line.strip() for line in (outcome.error or "").splitlines() if line.strip()]
         if lines:
             reason += f" ({lines[0]})" + (f": {lines[-1]}" if len(lines) > 1 else "")
@@ -358,8 +364,19 @@ class GraphRun:
         return tuple(infos)
 
     def _emit(self, event: Event) -> None:
-        for listener in self._listeners:
-            listener(event)
+        """Tell every listener; one that fails is dropped and never touches the run.
+
+        A display whose reader went away just stops. A listener marked `essential` (the store) that
+        fails means the run can no longer be recorded: the run is cancelled, so nothing runs unrecorded.
+        """
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception as exc:
+                self._listeners.remove(listener)
+                self.listener_failures.append((listener, exc))
+                if getattr(listener, "essential", False) and not isinstance(event, RunEnded):
+                    self.cancel()
 
 
 async def _stop(runner: AnyRunner, handle: object) -> None:

@@ -67,8 +67,14 @@ class Runner(Protocol[H]):
     - `cancel` stops the job and everything it started, and returns once nothing of it is left.
       Calling it on a job that already ended is harmless.
     - `logs` returns the last `tail_bytes` of the job's output, for the error column.
+    - `open` connects to the backend before the run: one that cannot be reached stops the run before
+      anything starts (raise RunnerError), rather than failing every job one by one.
     - `aclose` releases the runner's own resources once the run is over.
     """
+
+    async def open(self) -> None:
+        """Connect to the backend, or raise RunnerError saying why it cannot be reached."""
+        ...
 
     async def start(self, spec: JobSpec) -> H:
         """Start one attempt."""

@@ -89,6 +89,10 @@ class ContainerRunner:
                 self._client = client
             return self._client
 
+    async def open(self) -> None:
+        """Find (or start) the engine and connect, so a missing engine stops the run before it starts."""
+        await self.client()
+
     async def start(self, spec: JobSpec) -> ContainerHandle:
         """Create and start the container; a missing image or a refused start is a RunnerError.
 

@@ -56,6 +56,9 @@ class LocalRunner:
             command[0] = sys.executable
         return command + list(spec.args)
 
+    async def open(self) -> None:
+        """Nothing to connect to: processes start on this host."""
+
     async def start(self, spec: JobSpec) -> LocalProcess:
         """Start the process with stdout and stderr appended to the attempt's log file."""
         command = self.command(spec)

@@ -59,6 +59,14 @@ class Fire:
     at: datetime
 
 
+@dataclass(frozen=True)
+class Lease:
+    """Who holds a lease, and until when (it may have expired)."""
+
+    holder: str
+    expires_at: datetime
+
+
 def content_version(snapshot: str) -> str:
     """A version is the hash of the pipeline's content: redeploying the same file changes nothing."""
     return hashlib.sha256(snapshot.encode()).hexdigest()[:16]
@@ -211,6 +219,40 @@ class Deployments:
         """Give a lease up (a clean shutdown), so another scheduler need not wait for it to expire."""
         with self._engine.begin() as conn:
             conn.execute(delete(leases).where(and_(leases.c.name == name, leases.c.holder == holder)))
+
+    def lease(self, name: str) -> Lease | None:
+        """The lease row as it stands, expired or not: who held it last."""
+        with self._engine.connect() as conn:
+            row = conn.execute(select(leases).where(leases.c.name == name)).mappings().first()
+        return None if row is None else Lease(str(row["holder"]), _aware(row["expires_at"]))
+
+    def take_lease(self, name: str, from_holder: str, holder: str, now: datetime, ttl_secs: float) -> bool:
+        """Take a lease from a holder known to be dead, before it expires; True if `holder` has it now.
+
+        Compare-and-set on the dead holder, so of several schedulers taking it over only one wins.
+        """
+        expires = _utc(datetime.fromtimestamp(now.timestamp() + ttl_secs, UTC))
+        with self._engine.begin() as conn:
+            taken = conn.execute(update(leases).where(and_(leases.c.name == name, leases.c.holder == from_holder))
+                                 .values(holder=holder, expires_at=expires))
+        return taken.rowcount == 1
+
+    def withdraw_request(self, pipeline: str, scheduled_time: datetime) -> bool:
+        """Take back a `trigger` request nobody has taken yet (compare-and-set); True if withdrawn."""
+        with self._engine.begin() as conn:
+            withdrawn = conn.execute(update(fires).where(and_(
+                fires.c.pipeline == pipeline, fires.c.scheduled_time == _utc(scheduled_time),
+                fires.c.action == "REQUESTED")).values(action="WITHDRAWN"))
+        return withdrawn.rowcount > 0
+
+    def request_outcome(self, pipeline: str, scheduled_time: datetime) -> Fire | None:
+        """What the scheduler did with a request (the fire it recorded at the request's time), if anything yet."""
+        with self._engine.connect() as conn:
+            row = conn.execute(select(fires).where(and_(
+                fires.c.pipeline == pipeline, fires.c.scheduled_time == _utc(scheduled_time),
+                fires.c.action.not_in(("REQUESTED", "TAKEN", "WITHDRAWN")))).order_by(fires.c.id).limit(1)
+            ).mappings().first()
+        return None if row is None else _fire(row)
 
 
 def _history_name(conn: Connection, name: str) -> str:

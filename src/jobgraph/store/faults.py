@@ -27,10 +27,12 @@ _PG_DISK_FULL = "53100"
 class StoreFault(StoreError):
     """The store failed under jobgraph; the message says which store and what to do."""
 
-    def __init__(self, message: str, transient: bool) -> None:
+    def __init__(self, message: str, transient: bool, detail: str = "") -> None:
         super().__init__(message)
         self.transient = transient
         """True when waiting may cure it (a restart, a lock, a full disk someone frees)."""
+        self.detail = detail or message
+        """The database's own words for it."""
 
 
 def store_name(url: str) -> str:
@@ -62,12 +64,19 @@ def fault_of(error: BaseException, name: str, disconnected: bool = False,
              operational: bool = False) -> StoreFault | None:
     """The StoreFault for a DBAPI error, or None when the error is the caller's business."""
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    fault = _fault(error, name, first_line, disconnected or operational)
+    if fault is not None:
+        fault.detail = first_line
+    return fault
+
+
+def _fault(error: BaseException, name: str, first_line: str, unreachable: bool) -> StoreFault | None:
     if isinstance(error, sqlite3.Error):
         return _sqlite_fault(error, name, first_line)
     if getattr(error, "sqlstate", None) == _PG_DISK_FULL:
         return StoreFault(f"the database server of the store {name} is out of disk space ({first_line}): "
                           "free some space on it", transient=True)
-    if disconnected or operational:
+    if unreachable:
         return StoreFault(f"cannot reach the store {name} ({first_line}): check that its database server is "
                           "running and reachable", transient=True)
     return None

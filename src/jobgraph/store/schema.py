@@ -60,7 +60,8 @@ def migrate(engine: Engine, to: str, url: str | None = None) -> None:
             if isinstance(exc, StoreFault) and exc.transient:
                 raise
             cause = getattr(exc, "orig", None) or exc
-            detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            detail = exc.detail if isinstance(exc, StoreFault) else (
+                str(cause).strip().splitlines() or [type(cause).__name__])[0]
             raise StoreFault(f"cannot upgrade the store {store_name(url or str(engine.url))} from version "
                              f"{current} to {to}: {detail}; nothing was changed, and the next jobgraph command "
                              "tries again", transient=False) from None

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.schema import CreateView
 
-from jobgraph.store.tables import view_selects
+from jobgraph.store.views import views_0001
 
 revision = "0001"
 down_revision = None
@@ -62,7 +62,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("run_id", "task", "attempt"),
         sa.ForeignKeyConstraint(["run_id", "task"], ["task_runs.run_id", "task_runs.task"], ondelete="CASCADE"),
     )
-    for name, query in view_selects(op.get_bind().dialect).items():
+    for name, query in views_0001(op.get_bind().dialect).items():
         op.execute(CreateView(query, name))
 
 
