@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+from sqlalchemy import insert, update
+
+from jobgraph.errors import StoreError
 from jobgraph.store import Store
-from jobgraph.store.deployments import Deployments
+from jobgraph.store.deployments import Deployments, Dropped
+from jobgraph.store.tables import runs
 from tests.conftest import Cli, WritePipeline, sh, store_url
 
 
@@ -77,4 +84,24 @@ def test_purge_after_a_plain_drop_purges_the_history_by_name(
     again = cli("drop", "nightly", "--purge", check=2).stderr
     assert "no pipeline named 'nightly': none is deployed, and no runs or versions carry that name" in again
     assert "no deployed pipeline named 'nightly'" in cli("drop", "nightly", check=2).stderr
+    store.close()
+
+
+def test_purge_on_both_backends_spares_a_live_run_and_takes_a_lost_one(store_url: str) -> None:
+    store = Store(store_url)
+    deployments = Deployments(store)
+    now = datetime.now(UTC)
+    deployments.deploy("etl", "{}", "etl.yaml", None, now, None)
+    with store._engine.begin() as conn:
+        for run_id, state, owner in (("done", "FAILED", None), ("live", "RUNNING", store.owner)):
+            conn.execute(insert(runs).values(run_id=run_id, pipeline="etl", state=state, run_attempt=1,
+                                             started_at=now, scheduled_time=now, snapshot="{}", owner=owner))
+    with pytest.raises(StoreError, match=f"pipeline etl has a run in progress: live \\(by {store.owner}\\)"):
+        deployments.drop("ETL", purge=True)
+    assert deployments.get("etl").name == "etl" and {r.run_id for r in store.runs(10, "etl")} == {"done", "live"}
+
+    with store._engine.begin() as conn:
+        conn.execute(update(runs).where(runs.c.run_id == "live").values(owner=f"{socket.gethostname()}:1:gone"))
+    assert deployments.drop("etl", purge=True) == Dropped("etl", True, 2)
+    assert store.runs(10, "etl") == []
     store.close()

@@ -14,11 +14,16 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from jobgraph.engine import Event, RunEnded, TaskChanged
+from jobgraph.states import RunState, TaskState
 from jobgraph.store import Store
+from jobgraph.store.faults import StoreFault
+from jobgraph.store.recorder import RunRecorder
 from tests.conftest import _free_port, sh
 
 PATIENCE = {"JOBGRAPH_STORE_PATIENCE": "30"}
@@ -192,3 +197,64 @@ def test_a_postgresql_server_that_stops_mid_run_cancels_it_and_nothing_stays_run
     assert {t.task: t.state for t in store.tasks(run.run_id)} == dict.fromkeys(("first", "stop", "after"), "SUCCEEDED")
     assert [t.attempts for t in store.tasks(run.run_id) if t.task == "first"] == [1]
     store.close()
+
+
+class FlakyStore:
+    """A store whose writes fail `failures` times with `fault`, then succeed; it keeps what it took, in order."""
+
+    def __init__(self, failures: int, fault: StoreFault) -> None:
+        self.failures, self.fault, self.taken = failures, fault, []  # type: ignore[var-annotated]
+
+    def record(self, event: object) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise self.fault
+        self.taken.append(event)
+
+
+def events(count: int) -> list[Event]:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    return [*(TaskChanged("r", f"job{i}", TaskState.QUEUED, at) for i in range(count - 1)),
+            RunEnded("r", RunState.SUCCEEDED, at)]
+
+
+def test_the_recorder_waits_with_backoff_and_keeps_events_in_order() -> None:
+    store = FlakyStore(5, StoreFault("server restarting", transient=True))
+    sleeps: list[float] = []
+    told: list[str] = []
+    recorder = RunRecorder(store, told.append, told.append, patience=10, sleep=sleeps.append,  # type: ignore[arg-type]
+                           clock=lambda: sum(sleeps))
+    sent = events(4)
+    for event in sent:
+        recorder(event)
+    assert store.taken == sent and recorder.unwritten == 0 and recorder.down is None
+    assert sleeps == [0.05, 0.1, 0.2, 0.4, 0.8]
+    assert told == ["server restarting; the run waits up to 10s for the store", "the store is back; the run goes on"]
+
+
+def test_the_recorder_gives_up_once_then_writes_what_it_kept_when_the_store_is_back() -> None:
+    store = FlakyStore(1000, StoreFault("disk full", transient=True))
+    sleeps: list[float] = []
+    downs: list[str] = []
+    recorder = RunRecorder(store, downs.append, patience=1, sleep=sleeps.append,  # type: ignore[arg-type]
+                           clock=lambda: sum(sleeps))
+    sent = events(4)
+    recorder(sent[0])
+    assert downs == ["disk full; the store took no record for 1s, so the run is cancelled (its jobs are stopped)"]
+    assert sum(sleeps) <= 1 and recorder.unwritten == 1
+    recorder(sent[1])
+    recorder(sent[2])
+    assert recorder.unwritten == 3 and len(downs) == 1
+    store.failures = 0
+    recorder(sent[3])
+    assert store.taken == sent and recorder.unwritten == 0 and recorder.flush()
+
+
+def test_a_fault_that_waiting_cannot_cure_gives_up_at_once() -> None:
+    store = FlakyStore(1, StoreFault("the store is damaged", transient=False))
+    sleeps: list[float] = []
+    downs: list[str] = []
+    recorder = RunRecorder(store, downs.append, patience=30, sleep=sleeps.append)  # type: ignore[arg-type]
+    recorder(events(1)[0])
+    assert sleeps == [] and downs == ["the store is damaged; the store took no record, so the run is cancelled "
+                                      "(its jobs are stopped)"]

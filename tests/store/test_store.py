@@ -154,3 +154,21 @@ def test_a_run_is_claimed_by_exactly_one_of_the_processes_that_saw_it(tmp_path: 
     assert first.run(run_id).owner == "other-host:1:1"
     first.close()
     second.close()
+
+
+def test_a_run_of_another_host_is_closed_only_by_the_process_that_took_it_over(
+        tmp_path: Path, store_url: str) -> None:
+    """Recovery and a standby scheduler take a lost run over first, so that only one of them closes it."""
+    store = Store(store_url)
+    run_id = run_into(store, tmp_path, [{"name": "a", "image": "sh", "args": ["true"]}])
+    with store._engine.begin() as conn:
+        conn.execute(text("UPDATE runs SET state = 'RUNNING', owner = 'elsewhere:1:1' WHERE run_id = :r"),
+                     {"r": run_id})
+        conn.execute(text("UPDATE task_runs SET state = 'RUNNING' WHERE run_id = :r"), {"r": run_id})
+    assert not store.mark_lost(run_id, "lost")  # its owner may be alive: this process cannot tell
+    assert store.run(run_id).state == "RUNNING"
+    assert store.take_over(store.run(run_id)) and store.mark_lost(run_id, "lost")
+    assert store.run(run_id).state == "CANCELLED"
+    assert [(t.task, t.state) for t in store.tasks(run_id)] == [("a", "SUCCEEDED")]  # its attempt ended DONE
+    assert not store.mark_lost(run_id, "lost")
+    store.close()

@@ -154,8 +154,12 @@ class Deployments:
                 which = ", ".join(f"{run_id} (by {owner})" for run_id, owner in live)
                 raise StoreError(f"pipeline {history} has a run in progress: {which}; its records are being "
                                  "written, so nothing was dropped or purged. Purge once it has ended")
-            doomed = select(runs.c.run_id).where(and_(runs.c.pipeline == history, or_(
-                runs.c.state != RunState.RUNNING.value, runs.c.run_id.in_([r for r, _ in running]))))
+            lost = [run_id for run_id, _ in running]
+            # Lock what is deleted (PostgreSQL; SQLite's write lock is already held): a retry that claims one
+            # of these runs meanwhile waits, then finds it gone, rather than write under a purge.
+            doomed = select(runs.c.run_id).where(runs.c.pipeline == history, or_(
+                runs.c.state != RunState.RUNNING.value,
+                and_(runs.c.run_id.in_(lost), runs.c.owner.in_([owner for _, owner in running])))).with_for_update()
             run_ids = [row[0] for row in conn.execute(doomed)]
             conn.execute(delete(attempts).where(attempts.c.run_id.in_(run_ids)))
             conn.execute(delete(task_runs).where(task_runs.c.run_id.in_(run_ids)))

@@ -32,6 +32,9 @@ _FIRST_PAUSE, _LONGEST_PAUSE = 0.05, 2.0
 class RunRecorder:
     """An engine listener that records a run in `store`; it says when it waits for the store and when it gives up."""
 
+    essential = True
+    """Should it ever raise, the engine cancels the run rather than run it unrecorded."""
+
     def __init__(self, store: Store, on_down: Callable[[str], None], on_wait: Callable[[str], None] | None = None,
                  patience: float = PATIENCE_SECS, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -54,6 +57,11 @@ class RunRecorder:
     def down(self) -> str | None:
         """Why the store stopped taking this run's records, if it did."""
         return self._down
+
+    def flush(self) -> bool:
+        """Try once more to write what the store did not take; True once nothing is left (for a long-lived service)."""
+        self._flush(None)
+        return not self._pending
 
     def __call__(self, event: Event) -> None:
         """Write `event` after every event before it; never raise."""
