@@ -177,8 +177,8 @@ def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run
     cancel: list[Callable[[], None]] = []
 
     def store_down(message: str) -> None:
-        errors.print(f"[red]error:[/red] {escape(message)}")
         asyncio.get_running_loop().call_soon(cancel[0])  # between engine steps, as a signal handler would
+        errors.print(f"[red]error:[/red] {escape(message)}")
 
     def store_waits(message: str) -> None:
         errors.print(f"[yellow]warning:[/yellow] {escape(message)}")

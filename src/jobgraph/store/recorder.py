@@ -13,6 +13,7 @@ under an owner that is about to exit, and the next jobgraph start closes it (rec
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -85,8 +86,8 @@ class RunRecorder:
                 if not fault.transient or deadline is None or self._clock() + pause > deadline:
                     self._give_up(str(fault), waited=fault.transient and deadline is not None)
                     return
-                if not waited and self._on_wait is not None and self._down is None:
-                    self._on_wait(f"{fault}; the run waits up to {self._patience:g}s for the store")
+                if not waited and self._down is None:
+                    self._tell(self._on_wait, f"{fault}; the run waits up to {self._patience:g}s for the store")
                 waited = True
                 self._sleep(pause)
                 pause = min(pause * 2, _LONGEST_PAUSE)
@@ -103,8 +104,8 @@ class RunRecorder:
                               waited=False)
                 return
             self._done()
-            if waited and self._on_wait is not None and self._down is None:
-                self._on_wait("the store is back; the run goes on")
+            if waited and self._down is None:
+                self._tell(self._on_wait, "the store is back; the run goes on")
                 waited = False
 
     def _done(self) -> None:
@@ -116,4 +117,12 @@ class RunRecorder:
             return
         self._down = why
         after = f" for {self._patience:g}s" if waited else ""
-        self._on_down(f"{why}; the store took no record{after}, so the run is cancelled (its jobs are stopped)")
+        self._tell(self._on_down, f"{why}; the store took no record{after}, so the run is cancelled (its jobs are "
+                                  "stopped)")
+
+    @staticmethod
+    def _tell(whom: Callable[[str], None] | None, message: str) -> None:
+        """Pass a message on; one that cannot be told (a closed terminal) must not stop the recording."""
+        if whom is not None:
+            with contextlib.suppress(Exception):
+                whom(message)
