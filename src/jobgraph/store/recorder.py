@@ -95,8 +95,9 @@ class RunRecorder:
             except IntegrityError as exc:
                 if not self._in_doubt:
                     self._done()
+                    detail = (str(exc.orig).strip().splitlines() or ["a conflict"])[0]
                     self._give_up(f"the store refused a record of run {event.run_id} ({type(event).__name__}: "
-                                  f"{str(exc.orig).strip().splitlines()[0]})", waited=False)
+                                  f"{detail})", waited=False)
                     return
             except Exception as exc:  # a record the store refuses must not hold back the others
                 self._done()
