@@ -186,3 +186,15 @@ def test_retry_says_which_definition_it_reruns_and_takes_a_repaired_file(
     assert (after.state, after.run_attempt, after.version) == ("SUCCEEDED", 3, None)
     assert "echo repaired" in after.snapshot
     store.close()
+
+
+def test_a_bad_store_patience_is_a_clear_error_and_nothing_runs(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "ran"
+    write_pipeline({"jobs": [sh("a", f"touch {marker}")]})
+    monkeypatch.setenv("JOBGRAPH_STORE_PATIENCE", "soon")
+    result = cli("run", "pipeline.yaml", check=2)
+    assert "field 'JOBGRAPH_STORE_PATIENCE': 'soon' is not a number of seconds from 0 to 86400" in result.stderr
+    assert "nothing was run." in result.stderr and not marker.exists()
+    with Store(store_url(tmp_path)) as records:
+        assert records.runs() == []
