@@ -9,6 +9,8 @@ bash scripts/setup-podman.sh
 bash scripts/build-images.sh
 echo "== PostgreSQL server for the store tests"
 bash scripts/setup-postgres.sh
+echo "== Slurm single-node cluster for the Slurm runner tests"
+bash scripts/setup-slurm.sh
 echo "== ruff"; "$VENV/bin/ruff" check src tests bench
 echo "== mypy"; "$VENV/bin/mypy"
 echo "== pytest"; "$VENV/bin/pytest" "$@"

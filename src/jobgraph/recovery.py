@@ -2,21 +2,20 @@
 
 `jobgraph run` and `jobgraph retry` call this first, so a lost run never stays RUNNING, no job
 process it started outlives it for long, and `jobgraph retry RUN_ID` can resume it. Job processes
-are found by the JOBGRAPH_RUN_ID every job gets in its environment (their process groups are
-killed); containers are removed by the container runner, by their owner label, when it next connects.
+are found by the containment module: the run's cgroups (which hold every process its jobs started,
+daemons included), and the JOBGRAPH_RUN_ID every job gets in its environment; containers are
+removed by the container runner, by their owner label, when it next connects.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 from jobgraph.config import Pipeline
 from jobgraph.errors import JobgraphError
 from jobgraph.owner import owner_is_gone
+from jobgraph.runners.containment import kill_lost_run, remove_empty_cgroups
 from jobgraph.store import Store
 
 LOST_REASON = "orchestrator lost: the jobgraph process running this run died"
@@ -24,7 +23,7 @@ LOST_REASON = "orchestrator lost: the jobgraph process running this run died"
 
 @dataclass(frozen=True)
 class LostRun:
-    """A run that was found orphaned and closed."""
+    """A run that was found orphaned and closed; `killed` counts the processes it had left."""
 
     run_id: str
     pipeline: str
@@ -41,7 +40,7 @@ def recover_lost_runs(store: Store, folder: Path) -> list[LostRun]:
     for run in store.running_runs():
         if run.owner is None or not owner_is_gone(run.owner) or not store.take_over(run):
             continue  # alive, or another process is closing it right now
-        killed = kill_processes_of_run(run.run_id)
+        killed = kill_lost_run(run.run_id)
         containers = 0
         for engine in container_engines(run.snapshot):
             try:
@@ -52,6 +51,7 @@ def recover_lost_runs(store: Store, folder: Path) -> list[LostRun]:
                 pass  # no engine reachable: the container runner removes them when it next connects
         store.mark_lost(run.run_id, LOST_REASON)
         lost.append(LostRun(run.run_id, run.pipeline, killed, containers))
+    remove_empty_cgroups()
     return lost
 
 
@@ -63,23 +63,3 @@ def container_engines(snapshot: str) -> set[str]:
         return set()
     jobs = pipeline.all_jobs()
     return {job.runner for job in jobs if job.runner in ("podman", "docker")}
-
-
-def kill_processes_of_run(run_id: str) -> int:
-    """SIGKILL the process group of every process whose environment names this run; return how many."""
-    marker = f"JOBGRAPH_RUN_ID={run_id}".encode()
-    groups: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environment = (entry / "environ").read_bytes()
-            if marker in environment.split(b"\0"):
-                groups.add(os.getpgid(int(entry.name)))
-        except (OSError, ProcessLookupError):
-            continue
-    groups.discard(os.getpgid(0))  # never our own group, whatever our environment says
-    for group in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, signal.SIGKILL)
-    return len(groups)

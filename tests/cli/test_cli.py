@@ -261,7 +261,7 @@ def test_kill_9_of_jobgraph_is_recovered_on_the_next_start_and_retry_resumes(
 
     gate.touch()
     retried = cli("retry", run_id, check=0)
-    assert f"run {run_id} of p: its jobgraph process died; killed 1 leftover process group(s)" in retried.stderr
+    assert f"run {run_id} of p: its jobgraph process died; killed 2 leftover process(es)" in retried.stderr
     assert all(not process_alive(pid) for pid in left)
     lost = next(a for a in store.attempts(run_id) if a.task == "slow")
     assert lost.status == "CANCELLED" and (lost.error or "").startswith("orchestrator lost")

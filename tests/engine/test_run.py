@@ -5,6 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +29,10 @@ from jobgraph.engine import (
     TaskChanged,
 )
 from jobgraph.runners import LocalRunner
+from jobgraph.runners.containment import cgroup_base
 from jobgraph.states import AttemptStatus, RunState, TaskState
-from tests.conftest import process_alive, sh
+from jobgraph.store import Store
+from tests.conftest import WritePipeline, process_alive, sh, store_url
 
 
 def make(jobs: list[dict[str, Any]], **fields: Any) -> Pipeline:
@@ -33,11 +40,23 @@ def make(jobs: list[dict[str, Any]], **fields: Any) -> Pipeline:
     return check_pipeline(Pipeline.model_validate(document), "test")
 
 
+def closing(runner: LocalRunner, run: Coroutine[Any, Any, RunResult]) -> RunResult:
+    """Run a graph, then close its runner as `jobgraph run` does."""
+
+    async def main() -> RunResult:
+        try:
+            return await run
+        finally:
+            await runner.aclose()
+
+    return asyncio.run(main())
+
+
 def execute(pipeline: Pipeline, tmp_path: Path, **kwargs: Any) -> tuple[RunResult, list[Event]]:
     events: list[Event] = []
     runner = LocalRunner(pipeline.images, cwd=tmp_path, kill_grace=1.0)
     graph_run = GraphRun(pipeline, lambda _job: runner, [events.append], tmp_path / "logs", **kwargs)
-    return asyncio.run(graph_run.run()), events
+    return closing(runner, graph_run.run()), events
 
 
 def states(events: list[Event], task: str) -> list[str]:
@@ -130,7 +149,7 @@ def test_a_listener_that_fails_never_touches_the_run(tmp_path: Path) -> None:
     pipeline = make([sh("a", "true"), sh("b", "true", after=["a"])])
     runner = LocalRunner(pipeline.images, cwd=tmp_path, kill_grace=1.0)
     graph_run = GraphRun(pipeline, lambda _job: runner, [broken, events.append], tmp_path / "logs")
-    result = asyncio.run(graph_run.run())
+    result = closing(runner, graph_run.run())
     assert result.state == RunState.SUCCEEDED
     assert isinstance(events[-1], RunEnded) and events[-1].state == RunState.SUCCEEDED
     assert [listener for listener, _ in graph_run.listener_failures] == [broken]
@@ -153,7 +172,7 @@ def test_an_essential_listener_that_fails_cancels_the_run_rather_than_run_unreco
     runner = LocalRunner(pipeline.images, cwd=tmp_path, kill_grace=1.0)
     events: list[Event] = []
     graph_run = GraphRun(pipeline, lambda _job: runner, [Recorder(), events.append], tmp_path / "logs")
-    result = asyncio.run(graph_run.run())
+    result = closing(runner, graph_run.run())
     assert result.state == RunState.CANCELLED
     assert not marker.exists()
     assert {e.task: e.state for e in events if isinstance(e, TaskChanged) and e.state in ("CANCELLED",)} == {
@@ -193,7 +212,7 @@ def test_cancel_stops_running_jobs_and_still_runs_the_finalizer(tmp_path: Path) 
         graph_run.cancel()
         return await task
 
-    result = asyncio.run(main())
+    result = closing(runner, main())
     assert result.state == RunState.CANCELLED
     assert result.tasks["slow"] == TaskState.CANCELLED and result.tasks["later"] == TaskState.CANCELLED
     assert not process_alive(int(pids.read_text()))
@@ -252,10 +271,12 @@ def test_a_retry_keeps_what_succeeded_and_numbers_attempts_on(tmp_path: Path) ->
 
 @pytest.fixture(autouse=True)
 def _no_stray_children() -> None:
-    """Every test here must leave no child process of the test runner behind."""
+    """Every test here must leave no child process of the test runner behind, and no cgroup of its jobs."""
     yield  # type: ignore[misc]
     children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
     assert [c for c in children if process_alive(int(c))] == []
+    base = cgroup_base()
+    assert base is None or list(base.glob(f"{os.getpid()}-*")) == []
 
 
 def test_a_cancel_landing_as_a_job_is_dispatched_still_ends_the_run_cleanly(tmp_path: Path) -> None:
@@ -270,7 +291,7 @@ def test_a_cancel_landing_as_a_job_is_dispatched_still_ends_the_run_cleanly(tmp_
 
     graph_run = GraphRun(pipeline, lambda _job: runner, [events.append, cancel_when_b_queues], tmp_path / "logs")
     holder.append(graph_run)
-    result = asyncio.run(graph_run.run())
+    result = closing(runner, graph_run.run())
     assert result.state == RunState.CANCELLED and result.tasks["b"] == TaskState.CANCELLED
     assert any(isinstance(e, RunEnded) for e in events)
 
@@ -287,9 +308,62 @@ def test_an_unexpected_runner_error_fails_that_job_not_the_run(tmp_path: Path) -
     pipeline = make([sh("a", "true"), sh("b", "true")])
     runner = BrokenRunner(pipeline.images, cwd=tmp_path)
     events: list[Event] = []
-    result = asyncio.run(GraphRun(pipeline, lambda _job: runner, [events.append], tmp_path / "logs").run())
+    result = closing(runner, GraphRun(pipeline, lambda _job: runner, [events.append], tmp_path / "logs").run())
     assert result.state == RunState.FAILED and result.tasks == {"a": "FAILED", "b": "FAILED"}
     ended = [e for e in events if isinstance(e, AttemptEnded)]
     assert {e.status for e in ended} == {AttemptStatus.ERROR}
     assert all("internal error: ValueError('boom')" in (e.error or "") for e in ended)
     assert isinstance(events[-1], RunEnded)
+
+
+STUBBORN = "trap 'echo term >> {term}' TERM; echo $$ >> {pids}; while :; do sleep 0.05; done"
+"""A job that ignores SIGTERM (noting each one), so a kill grace runs to its end."""
+
+
+def test_a_cancel_during_a_timeouts_kill_grace_still_ends_the_attempt_and_the_job(tmp_path: Path) -> None:
+    term, pids = tmp_path / "term", tmp_path / "pids"
+    pipeline = make([sh("stubborn", STUBBORN.format(term=term, pids=pids), timeout=0.3), sh("later", "true")],
+                    pools={"one": {"max_parallel": 1}}, defaults={"pool": "one"})
+    events: list[Event] = []
+    runner = LocalRunner(pipeline.images, cwd=tmp_path, kill_grace=1.5)
+    graph_run = GraphRun(pipeline, lambda _job: runner, [events.append], tmp_path / "logs")
+
+    async def main() -> RunResult:
+        task = asyncio.create_task(graph_run.run())
+        while not term.exists():
+            await asyncio.sleep(0.02)
+        graph_run.cancel()
+        return await task
+
+    result = closing(runner, main())
+    started = [(e.task, e.attempt) for e in events if isinstance(e, AttemptStarted)]
+    ended = [(e.task, e.attempt, e.status) for e in events if isinstance(e, AttemptEnded)]
+    assert started == [("stubborn", 1)] and ended == [("stubborn", 1, AttemptStatus.TIMEOUT)]
+    assert result.state == RunState.CANCELLED
+    assert result.tasks == {"stubborn": TaskState.CANCELLED, "later": TaskState.CANCELLED}
+    assert states(events, "stubborn")[-1] == TaskState.CANCELLED
+    assert not process_alive(int(pids.read_text()))
+
+
+def test_sigint_during_a_timeouts_kill_grace_leaves_every_record_ended(
+        tmp_path: Path, write_pipeline: WritePipeline) -> None:
+    term, pids = tmp_path / "term", tmp_path / "pids"
+    path = write_pipeline({"jobs": [sh("stubborn", STUBBORN.format(term=term, pids=pids), timeout=0.3,
+                                       retries=2)]})
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph"), "JOBGRAPH_KILL_GRACE": "1.5"}
+    env.pop("JOBGRAPH_STORE", None)
+    process = subprocess.Popen([sys.executable, "-m", "jobgraph", "run", str(path)], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not term.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, out + err
+    store = Store(store_url(tmp_path))
+    run = store.runs(1)[0]
+    assert run.state == RunState.CANCELLED and run.finished_at is not None
+    assert [(t.task, t.state) for t in store.tasks(run.run_id)] == [("stubborn", TaskState.CANCELLED)]
+    assert [(a.attempt, a.status) for a in store.attempts(run.run_id)] == [(1, AttemptStatus.TIMEOUT)]
+    assert all(a.finished_at is not None for a in store.attempts(run.run_id))
+    assert not process_alive(int(pids.read_text()))

@@ -18,6 +18,7 @@ from jobgraph.config import Pipeline, load
 from jobgraph.config.validate import did_you_mean
 from jobgraph.errors import ConfigError, Problem
 from jobgraph.graph import Dag
+from jobgraph.runners.registry import RUNNER_NAMES, settings_model
 from jobgraph.schedule import parse_schedule
 
 FileArgument = Annotated[Path, typer.Argument(help="Pipeline file: native YAML/JSON, or the seed's jobconfig.json")]
@@ -142,4 +143,11 @@ def _as_json(pipeline: Pipeline, dag: Dag, names: list[str]) -> dict[str, object
 
 def schema() -> None:
     """Print the JSON Schema of the native pipeline form, for editors and CI checks."""
-    console.print_json(json.dumps(Pipeline.model_json_schema()))
+    document = Pipeline.model_json_schema()
+    sections = document["properties"]["runners"]
+    sections["properties"] = {}
+    for name in RUNNER_NAMES:
+        model = settings_model(name)
+        if model is not None:
+            sections["properties"][name] = model.model_json_schema()
+    _write(json.dumps(document, indent=2))

@@ -255,7 +255,7 @@ def report_lost_runs(records: Store) -> None:
     for lost in recover_lost_runs(records, home()):
         containers = f" and {lost.containers} container(s)" if lost.containers else ""
         errors.print(f"run {lost.run_id} of {lost.pipeline}: its jobgraph process died; killed "
-                     f"{lost.killed} leftover process group(s){containers}, marked it CANCELLED "
+                     f"{lost.killed} leftover process(es){containers}, marked it CANCELLED "
                      f"(`jobgraph retry {lost.run_id}` resumes it)")
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from jobgraph.runners.registry import RUNNER_NAMES
 from jobgraph.schedule import parse_schedule
 
 MAX_RETRIES = 100
@@ -75,7 +76,13 @@ def _split_after(value: Any) -> Any:
 
 
 Name = Annotated[str, BeforeValidator(_require_str), AfterValidator(check_name)]
-RunnerName = Literal["local", "podman", "docker"]
+def _check_runner_name(value: str) -> str:
+    if value not in RUNNER_NAMES:
+        raise ValueError(f"unknown runner {value!r}; the runners are {', '.join(RUNNER_NAMES)}")
+    return value
+
+
+RunnerName = Annotated[str, AfterValidator(_check_runner_name), Field(json_schema_extra={"enum": list(RUNNER_NAMES)})]
 NetworkMode = Literal["none", "bridge", "host"]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Retries = Annotated[int, Field(strict=True, ge=0, le=MAX_RETRIES)]
@@ -223,6 +230,9 @@ class Pipeline(_Model):
         default=None, description="Seed-form arrays (paths relative to this file) whose jobs are added."
     )
     finalizer: Finalizer | None = None
+    runners: dict[RunnerName, dict[str, Any]] = Field(
+        default_factory=dict, description="Settings of each runner, e.g. runners: {slurm: {partition: debug}}; "
+        "`jobgraph schema` lists each runner's fields")
 
     @model_validator(mode="after")
     def _apply_defaults(self) -> Pipeline:

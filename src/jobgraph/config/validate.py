@@ -5,12 +5,12 @@ from __future__ import annotations
 import difflib
 import graphlib
 from collections.abc import Iterable
-from typing import get_args
 
-from jobgraph.config.model import Job, Pipeline, RunnerName
+from pydantic import ValidationError
+
+from jobgraph.config.model import Job, Pipeline
 from jobgraph.errors import ConfigError, Problem
-
-RUNNER_NAMES: tuple[str, ...] = get_args(RunnerName)
+from jobgraph.runners.registry import BACKENDS, RUNNER_NAMES, settings_model
 
 
 def check_pipeline(pipeline: Pipeline, file: str, runner: str | None = None) -> Pipeline:
@@ -54,14 +54,16 @@ def check_pipeline(pipeline: Pipeline, file: str, runner: str | None = None) -> 
     else:
         unmapped: dict[str, list[str]] = {}
         for job in everything:
-            if (runner or job.runner) == "local" and job.image not in pipeline.images:
+            used = runner or job.runner or "local"
+            if BACKENDS[used].host_commands and job.image not in pipeline.images:
                 unmapped.setdefault(job.image, []).append(job.name)
         for image, users in unmapped.items():
             others = f" (also used by {', '.join(users[1:])})" if len(users) > 1 else ""
             problems.append(Problem(
-                f"image '{image}' has no command in 'images': the local runner needs the host command "
-                f"that stands for it, e.g. images: {{'{image}': [python, -m, jobgraph.jobs.sql]}}{others}",
+                f"image '{image}' has no command in 'images': the local and slurm runners need the host "
+                f"command that stands for it, e.g. images: {{'{image}': [python, -m, jobgraph.jobs.sql]}}{others}",
                 job=users[0], field="image"))
+    problems.extend(runner_settings_problems(pipeline))
     if problems:
         raise ConfigError(file, problems)
 
@@ -70,6 +72,25 @@ def check_pipeline(pipeline: Pipeline, file: str, runner: str | None = None) -> 
         raise ConfigError(file, [Problem("the jobs form a cycle: " + " -> ".join(cycle), job=cycle[0],
                                          field="after")])
     return pipeline.model_copy(update={"jobs": tuple(jobs)})
+
+
+def runner_settings_problems(pipeline: Pipeline) -> list[Problem]:
+    """Each `runners: {name: {...}}` section checked against that runner's own settings model."""
+    problems = []
+    for name, values in pipeline.runners.items():
+        model = settings_model(name)
+        if model is None:
+            if values:
+                problems.append(Problem(f"the {name} runner takes no settings", field=f"runners.{name}"))
+            continue
+        try:
+            model.model_validate(values)
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False):
+                where = ".".join(str(part) for part in ("runners", name, *error["loc"]))
+                message = "unknown field" if error["type"] == "extra_forbidden" else str(error["msg"])
+                problems.append(Problem(message.removeprefix("Value error, "), field=where))
+    return problems
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

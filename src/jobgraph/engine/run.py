@@ -9,7 +9,6 @@ predecessor did not succeed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import json
 import uuid
@@ -287,30 +286,27 @@ class GraphRun:
         self._emit(AttemptStarted(self.run_id, job.name, attempt, started, log_path))
         handle = None
         outcome = Outcome(AttemptStatus.CANCELLED, None, "cancelled")
+        waited = False
         try:
-            handle = await runner.start(spec)
-            outcome = await asyncio.wait_for(runner.wait(handle), job.timeout)
-        except RunnerError as exc:
-            outcome = Outcome(AttemptStatus.ERROR, None, str(exc))
-        except TimeoutError:
-            outcome = Outcome(AttemptStatus.TIMEOUT, None, f"timed out after {job.timeout:g}s")
-            await _stop(runner, handle)
-        except asyncio.CancelledError:
-            await _stop(runner, handle)
-            self._emit(AttemptEnded(self.run_id, job.name, attempt, AttemptStatus.CANCELLED, started, now(),
-                                    None, "cancelled", log_path))
-            raise
-        except Exception as exc:
-            outcome = Outcome(AttemptStatus.ERROR, None, f"internal error: {exc!r}")
-            await _stop(runner, handle)
-        error = outcome.error
-        if outcome.status != AttemptStatus.DONE and handle is not None:
-            with contextlib.suppress(Exception):
-                tail = (await runner.logs(handle, LOG_TAIL_BYTES)).strip()
-                error = f"{error}\n{tail}" if tail else error
-        error = redact(error, self._secret_values) if error else None
-        self._emit(AttemptEnded(self.run_id, job.name, attempt, outcome.status, started, now(),
-                                outcome.exit_code, error, log_path))
+            try:
+                handle = await runner.start(spec)
+                outcome = await asyncio.wait_for(runner.wait(handle), job.timeout)
+                waited = True  # the runner has cleaned up after the job
+            except RunnerError as exc:
+                outcome = Outcome(AttemptStatus.ERROR, None, str(exc))
+            except TimeoutError:
+                outcome = Outcome(AttemptStatus.TIMEOUT, None, f"timed out after {job.timeout:g}s")
+            except Exception as exc:
+                outcome = Outcome(AttemptStatus.ERROR, None, f"internal error: {exc!r}")
+            finally:  # a timeout, an error or a cancel: stop the job, even if cancelled meanwhile
+                if not waited:
+                    await _stop(runner, handle)
+            if outcome.status not in (AttemptStatus.DONE, AttemptStatus.CANCELLED) and handle is not None:
+                outcome = await _with_log_tail(runner, handle, outcome)
+        finally:  # whatever interrupted what, the attempt that started ends, with what is known of it
+            error = redact(outcome.error, self._secret_values) if outcome.error else None
+            self._emit(AttemptEnded(self.run_id, job.name, attempt, outcome.status, started, now(),
+                                    outcome.exit_code, error, log_path))
         return Outcome(outcome.status, outcome.exit_code, error)
 
     def _env(self, job: Job, attempt: int) -> dict[str, str]:
@@ -380,12 +376,31 @@ class GraphRun:
 
 
 async def _stop(runner: AnyRunner, handle: object) -> None:
-    """Have the runner stop a job, and finish doing so even if this task is cancelled meanwhile."""
+    """Have the runner stop a job, and finish doing so however often this task is cancelled meanwhile.
+
+    A cancel that arrives while the job is being stopped is raised once the job is stopped.
+    """
     if handle is None:
         return
     stopping = asyncio.ensure_future(runner.cancel(handle))
+    cancelled = False
+    while not stopping.done():
+        try:
+            await asyncio.shield(stopping)
+        except asyncio.CancelledError:
+            if stopping.cancelled():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    stopping.result()
+
+
+async def _with_log_tail(runner: AnyRunner, handle: object, outcome: Outcome) -> Outcome:
+    """The outcome with the end of the job's output added to its error, for the error column."""
     try:
-        await asyncio.shield(stopping)
-    except asyncio.CancelledError:
-        await stopping
-        raise
+        tail = (await runner.logs(handle, LOG_TAIL_BYTES)).strip()
+    except Exception:
+        return outcome
+    error = f"{outcome.error}\n{tail}" if tail else outcome.error
+    return Outcome(outcome.status, outcome.exit_code, error)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import docker
 import docker.errors
@@ -30,6 +30,11 @@ from jobgraph.owner import owner_is_gone, owner_label
 from jobgraph.runners.base import JobSpec, Outcome, redact, tail_of
 from jobgraph.runners.service import EngineService, find_or_start
 from jobgraph.states import AttemptStatus
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from jobgraph.config.model import Pipeline
 
 LABEL = "jobgraph"
 WAIT_POLL_SECS = 5.0
@@ -306,3 +311,9 @@ def _explain(exc: Exception) -> str:
     if isinstance(exc, docker.errors.APIError):
         return str(exc.explanation or exc)
     return str(exc)
+
+
+def build(name: str, pipeline: Pipeline, _settings: BaseModel | None, folder: Path,
+          cwd: Path | None) -> ContainerRunner:
+    """The registry's constructor: `name` is the engine (podman or docker)."""
+    return ContainerRunner(name, folder, pipeline.container_images, cwd=cwd)

@@ -1,7 +1,8 @@
-"""Run a job as a host process: the image's mapped command plus the job's args, in its own process group.
+"""Run a job as a host process: the image's mapped command plus the job's args, in its own session.
 
-The process group is what makes "no process left behind" true: a timeout or a cancel signals the
-whole group, and once the job's main process has exited any child it left in the group is killed.
+"No process left behind" is the containment module's: every process the job starts, whatever it does
+with sessions and groups, belongs to its attempt; when the main process exits, when it times out or
+is cancelled, every one of them is killed (cancel first sends SIGTERM and gives them `kill_grace`).
 """
 
 from __future__ import annotations
@@ -15,36 +16,43 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jobgraph.errors import RunnerError
 from jobgraph.runners.base import JobSpec, Outcome, redact_file, tail_of
+from jobgraph.runners.containment import Attempt, containment
 from jobgraph.states import AttemptStatus
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from jobgraph.config.model import Pipeline
 
 PYTHON_ALIASES = frozenset({"python", "python3"})
 """In an image's command, these mean the Python that runs jobgraph, so a venv needs no activation."""
 
+KILL_GRACE = 5.0
+"""Seconds a cancelled or timed-out job has between SIGTERM and SIGKILL; JOBGRAPH_KILL_GRACE sets it."""
+
 
 @dataclass
 class LocalProcess:
-    """A started job: its process and group."""
+    """A started job: its main process, and every process of its attempt."""
 
     popen: subprocess.Popen[bytes]
     spec: JobSpec
-
-    @property
-    def pgid(self) -> int:
-        """The job's process group: its main process started a new session, so it is the leader."""
-        return self.popen.pid
+    processes: Attempt
 
 
 class LocalRunner:
     """Runner for host processes."""
 
     def __init__(self, images: Mapping[str, Sequence[str]], cwd: Path | None = None,
-                 kill_grace: float = 5.0) -> None:
+                 kill_grace: float | None = None) -> None:
         self._images = images
         self._cwd = cwd
         self._kill_grace = kill_grace
+        self._runs: set[str] = set()
 
     def command(self, spec: JobSpec) -> list[str]:
         """The host command for a job: the image's command, then the job's args."""
@@ -64,7 +72,10 @@ class LocalRunner:
         command = self.command(spec)
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k not in spec.withheld_env} | dict(spec.env)
-        with spec.log_path.open("ab") as log:
+        self.kill_grace()  # a bad setting stops the job before it starts, not when it must be killed
+        processes = containment().attempt(spec.run_id, spec.task, spec.attempt, env)
+        self._runs.add(spec.run_id)
+        with spec.log_path.open("ab") as log, processes.placing():
             try:
                 popen = subprocess.Popen(
                     command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -72,14 +83,14 @@ class LocalRunner:
                 )
             except OSError as exc:
                 raise RunnerError(f"cannot start {command[0]!r}: {exc.strerror or exc}") from None
-        return LocalProcess(popen, spec)
+        processes.started(popen.pid)
+        return LocalProcess(popen, spec, processes)
 
     async def wait(self, handle: LocalProcess) -> Outcome:
-        """Wait for the main process, then kill whatever it left behind in its group."""
+        """Wait for the main process, then kill whatever it left behind, then reap it."""
         await _exited(handle.popen)
+        await handle.processes.end()
         code = handle.popen.wait()
-        if _kill_group(handle.pgid, signal.SIGKILL):
-            await _group_gone(handle.pgid)
         redact_file(handle.spec.log_path, handle.spec.secret_values)
         if code == 0:
             return Outcome(AttemptStatus.DONE, 0)
@@ -93,52 +104,43 @@ class LocalRunner:
         return tail_of(handle.spec.log_path, tail_bytes)
 
     async def cancel(self, handle: LocalProcess) -> None:
-        """SIGTERM the group, give it `kill_grace` seconds, then SIGKILL it; reap the main process."""
-        if handle.popen.poll() is None:
-            _kill_group(handle.pgid, signal.SIGTERM)
+        """SIGTERM every process of the attempt, give them `kill_grace` seconds, SIGKILL what is left."""
+        if handle.processes.alive():
+            handle.processes.signal(signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_exited(handle.popen), self._kill_grace)
-        _kill_group(handle.pgid, signal.SIGKILL)
+                await asyncio.wait_for(_all_gone(handle.processes), self.kill_grace())
+        await handle.processes.end()
         handle.popen.wait()
-        if _kill_group(handle.pgid, signal.SIGKILL):
-            await _group_gone(handle.pgid)
         redact_file(handle.spec.log_path, handle.spec.secret_values)
 
-    async def aclose(self) -> None:
-        """Nothing to release: every process is reaped by wait or cancel."""
-
-
-def _kill_group(pgid: int, sig: signal.Signals) -> bool:
-    """Signal a process group; False when no process is left in it."""
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-async def _group_gone(pgid: int, timeout: float = 5.0) -> None:
-    """Wait until no live process remains in the group: a SIGKILL is delivered, not instantly obeyed.
-
-    Only called when the group still had members, so the common case (none) costs nothing.
-    """
-    deadline = asyncio.get_running_loop().time() + timeout
-    while _live_members(pgid) and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.01)
-
-
-def _live_members(pgid: int) -> bool:
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
+    def kill_grace(self) -> float:
+        """The grace given, JOBGRAPH_KILL_GRACE seconds unless set when the runner was made."""
+        if self._kill_grace is not None:
+            return self._kill_grace
+        setting = os.environ.get("JOBGRAPH_KILL_GRACE", "").strip()
+        if not setting:
+            return KILL_GRACE
         try:
-            with open(f"/proc/{entry.name}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-    return False
+            grace = float(setting)
+        except ValueError:
+            grace = -1.0
+        if not 0 <= grace <= 3600:
+            raise RunnerError(f"JOBGRAPH_KILL_GRACE={setting!r} is not a number of seconds from 0 to 3600")
+        return grace
+
+    async def aclose(self) -> None:
+        """Every attempt's processes are killed and reaped by wait or cancel; remove what held the runs."""
+        for run_id in self._runs:
+            containment().end_run(run_id)
+        self._runs.clear()
+
+
+async def _all_gone(processes: Attempt) -> None:
+    """Return once no process of the attempt is alive; polled, as no kernel event covers them all."""
+    delay = 0.005
+    while processes.alive():
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 async def _exited(popen: subprocess.Popen[bytes]) -> None:
@@ -163,3 +165,9 @@ async def _exited(popen: subprocess.Popen[bytes]) -> None:
     finally:
         loop.remove_reader(pidfd)
         os.close(pidfd)
+
+
+def build(_name: str, pipeline: Pipeline, _settings: BaseModel | None, _folder: Path,
+          cwd: Path | None) -> LocalRunner:
+    """The registry's constructor: the pipeline's `images` say which host command stands for each image."""
+    return LocalRunner(pipeline.images, cwd=cwd)

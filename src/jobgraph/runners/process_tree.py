@@ -1,0 +1,189 @@
+"""The process layer of containment: an attempt's processes found in /proc, for when cgroups cannot be had.
+
+An attempt's processes are those whose environment carries its marker (JOBGRAPH_RUN_ID, JOBGRAPH_TASK,
+JOBGRAPH_ATTEMPT), the members of its main process's group and session, and all their descendants.
+jobgraph is a child subreaper, so a daemon whose parent died is reparented to jobgraph, not to init:
+it stays a descendant, and once it exits jobgraph reaps it. A process that clears its environment and
+leaves the job's session after its parent died is not found: that is what the cgroup layer adds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import functools
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+KILL_TIMEOUT = 10.0
+"""How long a SIGKILLed attempt may take to be gone (a process in uninterruptible sleep takes a while)."""
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+@dataclass
+class _Process:
+    pid: int
+    parent: int
+    group: int
+    session: int
+    zombie: bool
+    started: int
+    """Clock ticks since boot."""
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """The process, in a way a reused pid cannot fool."""
+        return self.pid, self.started
+
+
+_MAINS: set[int] = set()
+"""Main processes of this jobgraph's live attempts: their runner reaps them, so the orphan reaper must not."""
+
+
+@dataclass
+class ProcessAttempt:
+    """An attempt found by its environment marker, its group and session, and their descendants."""
+
+    marker: frozenset[bytes]
+    main: int | None = None
+    main_started: int = 0
+    seen: set[tuple[int, int]] = field(default_factory=set)
+
+    def placing(self) -> contextlib.AbstractContextManager[None]:
+        """Nothing to do: the main process starts its own session and carries the marker."""
+        return contextlib.nullcontext()
+
+    def started(self, pid: int) -> None:
+        """Remember the main process: its group and session are the job's, and nothing of it is older."""
+        self.main = pid
+        _MAINS.add(pid)
+        process = _read_process(pid)
+        self.main_started = process.started if process is not None else 0
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Signal each live process of the attempt."""
+        _signal_all(self._living(_scan()), sig)
+
+    def alive(self) -> bool:
+        """Whether a live process of the attempt remains."""
+        return bool(self._living(_scan()))
+
+    async def end(self) -> None:
+        """SIGKILL every process of the attempt until none is left; reap the orphans left to jobgraph."""
+        deadline = time.monotonic() + KILL_TIMEOUT
+        delay = 0.001
+        while time.monotonic() < deadline:
+            processes = _scan()
+            _reap_orphans(processes)
+            living = self._living(processes)
+            if not living:
+                break
+            _signal_all(living, signal.SIGKILL)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        _MAINS.discard(self.main or 0)  # no await from here until the runner reaps it
+
+    def _living(self, processes: dict[int, _Process]) -> list[_Process]:
+        roots = {self.main} if self.main is not None else set()
+        members = _family(processes, lambda p, env: p.key in self.seen or p.group in roots or p.session in roots
+                          or (p.started >= self.main_started and self.marker <= env()))
+        self.seen.update(p.key for p in members)
+        return [p for p in members if not p.zombie]
+
+
+def kill_marked_processes(run_id: str) -> int:
+    """SIGKILL every process whose environment names this run, their groups and descendants; say how many."""
+    marker = f"JOBGRAPH_RUN_ID={run_id}".encode()
+    processes = _scan()
+    groups = {p.group for p in _family(processes, lambda _p, env: marker in env())} - {os.getpgid(0)}
+    doomed = [p for p in _family(processes, lambda p, env: p.group in groups or marker in env()) if not p.zombie]
+    _signal_all(doomed, signal.SIGKILL)
+    return len(doomed)
+
+
+def _scan() -> dict[int, _Process]:
+    """Every process on the host, from /proc."""
+    processes = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            process = _read_process(int(entry.name))
+            if process is not None:
+                processes[process.pid] = process
+    return processes
+
+
+def _family(processes: dict[int, _Process],
+            is_seed: Callable[[_Process, Callable[[], frozenset[bytes]]], bool]) -> list[_Process]:
+    """The processes that match `is_seed` (given a way to read each one's environment), and their descendants.
+
+    Never jobgraph itself.
+    """
+    children: dict[int, list[_Process]] = {}
+    for process in processes.values():
+        children.setdefault(process.parent, []).append(process)
+    found: dict[int, _Process] = {}
+    stack = [p for p in processes.values()
+             if p.pid != os.getpid() and is_seed(p, functools.partial(_environment, p))]
+    while stack:
+        process = stack.pop()
+        if process.pid not in found and process.pid != os.getpid():
+            found[process.pid] = process
+            stack += children.get(process.pid, [])
+    return list(found.values())
+
+
+def _signal_all(processes: list[_Process], sig: signal.Signals) -> None:
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(process.pid, sig)
+
+
+def _reap_orphans(processes: dict[int, _Process]) -> None:
+    """Reap the zombies reparented to jobgraph (its subreaper's duty); never a main process a runner awaits."""
+    for process in processes.values():
+        if process.zombie and process.parent == os.getpid() and process.pid not in _MAINS:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(process.pid, os.WNOHANG)
+
+
+def _read_process(pid: int) -> _Process | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return _Process(pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0] in (b"Z", b"X"),
+                    int(fields[19]))
+
+
+def _environment(process: _Process) -> frozenset[bytes]:
+    """A process's environment entries (none for a zombie, or one that is gone or not ours to read)."""
+    if process.zombie:
+        return frozenset()
+    try:
+        with open(f"/proc/{process.pid}/environ", "rb") as environ:
+            return frozenset(environ.read().split(b"\0"))
+    except OSError:
+        return frozenset()
+
+
+def parent_of(pid: int) -> int | None:
+    """The pid of a process's parent (None if it is gone)."""
+    process = _read_process(pid)
+    return process.parent if process is not None else None
+
+
+def become_subreaper() -> str:
+    """Make orphaned descendants of jobgraph its children, not init's; say whether that worked."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0:
+            return "is their child subreaper"
+        return f"cannot be their subreaper ({os.strerror(ctypes.get_errno())})"
+    except (OSError, AttributeError) as exc:
+        return f"cannot be their subreaper ({exc})"
