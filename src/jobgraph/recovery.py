@@ -38,8 +38,8 @@ def recover_lost_runs(store: Store, folder: Path) -> list[LostRun]:
     """
     lost = []
     for run in store.running_runs():
-        if run.owner is None or not owner_is_gone(run.owner):
-            continue
+        if run.owner is None or not owner_is_gone(run.owner) or not store.take_over(run):
+            continue  # alive, or another process is closing it right now
         killed = kill_lost_run(run.run_id)
         containers = 0
         for engine in container_engines(run.snapshot):

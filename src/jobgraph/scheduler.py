@@ -119,7 +119,7 @@ class Scheduler:
             return  # on this host `recover` checked its pid
         reason = f"orchestrator lost: its scheduler service {previous.holder} stopped renewing its lease"
         for run in self.store.running_runs():
-            if run.owner == previous.holder:
+            if run.owner == previous.holder and self.store.take_over(run):
                 self.store.mark_lost(run.run_id, reason)
                 self.on_message(f"run {run.run_id} of {run.pipeline}: its scheduler service {previous.holder} "
                                 "stopped renewing its lease; marked it CANCELLED (its job processes on that host "

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, inspect, make_url, text
 from sqlalchemy.engine import Engine
 
 from jobgraph.store import Store
+from jobgraph.store.faults import StoreFault
 from jobgraph.store.store import migrate, schema_version
 from jobgraph.store.tables import SCHEMA_VERSION
 from tests.store.test_store import run_into
@@ -132,4 +137,42 @@ def test_0003_downgrades_to_0002_and_back(store_url: str, tmp_path: Path) -> Non
     assert [(t.task, t.state) for t in store.tasks(run_id)] == [("a", "SUCCEEDED")]
     assert [(a.task, a.status) for a in store.attempts(run_id)] == [("a", "DONE")]
     store.close()
+    engine.dispose()
+
+
+def first_opens(tmp_path: Path, url: str, count: int) -> list[subprocess.CompletedProcess[str]]:
+    """`count` `jobgraph history` processes opening the same store at once."""
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph")}
+    processes = [subprocess.Popen([sys.executable, "-m", "jobgraph", "history", "--store", url], cwd=tmp_path,
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(count)]
+    outputs = [p.communicate(timeout=120) for p in processes]
+    return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(processes, outputs, strict=True)]
+
+
+def test_eight_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path, store_url: str) -> None:
+    results = first_opens(tmp_path, store_url, 8)
+    assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results]
+    assert not any(r.stderr for r in results), [r.stderr for r in results]
+    engine = create_engine(store_url)
+    assert schema_version(engine) == SCHEMA_VERSION
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
+    engine.dispose()
+
+
+def test_an_interrupted_upgrade_changes_nothing_and_runs_again(store_url: str) -> None:
+    engine = create_engine(store_url)
+    migrate(engine, to="0001")
+    with engine.begin() as conn:  # something in the way of a late step of 0002
+        conn.execute(text("CREATE TABLE leases (name VARCHAR(64))"))
+    with pytest.raises(StoreFault, match=rf"cannot upgrade the store .* from version 0001 to {SCHEMA_VERSION}: "
+                                         r"\S*(table|relation) \S*leases\S* already exists; nothing was changed"):
+        Store(store_url)
+    assert schema_version(engine) == "0001"
+    assert not {"pipelines", "pipeline_versions", "fires"} & set(inspect(engine).get_table_names())
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE leases"))
+    Store(store_url).close()
+    assert schema_version(engine) == SCHEMA_VERSION
     engine.dispose()

@@ -15,6 +15,7 @@ from jobgraph.engine import Event, GraphRun, PriorTask
 from jobgraph.errors import StoreError
 from jobgraph.runners import LocalRunner
 from jobgraph.store import Store
+from jobgraph.store.ownership import RunBusy
 from jobgraph.store.views import VIEW_NAMES
 
 SEED_JOBS_RUN_STATS = ["root_task_name", "task_name", "job_status", "graph_run_id", "graph_start_time",
@@ -102,6 +103,15 @@ def test_a_retry_reopens_the_run_in_the_store(tmp_path: Path, store_url: str) ->
     runner = LocalRunner({"sh": ("sh", "-c")}, cwd=tmp_path)
     fixed = pipeline.model_copy(update={"jobs": (pipeline.jobs[0].model_copy(update={"args": ("true",)}),)})
     prior = {t.task: PriorTask(t.state, t.attempts, t.return_value) for t in store.tasks(run_id)}
+    unclaimed = GraphRun(fixed, lambda _j: runner, [store], tmp_path / "logs", run_id=run_id, prior=prior,
+                         run_attempt=2)
+    assert asyncio.run(unclaimed.run()).state == "CANCELLED"  # the store refused to record it: nothing ran
+    [(_, refused)] = unclaimed.listener_failures
+    assert isinstance(refused, RunBusy) and "was not claimed for attempt 2 by this process" in str(refused)
+    assert store.run(run_id).state == "FAILED" and [a.attempt for a in store.attempts(run_id)] == [1]
+
+    claimed = store.claim_run(store.run(run_id))
+    assert (claimed.state, claimed.run_attempt, claimed.owner) == ("RUNNING", 2, store.owner)
     asyncio.run(GraphRun(fixed, lambda _j: runner, [store], tmp_path / "logs", run_id=run_id, prior=prior,
                          run_attempt=2).run())
     run = store.run(run_id)
@@ -128,4 +138,37 @@ def test_listing_runs_reads_no_snapshot_and_counts_jobs_in_one_query(tmp_path: P
     assert len(statements) == 2 and not any("snapshot" in s for s in statements)
     assert [r.run_id for r in listed] == run_ids[::-1]
     assert all(r.task_counts == {"SUCCEEDED": 1, "FAILED": 1, "SKIPPED": 1} for r in listed)
+    store.close()
+
+
+def test_a_run_is_claimed_by_exactly_one_of_the_processes_that_saw_it(tmp_path: Path, store_url: str) -> None:
+    first, second = Store(store_url), Store(store_url)
+    second.owner = "other-host:1:1"
+    run_id = run_into(first, tmp_path, [{"name": "a", "image": "sh", "args": ["exit 1"]}])
+    seen = first.run(run_id)
+    assert first.claim_run(seen).run_attempt == 2
+    with pytest.raises(RunBusy, match=f"run {run_id} is already being retried by {first.owner} \\(attempt 2\\)"):
+        second.claim_run(seen)
+    lost = first.run(run_id)
+    assert second.take_over(lost) and not first.take_over(lost)
+    assert first.run(run_id).owner == "other-host:1:1"
+    first.close()
+    second.close()
+
+
+def test_a_run_of_another_host_is_closed_only_by_the_process_that_took_it_over(
+        tmp_path: Path, store_url: str) -> None:
+    """Recovery and a standby scheduler take a lost run over first, so that only one of them closes it."""
+    store = Store(store_url)
+    run_id = run_into(store, tmp_path, [{"name": "a", "image": "sh", "args": ["true"]}])
+    with store._engine.begin() as conn:
+        conn.execute(text("UPDATE runs SET state = 'RUNNING', owner = 'elsewhere:1:1' WHERE run_id = :r"),
+                     {"r": run_id})
+        conn.execute(text("UPDATE task_runs SET state = 'RUNNING' WHERE run_id = :r"), {"r": run_id})
+    assert not store.mark_lost(run_id, "lost")  # its owner may be alive: this process cannot tell
+    assert store.run(run_id).state == "RUNNING"
+    assert store.take_over(store.run(run_id)) and store.mark_lost(run_id, "lost")
+    assert store.run(run_id).state == "CANCELLED"
+    assert [(t.task, t.state) for t in store.tasks(run_id)] == [("a", "SUCCEEDED")]  # its attempt ended DONE
+    assert not store.mark_lost(run_id, "lost")
     store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections import Counter
@@ -36,6 +37,10 @@ from jobgraph.recovery import recover_lost_runs
 from jobgraph.runners import AnyRunner, make_runner
 from jobgraph.states import RETRYABLE_TASK_STATES, RunState, TaskState
 from jobgraph.store import Store
+from jobgraph.store.faults import store_name
+from jobgraph.store.ownership import RunBusy, busy_reason
+from jobgraph.store.recorder import PATIENCE_SECS, RunRecorder
+from jobgraph.store.store import RunRecord
 
 SUMMARY_ROWS = 40
 """Past this many jobs, the closing summary lists only the jobs that did not succeed."""
@@ -58,24 +63,84 @@ def retry(
     run_id: Annotated[str, typer.Argument(help="The run to retry (a unique prefix is enough)")],
     store: StoreOption = None,
     runner: RunnerOption = None,
+    file: Annotated[Path | None, typer.Option(
+        "--file", exists=True, dir_okay=False,
+        help="Rerun with this (repaired) pipeline file instead of the run's stored one; same jobs and edges")] = None,
 ) -> None:
-    """Run again a run's failed, skipped and cancelled jobs, keeping what succeeded (EXECUTE TASK ... RETRY LAST)."""
+    """Run again a run's failed, skipped and cancelled jobs, keeping what succeeded (EXECUTE TASK ... RETRY LAST).
+
+    Of several retries of one run at once, exactly one runs it; the others say who does and exit 2.
+    """
     with Store(store_url(store)) as records:
         report_lost_runs(records)
         previous = records.run(run_id)
-        if previous.state == RunState.RUNNING:
-            raise StoreError(f"run {previous.run_id} is still running")
         if previous.state == RunState.SUCCEEDED:
             console.print(f"run {previous.run_id} succeeded: nothing to retry")
             raise typer.Exit(EXIT_OK)
-        pipeline = check_pipeline(Pipeline.model_validate_json(previous.snapshot), f"run {previous.run_id}",
-                                  runner)
-        prior = {t.task: PriorTask(t.state, t.attempts, t.return_value) for t in records.tasks(previous.run_id)}
+        if previous.state == RunState.RUNNING:
+            raise StoreError(f"{busy_reason(previous)}; nothing was run")
+        pipeline, definition, version = rerun_definition(previous, file, runner)
+        job_secrets(pipeline)  # a missing secret stops the retry before it claims the run
+        prior = {t.task: PriorTask(t.state, t.attempts, t.return_value) for t in records.settled_tasks(previous.run_id)}
         kept = sum(1 for p in prior.values() if p.state not in RETRYABLE_TASK_STATES)
-        console.print(f"retrying run {previous.run_id}: keeping {kept} succeeded jobs")
-        result = execute(pipeline, records, runner, run_id=previous.run_id,
-                         prior=prior, run_attempt=previous.run_attempt + 1)
+        try:
+            claimed = records.claim_run(previous)
+        except RunBusy as busy:
+            raise StoreError(f"{busy}; nothing was run") from None
+        console.print(f"retrying run {previous.run_id} of {escape(previous.pipeline)}: keeping {kept} succeeded jobs")
+        console.print(f"definition: {escape(definition)}")
+        try:
+            result = execute(pipeline, records, runner, run_id=previous.run_id, prior=prior,
+                             run_attempt=claimed.run_attempt, trigger=previous.trigger or "manual", version=version)
+        except BaseException:
+            with contextlib.suppress(StoreError):  # stopped before it ran (a runner down): the run is as it was
+                records.release_claim(claimed, previous)
+            raise
     raise typer.Exit(EXIT_CODES[result.state])
+
+
+def rerun_definition(previous: RunRecord, file: Path | None,
+                     runner: str | None) -> tuple[Pipeline, str, str | None]:
+    """The pipeline a retry runs, how to name it to the user, and its deployed version if it is one.
+
+    By default the run's own stored snapshot; with a file, that file, provided it has the run's
+    jobs and edges (a retry resumes the same graph, so what succeeded stays meaningful).
+    """
+    stored = check_pipeline(Pipeline.model_validate_json(previous.snapshot), f"run {previous.run_id}", runner)
+    if file is None:
+        deployed = f", pipeline version {previous.version}" if previous.version else ""
+        return stored, f"the run's stored snapshot of {stored.name}{deployed}", previous.version
+    repaired = load(file, runner)
+    problems = graph_differences(stored, repaired, previous.run_id)
+    if problems:
+        raise ConfigError(str(file), problems)
+    same = repaired.model_dump_json() == previous.snapshot
+    version = previous.version if same else None
+    return repaired, f"{file} (the run's jobs and edges{', unchanged' if same else ', repaired'})", version
+
+
+def graph_differences(stored: Pipeline, repaired: Pipeline, run_id: str) -> list[Problem]:
+    """Every way the repaired file's graph differs from the run's: pipeline name, jobs, edges, finalizer."""
+    problems = []
+    if repaired.name != stored.name:
+        problems.append(Problem(f"the pipeline is {repaired.name!r} but run {run_id} is of {stored.name!r}",
+                                field="name"))
+    old = {job.name: job.after for job in stored.jobs}
+    new = {job.name: job.after for job in repaired.jobs}
+    for name in old.keys() - new.keys():
+        problems.append(Problem(f"job {name!r} of run {run_id} is missing from the file", job=name))
+    for name in new.keys() - old.keys():
+        problems.append(Problem(f"job {name!r} is not in run {run_id}", job=name))
+    for name in sorted(old.keys() & new.keys()):
+        if set(old[name]) != set(new[name]):
+            problems.append(Problem(f"after is {sorted(new[name])} in the file but {sorted(old[name])} in run "
+                                    f"{run_id}", job=name, field="after"))
+    old_finalizer = stored.finalizer.name if stored.finalizer else None
+    new_finalizer = repaired.finalizer.name if repaired.finalizer else None
+    if old_finalizer != new_finalizer:
+        problems.append(Problem(f"the finalizer is {new_finalizer!r} in the file but {old_finalizer!r} in run "
+                                f"{run_id}", field="finalizer"))
+    return sorted(problems, key=lambda p: (p.job or "", p.message))
 
 
 def runner_factory(pipeline: Pipeline, runner_override: str | None,
@@ -106,13 +171,24 @@ async def open_runners(pipeline: Pipeline, runner_override: str | None, runners:
 def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run_id: str | None = None,
             prior: dict[str, PriorTask] | None = None, run_attempt: int = 1, trigger: str = "manual",
             version: str | None = None) -> RunResult:
-    """Run the graph with the store and the live view listening; Ctrl-C and SIGTERM cancel it."""
+    """Run the graph with the store and the live view listening; Ctrl-C and SIGTERM cancel it, so does a lost store."""
     secrets = job_secrets(pipeline)
     runners: dict[str, AnyRunner] = {}
+    cancel: list[Callable[[], None]] = []
+
+    def store_down(message: str) -> None:
+        asyncio.get_running_loop().call_soon(cancel[0])  # between engine steps, as a signal handler would
+        errors.print(f"[red]error:[/red] {escape(message)}")
+
+    def store_waits(message: str) -> None:
+        errors.print(f"[yellow]warning:[/yellow] {escape(message)}")
+
+    recorder = RunRecorder(records, store_down, store_waits, patience=store_patience())
     with RunView(console) as view:
-        graph_run = GraphRun(pipeline, runner_factory(pipeline, runner_override, runners), [records, view],
+        graph_run = GraphRun(pipeline, runner_factory(pipeline, runner_override, runners), [recorder, view],
                              home() / "logs", run_id=run_id, prior=prior, run_attempt=run_attempt,
                              secrets=secrets, trigger=trigger, version=version)
+        cancel.append(graph_run.cancel)
 
         async def main() -> RunResult:
             loop = asyncio.get_running_loop()
@@ -134,6 +210,11 @@ def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run
     for listener, exc in graph_run.listener_failures:
         if listener is not view:
             errors.print(f"[red]error:[/red] {escape(str(exc))}; the run was stopped", markup=True)
+    if recorder.unwritten:
+        raise StoreError(f"run {result.run_id} ended {result.state}, but {recorder.unwritten} of its records could "
+                         f"not be written to the store {store_name(records.url)}. Once the store is back, "
+                         f"`jobgraph retry {result.run_id}` (or any `jobgraph run`) closes its records, and the retry "
+                         "resumes it")
     try:
         console.print(summary_table(records, result))
     except OSError:
@@ -152,6 +233,21 @@ def summary_table(records: Store, result: RunResult) -> Table:
         title += f"; the first {SUMMARY_ROWS}: `jobgraph show {result.run_id}` lists every job"
         tasks = tasks[:SUMMARY_ROWS]
     return tasks_table(tasks, title=title)
+
+
+def store_patience() -> float:
+    """Seconds a run waits for its store to come back before it is cancelled: JOBGRAPH_STORE_PATIENCE."""
+    text = os.environ.get("JOBGRAPH_STORE_PATIENCE")
+    if text is None:
+        return PATIENCE_SECS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86400:
+        raise ConfigError("environment", [Problem(f"{text!r} is not a number of seconds from 0 to 86400",
+                                                  field="JOBGRAPH_STORE_PATIENCE")])
+    return seconds
 
 
 def report_lost_runs(records: Store) -> None:

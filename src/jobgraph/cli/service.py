@@ -201,13 +201,19 @@ def drop(
     purge: Annotated[bool, typer.Option(help="Also delete the pipeline's runs, attempts and versions")] = False,
     store: StoreOption = None,
 ) -> None:
-    """Remove a deployed pipeline and its schedule (the seed's drop_job_tasks()); history stays unless --purge."""
+    """Remove a deployed pipeline and its schedule (the seed's drop_job_tasks()); history stays unless --purge.
+
+    --purge also works after a plain drop, and is refused while a run of the pipeline is in progress.
+    """
     with Store(store_url(store)) as records:
-        deployments = Deployments(records)
-        deployed = deployments.get(name)
-        purged = deployments.drop(deployed.name, purge)
-    kept = f"purged {purged} runs and their history" if purge else "its run history is kept"
-    console.print(f"{deployed.name} dropped; {kept}")
+        if purge:
+            report_lost_runs(records)  # a run whose process died is closed first, so only live runs block
+        dropped = Deployments(records).drop(name, purge)
+    if not purge:
+        console.print(f"{escape(dropped.name)} dropped; its run history is kept")
+        return
+    done = "dropped" if dropped.was_deployed else "was not deployed"
+    console.print(f"{escape(dropped.name)} {done}; purged {dropped.purged_runs} runs and their history")
 
 
 @reported

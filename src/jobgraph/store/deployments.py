@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from jobgraph.errors import StoreError
+from jobgraph.owner import owner_is_gone
+from jobgraph.states import RunState
 from jobgraph.store.store import Store, _aware, _utc
 from jobgraph.store.tables import attempts, fires, leases, pipeline_versions, pipelines, runs, task_runs
 
@@ -34,6 +36,15 @@ class DeployedPipeline:
     failures_in_row: int
     deployed_at: datetime
     note: str | None
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """What `drop` did: the pipeline's name, whether it was deployed, and how many runs were purged."""
+
+    name: str
+    was_deployed: bool
+    purged_runs: int
 
 
 @dataclass(frozen=True)
@@ -120,20 +131,42 @@ class Deployments:
         with self._engine.begin() as conn:
             conn.execute(update(pipelines).where(pipelines.c.name == name).values(**clean))
 
-    def drop(self, name: str, purge: bool) -> int:
-        """Remove the schedule (the seed's drop_job_tasks); with purge, its history too. Return runs purged."""
-        pipeline = self.get(name)
+    def drop(self, name: str, purge: bool) -> Dropped:
+        """Remove the schedule (the seed's drop_job_tasks); with purge, the pipeline's history too.
+
+        A purge also works after a plain drop (by the name its runs and versions carry), and is
+        refused while a run of the pipeline is in progress: its records are being written.
+        """
         with self._engine.begin() as conn:
-            conn.execute(delete(pipelines).where(pipelines.c.name == pipeline.name))
+            deployed = conn.execute(select(pipelines.c.name).where(
+                func.lower(pipelines.c.name) == name.strip().lower())).scalar()
+            if deployed is not None:
+                conn.execute(delete(pipelines).where(pipelines.c.name == deployed))
             if not purge:
-                return 0
-            run_ids = select(runs.c.run_id).where(runs.c.pipeline == pipeline.name)
+                if deployed is None:
+                    raise StoreError(f"no deployed pipeline named {name!r} (`jobgraph pipelines` lists them)")
+                return Dropped(str(deployed), True, 0)
+            history = str(deployed) if deployed is not None else _history_name(conn, name)
+            running = conn.execute(select(runs.c.run_id, runs.c.owner).where(and_(
+                runs.c.pipeline == history, runs.c.state == RunState.RUNNING.value))).all()
+            live = [(run_id, owner) for run_id, owner in running if owner is None or not owner_is_gone(owner)]
+            if live:
+                which = ", ".join(f"{run_id} (by {owner})" for run_id, owner in live)
+                raise StoreError(f"pipeline {history} has a run in progress: {which}; its records are being "
+                                 "written, so nothing was dropped or purged. Purge once it has ended")
+            lost = [run_id for run_id, _ in running]
+            # Lock what is deleted (PostgreSQL; SQLite's write lock is already held): a retry that claims one
+            # of these runs meanwhile waits, then finds it gone, rather than write under a purge.
+            doomed = select(runs.c.run_id).where(runs.c.pipeline == history, or_(
+                runs.c.state != RunState.RUNNING.value,
+                and_(runs.c.run_id.in_(lost), runs.c.owner.in_([owner for _, owner in running])))).with_for_update()
+            run_ids = [row[0] for row in conn.execute(doomed)]
             conn.execute(delete(attempts).where(attempts.c.run_id.in_(run_ids)))
             conn.execute(delete(task_runs).where(task_runs.c.run_id.in_(run_ids)))
-            purged = conn.execute(delete(runs).where(runs.c.pipeline == pipeline.name)).rowcount
-            conn.execute(delete(fires).where(fires.c.pipeline == pipeline.name))
-            conn.execute(delete(pipeline_versions).where(pipeline_versions.c.name == pipeline.name))
-        return int(purged or 0)
+            conn.execute(delete(runs).where(runs.c.run_id.in_(run_ids)))
+            conn.execute(delete(fires).where(fires.c.pipeline == history))
+            conn.execute(delete(pipeline_versions).where(pipeline_versions.c.name == history))
+        return Dropped(history, deployed is not None, len(run_ids))
 
     def record_fire(self, pipeline: str, scheduled_time: datetime, action: str, now: datetime,
                     run_id: str | None = None, note: str | None = None) -> None:
@@ -224,6 +257,21 @@ class Deployments:
                 fires.c.action.not_in(("REQUESTED", "TAKEN", "WITHDRAWN")))).order_by(fires.c.id).limit(1)
             ).mappings().first()
         return None if row is None else _fire(row)
+
+
+def _history_name(conn: Connection, name: str) -> str:
+    """The name that runs, versions and fires carry: exactly `name`, else the one that matches it ignoring case."""
+    found: set[str] = set()
+    for column in (runs.c.pipeline, pipeline_versions.c.name, fires.c.pipeline):
+        found.update(conn.execute(select(column).distinct().where(
+            func.lower(column) == name.strip().lower())).scalars())
+    if name.strip() in found:
+        return name.strip()
+    if len(found) == 1:
+        return found.pop()
+    if found:
+        raise StoreError(f"{name!r} names several pipelines ({', '.join(sorted(found))}); give the exact name")
+    raise StoreError(f"no pipeline named {name!r}: none is deployed, and no runs or versions carry that name")
 
 
 def _fire(row: Any) -> Fire:

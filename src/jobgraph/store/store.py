@@ -6,6 +6,7 @@ statement is a SQLAlchemy Core construct with bound parameters.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -25,18 +26,20 @@ from sqlalchemy import (
     exists,
     func,
     insert,
-    inspect,
     select,
     table,
-    text,
     update,
 )
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError
 
 from jobgraph.engine.events import AttemptEnded, AttemptStarted, Event, RunEnded, RunStarted, TaskChanged
 from jobgraph.errors import StoreError
 from jobgraph.owner import owner_label
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
+from jobgraph.store.faults import watch
+from jobgraph.store.ownership import RunBusy, RunOwnership, busy_reason
+from jobgraph.store.schema import migrate as migrate_to
+from jobgraph.store.schema import schema_version as schema_version
 from jobgraph.store.tables import SCHEMA_VERSION, attempts, runs, task_runs
 from jobgraph.store.views import VIEW_NAMES, VIEW_ORDER, current_views
 
@@ -58,7 +61,7 @@ _UPDATE_TASK = update(task_runs).where(and_(
     task_runs.c.run_id == bindparam("k_run"), task_runs.c.task == bindparam("k_task"),
     task_runs.c.run_attempt == _RUN_ATTEMPT))
 
-_UPDATE_RUN = update(runs).where(runs.c.run_id == bindparam("k_run"))
+_END_RUN = update(runs).where(and_(runs.c.run_id == bindparam("k_run"), runs.c.owner == bindparam("k_owner")))
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class RunRecord:
     finished_at: datetime | None
     snapshot: str
     owner: str | None = None
+    version: str | None = None
+    trigger: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,18 +145,24 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-class Store:
-    """A jobgraph store on any SQLAlchemy URL; SQLite (WAL) by default."""
+class Store(RunOwnership):
+    """A jobgraph store on any SQLAlchemy URL; SQLite (WAL) by default.
+
+    Each run has one writer, named in its `owner` column (see RunOwnership): the process that
+    started it, or the one that claimed it to retry it, or took it over to close it.
+    """
+
+    essential = True
+    """The engine cancels a run whose store listener fails: nothing runs unrecorded."""
 
     def __init__(self, url: str = DEFAULT_URL) -> None:
         self.url = url
+        self.owner = owner_label()
+        """This process, as every run it writes records it."""
         self._engine = _open_engine(url)
         self._connection: Connection | None = None
         self._task_started: dict[tuple[str, str], datetime] = {}
-        try:
-            migrate(self._engine)
-        except OperationalError as exc:
-            raise StoreError(f"cannot open the store at {url}: {exc.orig}") from None
+        migrate(self._engine, url=url)
 
     @property
     def _conn(self) -> Connection:
@@ -167,37 +178,62 @@ class Store:
 
     def close(self) -> None:
         """Close the connection and the engine's pool."""
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        self._drop_connection()
         self._engine.dispose()
 
+    def _drop_connection(self) -> None:
+        """Forget the writing connection (after a failure it may be dead); the next write opens a new one."""
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.close()
+            self._connection = None
+
     def __call__(self, event: Event) -> None:
+        """Record one engine event (see `record`): a Store is an engine listener."""
+        self.record(event)
+
+    def record(self, event: Event) -> None:
         """Record one engine event, in its own transaction, before the engine goes on.
 
         The statements are built once (module constants) and take their values as bound parameters,
-        so a write costs a SQLite commit and little more: this is the engine's hot path.
+        so a write costs a SQLite commit and little more: this is the engine's hot path. A failure
+        raises (a StoreFault for the store's own faults) and changes nothing, so the same event can
+        be written again; `RunRecorder` does that.
         """
         conn = self._conn
-        with conn.begin():
-            if isinstance(event, RunStarted):
-                self._run_started(conn, event)
-            elif isinstance(event, TaskChanged):
-                self._task_changed(conn, event)
-            elif isinstance(event, AttemptStarted):
-                conn.execute(_INSERT_ATTEMPT, {
-                    "k_run": event.run_id, "run_id": event.run_id, "task": event.task, "attempt": event.attempt,
-                    "status": AttemptStatus.RUNNING.value, "log_path": str(event.log_path),
-                    "started_at": _utc(event.at), "created_date": _utc(event.at)})
-            elif isinstance(event, AttemptEnded):
-                conn.execute(_UPDATE_ATTEMPT, {
-                    "k_run": event.run_id, "k_task": event.task, "k_attempt": event.attempt,
-                    "status": event.status.value, "exit_code": event.exit_code, "error": event.error,
-                    "finished_at": _utc(event.at), "created_date": _utc(event.at),
-                    "duration_secs": (event.at - event.started_at).total_seconds()})
-            elif isinstance(event, RunEnded):
-                conn.execute(_UPDATE_RUN, {"k_run": event.run_id, "state": event.state.value,
-                                           "finished_at": _utc(event.at)})
+        started: datetime | None = None
+        try:
+            with conn.begin():
+                if isinstance(event, RunStarted):
+                    self._run_started(conn, event)
+                elif isinstance(event, TaskChanged):
+                    started = self._task_changed(conn, event)
+                elif isinstance(event, AttemptStarted):
+                    conn.execute(_INSERT_ATTEMPT, {
+                        "k_run": event.run_id, "run_id": event.run_id, "task": event.task,
+                        "attempt": event.attempt, "status": AttemptStatus.RUNNING.value,
+                        "log_path": str(event.log_path), "started_at": _utc(event.at), "created_date": _utc(event.at)})
+                elif isinstance(event, AttemptEnded):
+                    conn.execute(_UPDATE_ATTEMPT, {
+                        "k_run": event.run_id, "k_task": event.task, "k_attempt": event.attempt,
+                        "status": event.status.value, "exit_code": event.exit_code, "error": event.error,
+                        "finished_at": _utc(event.at), "created_date": _utc(event.at),
+                        "duration_secs": (event.at - event.started_at).total_seconds()})
+                elif isinstance(event, RunEnded):
+                    ended = conn.execute(_END_RUN, {"k_run": event.run_id, "k_owner": self.owner,
+                                                    "state": event.state.value, "finished_at": _utc(event.at)})
+                    if ended.rowcount != 1:
+                        raise RunBusy(f"run {event.run_id} is no longer this process's to record: "
+                                      f"{busy_reason(_read_run(conn, event.run_id))}")
+        except BaseException:
+            self._drop_connection()
+            raise
+        if isinstance(event, TaskChanged):  # only once written: a write that failed is written again
+            key = (event.run_id, event.task)
+            if started is not None:
+                self._task_started[key] = started
+            elif event.state in TERMINAL_TASK_STATES:
+                self._task_started.pop(key, None)
 
     def _run_started(self, conn: Connection, event: RunStarted) -> None:
         """A graph run attempt begins: its jobs get new rows, and an earlier attempt's rows stay as they ended.
@@ -208,9 +244,19 @@ class Store:
         """
         counts: dict[str, int] = {}
         if event.run_attempt > 1:
-            conn.execute(update(runs).where(runs.c.run_id == event.run_id).values(
-                state=RunState.RUNNING.value, run_attempt=event.run_attempt, finished_at=None,
-                snapshot=event.snapshot, owner=owner_label()))
+            # `claim_run` made this process the run's writer; this only checks that it still is.
+            claimed = conn.execute(update(runs).where(and_(
+                runs.c.run_id == event.run_id, runs.c.owner == self.owner,
+                runs.c.run_attempt == event.run_attempt, runs.c.state == RunState.RUNNING.value)).values(
+                snapshot=event.snapshot, pipeline_version=event.version))
+            if claimed.rowcount != 1:
+                raise RunBusy(f"run {event.run_id} was not claimed for attempt {event.run_attempt} by this "
+                              f"process: {busy_reason(_read_run(conn, event.run_id))}")
+            if event.resumed:  # a job whose last attempt ended DONE may still be recorded as unfinished
+                conn.execute(update(task_runs).where(and_(
+                    task_runs.c.run_id == event.run_id, task_runs.c.task.in_(event.resumed), _LATEST,
+                    task_runs.c.state != TaskState.SUCCEEDED.value)).values(
+                    state=TaskState.SUCCEEDED.value, error_message=None))
             counts = {task: attempts for task, attempts in conn.execute(select(
                 task_runs.c.task, task_runs.c.attempts).where(task_runs.c.run_id == event.run_id, _LATEST))}
         else:
@@ -218,7 +264,7 @@ class Store:
                 run_id=event.run_id, pipeline=event.pipeline, state=RunState.RUNNING.value,
                 run_attempt=event.run_attempt, started_at=_utc(event.at), trigger=event.trigger,
                 pipeline_version=event.version, scheduled_time=_utc(event.scheduled_time),
-                snapshot=event.snapshot, owner=owner_label()))
+                snapshot=event.snapshot, owner=self.owner))
         resumed = set(event.resumed)
         rows = [
             {"run_id": event.run_id, "task": t.name, "run_attempt": event.run_attempt,
@@ -229,22 +275,25 @@ class Store:
         if rows:
             conn.execute(insert(task_runs), rows)
 
-    def _task_changed(self, conn: Connection, event: TaskChanged) -> None:
+    def _task_changed(self, conn: Connection, event: TaskChanged) -> datetime | None:
+        """Write a job's new state; return the start time to remember once the write succeeded."""
         key = (event.run_id, event.task)
         values: dict[str, Any] = {"state": event.state.value}
+        remember = None
         if event.attempt:
             values["attempts"] = event.attempt
         if event.state == TaskState.RUNNING and key not in self._task_started:
-            self._task_started[key] = event.at
+            remember = event.at
             values["started_at"] = _utc(event.at)
         if event.state in TERMINAL_TASK_STATES:
             values["finished_at"] = _utc(event.at)
             values["error_message"] = event.reason
             values["return_value"] = event.return_value
-            started = self._task_started.pop(key, None)
+            started = self._task_started.get(key)
             if started is not None:
                 values["duration_secs"] = (event.at - started).total_seconds()
         conn.execute(_UPDATE_TASK, {"k_run": event.run_id, "k_task": event.task, **values})
+        return remember
 
     def runs(self, limit: int = 20, pipeline: str | None = None) -> list[RunSummary]:
         """The newest runs first, with their jobs counted by state: two queries, no pipeline snapshot."""
@@ -273,20 +322,6 @@ class Store:
         with self._engine.connect() as conn:
             query = select(runs).where(runs.c.state == RunState.RUNNING.value)
             return [_run_record(row) for row in conn.execute(query).mappings()]
-
-    def mark_lost(self, run_id: str, reason: str) -> None:
-        """Close the records of a run whose orchestrator died: what was unfinished is CANCELLED."""
-        at = _utc(datetime.now(UTC))
-        unfinished = sorted(s.value for s in set(TaskState) - TERMINAL_TASK_STATES)
-        with self._engine.begin() as conn:
-            conn.execute(update(attempts).where(and_(
-                attempts.c.run_id == run_id, attempts.c.status == AttemptStatus.RUNNING.value)).values(
-                status=AttemptStatus.CANCELLED.value, error=reason, finished_at=at, created_date=at))
-            conn.execute(update(task_runs).where(and_(
-                task_runs.c.run_id == run_id, task_runs.c.state.in_(unfinished))).values(
-                state=TaskState.CANCELLED.value, error_message=reason, finished_at=at))
-            conn.execute(update(runs).where(runs.c.run_id == run_id).values(
-                state=RunState.CANCELLED.value, finished_at=at))
 
     def run(self, run_id: str) -> RunRecord:
         """One run, by its id or a unique prefix of it (as git takes short hashes)."""
@@ -342,29 +377,16 @@ class Store:
                                          for row in result]
 
 
-def schema_version(engine: Engine) -> str | None:
-    """The store's migration version, or None for an empty database."""
-    with engine.connect() as conn:
-        if not inspect(conn).has_table("alembic_version"):
-            return None
-        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+def migrate(engine: Engine, to: str = SCHEMA_VERSION, url: str | None = None) -> None:
+    """Bring the store's schema to `to`, once, under the store's migration lock (see store/schema.py)."""
+    migrate_to(engine, to, url)
 
 
-def migrate(engine: Engine, to: str = SCHEMA_VERSION) -> None:
-    """Bring the store's schema to `to` with Alembic (from empty, or from any earlier version).
-
-    The version is read first with one query, so opening an up-to-date store does not import Alembic.
-    """
-    if schema_version(engine) == to:
-        return
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, to)
+def _read_run(conn: Connection, run_id: str) -> RunRecord:
+    row = conn.execute(select(runs).where(runs.c.run_id == run_id)).mappings().first()
+    if row is None:
+        raise StoreError(f"no run with id {run_id!r}")
+    return _run_record(row)
 
 
 def _run_record(row: Any) -> RunRecord:
@@ -372,6 +394,7 @@ def _run_record(row: Any) -> RunRecord:
         run_id=row["run_id"], pipeline=row["pipeline"], state=RunState(row["state"]),
         run_attempt=row["run_attempt"], started_at=_aware(row["started_at"]),
         finished_at=_aware(row["finished_at"]), snapshot=row["snapshot"], owner=row["owner"],
+        version=row["pipeline_version"], trigger=row["trigger"],
     )
 
 
@@ -379,7 +402,7 @@ def _open_engine(url: str) -> Engine:
     try:
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url)
+        engine = create_engine(url) if url.startswith("sqlite") else create_engine(url, pool_pre_ping=True)
     except ImportError as exc:
         raise StoreError(f"cannot use the store URL {url!r}: {exc} (for PostgreSQL: "
                          "pip install 'jobgraph[postgres]')") from None
@@ -389,12 +412,17 @@ def _open_engine(url: str) -> Engine:
         raise StoreError(f"cannot create the store's folder for {url!r}: {exc.strerror}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    watch(engine, url)
     return engine
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """WAL lets readers (history, the web page) read while a run writes; NORMAL sync is safe in WAL."""
+    """WAL lets readers (history, the web page) read while a run writes; NORMAL sync is safe in WAL.
+
+    The busy timeout comes first: switching a new file to WAL takes a lock that other processes
+    opening the same new store at the same moment must wait for, not fail on.
+    """
     cursor = dbapi_connection.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=10000"):
+    for pragma in ("busy_timeout=10000", "journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
