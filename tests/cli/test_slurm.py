@@ -30,6 +30,8 @@ def test_the_seed_pipeline_runs_as_slurm_jobs_and_fills_the_seed_tables(tmp_path
         assert len(rows) == 6 and {row[status] for row in rows} == {"DONE"}
         assert len(records.view("task_logging_stats", 100)[1]) == 6
         assert summary.state == "SUCCEEDED"
+        handles = [(a.runner, a.backend_ref) for a in records.attempts(summary.run_id)]
+        assert len(handles) == 6 and all(r == "slurm" and ref and ref.isdigit() for r, ref in handles)
     queue = subprocess.run(["squeue", "-h", "-o", "%k"], capture_output=True, text=True, timeout=30).stdout
     assert summary.run_id not in queue
 

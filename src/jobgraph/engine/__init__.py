@@ -3,6 +3,7 @@
 from jobgraph.engine.events import (
     AttemptEnded,
     AttemptStarted,
+    AttemptSubmitted,
     Event,
     Listener,
     RetryWaiting,
@@ -16,6 +17,7 @@ from jobgraph.engine.run import GraphRun, PriorTask, RunResult
 __all__ = [
     "AttemptEnded",
     "AttemptStarted",
+    "AttemptSubmitted",
     "Event",
     "GraphRun",
     "Listener",

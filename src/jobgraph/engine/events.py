@@ -67,6 +67,18 @@ class AttemptStarted:
 
 
 @dataclass(frozen=True)
+class AttemptSubmitted:
+    """A backend took the attempt and named it (a Slurm job id): recorded at once, so a jobgraph that
+    dies while the attempt runs leaves a handle to find it again by."""
+
+    run_id: str
+    task: str
+    attempt: int
+    runner: str
+    reference: str
+
+
+@dataclass(frozen=True)
 class AttemptEnded:
     """One execution of a job ended; `error` holds the error text and the end of its log."""
 
@@ -101,5 +113,5 @@ class RunEnded:
     at: datetime
 
 
-Event = RunStarted | TaskChanged | AttemptStarted | AttemptEnded | RetryWaiting | RunEnded
+Event = RunStarted | TaskChanged | AttemptStarted | AttemptSubmitted | AttemptEnded | RetryWaiting | RunEnded
 Listener = Callable[[Event], None]

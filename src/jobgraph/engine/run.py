@@ -21,6 +21,7 @@ from jobgraph.config.model import Finalizer, Job, Pipeline, TriggerRule
 from jobgraph.engine.events import (
     AttemptEnded,
     AttemptStarted,
+    AttemptSubmitted,
     Event,
     Listener,
     RetryWaiting,
@@ -32,7 +33,7 @@ from jobgraph.engine.events import (
 from jobgraph.errors import RunnerError
 from jobgraph.graph import Dag
 from jobgraph.runners.base import DEFAULT_LOG_LIMIT, AnyRunner, JobSpec, Outcome
-from jobgraph.runners.output import read_return_value, redactor_for, scrub_return_file, stored_text
+from jobgraph.runners.output import redactor_for, scrub_return_file, stored_text
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
 
 LOG_TAIL_BYTES = 4096
@@ -250,7 +251,7 @@ class GraphRun:
                 self._set_state(job.name, TaskState.RUNNING, attempt=attempt)
                 outcome = await self._attempt(job, attempt)
                 if outcome.status == AttemptStatus.DONE:
-                    value = self._read_return_value(job, attempt)
+                    value = self._values.get(job.name)
                     self._set_state(job.name, TaskState.SUCCEEDED, attempt=attempt, return_value=value)
                     return TaskState.SUCCEEDED
                 if attempt < last:
@@ -273,18 +274,23 @@ class GraphRun:
         self._set_state(job.name, TaskState.FAILED, attempt=attempt, reason=reason)
         return TaskState.FAILED
 
+    def spec_for(self, job: Job, attempt: int) -> JobSpec:
+        """Everything a runner gets for one attempt of a job (`jobgraph plan` shows it for attempt 1)."""
+        cpu, memory = self._limits.get(self._pool_key(job), (None, None))
+        return JobSpec(self.run_id, self.pipeline.name, job.name, attempt, job.image, job.args,
+                       self._env(job, attempt), self._log_dir / job.name / f"attempt-{attempt}.log",
+                       pool=job.pool or "default", cpu=cpu, memory_bytes=memory, container_name=job.container_name,
+                       volumes=job.volumes, workdir=job.workdir, network=job.network,
+                       secret_values=self._secret_values, withheld_env=frozenset(self._secrets) - set(job.secrets),
+                       return_value_path=self._return_value_path(job, attempt),
+                       log_limit=job.log_limit or DEFAULT_LOG_LIMIT, timeout=job.timeout)
+
     async def _attempt(self, job: Job, attempt: int) -> Outcome:
         """One execution: start, wait (bounded by the timeout), and record how it ended, whatever happens."""
         runner = self._runner_for(job)
-        log_path = self._log_dir / job.name / f"attempt-{attempt}.log"
+        spec = self.spec_for(job, attempt)
+        log_path = spec.log_path
         return_path = self._return_value_path(job, attempt)
-        cpu, memory = self._limits.get(self._pool_key(job), (None, None))
-        spec = JobSpec(self.run_id, self.pipeline.name, job.name, attempt, job.image, job.args,
-                       self._env(job, attempt), log_path, pool=job.pool or "default", cpu=cpu,
-                       memory_bytes=memory, container_name=job.container_name, volumes=job.volumes,
-                       workdir=job.workdir, network=job.network, secret_values=self._secret_values,
-                       withheld_env=frozenset(self._secrets) - set(job.secrets),
-                       return_value_path=return_path, log_limit=job.log_limit or DEFAULT_LOG_LIMIT)
         started = now()
         self._emit(AttemptStarted(self.run_id, job.name, attempt, started, log_path))
         handle = None
@@ -293,8 +299,13 @@ class GraphRun:
         try:
             try:
                 handle = await runner.start(spec)
+                reference = runner.handle_ref(handle)
+                if reference:
+                    self._emit(AttemptSubmitted(self.run_id, job.name, attempt, runner.name, reference))
                 outcome = await asyncio.wait_for(runner.wait(handle), job.timeout)
                 waited = True  # the runner has cleaned up after the job
+                if outcome.status == AttemptStatus.DONE:
+                    await self._take_return_value(job, runner, handle)
             except RunnerError as exc:
                 outcome = Outcome(AttemptStatus.ERROR, None, str(exc))
             except TimeoutError:
@@ -334,12 +345,11 @@ class GraphRun:
     def _return_value_path(self, job: Job, attempt: int) -> Path:
         return self._log_dir / job.name / f"attempt-{attempt}.return"
 
-    def _read_return_value(self, job: Job, attempt: int) -> str | None:
-        """The attempt's return value: bounded, never through a link or from a FIFO, redacted, NUL-free."""
-        value = read_return_value(self._return_value_path(job, attempt), self._redactor, RETURN_VALUE_MAX_BYTES)
+    async def _take_return_value(self, job: Job, runner: AnyRunner, handle: object) -> None:
+        """The attempt's return value, through its runner (bounded, never through a link), redacted, NUL-free."""
+        value = await runner.read_return_value(handle, RETURN_VALUE_MAX_BYTES)
         if value is not None:
-            self._values[job.name] = value
-        return value
+            self._values[job.name] = stored_text(value, self._redactor)
 
     def _set_state(self, name: str, state: TaskState, attempt: int = 0, reason: str | None = None,
                    return_value: str | None = None) -> None:

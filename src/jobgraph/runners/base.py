@@ -47,6 +47,7 @@ class JobSpec:
     withheld_env: frozenset[str] = field(default_factory=frozenset)
     return_value_path: Path | None = None
     log_limit: int = DEFAULT_LOG_LIMIT
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,19 @@ class Runner(Protocol[H]):
     - `cancel` stops the job and everything it started, and returns once nothing of it is left.
       Calling it on a job that already ended is harmless.
     - `logs` returns the last `tail_bytes` of the job's output, for the error column.
+    - `read_return_value` returns what the job left as its return value (at most `max_bytes`, never
+      through a link or from a FIFO), wherever the backend keeps it: a local file, a shared folder.
+    - `handle_ref` names the attempt in the backend (a Slurm job id), for the store to record the
+      moment it is submitted; "" when nothing of the attempt outlives jobgraph (local processes).
+    - `describe` says what `start` would submit (argv, env, container body, batch script), secrets
+      shown as references, for `jobgraph plan`; it runs and writes nothing.
     - `open` connects to the backend before the run: one that cannot be reached stops the run before
       anything starts (raise RunnerError), rather than failing every job one by one.
     - `aclose` releases the runner's own resources once the run is over.
     """
+
+    name: str
+    """The runner's name in the registry (local, podman, slurm...), as the store records it."""
 
     async def open(self) -> None:
         """Connect to the backend, or raise RunnerError saying why it cannot be reached."""
@@ -93,6 +103,18 @@ class Runner(Protocol[H]):
 
     async def logs(self, handle: H, tail_bytes: int) -> str:
         """The end of the attempt's output."""
+        ...
+
+    async def read_return_value(self, handle: H, max_bytes: int) -> str | None:
+        """The attempt's return value, if it left one."""
+        ...
+
+    def handle_ref(self, handle: H) -> str:
+        """The attempt's name in the backend, or "" when it has none that outlives jobgraph."""
+        ...
+
+    def describe(self, spec: JobSpec) -> dict[str, object]:
+        """What `start` would submit for this attempt."""
         ...
 
     async def cancel(self, handle: H) -> None:

@@ -39,6 +39,7 @@ from jobgraph.runners.output import (
     collect_return_file,
     prepare_out_folder,
     redactor_for,
+    return_value_of,
     tail,
 )
 from jobgraph.runners.service import EngineService, find_or_start
@@ -90,6 +91,7 @@ class ContainerRunner:
     def __init__(self, engine: str, folder: Path, images: Mapping[str, str] | None = None, cwd: Path | None = None,
                  max_parallel: int = 64) -> None:
         self._engine = engine
+        self.name = engine
         self._images = images or {}
         self._libpod = False
         self._folder = folder
@@ -269,6 +271,23 @@ class ContainerRunner:
     async def logs(self, handle: ContainerHandle, tail_bytes: int) -> str:
         """The end of the saved output."""
         return tail(handle.spec.log_path, tail_bytes)
+
+    async def read_return_value(self, handle: ContainerHandle, max_bytes: int) -> str | None:
+        """The return file the job left in its out folder (moved back next to its log when it ended)."""
+        return return_value_of(handle.spec.return_value_path, handle.spec.secret_values, max_bytes)
+
+    def handle_ref(self, handle: ContainerHandle) -> str:
+        """The container's name (recovery finds a lost run's containers by their labels)."""
+        return str(handle.container.name)
+
+    def describe(self, spec: JobSpec) -> dict[str, object]:
+        """The image and the container create body the engine API would get; secrets as references."""
+        options = self._options(spec)
+        redactor = redactor_for(spec.secret_values)
+        options["environment"] = {name: f"${{{name}}}" if value in spec.secret_values else redactor.text(value)
+                                  for name, value in options["environment"].items()}
+        options["command"] = [redactor.text(part) for part in options["command"] or []] or None
+        return {"runner": self._engine, "image": self._images.get(spec.image, spec.image), "create": options}
 
     async def cancel(self, handle: ContainerHandle) -> None:
         """Kill the container, keep what it printed, and remove it."""

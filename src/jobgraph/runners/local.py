@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from jobgraph.errors import RunnerError
 from jobgraph.runners.base import JobSpec, Outcome
 from jobgraph.runners.containment import Attempt, containment
-from jobgraph.runners.output import LogWriter, PipeCapture, redactor_for, tail
+from jobgraph.runners.output import LogWriter, PipeCapture, redactor_for, return_value_of, tail
 from jobgraph.states import AttemptStatus
 
 if TYPE_CHECKING:
@@ -48,6 +48,8 @@ class LocalProcess:
 
 class LocalRunner:
     """Runner for host processes."""
+
+    name = "local"
 
     def __init__(self, images: Mapping[str, Sequence[str]], cwd: Path | None = None,
                  kill_grace: float | None = None) -> None:
@@ -109,6 +111,22 @@ class LocalRunner:
     async def logs(self, handle: LocalProcess, tail_bytes: int) -> str:
         """The end of the attempt's log file."""
         return tail(handle.spec.log_path, tail_bytes)
+
+    async def read_return_value(self, handle: LocalProcess, max_bytes: int) -> str | None:
+        """What the job wrote to JOBGRAPH_RETURN_VALUE_FILE, read safely."""
+        return return_value_of(handle.spec.return_value_path, handle.spec.secret_values, max_bytes)
+
+    def handle_ref(self, handle: LocalProcess) -> str:
+        """Nothing to record: a local attempt never outlives jobgraph (recovery kills what is left)."""
+        return ""
+
+    def describe(self, spec: JobSpec) -> dict[str, object]:
+        """The command and the environment the job gets on top of jobgraph's own; secrets as references."""
+        redactor = redactor_for(spec.secret_values)
+        env = {name: f"${{{name}}}" if value in spec.secret_values else redactor.text(value)
+               for name, value in spec.env.items()}
+        return {"runner": "local", "argv": [redactor.text(part) for part in self.command(spec)], "env": env,
+                "cwd": str(self._cwd or Path.cwd()), "withheld_env": sorted(spec.withheld_env)}
 
     async def cancel(self, handle: LocalProcess) -> None:
         """SIGTERM every process of the attempt, give them `kill_grace` seconds, SIGKILL what is left."""

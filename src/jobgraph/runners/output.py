@@ -165,6 +165,11 @@ def read_return_value(path: Path, redactor: Redactor, max_bytes: int) -> str | N
     return as_text(redactor.data(data)[:max_bytes]).rstrip("\n")
 
 
+def return_value_of(path: Path | None, secret_values: frozenset[str], max_bytes: int) -> str | None:
+    """The return value a job left in its local file (the local and container runners' way)."""
+    return None if path is None else read_return_value(path, redactor_for(secret_values), max_bytes)
+
+
 def scrub_return_file(path: Path, redactor: Redactor) -> None:
     """Leave no secret in a return-value file, however the attempt ended; never raises.
 

@@ -81,6 +81,8 @@ class SlurmHandle:
 class SlurmRunner:
     """Runner for Slurm batch jobs."""
 
+    name = "slurm"
+
     def __init__(self, images: Mapping[str, Sequence[str]], settings: SlurmSettings, folder: Path,
                  cwd: Path | None = None) -> None:
         self._images = images

@@ -32,7 +32,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import ArgumentError
 
-from jobgraph.engine.events import AttemptEnded, AttemptStarted, Event, RunEnded, RunStarted, TaskChanged
+from jobgraph.engine.events import (
+    AttemptEnded,
+    AttemptStarted,
+    AttemptSubmitted,
+    Event,
+    RunEnded,
+    RunStarted,
+    TaskChanged,
+)
 from jobgraph.errors import StoreError
 from jobgraph.owner import owner_label
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
@@ -127,6 +135,8 @@ class AttemptRecord:
     finished_at: datetime | None
     duration_secs: float | None
     run_attempt: int = 1
+    runner: str | None = None
+    backend_ref: str | None = None
 
 
 def _utc(value: datetime) -> datetime:
@@ -213,6 +223,10 @@ class Store(RunOwnership):
                         "k_run": event.run_id, "run_id": event.run_id, "task": event.task,
                         "attempt": event.attempt, "status": AttemptStatus.RUNNING.value,
                         "log_path": str(event.log_path), "started_at": _utc(event.at), "created_date": _utc(event.at)})
+                elif isinstance(event, AttemptSubmitted):
+                    conn.execute(_UPDATE_ATTEMPT, {
+                        "k_run": event.run_id, "k_task": event.task, "k_attempt": event.attempt,
+                        "runner": event.runner, "backend_ref": event.reference})
                 elif isinstance(event, AttemptEnded):
                     conn.execute(_UPDATE_ATTEMPT, {
                         "k_run": event.run_id, "k_task": event.task, "k_attempt": event.attempt,
@@ -361,7 +375,7 @@ class Store(RunOwnership):
                 exit_code=row["exit_code"], error=row["error"], log_path=Path(row["log_path"]),
                 started_at=_aware(row["started_at"]),
                 finished_at=_aware(row["finished_at"]), duration_secs=row["duration_secs"],
-                run_attempt=row["run_attempt"],
+                run_attempt=row["run_attempt"], runner=row["runner"], backend_ref=row["backend_ref"],
             ) for row in conn.execute(query).mappings()]
 
     def view(self, name: str, limit: int = 10) -> tuple[list[str], list[Sequence[Any]]]:

@@ -79,6 +79,8 @@ attempts = Table(
     Column("finished_at", Timestamp),
     Column("duration_secs", Float),
     Column("created_date", Timestamp, nullable=False),
+    Column("runner", String(32)),
+    Column("backend_ref", String(255)),
     UniqueConstraint("run_id", "task", "attempt", name="uq_attempts_run_task_attempt"),
     ForeignKeyConstraint(["run_id", "task", "run_attempt"],
                          ["task_runs.run_id", "task_runs.task", "task_runs.run_attempt"],
@@ -126,5 +128,5 @@ leases = Table(
     Column("expires_at", Timestamp, nullable=False),
 )
 
-SCHEMA_VERSION = "0003"
+SCHEMA_VERSION = "0004"
 """The newest migration (store/migrations/versions); a store at another version is migrated on open."""
