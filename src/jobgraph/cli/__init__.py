@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from jobgraph.cli import doctor, inspect, run, service, show
+from jobgraph.cli import doctor, inspect, plan, run, service, show
 
 app = typer.Typer(
     name="jobgraph",
@@ -41,6 +41,7 @@ def _options(
 app.command()(inspect.validate)
 app.command()(inspect.graph)
 app.command()(inspect.schema)
+app.command()(plan.plan)
 app.command()(run.run)
 app.command()(run.retry)
 app.command()(show.history)

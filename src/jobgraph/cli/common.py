@@ -51,6 +51,12 @@ def silence(*streams: IO[str]) -> None:
         os.close(devnull)
 
 
+def write_plain(text: str) -> None:
+    """Machine-readable output goes to stdout as is: never wrapped at the terminal's width, never styled."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def home() -> Path:
     """jobgraph's folder for the default store and the logs: `.jobgraph` here, or JOBGRAPH_HOME."""
     return Path(os.environ.get("JOBGRAPH_HOME", ".jobgraph"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -13,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from jobgraph.cli.common import console, reported
+from jobgraph.cli.common import console, reported, write_plain
 from jobgraph.config import Pipeline, load
 from jobgraph.config.validate import did_you_mean
 from jobgraph.errors import ConfigError, Problem
@@ -72,19 +71,13 @@ def graph(
                                                   field="--dependents")])
         names = [match, *dag.descendants(match)]
     if output == GraphFormat.dot:
-        _write(_dot(pipeline, dag, names))
+        write_plain(_dot(pipeline, dag, names))
     elif output == GraphFormat.mermaid:
-        _write(_mermaid(pipeline, dag, names))
+        write_plain(_mermaid(pipeline, dag, names))
     elif output == GraphFormat.json:
-        _write(json.dumps(_as_json(pipeline, dag, names), indent=2))
+        write_plain(json.dumps(_as_json(pipeline, dag, names), indent=2))
     else:
         console.print(_table(pipeline, dag, names))
-
-
-def _write(text: str) -> None:
-    """Machine-readable output goes to stdout as is: never wrapped at the terminal's width, never styled."""
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
 
 
 def _levels(dag: Dag) -> dict[str, int]:
@@ -150,4 +143,4 @@ def schema() -> None:
         model = settings_model(name)
         if model is not None:
             sections["properties"][name] = model.model_json_schema()
-    _write(json.dumps(document, indent=2))
+    write_plain(json.dumps(document, indent=2))
