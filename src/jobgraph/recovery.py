@@ -1,5 +1,10 @@
 """Runs whose orchestrator died (kill -9, a crash): kill what they left running and close their records.
 
+Attempts on a remote runner (Slurm) are not killed: they are adopted, as their runner's
+`on_orchestrator_loss: adopt` (the default) says: the lost run is closed but for them, and the
+caller resumes it (`LostRun.adoptable`), waiting for them and recording their real end. With
+`on_orchestrator_loss: cancel` they are cancelled in their backend instead.
+
 `jobgraph run` and `jobgraph retry` call this first, so a lost run never stays RUNNING, no job
 process it started outlives it for long, and `jobgraph retry RUN_ID` can resume it. Job processes
 are found by the containment module: the run's cgroups (which hold every process its jobs started,
@@ -9,26 +14,51 @@ removed by the container runner, by their owner label, when it next connects.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from jobgraph.config import Pipeline
-from jobgraph.errors import JobgraphError
+from jobgraph.engine import GraphRun
+from jobgraph.errors import JobgraphError, RunnerError
 from jobgraph.owner import owner_is_gone
+from jobgraph.runners import AnyRunner, make_runner
 from jobgraph.runners.containment import kill_lost_run, remove_empty_cgroups
+from jobgraph.runners.registry import BACKENDS, settings_for
+from jobgraph.states import AttemptStatus
 from jobgraph.store import Store
 
 LOST_REASON = "orchestrator lost: the jobgraph process running this run died"
 
 
 @dataclass(frozen=True)
+class RemoteAttempt:
+    """An attempt a lost run left in a remote backend, by the handle recorded when it was submitted."""
+
+    task: str
+    attempt: int
+    runner: str
+    reference: str
+    started_at: datetime
+
+
+@dataclass(frozen=True)
 class LostRun:
-    """A run that was found orphaned and closed; `killed` counts the processes it had left."""
+    """A run that was found orphaned and closed; `killed` counts the processes it had left.
+
+    `adoptable` are its remote attempts still to be waited for: the caller resumes the run with them.
+    `cancelled` counts remote attempts cancelled in their backend (`on_orchestrator_loss: cancel`).
+    """
 
     run_id: str
     pipeline: str
     killed: int
     containers: int = 0
+    adoptable: tuple[RemoteAttempt, ...] = ()
+    cancelled: int = 0
 
 
 def recover_lost_runs(store: Store, folder: Path) -> list[LostRun]:
@@ -41,6 +71,8 @@ def recover_lost_runs(store: Store, folder: Path) -> list[LostRun]:
         if run.owner is None or not owner_is_gone(run.owner) or not store.take_over(run):
             continue  # alive, or another process is closing it right now
         killed = kill_lost_run(run.run_id)
+        adoptable, to_cancel = remote_attempts(store, run.run_id, run.snapshot)
+        cancelled = cancel_remote(run.run_id, run.snapshot, to_cancel, folder)
         containers = 0
         for engine in container_engines(run.snapshot):
             try:
@@ -49,8 +81,8 @@ def recover_lost_runs(store: Store, folder: Path) -> list[LostRun]:
                 containers += remove_run_containers(engine, folder, [run.run_id])
             except JobgraphError:
                 pass  # no engine reachable: the container runner removes them when it next connects
-        store.mark_lost(run.run_id, LOST_REASON)
-        lost.append(LostRun(run.run_id, run.pipeline, killed, containers))
+        store.mark_lost(run.run_id, LOST_REASON, keep={(a.task, a.attempt) for a in adoptable})
+        lost.append(LostRun(run.run_id, run.pipeline, killed, containers, tuple(adoptable), cancelled))
     remove_empty_cgroups()
     return lost
 
@@ -63,3 +95,59 @@ def container_engines(snapshot: str) -> set[str]:
         return set()
     jobs = pipeline.all_jobs()
     return {job.runner for job in jobs if job.runner in ("podman", "docker")}
+
+
+def remote_attempts(store: Store, run_id: str, snapshot: str) -> tuple[list[RemoteAttempt], list[RemoteAttempt]]:
+    """A lost run's attempts still running on remote runners: (to adopt, to cancel), as each runner's
+    `on_orchestrator_loss` says."""
+    try:
+        pipeline = Pipeline.model_validate_json(snapshot)
+    except ValueError:
+        return [], []
+    adopt: list[RemoteAttempt] = []
+    cancel: list[RemoteAttempt] = []
+    for record in store.attempts(run_id):
+        if record.status != AttemptStatus.RUNNING or not record.backend_ref or not record.runner:
+            continue
+        if record.runner not in BACKENDS or not BACKENDS[record.runner].remote:
+            continue
+        remote = RemoteAttempt(record.task, record.attempt, record.runner, record.backend_ref, record.started_at)
+        settings = settings_for(record.runner, pipeline)
+        (cancel if getattr(settings, "on_orchestrator_loss", "adopt") == "cancel" else adopt).append(remote)
+    return adopt, cancel
+
+
+def cancel_remote(run_id: str, snapshot: str, remote: list[RemoteAttempt], folder: Path) -> int:
+    """Cancel remote attempts in their backend, through their runner; return how many were cancelled.
+
+    Runs in a thread of its own, so it works whether or not the caller is inside an event loop.
+    """
+    if not remote:
+        return 0
+    pipeline = Pipeline.model_validate_json(snapshot)
+    jobs = {job.name: job for job in pipeline.all_jobs()}
+
+    async def cancel_all() -> int:
+        draft = GraphRun(pipeline, lambda _job: _no_runner(), [], folder / "logs", run_id=run_id)
+        runners: dict[str, AnyRunner] = {}
+        done = 0
+        try:
+            for attempt in remote:
+                if attempt.task not in jobs:
+                    continue
+                runner = runners.setdefault(attempt.runner, make_runner(attempt.runner, pipeline, folder))
+                spec = draft.spec_for(jobs[attempt.task], attempt.attempt)
+                with contextlib.suppress(RunnerError):
+                    await runner.cancel(await runner.adopt(attempt.reference, spec))
+                    done += 1
+        finally:
+            for runner in runners.values():
+                await runner.aclose()
+        return done
+
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(asyncio.run, cancel_all()).result()
+
+
+def _no_runner() -> AnyRunner:
+    raise AssertionError("recovery starts no job")

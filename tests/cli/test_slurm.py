@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,3 +63,123 @@ def test_a_job_slurm_can_never_start_is_an_error_and_is_cancelled(
         assert attempt.status == "ERROR"
     queue = subprocess.run(["squeue", "-h", "-o", "%k"], capture_output=True, text=True, timeout=30).stdout
     assert summary.run_id not in queue
+
+
+REMOTE = {"name": "remote", "runners": {"slurm": {"poll_interval": 0.2}}}
+
+
+def start_run(tmp_path: Path, path: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph")}
+    return subprocess.Popen([sys.executable, "-m", "jobgraph", "run", str(path)], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+
+
+def submitted(tmp_path: Path, task: str) -> tuple[str, str]:
+    """(run id, Slurm job id) once the store holds the attempt's handle."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (tmp_path / ".jobgraph" / "jobgraph.db").exists():
+            with Store(store_url(tmp_path)) as records:
+                for run in records.runs():
+                    for attempt in records.attempts(run.run_id, task):
+                        if attempt.backend_ref:
+                            return run.run_id, attempt.backend_ref
+        time.sleep(0.1)
+    raise AssertionError("the attempt was never submitted")
+
+
+def slurm_state(job_id: str) -> str:
+    out = subprocess.run(["squeue", "-h", "--states=all", "-j", job_id, "-o", "%T"], capture_output=True,
+                         text=True, timeout=30).stdout.strip()
+    return out or "GONE"
+
+
+def other_run(tmp_path: Path, cli: Cli) -> subprocess.CompletedProcess[str]:
+    """The next `jobgraph run`, of another pipeline: its start recovers (and adopts) lost runs."""
+    (tmp_path / "other.yaml").write_text("name: other\nimages: {sh: [sh, -c]}\njobs: [{name: x, image: sh, "
+                                         "args: ['true']}]\n")
+    return cli("run", "other.yaml", check=0, timeout=120)
+
+
+def test_kill_9_mid_run_then_the_next_start_adopts_the_slurm_job_and_the_run_goes_on(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
+    marker = tmp_path / "marker"
+    path = write_pipeline({**REMOTE, "jobs": [
+        sh("long", f"sleep 4; echo ran >> {marker}", runner="slurm"),
+        sh("after", f"echo after >> {marker}", after=["long"])]})
+    run = start_run(tmp_path, path)
+    run_id, job_id = submitted(tmp_path, "long")
+    run.kill()
+    run.wait(timeout=30)
+    assert slurm_state(job_id) in ("PENDING", "RUNNING")  # nothing remote was killed
+    result = other_run(tmp_path, cli)
+    assert f"adopting what still runs remotely: long attempt 1 (slurm {job_id})" in result.stderr
+    assert marker.read_text() == "ran\nafter\n"  # the Slurm job ran once, and the run went on after it
+    with Store(store_url(tmp_path)) as records:
+        assert records.run(run_id).state == "SUCCEEDED"
+        [long] = records.attempts(run_id, "long")
+        assert (long.status, long.exit_code, long.backend_ref) == ("DONE", 0, job_id)
+        assert long.duration_secs is not None and long.duration_secs >= 4  # its real span, from its real start
+
+
+def test_a_slurm_job_that_ended_while_jobgraph_was_down_is_recorded_with_its_real_exit_code(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
+    path = write_pipeline({**REMOTE, "jobs": [sh("quick", "sleep 2; exit 7", runner="slurm")]})
+    run = start_run(tmp_path, path)
+    run_id, job_id = submitted(tmp_path, "quick")
+    run.kill()
+    run.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while slurm_state(job_id) in ("PENDING", "RUNNING", "COMPLETING") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    other_run(tmp_path, cli)
+    with Store(store_url(tmp_path)) as records:
+        [quick] = records.attempts(run_id, "quick")
+        assert (quick.status, quick.exit_code) == ("FAILED", 7)
+        assert records.run(run_id).state == "FAILED"
+
+
+def test_on_orchestrator_loss_cancel_cancels_the_slurm_job(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
+    path = write_pipeline({"runners": {"slurm": {"poll_interval": 0.2, "on_orchestrator_loss": "cancel"}},
+                           "jobs": [sh("long", "sleep 300", runner="slurm")]})
+    run = start_run(tmp_path, path)
+    run_id, job_id = submitted(tmp_path, "long")
+    run.kill()
+    run.wait(timeout=30)
+    result = other_run(tmp_path, cli)
+    assert "cancelled 1 remote attempt(s)" in result.stderr
+    assert slurm_state(job_id) in ("GONE", "CANCELLED")
+    with Store(store_url(tmp_path)) as records:
+        assert records.run(run_id).state == "CANCELLED"
+        assert [a.status for a in records.attempts(run_id)] == ["CANCELLED"]
+
+
+def test_a_serve_that_starts_adopts_a_lost_runs_slurm_job_alongside_its_schedule(
+        tmp_path: Path, write_pipeline: WritePipeline) -> None:
+    marker = tmp_path / "marker"
+    path = write_pipeline({**REMOTE, "jobs": [sh("long", f"sleep 3; echo ran >> {marker}", runner="slurm")]})
+    run = start_run(tmp_path, path)
+    run_id, job_id = submitted(tmp_path, "long")
+    run.kill()
+    run.wait(timeout=30)
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph")}
+    serve = subprocess.Popen([sys.executable, "-m", "jobgraph", "serve", "--tick", "0.2"], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        state = "RUNNING"
+        while state != "SUCCEEDED" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            with Store(store_url(tmp_path)) as records:
+                state = records.run(run_id).state
+        serve.terminate()
+        out, _ = serve.communicate(timeout=60)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+    assert f"resuming run {run_id} of remote, adopting 1 remote attempt(s)" in out
+    assert state == "SUCCEEDED" and marker.read_text() == "ran\n"
+    with Store(store_url(tmp_path)) as records:
+        [long] = records.attempts(run_id, "long")
+        assert (long.status, long.backend_ref) == ("DONE", job_id)

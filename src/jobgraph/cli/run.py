@@ -8,6 +8,7 @@ import os
 import signal
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -31,9 +32,9 @@ from jobgraph.cli.inspect import FileArgument, RunnerOption
 from jobgraph.cli.render import RunView
 from jobgraph.cli.show import tasks_table
 from jobgraph.config import Job, Pipeline, check_pipeline, load
-from jobgraph.engine import GraphRun, PriorTask, RunResult
+from jobgraph.engine import Adoption, GraphRun, Listener, PriorTask, RunResult
 from jobgraph.errors import ConfigError, Problem, RunnerError, StoreError
-from jobgraph.recovery import recover_lost_runs
+from jobgraph.recovery import LostRun, recover_lost_runs
 from jobgraph.runners import AnyRunner, make_runner
 from jobgraph.states import RETRYABLE_TASK_STATES, RunState, TaskState
 from jobgraph.store import Store
@@ -53,7 +54,7 @@ def run(file: FileArgument, store: StoreOption = None, runner: RunnerOption = No
     """Run a pipeline once, now, with a live view; exit 0 if every job succeeded, 1 if not, 130 if cancelled."""
     pipeline = load(file, runner)
     with Store(store_url(store)) as records:
-        report_lost_runs(records)
+        resume_adopting(records, report_lost_runs(records))
         result = execute(pipeline, records, runner)
     raise typer.Exit(EXIT_CODES[result.state])
 
@@ -72,7 +73,7 @@ def retry(
     Of several retries of one run at once, exactly one runs it; the others say who does and exit 2.
     """
     with Store(store_url(store)) as records:
-        report_lost_runs(records)
+        resume_adopting(records, report_lost_runs(records))
         previous = records.run(run_id)
         if previous.state == RunState.SUCCEEDED:
             console.print(f"run {previous.run_id} succeeded: nothing to retry")
@@ -170,7 +171,7 @@ async def open_runners(pipeline: Pipeline, runner_override: str | None, runners:
 
 def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run_id: str | None = None,
             prior: dict[str, PriorTask] | None = None, run_attempt: int = 1, trigger: str = "manual",
-            version: str | None = None) -> RunResult:
+            version: str | None = None, adopt: dict[str, Adoption] | None = None) -> RunResult:
     """Run the graph with the store and the live view listening; Ctrl-C and SIGTERM cancel it, so does a lost store."""
     secrets = job_secrets(pipeline)
     runners: dict[str, AnyRunner] = {}
@@ -187,7 +188,7 @@ def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run
     with RunView(console) as view:
         graph_run = GraphRun(pipeline, runner_factory(pipeline, runner_override, runners), [recorder, view],
                              home() / "logs", run_id=run_id, prior=prior, run_attempt=run_attempt,
-                             secrets=secrets, trigger=trigger, version=version)
+                             secrets=secrets, trigger=trigger, version=version, adopt=adopt)
         cancel.append(graph_run.cancel)
 
         async def main() -> RunResult:
@@ -250,13 +251,72 @@ def store_patience() -> float:
     return seconds
 
 
-def report_lost_runs(records: Store) -> None:
-    """Close runs whose jobgraph process died, and say so."""
-    for lost in recover_lost_runs(records, home()):
+def report_lost_runs(records: Store) -> list[LostRun]:
+    """Close runs whose jobgraph process died, say so, and resume those with remote attempts to adopt."""
+    lost_runs = recover_lost_runs(records, home())
+    for lost in lost_runs:
         containers = f" and {lost.containers} container(s)" if lost.containers else ""
-        errors.print(f"run {lost.run_id} of {lost.pipeline}: its jobgraph process died; killed "
-                     f"{lost.killed} leftover process(es){containers}, marked it CANCELLED "
-                     f"(`jobgraph retry {lost.run_id}` resumes it)")
+        remote = f", cancelled {lost.cancelled} remote attempt(s)" if lost.cancelled else ""
+        if lost.adoptable:
+            still = ", ".join(f"{a.task} attempt {a.attempt} ({a.runner} {a.reference})" for a in lost.adoptable)
+            errors.print(f"run {lost.run_id} of {lost.pipeline}: its jobgraph process died; killed {lost.killed} "
+                         f"leftover process(es){containers}{remote}; adopting what still runs remotely: {still}")
+        else:
+            errors.print(f"run {lost.run_id} of {lost.pipeline}: its jobgraph process died; killed "
+                         f"{lost.killed} leftover process(es){containers}{remote}, marked it CANCELLED "
+                         f"(`jobgraph retry {lost.run_id}` resumes it)")
+    return lost_runs
+
+
+@dataclass(frozen=True)
+class Resumption:
+    """A lost run claimed by this process, to go on with: its remote attempts adopted, the rest rerun."""
+
+    pipeline: Pipeline
+    previous: RunRecord
+    run_attempt: int
+    prior: dict[str, PriorTask]
+    adopt: dict[str, Adoption]
+
+    def graph_run(self, runner_for: Callable[[Job], AnyRunner], listeners: list[Listener]) -> GraphRun:
+        """The GraphRun that resumes it (as a retry that adopts rather than resubmits)."""
+        return GraphRun(self.pipeline, runner_for, listeners, home() / "logs", run_id=self.previous.run_id,
+                        prior=self.prior, run_attempt=self.run_attempt, secrets=job_secrets(self.pipeline),
+                        trigger=self.previous.trigger or "manual", version=self.previous.version, adopt=self.adopt)
+
+    def announce(self) -> str:
+        """What a person is told."""
+        return (f"resuming run {self.previous.run_id} of {self.previous.pipeline}, adopting "
+                f"{len(self.adopt)} remote attempt(s)")
+
+
+def claim_resumptions(records: Store, lost_runs: list[LostRun]) -> list[Resumption]:
+    """Claim each lost run that left remote attempts, so that exactly one jobgraph resumes it."""
+    claimed = []
+    for lost in lost_runs:
+        if not lost.adoptable:
+            continue
+        previous = records.run(lost.run_id)
+        try:
+            run_attempt = records.claim_run(previous).run_attempt
+        except RunBusy:
+            continue  # another jobgraph resumed it first
+        pipeline = check_pipeline(Pipeline.model_validate_json(previous.snapshot), f"run {previous.run_id}")
+        prior = {t.task: PriorTask(t.state, t.attempts, t.return_value) for t in records.settled_tasks(previous.run_id)}
+        adopt = {a.task: Adoption(a.attempt, a.reference, a.started_at) for a in lost.adoptable}
+        claimed.append(Resumption(pipeline, previous, run_attempt, prior, adopt))
+    return claimed
+
+
+def resume_adopting(records: Store, lost_runs: list[LostRun]) -> None:
+    """Resume, here and now, each lost run that left remote attempts: wait for them (their real end is
+    recorded) and go on with the rest of the run."""
+    for resumption in claim_resumptions(records, lost_runs):
+        console.print(escape(resumption.announce()))
+        previous = resumption.previous
+        execute(resumption.pipeline, records, None, run_id=previous.run_id, prior=resumption.prior,
+                run_attempt=resumption.run_attempt, trigger=previous.trigger or "manual", version=previous.version,
+                adopt=resumption.adopt)
 
 
 def job_secrets(pipeline: Pipeline) -> dict[str, str]:

@@ -27,9 +27,17 @@ from jobgraph.cli.common import (
 )
 from jobgraph.cli.inspect import FileArgument, RunnerOption
 from jobgraph.cli.render import RunView, styled, terminal_gone, write_line
-from jobgraph.cli.run import EXIT_CODES, execute, job_secrets, report_lost_runs, runner_factory
+from jobgraph.cli.run import (
+    EXIT_CODES,
+    claim_resumptions,
+    execute,
+    job_secrets,
+    report_lost_runs,
+    resume_adopting,
+    runner_factory,
+)
 from jobgraph.config import Pipeline, check_pipeline, load
-from jobgraph.engine import GraphRun
+from jobgraph.engine import GraphRun, RunResult
 from jobgraph.errors import JobgraphError
 from jobgraph.owner import owner_label
 from jobgraph.runners import AnyRunner
@@ -133,7 +141,7 @@ def trigger(name: NameArgument, store: StoreOption = None, runner: RunnerOption 
                           "(request withdrawn); running it here")
         else:
             console.print(f"{deployed.name}: {_no_service(deployments)}; running it here")
-        report_lost_runs(records)
+        resume_adopting(records, report_lost_runs(records))
         pipeline = check_pipeline(Pipeline.model_validate_json(deployments.snapshot(deployed.name, deployed.version)),
                                   f"pipeline {deployed.name}", runner)
         result = execute(pipeline, records, runner, trigger="trigger", version=deployed.version)
@@ -243,7 +251,18 @@ def serve(
                             scheduled_time=scheduled, secrets=job_secrets(checked), trigger=how,
                             version=deployed.version)
 
-        scheduler = Scheduler(records, _now, start_run, holder, recover=lambda: report_lost_runs(records),
+        resumed: list[tuple[GraphRun, asyncio.Task[RunResult]]] = []
+
+        def recover() -> None:
+            """Close lost runs; resume those that left remote attempts, alongside the scheduled runs."""
+            for resumption in claim_resumptions(records, report_lost_runs(records)):
+                say(resumption.announce())
+                view = RunView(console, prefix=f"[{resumption.previous.pipeline}] ")
+                graph_run = resumption.graph_run(runner_factory(resumption.pipeline, runner, runners),
+                                                 [records, view])
+                resumed.append((graph_run, asyncio.get_running_loop().create_task(graph_run.run())))
+
+        scheduler = Scheduler(records, _now, start_run, holder, recover=recover,
                               lease_ttl_secs=max(LEASE_TTL_SECS, 3 * tick), on_message=say)
 
         async def main() -> None:
@@ -267,6 +286,10 @@ def serve(
                     await asyncio.wait_for(stop.wait(), tick)
             running = scheduler.running()
             say(f"stopping: {'draining' if drain else 'cancelling'} {len(running)} running run(s)")
+            if not drain:
+                for graph_run, _task in resumed:
+                    graph_run.cancel()
+            await asyncio.gather(*(task for _run, task in resumed), return_exceptions=True)
             await scheduler.shutdown(drain)
             for each in runners.values():
                 await each.aclose()

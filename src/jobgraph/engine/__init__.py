@@ -12,9 +12,10 @@ from jobgraph.engine.events import (
     TaskChanged,
     TaskInfo,
 )
-from jobgraph.engine.run import GraphRun, PriorTask, RunResult
+from jobgraph.engine.run import Adoption, GraphRun, PriorTask, RunResult
 
 __all__ = [
+    "Adoption",
     "AttemptEnded",
     "AttemptStarted",
     "AttemptSubmitted",

@@ -53,6 +53,15 @@ class PriorTask:
 
 
 @dataclass(frozen=True)
+class Adoption:
+    """An attempt an earlier jobgraph submitted to a remote backend and died waiting for: waited for again."""
+
+    attempt: int
+    reference: str
+    started_at: datetime
+
+
+@dataclass(frozen=True)
 class RunResult:
     """The end of a graph run: its state and every job's."""
 
@@ -89,6 +98,7 @@ class GraphRun:
         secrets: Mapping[str, str] | None = None,
         trigger: str = "manual",
         version: str | None = None,
+        adopt: Mapping[str, Adoption] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.run_id = run_id or str(uuid.uuid4())
@@ -98,6 +108,7 @@ class GraphRun:
         self.listener_failures: list[tuple[Listener, Exception]] = []
         self._log_dir = (log_dir / self.run_id).resolve()  # once: job names are plain, nothing below is a link
         self._prior = prior or {}
+        self._adopt = adopt or {}
         self._run_attempt = run_attempt
         self._secrets = secrets or {}
         self._origin = (trigger, version)
@@ -242,14 +253,15 @@ class GraphRun:
     async def _run_job(self, job: Job) -> TaskState:
         """Every attempt of one job, with retry delays; never raises, always returns a final state."""
         prior = self._prior.get(job.name)
-        first = (prior.attempts if prior else 0) + 1
+        adoption = self._adopt.get(job.name)
+        first = adoption.attempt if adoption else (prior.attempts if prior else 0) + 1
         last = first + (job.retries or 0)
         outcome = Outcome(AttemptStatus.ERROR, error="not started")
         attempt = first
         try:
             for attempt in range(first, last + 1):
                 self._set_state(job.name, TaskState.RUNNING, attempt=attempt)
-                outcome = await self._attempt(job, attempt)
+                outcome = await self._attempt(job, attempt, adoption if attempt == first else None)
                 if outcome.status == AttemptStatus.DONE:
                     value = self._values.get(job.name)
                     self._set_state(job.name, TaskState.SUCCEEDED, attempt=attempt, return_value=value)
@@ -285,22 +297,29 @@ class GraphRun:
                        return_value_path=self._return_value_path(job, attempt),
                        log_limit=job.log_limit or DEFAULT_LOG_LIMIT, timeout=job.timeout)
 
-    async def _attempt(self, job: Job, attempt: int) -> Outcome:
-        """One execution: start, wait (bounded by the timeout), and record how it ended, whatever happens."""
+    async def _attempt(self, job: Job, attempt: int, adoption: Adoption | None = None) -> Outcome:
+        """One execution: start (or adopt), wait (bounded by the timeout), and record how it ended, whatever happens.
+
+        An adopted attempt is already recorded as started, with its handle: it is only waited for.
+        """
         runner = self._runner_for(job)
         spec = self.spec_for(job, attempt)
         log_path = spec.log_path
         return_path = self._return_value_path(job, attempt)
-        started = now()
-        self._emit(AttemptStarted(self.run_id, job.name, attempt, started, log_path))
+        started = adoption.started_at if adoption else now()
+        if adoption is None:
+            self._emit(AttemptStarted(self.run_id, job.name, attempt, started, log_path))
         handle = None
         outcome = Outcome(AttemptStatus.CANCELLED, None, "cancelled")
         waited = False
         try:
             try:
-                handle = await runner.start(spec)
+                if adoption is not None:
+                    handle = await runner.adopt(adoption.reference, spec)
+                else:
+                    handle = await runner.start(spec)
                 reference = runner.handle_ref(handle)
-                if reference:
+                if reference and adoption is None:
                     self._emit(AttemptSubmitted(self.run_id, job.name, attempt, runner.name, reference))
                 outcome = await asyncio.wait_for(runner.wait(handle), job.timeout)
                 waited = True  # the runner has cleaned up after the job

@@ -77,6 +77,8 @@ class Runner(Protocol[H]):
     - `logs` returns the last `tail_bytes` of the job's output, for the error column.
     - `read_return_value` returns what the job left as its return value (at most `max_bytes`, never
       through a link or from a FIFO), wherever the backend keeps it: a local file, a shared folder.
+    - `adopt` re-attaches to an attempt an earlier jobgraph process submitted (by its `handle_ref`),
+      whatever it has done since: still queued, running, or over; only remote runners can.
     - `handle_ref` names the attempt in the backend (a Slurm job id), for the store to record the
       moment it is submitted; "" when nothing of the attempt outlives jobgraph (local processes).
     - `describe` says what `start` would submit (argv, env, container body, batch script), secrets
@@ -95,6 +97,10 @@ class Runner(Protocol[H]):
 
     async def start(self, spec: JobSpec) -> H:
         """Start one attempt."""
+        ...
+
+    async def adopt(self, reference: str, spec: JobSpec) -> H:
+        """Re-attach to an attempt an earlier jobgraph started (remote runners; others raise RunnerError)."""
         ...
 
     async def wait(self, handle: H) -> Outcome:

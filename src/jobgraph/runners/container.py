@@ -276,6 +276,10 @@ class ContainerRunner:
         """The return file the job left in its out folder (moved back next to its log when it ended)."""
         return return_value_of(handle.spec.return_value_path, handle.spec.secret_values, max_bytes)
 
+    async def adopt(self, reference: str, spec: JobSpec) -> ContainerHandle:
+        """Nothing to re-attach to: what an earlier jobgraph left here is killed by recovery, not adopted."""
+        raise RunnerError(f"the {self.name} runner cannot adopt an attempt ({reference})")
+
     def handle_ref(self, handle: ContainerHandle) -> str:
         """The container's name (recovery finds a lost run's containers by their labels)."""
         return str(handle.container.name)

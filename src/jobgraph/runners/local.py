@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
     from jobgraph.config.model import Pipeline
 
+LOCAL_MARKER = "JOBGRAPH_RUNNER"
+"""Set to `local` in every local job's environment: recovery kills a lost run's processes by it, never a
+process of the same run that a remote runner (a Slurm job on this very host) started."""
+
 PYTHON_ALIASES = frozenset({"python", "python3"})
 """In an image's command, these mean the Python that runs jobgraph, so a venv needs no activation."""
 
@@ -74,7 +78,8 @@ class LocalRunner:
     async def start(self, spec: JobSpec) -> LocalProcess:
         """Start the process with stdout and stderr on a pipe that jobgraph drains into the log, redacted."""
         command = self.command(spec)
-        env = {k: v for k, v in os.environ.items() if k not in spec.withheld_env} | dict(spec.env)
+        inherited = {k: v for k, v in os.environ.items() if k not in spec.withheld_env}
+        env = inherited | dict(spec.env) | {LOCAL_MARKER: "local"}
         self.kill_grace()  # a bad setting stops the job before it starts, not when it must be killed
         try:
             output = PipeCapture(LogWriter(spec.log_path, redactor_for(spec.secret_values), spec.log_limit))
@@ -115,6 +120,10 @@ class LocalRunner:
     async def read_return_value(self, handle: LocalProcess, max_bytes: int) -> str | None:
         """What the job wrote to JOBGRAPH_RETURN_VALUE_FILE, read safely."""
         return return_value_of(handle.spec.return_value_path, handle.spec.secret_values, max_bytes)
+
+    async def adopt(self, reference: str, spec: JobSpec) -> LocalProcess:
+        """Nothing to re-attach to: what an earlier jobgraph left here is killed by recovery, not adopted."""
+        raise RunnerError(f"the {self.name} runner cannot adopt an attempt ({reference})")
 
     def handle_ref(self, handle: LocalProcess) -> str:
         """Nothing to record: a local attempt never outlives jobgraph (recovery kills what is left)."""

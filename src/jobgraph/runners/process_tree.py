@@ -97,11 +97,15 @@ class ProcessAttempt:
 
 
 def kill_marked_processes(run_id: str) -> int:
-    """SIGKILL every process whose environment names this run, their groups and descendants; say how many."""
-    marker = f"JOBGRAPH_RUN_ID={run_id}".encode()
+    """SIGKILL every local job process whose environment names this run, their groups and descendants; say how many.
+
+    Only processes the local runner started (JOBGRAPH_RUNNER=local): a remote runner's job of the same run
+    that happens to run on this host (a single-node Slurm) is adopted, not killed.
+    """
+    marker = {f"JOBGRAPH_RUN_ID={run_id}".encode(), b"JOBGRAPH_RUNNER=local"}
     processes = _scan()
-    groups = {p.group for p in _family(processes, lambda _p, env: marker in env())} - {os.getpgid(0)}
-    doomed = [p for p in _family(processes, lambda p, env: p.group in groups or marker in env()) if not p.zombie]
+    groups = {p.group for p in _family(processes, lambda _p, env: marker <= env())} - {os.getpgid(0)}
+    doomed = [p for p in _family(processes, lambda p, env: p.group in groups or marker <= env()) if not p.zombie]
     _signal_all(doomed, signal.SIGKILL)
     return len(doomed)
 

@@ -12,6 +12,7 @@ PostgreSQL alike, of any number of processes acting at once, exactly one does:
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -86,12 +87,13 @@ class RunOwnership:
                 runs.c.owner == lost.owner, runs.c.run_attempt == lost.run_attempt)).values(
                 owner=self.owner)).rowcount == 1)
 
-    def mark_lost(self, run_id: str, reason: str) -> bool:
+    def mark_lost(self, run_id: str, reason: str, keep: Collection[tuple[str, int]] = ()) -> bool:
         """Close the records of a run whose orchestrator died; False if it is not this process's to close.
 
         The run must be RUNNING and owned by this process (see `take_over`) or by a process that is
         gone. A job whose last attempt ended DONE succeeded (jobgraph died between recording the
-        attempt and the job); every other unfinished attempt and job is CANCELLED, and so is the run.
+        attempt and the job); every other unfinished attempt and job is CANCELLED, and so is the run,
+        but the attempts in `keep` (job, attempt): remote ones still running, to be adopted.
         """
         run = self.run(run_id)
         mine = run.owner == self.owner or (run.owner is not None and owner_is_gone(run.owner))
@@ -106,9 +108,12 @@ class RunOwnership:
             if closed.rowcount != 1:
                 conn.rollback()
                 return False
-            conn.execute(update(attempts).where(and_(
-                attempts.c.run_id == run.run_id, attempts.c.status == AttemptStatus.RUNNING.value)).values(
-                status=AttemptStatus.CANCELLED.value, error=reason, finished_at=at, created_date=at))
+            running = conn.execute(select(attempts.c.id, attempts.c.task, attempts.c.attempt).where(and_(
+                attempts.c.run_id == run.run_id, attempts.c.status == AttemptStatus.RUNNING.value))).all()
+            closing = [row.id for row in running if (row.task, row.attempt) not in set(keep)]
+            if closing:
+                conn.execute(update(attempts).where(attempts.c.id.in_(closing)).values(
+                    status=AttemptStatus.CANCELLED.value, error=reason, finished_at=at, created_date=at))
             last = _last_attempts(conn, run.run_id)
             open_rows = task_runs.c.run_id == run.run_id, task_runs.c.state.in_(unfinished)
             for task, started_at in conn.execute(select(task_runs.c.task, task_runs.c.started_at).where(*open_rows)):
