@@ -1,4 +1,5 @@
-"""Benchmark: N `true` jobs through the Slurm runner against a plain loop of `sbatch --wait` calls.
+"""Benchmark: N `true` jobs through the Slurm runner and through `jobgraph run`, against a plain loop of
+`sbatch --wait` calls.
 
 Both keep the same number of jobs in flight (a semaphore for the runner, as a pool would; that many
 threads each running `sbatch --wait` one after another for the loop). The runner is timed at several
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +61,21 @@ def sbatch_wait_loop(folder: Path, jobs: int, parallel: int) -> float:
     return time.perf_counter() - began
 
 
+def through_jobgraph(folder: Path, jobs: int, parallel: int, poll: float) -> float:
+    """Seconds for `jobgraph run` of a pipeline of `jobs` independent `true` jobs on Slurm, pool of `parallel`,
+    start-up, the store's records and the summary included."""
+    pipeline = {"name": "bench", "images": {"true": ["true"]}, "runners": {"slurm": {"poll_interval": poll}},
+                "pools": {"slots": {"max_parallel": parallel}},
+                "jobs": [{"name": f"j{i}", "image": "true", "runner": "slurm", "pool": "slots"} for i in range(jobs)]}
+    path = folder / f"bench-{poll}.json"
+    path.write_text(json.dumps(pipeline))
+    env = {**os.environ, "JOBGRAPH_HOME": str(folder / f"home-{poll}")}
+    began = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "jobgraph", "run", str(path)], cwd=folder, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    return time.perf_counter() - began
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=200)
@@ -80,6 +98,11 @@ def main() -> None:
             polls = len(calls.read_text().splitlines())
             print(f"  SlurmRunner, poll {poll:4.1f} s   {ours:7.1f} s   {ours / args.jobs * 1000:6.0f} ms/job   "
                   f"(ratio {ours / loop:.2f}x; {polls} squeue calls)")
+            calls.write_text("")
+            cli = through_jobgraph(folder, args.jobs, args.parallel, poll)
+            polls = len(calls.read_text().splitlines())
+            print(f"  jobgraph run, poll {poll:4.1f} s  {cli:7.1f} s   {cli / args.jobs * 1000:6.0f} ms/job   "
+                  f"(ratio {cli / loop:.2f}x; {polls} squeue calls)")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,14 @@
 """Runs whose orchestrator died (kill -9, a crash): kill what they left running and close their records.
 
-Attempts on a remote runner (Slurm) are not killed: they are adopted, as their runner's
-`on_orchestrator_loss: adopt` (the default) says: the lost run is closed but for them, and the
-caller resumes it (`LostRun.adoptable`), waiting for them and recording their real end. With
-`on_orchestrator_loss: cancel` they are cancelled in their backend instead.
-
-`jobgraph run` and `jobgraph retry` call this first, so a lost run never stays RUNNING, no job
-process it started outlives it for long, and `jobgraph retry RUN_ID` can resume it. Job processes
-are found by the containment module: the run's cgroups (which hold every process its jobs started,
-daemons included), and the JOBGRAPH_RUN_ID every job gets in its environment; containers are
-removed by the container runner, by their owner label, when it next connects.
+`jobgraph run`, `retry`, `trigger` and `serve` call this first, so a lost run never stays RUNNING, no
+job process it started outlives it for long, and `jobgraph retry RUN_ID` can resume it. What a run
+left in each backend it used is removed through that backend's clean-up in the runner registry:
+local job processes (the run's cgroups, which hold every process its jobs started, daemons
+included, and the markers in their environment) and containers (by their run label). Attempts on
+a remote runner (Slurm) are not killed: as their runner's `on_orchestrator_loss: adopt` (the
+default) says, the lost run is closed but for them, and the caller resumes it
+(`LostRun.adoptable`), waiting for them and recording their real end. With `cancel` they are
+cancelled in their backend instead.
 """
 
 from __future__ import annotations
@@ -23,11 +22,11 @@ from pathlib import Path
 
 from jobgraph.config import Pipeline
 from jobgraph.engine import GraphRun
-from jobgraph.errors import JobgraphError, RunnerError
+from jobgraph.errors import RunnerError
 from jobgraph.owner import owner_is_gone
 from jobgraph.runners import AnyRunner, make_runner
-from jobgraph.runners.containment import kill_lost_run, remove_empty_cgroups
-from jobgraph.runners.registry import BACKENDS, settings_for
+from jobgraph.runners.containment import remove_empty_cgroups
+from jobgraph.runners.registry import BACKENDS, clean_up_lost_run, settings_for
 from jobgraph.states import AttemptStatus
 from jobgraph.store import Store
 
@@ -70,31 +69,24 @@ def recover_lost_runs(store: Store, folder: Path) -> list[LostRun]:
     for run in store.running_runs():
         if run.owner is None or not owner_is_gone(run.owner) or not store.take_over(run):
             continue  # alive, or another process is closing it right now
-        killed = kill_lost_run(run.run_id)
+        cleaned = {name: clean_up_lost_run(name, run.run_id, folder)
+                   for name in sorted(runners_used(store, run.run_id, run.snapshot) | {"local"})}
+        killed, containers = cleaned.pop("local"), sum(cleaned.values())
         adoptable, to_cancel = remote_attempts(store, run.run_id, run.snapshot)
         cancelled = cancel_remote(run.run_id, run.snapshot, to_cancel, folder)
-        containers = 0
-        for engine in container_engines(run.snapshot):
-            try:
-                from jobgraph.runners.container import remove_run_containers
-
-                containers += remove_run_containers(engine, folder, [run.run_id])
-            except JobgraphError:
-                pass  # no engine reachable: the container runner removes them when it next connects
         store.mark_lost(run.run_id, LOST_REASON, keep={(a.task, a.attempt) for a in adoptable})
         lost.append(LostRun(run.run_id, run.pipeline, killed, containers, tuple(adoptable), cancelled))
     remove_empty_cgroups()
     return lost
 
 
-def container_engines(snapshot: str) -> set[str]:
-    """The container engines a run's pipeline used, from its stored snapshot."""
-    try:
-        pipeline = Pipeline.model_validate_json(snapshot)
-    except ValueError:
-        return set()
-    jobs = pipeline.all_jobs()
-    return {job.runner for job in jobs if job.runner in ("podman", "docker")}
+def runners_used(store: Store, run_id: str, snapshot: str) -> set[str]:
+    """The runners a run used: those its stored pipeline names, and those its attempts recorded (a
+    `--runner` given on the command line is only in the latter)."""
+    names = {record.runner for record in store.attempts(run_id) if record.runner}
+    with contextlib.suppress(ValueError):
+        names |= {job.runner or "local" for job in Pipeline.model_validate_json(snapshot).all_jobs()}
+    return {name for name in names if name in BACKENDS}
 
 
 def remote_attempts(store: Store, run_id: str, snapshot: str) -> tuple[list[RemoteAttempt], list[RemoteAttempt]]:

@@ -26,6 +26,7 @@ def test_plan_shows_each_runners_submission_with_secrets_as_references_and_write
         tmp_path: Path, write_pipeline: WritePipeline) -> None:
     path = write_pipeline({
         "schedule": "USING CRON 0 9 * * * Europe/Paris",
+        "runners": {"slurm": {"pool_partitions": {"small": "debug"}}},
         "pools": {"small": {"max_parallel": 1, "cpu": 1, "memory": "64m"}},
         "images": {"sh": ["sh", "-c"], "busybox": ["sh", "-c"]},
         "jobs": [
@@ -45,6 +46,7 @@ def test_plan_shows_each_runners_submission_with_secrets_as_references_and_write
     assert boxed["runner"] == "podman" and boxed["create"]["environment"]["API_TOKEN"] == "${API_TOKEN}"
     assert boxed["create"]["mem_limit"] == 64 << 20 and boxed["after"] == ["here"]
     assert batch["runner"] == "slurm" and "--time=2" in batch["argv"] and "--mem=64M" in batch["argv"]
+    assert "--partition=debug" in batch["argv"]  # the pool's partition
     assert "sh -c 'echo hi'" in batch["stdin"]
     fires = [datetime.fromisoformat(moment) for moment in document["schedule"]["next"]]
     assert len(fires) == 5 and all(f.hour == 9 and f.minute == 0 for f in fires)

@@ -30,7 +30,7 @@ import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
 
-from jobgraph.errors import RunnerError
+from jobgraph.errors import JobgraphError, RunnerError
 from jobgraph.owner import owner_is_gone, owner_label
 from jobgraph.runners.base import JobSpec, Outcome
 from jobgraph.runners.output import (
@@ -456,3 +456,12 @@ def build(name: str, pipeline: Pipeline, _settings: BaseModel | None, folder: Pa
           cwd: Path | None) -> ContainerRunner:
     """The registry's constructor: `name` is the engine (podman or docker)."""
     return ContainerRunner(name, folder, pipeline.container_images, cwd=cwd)
+
+
+def clean_up_lost_run(name: str, run_id: str, folder: Path) -> int:
+    """Remove a lost run's containers (by their run label); 0 when no engine answers (the owner-label
+    sweep removes them when a container runner next connects)."""
+    try:
+        return remove_run_containers(name, folder, [run_id])
+    except JobgraphError:
+        return 0

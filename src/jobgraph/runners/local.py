@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from jobgraph.errors import RunnerError
 from jobgraph.runners.base import JobSpec, Outcome
-from jobgraph.runners.containment import Attempt, containment
+from jobgraph.runners.containment import Attempt, containment, kill_lost_run
 from jobgraph.runners.output import LogWriter, PipeCapture, redactor_for, return_value_of, tail
 from jobgraph.states import AttemptStatus
 
@@ -205,3 +205,8 @@ def build(_name: str, pipeline: Pipeline, _settings: BaseModel | None, _folder: 
           cwd: Path | None) -> LocalRunner:
     """The registry's constructor: the pipeline's `images` say which host command stands for each image."""
     return LocalRunner(pipeline.images, cwd=cwd)
+
+
+def clean_up_lost_run(_name: str, run_id: str, _folder: Path) -> int:
+    """Kill what a lost run's local jobs left (its cgroups, its marked processes); how many processes."""
+    return kill_lost_run(run_id)

@@ -27,19 +27,23 @@ class Backend:
     `build` is `module:function` taking (name, pipeline, settings, folder, cwd); `settings` is
     `module:Model` for its `runners: {name: {...}}` section, or None for a runner that takes none;
     `host_commands` says the runner runs an image as the host command that `images` maps it to;
-    `remote` says its attempts outlive jobgraph (their handles are recorded, and adopted after a crash).
+    `remote` says its attempts outlive jobgraph (their handles are recorded, and adopted after a crash);
+    `clean_up` is `module:function` taking (name, run_id, folder) that removes what a run whose
+    jobgraph died left in this backend (processes, containers) and says how many, or None.
     """
 
     build: str
     settings: str | None = None
     host_commands: bool = False
     remote: bool = False
+    clean_up: str | None = None
 
 
 BACKENDS: dict[str, Backend] = {
-    "local": Backend("jobgraph.runners.local:build", host_commands=True),
-    "podman": Backend("jobgraph.runners.container:build"),
-    "docker": Backend("jobgraph.runners.container:build"),
+    "local": Backend("jobgraph.runners.local:build", host_commands=True,
+                     clean_up="jobgraph.runners.local:clean_up_lost_run"),
+    "podman": Backend("jobgraph.runners.container:build", clean_up="jobgraph.runners.container:clean_up_lost_run"),
+    "docker": Backend("jobgraph.runners.container:build", clean_up="jobgraph.runners.container:clean_up_lost_run"),
     "slurm": Backend("jobgraph.runners.slurm:build", "jobgraph.runners.slurm_batch:SlurmSettings",
                      host_commands=True, remote=True),
 }
@@ -70,6 +74,12 @@ def settings_for(name: str, pipeline: Pipeline) -> BaseModel | None:
     """A runner's settings from the pipeline's `runners` section, with their defaults."""
     model = settings_model(name)
     return None if model is None else model.model_validate(pipeline.runners.get(name, {}))
+
+
+def clean_up_lost_run(name: str, run_id: str, folder: Path) -> int:
+    """Have a backend remove what a run whose jobgraph died left there; how many things it removed."""
+    reference = backend(name).clean_up
+    return 0 if reference is None else int(_load(reference)(name, run_id, folder))
 
 
 def make_runner(name: str, pipeline: Pipeline, folder: Path, cwd: Path | None = None) -> AnyRunner:

@@ -113,8 +113,8 @@ class SlurmRunner:
     async def _largest_node(self) -> NodeSize | None:
         """The most CPUs and memory one node of the partition has: requests are capped to it, as a pool's
         instance family may ask more than a small cluster's nodes have (the container runner caps CPUs too)."""
-        argv = ["sinfo", "-h", "-N", "-o", "%c|%m"] + (["-p", self._settings.partition] if self._settings.partition
-                                                      else [])
+        partitions = {p for p in (self._settings.partition, *self._settings.pool_partitions.values()) if p}
+        argv = ["sinfo", "-h", "-N", "-o", "%c|%m"] + (["-p", ",".join(sorted(partitions))] if partitions else [])
         code, out, _err = await self._slurm(argv)
         sizes = [line.split("|") for line in out.split() if code == 0 and "|" in line]
         try:

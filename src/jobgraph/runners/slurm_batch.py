@@ -65,6 +65,10 @@ class SlurmSettings(BaseModel):
         None, description="Slurm account charged for the attempts (sbatch --account); the user's default if unset.")
     qos: SlurmName | None = Field(
         None, description="Slurm quality of service for the attempts (sbatch --qos); the default if unset.")
+    pool_partitions: dict[str, SlurmName] = Field(
+        default_factory=dict, description="A jobgraph pool -> the Slurm partition its jobs go to (pools map to "
+        "the cluster's capacity; the pool still caps how many attempts jobgraph has in flight). Pools not "
+        "named here use `partition`.")
     poll_interval: float = Field(
         2.0, gt=0, le=600, description="Seconds between two polls. Each poll is one `squeue` call for all of "
         "jobgraph's jobs in flight, never one call per job.")
@@ -143,7 +147,10 @@ def sbatch_argv(spec: JobSpec, settings: SlurmSettings, folder: Path, chdir: Pat
         argv.append(f"--cpus-per-task={min(cpus, largest.cpus) if largest else cpus}")
     if mebibytes:
         argv.append(f"--mem={min(mebibytes, largest.mebibytes) if largest else mebibytes}M")
-    for name in ("partition", "account", "qos"):
+    partition = settings.pool_partitions.get(spec.pool, settings.partition)
+    if partition:
+        argv.append(f"--partition={partition}")
+    for name in ("account", "qos"):
         value = getattr(settings, name)
         if value:
             argv.append(f"--{name}={value}")
