@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, NoReturn
 
@@ -35,9 +37,10 @@ from jobgraph.cli.run import (
     report_lost_runs,
     resume_adopting,
     runner_factory,
+    store_patience,
 )
 from jobgraph.config import Pipeline, check_pipeline, load
-from jobgraph.engine import GraphRun, RunResult
+from jobgraph.engine import GraphRun, Listener, RunResult
 from jobgraph.errors import JobgraphError
 from jobgraph.owner import owner_label
 from jobgraph.runners import AnyRunner
@@ -45,6 +48,7 @@ from jobgraph.schedule import parse_schedule
 from jobgraph.scheduler import LEASE, Scheduler, live_lease_holder
 from jobgraph.store import Store
 from jobgraph.store.deployments import ACTIVE, SUSPENDED, DeployedPipeline, Deployments, Fire
+from jobgraph.store.recorder import RunRecorder
 
 NameArgument = Annotated[str, typer.Argument(help="A deployed pipeline's name")]
 LEASE_TTL_SECS = 15.0
@@ -243,13 +247,30 @@ def serve(
             except OSError:  # the reader went away: the service goes on, its output stops
                 silence(console.file)
 
+        recorders: list[RunRecorder] = []
+        patience = store_patience()
+
+        def recorded(label: str, build: Callable[[list[Listener]], GraphRun]) -> GraphRun:
+            """A run recorded through a RunRecorder: it waits out a store fault, or cancels the run; what it
+            could not write is written again at each tick, once the store is back."""
+            cancel: list[Callable[[], None]] = []
+
+            def down(message: str) -> None:
+                say(f"[{label}] error: {message}")
+                asyncio.get_running_loop().call_soon(cancel[0])
+
+            recorder = RunRecorder(records, down, lambda message: say(f"[{label}] warning: {message}"), patience)
+            recorders.append(recorder)
+            graph_run = build([recorder, RunView(console, prefix=f"[{label}] ")])
+            cancel.append(graph_run.cancel)
+            return graph_run
+
         def start_run(deployed: DeployedPipeline, pipeline: Pipeline, scheduled: datetime,
                       how: str) -> GraphRun:
             checked = check_pipeline(pipeline, f"pipeline {deployed.name}", runner)
-            view = RunView(console, prefix=f"[{deployed.name}] ")
-            return GraphRun(checked, runner_factory(checked, runner, runners), [records, view], home() / "logs",
-                            scheduled_time=scheduled, secrets=job_secrets(checked), trigger=how,
-                            version=deployed.version)
+            return recorded(deployed.name, lambda listeners: GraphRun(
+                checked, runner_factory(checked, runner, runners), listeners, home() / "logs",
+                scheduled_time=scheduled, secrets=job_secrets(checked), trigger=how, version=deployed.version))
 
         resumed: list[tuple[GraphRun, asyncio.Task[RunResult]]] = []
 
@@ -257,9 +278,8 @@ def serve(
             """Close lost runs; resume those that left remote attempts, alongside the scheduled runs."""
             for resumption in claim_resumptions(records, report_lost_runs(records)):
                 say(resumption.announce())
-                view = RunView(console, prefix=f"[{resumption.previous.pipeline}] ")
-                graph_run = resumption.graph_run(runner_factory(resumption.pipeline, runner, runners),
-                                                 [records, view])
+                runner_for = runner_factory(resumption.pipeline, runner, runners)
+                graph_run = recorded(resumption.previous.pipeline, functools.partial(resumption.graph_run, runner_for))
                 resumed.append((graph_run, asyncio.get_running_loop().create_task(graph_run.run())))
 
         scheduler = Scheduler(records, _now, start_run, holder, recover=recover,
@@ -279,6 +299,9 @@ def serve(
                 except Exception as exc:  # a busy or unreachable store must not end the service
                     say(f"error: {exc}" if isinstance(exc, JobgraphError) else f"error: {exc!r}; retrying")
                     held = True
+                for recorder in recorders:
+                    recorder.flush()
+                recorders[:] = [r for r in recorders if not r.finished]
                 if not held and not waiting:
                     say(f"waiting: another scheduler holds the lease ({live_lease_holder(deployments, _now())})")
                 waiting = not held

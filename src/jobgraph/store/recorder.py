@@ -48,6 +48,7 @@ class RunRecorder:
         self._pending: deque[Event] = deque()
         self._in_doubt = False
         self._down: str | None = None
+        self._ended = False
 
     @property
     def unwritten(self) -> int:
@@ -58,6 +59,11 @@ class RunRecorder:
     def down(self) -> str | None:
         """Why the store stopped taking this run's records, if it did."""
         return self._down
+
+    @property
+    def finished(self) -> bool:
+        """The run's end is written, and every event before it: nothing more for this recorder to do."""
+        return self._ended and not self._pending
 
     def flush(self) -> bool:
         """Try once more to write what the store did not take; True once nothing is left (for a long-lived service)."""
@@ -110,7 +116,7 @@ class RunRecorder:
                 waited = False
 
     def _done(self) -> None:
-        self._pending.popleft()
+        self._ended = self._ended or isinstance(self._pending.popleft(), RunEnded)
         self._in_doubt = False
 
     def _give_up(self, why: str, waited: bool) -> None:
