@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -126,17 +126,10 @@ def test_a_job_gets_its_env_and_args_and_returns_a_value(cluster: Cluster, monke
     assert "--export=ALL" in plan["argv"] and f"--comment=jobgraph:{cluster.run_id}/hello/1" in plan["argv"]
 
 
-@dataclass(frozen=True)
-class TimedSpec(JobSpec):
-    """A JobSpec with the `timeout` the engine is to add; the runner reads it when it is there."""
-
-    timeout: float | None = None
-
-
 def test_timeout_cpu_memory_and_settings_become_sbatch_flags_slurm_accepts(cluster: Cluster) -> None:
     runner = cluster.runner(partition="debug", extra_sbatch_args=["--nice=10"])
     base = cluster.spec("sized", "true", cpu=1.5, memory_bytes=100 << 20)
-    spec = TimedSpec(**{f.name: getattr(base, f.name) for f in fields(JobSpec)}, timeout=61)
+    spec = replace(base, timeout=61)
 
     async def main() -> SlurmHandle:
         handle = await cluster.start(runner, spec)
