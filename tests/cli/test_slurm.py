@@ -106,20 +106,33 @@ def test_kill_9_mid_run_then_the_next_start_adopts_the_slurm_job_and_the_run_goe
     marker = tmp_path / "marker"
     path = write_pipeline({**REMOTE, "jobs": [
         sh("long", f"sleep 4; echo ran >> {marker}", runner="slurm"),
-        sh("after", f"echo after >> {marker}", after=["long"])]})
+        sh("after", f"echo after >> {marker}", after=["long"]),
+        sh("broken", f"echo broken >> {tmp_path}/broken; exit 1"),
+        sh("blocked", "true", after=["broken"])]})
     run = start_run(tmp_path, path)
     run_id, job_id = submitted(tmp_path, "long")
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "broken").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # recorded FAILED, its dependent SKIPPED
     run.kill()
     run.wait(timeout=30)
     assert slurm_state(job_id) in ("PENDING", "RUNNING")  # nothing remote was killed
     result = other_run(tmp_path, cli)
     assert f"adopting what still runs remotely: long attempt 1 (slurm {job_id})" in result.stderr
     assert marker.read_text() == "ran\nafter\n"  # the Slurm job ran once, and the run went on after it
+    assert (tmp_path / "broken").read_text() == "broken\n"  # what had failed before the crash is not rerun
     with Store(store_url(tmp_path)) as records:
-        assert records.run(run_id).state == "SUCCEEDED"
+        assert records.run(run_id).state == "FAILED"
+        states = {t.task: t.state for t in records.tasks(run_id)}
+        assert states == {"long": "SUCCEEDED", "after": "SUCCEEDED", "broken": "FAILED", "blocked": "SKIPPED"}
         [long] = records.attempts(run_id, "long")
-        assert (long.status, long.exit_code, long.backend_ref) == ("DONE", 0, job_id)
+        assert (long.status, long.exit_code, long.backend_ref, long.run_attempt) == ("DONE", 0, job_id, 2)
         assert long.duration_secs is not None and long.duration_secs >= 4  # its real span, from its real start
+        columns, rows = records.view("jobs_run_stats", 100)
+        seen = {(row[columns.index("task_name")], row[columns.index("graph_run_attempt")]):
+                row[columns.index("job_status")] for row in rows}
+        assert seen[("long", 2)] == "DONE" and ("long", 1) not in seen  # the seed's row where it ended
 
 
 def test_a_slurm_job_that_ended_while_jobgraph_was_down_is_recorded_with_its_real_exit_code(
@@ -136,6 +149,7 @@ def test_a_slurm_job_that_ended_while_jobgraph_was_down_is_recorded_with_its_rea
     with Store(store_url(tmp_path)) as records:
         [quick] = records.attempts(run_id, "quick")
         assert (quick.status, quick.exit_code) == ("FAILED", 7)
+        assert quick.duration_secs is not None and quick.duration_secs < 15  # its real end, not when adopted
         assert records.run(run_id).state == "FAILED"
 
 

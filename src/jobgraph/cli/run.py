@@ -43,6 +43,10 @@ from jobgraph.store.ownership import RunBusy, busy_reason
 from jobgraph.store.recorder import PATIENCE_SECS, RunRecorder
 from jobgraph.store.store import RunRecord
 
+ENDED_BEFORE_THE_CRASH = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.SKIPPED})
+"""What resuming a lost run keeps as it was: jobs that had ended before its jobgraph died (a failure is
+not retried unless someone asks, with `jobgraph retry`)."""
+
 SUMMARY_ROWS = 40
 """Past this many jobs, the closing summary lists only the jobs that did not succeed."""
 
@@ -73,8 +77,10 @@ def retry(
     Of several retries of one run at once, exactly one runs it; the others say who does and exit 2.
     """
     with Store(store_url(store)) as records:
-        resume_adopting(records, report_lost_runs(records))
+        resumed = resume_adopting(records, report_lost_runs(records))
         previous = records.run(run_id)
+        if previous.run_id in resumed:  # its jobgraph had died: going on with it was what this retry did
+            raise typer.Exit(EXIT_CODES[resumed[previous.run_id].state])
         if previous.state == RunState.SUCCEEDED:
             console.print(f"run {previous.run_id} succeeded: nothing to retry")
             raise typer.Exit(EXIT_OK)
@@ -171,7 +177,8 @@ async def open_runners(pipeline: Pipeline, runner_override: str | None, runners:
 
 def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run_id: str | None = None,
             prior: dict[str, PriorTask] | None = None, run_attempt: int = 1, trigger: str = "manual",
-            version: str | None = None, adopt: dict[str, Adoption] | None = None) -> RunResult:
+            version: str | None = None, adopt: dict[str, Adoption] | None = None,
+            keep: frozenset[TaskState] = frozenset({TaskState.SUCCEEDED})) -> RunResult:
     """Run the graph with the store and the live view listening; Ctrl-C and SIGTERM cancel it, so does a lost store."""
     secrets = job_secrets(pipeline)
     runners: dict[str, AnyRunner] = {}
@@ -188,7 +195,7 @@ def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run
     with RunView(console) as view:
         graph_run = GraphRun(pipeline, runner_factory(pipeline, runner_override, runners), [recorder, view],
                              home() / "logs", run_id=run_id, prior=prior, run_attempt=run_attempt,
-                             secrets=secrets, trigger=trigger, version=version, adopt=adopt)
+                             secrets=secrets, trigger=trigger, version=version, adopt=adopt, keep=keep)
         cancel.append(graph_run.cancel)
 
         async def main() -> RunResult:
@@ -279,10 +286,12 @@ class Resumption:
     adopt: dict[str, Adoption]
 
     def graph_run(self, runner_for: Callable[[Job], AnyRunner], listeners: list[Listener]) -> GraphRun:
-        """The GraphRun that resumes it (as a retry that adopts rather than resubmits)."""
+        """The GraphRun that goes on with it: adopted attempts waited for, jobs that had ended kept as they
+        ended, and only what the crash cut short run."""
         return GraphRun(self.pipeline, runner_for, listeners, home() / "logs", run_id=self.previous.run_id,
                         prior=self.prior, run_attempt=self.run_attempt, secrets=job_secrets(self.pipeline),
-                        trigger=self.previous.trigger or "manual", version=self.previous.version, adopt=self.adopt)
+                        trigger=self.previous.trigger or "manual", version=self.previous.version, adopt=self.adopt,
+                        keep=ENDED_BEFORE_THE_CRASH)
 
     def announce(self) -> str:
         """What a person is told."""
@@ -308,15 +317,18 @@ def claim_resumptions(records: Store, lost_runs: list[LostRun]) -> list[Resumpti
     return claimed
 
 
-def resume_adopting(records: Store, lost_runs: list[LostRun]) -> None:
+def resume_adopting(records: Store, lost_runs: list[LostRun]) -> dict[str, RunResult]:
     """Resume, here and now, each lost run that left remote attempts: wait for them (their real end is
-    recorded) and go on with the rest of the run."""
+    recorded) and go on with the rest of the run. Return how each resumed run ended."""
+    results = {}
     for resumption in claim_resumptions(records, lost_runs):
         console.print(escape(resumption.announce()))
         previous = resumption.previous
-        execute(resumption.pipeline, records, None, run_id=previous.run_id, prior=resumption.prior,
-                run_attempt=resumption.run_attempt, trigger=previous.trigger or "manual", version=previous.version,
-                adopt=resumption.adopt)
+        results[previous.run_id] = execute(
+            resumption.pipeline, records, None, run_id=previous.run_id, prior=resumption.prior,
+            run_attempt=resumption.run_attempt, trigger=previous.trigger or "manual", version=previous.version,
+            adopt=resumption.adopt, keep=ENDED_BEFORE_THE_CRASH)
+    return results
 
 
 def job_secrets(pipeline: Pipeline) -> dict[str, str]:

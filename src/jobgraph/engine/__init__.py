@@ -1,6 +1,7 @@
 """One graph run at a time: `GraphRun(pipeline, runner_for, listeners, log_dir).run()`."""
 
 from jobgraph.engine.events import (
+    AttemptAdopted,
     AttemptEnded,
     AttemptStarted,
     AttemptSubmitted,
@@ -16,6 +17,7 @@ from jobgraph.engine.run import Adoption, GraphRun, PriorTask, RunResult
 
 __all__ = [
     "Adoption",
+    "AttemptAdopted",
     "AttemptEnded",
     "AttemptStarted",
     "AttemptSubmitted",

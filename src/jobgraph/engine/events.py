@@ -40,6 +40,8 @@ class RunStarted:
     resumed: tuple[str, ...] = ()
     trigger: str = "manual"
     version: str | None = None
+    kept: tuple[str, ...] = ()
+    """Jobs that had ended otherwise (FAILED, SKIPPED) and are kept as they ended (resuming a lost run)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,17 @@ class AttemptSubmitted:
 
 
 @dataclass(frozen=True)
+class AttemptAdopted:
+    """An attempt an earlier jobgraph submitted is waited for again, in this graph run attempt: it now
+    belongs to it (its records move with it)."""
+
+    run_id: str
+    task: str
+    attempt: int
+    at: datetime
+
+
+@dataclass(frozen=True)
 class AttemptEnded:
     """One execution of a job ended; `error` holds the error text and the end of its log."""
 
@@ -113,5 +126,6 @@ class RunEnded:
     at: datetime
 
 
-Event = RunStarted | TaskChanged | AttemptStarted | AttemptSubmitted | AttemptEnded | RetryWaiting | RunEnded
+Event = (RunStarted | TaskChanged | AttemptStarted | AttemptSubmitted | AttemptAdopted | AttemptEnded | RetryWaiting
+         | RunEnded)
 Listener = Callable[[Event], None]

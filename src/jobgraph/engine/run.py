@@ -19,6 +19,7 @@ from pathlib import Path
 
 from jobgraph.config.model import Finalizer, Job, Pipeline, TriggerRule
 from jobgraph.engine.events import (
+    AttemptAdopted,
     AttemptEnded,
     AttemptStarted,
     AttemptSubmitted,
@@ -99,6 +100,7 @@ class GraphRun:
         trigger: str = "manual",
         version: str | None = None,
         adopt: Mapping[str, Adoption] | None = None,
+        keep: frozenset[TaskState] = frozenset({TaskState.SUCCEEDED}),
     ) -> None:
         self.pipeline = pipeline
         self.run_id = run_id or str(uuid.uuid4())
@@ -109,6 +111,7 @@ class GraphRun:
         self._log_dir = (log_dir / self.run_id).resolve()  # once: job names are plain, nothing below is a link
         self._prior = prior or {}
         self._adopt = adopt or {}
+        self._keep = keep
         self._run_attempt = run_attempt
         self._secrets = secrets or {}
         self._origin = (trigger, version)
@@ -138,19 +141,20 @@ class GraphRun:
                 task.cancel()
 
     async def run(self) -> RunResult:
-        """Run every job (but those that succeeded in an earlier attempt), then the finalizer."""
+        """Run every job but those whose earlier state is kept (a retry keeps what succeeded; resuming a
+        lost run keeps every job that had ended), then the finalizer."""
         self._emit(RunStarted(
             self.run_id, self.pipeline.name, now(), self.scheduled_time, self._task_infos(),
             self.pipeline.model_dump_json(), self._run_attempt,
-            resumed=tuple(n for n in self._dag.order if n in self._prior
-                          and self._prior[n].state == TaskState.SUCCEEDED),
+            resumed=self._kept(lambda state: state == TaskState.SUCCEEDED),
             trigger=self._origin[0], version=self._origin[1],
+            kept=self._kept(lambda state: state != TaskState.SUCCEEDED),
         ))
         waiting: dict[str, int] = {}
         for name in self._dag.order:
             prior = self._prior.get(name)
-            if prior is not None and prior.state == TaskState.SUCCEEDED:
-                self._states[name] = TaskState.SUCCEEDED
+            if prior is not None and prior.state in self._keep:
+                self._states[name] = prior.state
                 if prior.return_value is not None:
                     self._values[name] = prior.return_value
             else:
@@ -160,6 +164,10 @@ class GraphRun:
         for name, count in list(waiting.items()):
             if count == 0:
                 self._became_ready(name)
+        for name, kept in list(self._states.items()):  # what a kept failure blocks is skipped, as it was
+            if kept != TaskState.SUCCEEDED:
+                for successor in self._release_successors(name):
+                    self._became_ready(successor)
 
         while self._running or (not self._cancelled and any(p.ready for p in self._pools.values())):
             self._dispatch()
@@ -185,6 +193,11 @@ class GraphRun:
                 state = RunState.FAILED
         self._emit(RunEnded(self.run_id, state, now()))
         return RunResult(self.run_id, state, dict(self._states))
+
+    def _kept(self, which: Callable[[TaskState], bool]) -> tuple[str, ...]:
+        """The jobs whose earlier state is kept as it was, of those states `which` picks."""
+        return tuple(n for n in self._dag.order if n in self._prior and self._prior[n].state in self._keep
+                     and which(self._prior[n].state))
 
     def _final_state(self) -> RunState:
         if self._cancelled:
@@ -321,7 +334,9 @@ class GraphRun:
                 reference = runner.handle_ref(handle)
                 if reference and adoption is None:
                     self._emit(AttemptSubmitted(self.run_id, job.name, attempt, runner.name, reference))
-                outcome = await asyncio.wait_for(runner.wait(handle), job.timeout)
+                if adoption is not None:
+                    self._emit(AttemptAdopted(self.run_id, job.name, attempt, now()))
+                outcome = await asyncio.wait_for(runner.wait(handle), _time_left(job.timeout, started))
                 waited = True  # the runner has cleaned up after the job
                 if outcome.status == AttemptStatus.DONE:
                     await self._take_return_value(job, runner, handle)
@@ -339,7 +354,7 @@ class GraphRun:
         finally:  # whatever interrupted what, the attempt that started ends, with what is known of it
             scrub_return_file(return_path, self._redactor)
             error = stored_text(outcome.error, self._redactor) if outcome.error else None
-            self._emit(AttemptEnded(self.run_id, job.name, attempt, outcome.status, started, now(),
+            self._emit(AttemptEnded(self.run_id, job.name, attempt, outcome.status, started, outcome.ended_at or now(),
                                     outcome.exit_code, error, log_path))
         return Outcome(outcome.status, outcome.exit_code, error)
 
@@ -422,6 +437,11 @@ async def _stop(runner: AnyRunner, handle: object) -> None:
     if cancelled:
         raise asyncio.CancelledError
     stopping.result()
+
+
+def _time_left(timeout: float | None, started: datetime) -> float | None:
+    """What is left of a job's timeout for an attempt that started at `started` (earlier, if adopted)."""
+    return None if timeout is None else max(0.0, timeout - (now() - started).total_seconds())
 
 
 async def _with_log_tail(runner: AnyRunner, handle: object, outcome: Outcome) -> Outcome:

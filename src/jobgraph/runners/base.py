@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -57,6 +58,9 @@ class Outcome:
     status: AttemptStatus
     exit_code: int | None = None
     error: str | None = None
+    ended_at: datetime | None = None
+    """When the attempt really ended, if the runner knows it better than "now" (an attempt that ended
+    while no jobgraph watched it)."""
 
 
 H = TypeVar("H")

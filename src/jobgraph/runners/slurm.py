@@ -26,13 +26,22 @@ import contextlib
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jobgraph.errors import RunnerError
 from jobgraph.runners.base import JobSpec, Outcome
-from jobgraph.runners.output import LogWriter, open_regular, read_bounded, read_return_value, redactor_for, tail
+from jobgraph.runners.output import (
+    LogWriter,
+    open_regular,
+    read_bounded,
+    read_return_value,
+    redactor_for,
+    scrub_return_file,
+    tail,
+)
 from jobgraph.runners.slurm_batch import (
     EXIT_CODE_FILE,
     OUTPUT_FILE,
@@ -63,6 +72,9 @@ CANCEL_TIMEOUT = 90.0
 
 LOG_TAIL_FOR_STATE = 4096
 
+RETURN_VALUE_READ_BYTES = 10_000
+"""Read (and the shared file scrubbed) when the attempt ends: the engine takes at most this much."""
+
 SLURM_COMMANDS = ("sbatch", "squeue", "scancel", "scontrol")
 
 
@@ -76,6 +88,7 @@ class SlurmHandle:
     outcome: asyncio.Future[Outcome]
     cancelled: bool = False
     limits: str = field(default="")
+    return_value: str | None = None
 
 
 class SlurmRunner:
@@ -181,8 +194,8 @@ class SlurmRunner:
 
     async def read_return_value(self, handle: SlurmHandle, max_bytes: int) -> str | None:
         """The job's return value file, at most `max_bytes`; None if it wrote none (or planted a link)."""
-        return await asyncio.to_thread(read_return_value, handle.folder / RETURN_VALUE_FILE,
-                                       redactor_for(handle.spec.secret_values), max_bytes)
+        value = handle.return_value
+        return None if value is None else value[:max_bytes]
 
     async def cancel(self, handle: SlurmHandle) -> None:
         """`scancel` the job, then return once squeue shows it ended (or no longer lists it)."""
@@ -283,15 +296,19 @@ class SlurmRunner:
 
     async def _ended(self, handle: SlurmHandle, job: SlurmJob | None) -> Outcome:
         """How an attempt that left the queue ended; its output is copied (redacted) to its log path."""
-        exit_file = await asyncio.to_thread(read_exit_code, handle.folder, handle.job_id)
+        exit_file, ended_at = await asyncio.to_thread(read_exit_code, handle.folder, handle.job_id)
         tail = await self.logs(handle, LOG_TAIL_FOR_STATE)
+        redactor = redactor_for(handle.spec.secret_values)
         with contextlib.suppress(OSError):  # the outcome matters more than the copy
             await asyncio.to_thread(_save_log, handle)
+            handle.return_value = await asyncio.to_thread(
+                read_return_value, handle.folder / RETURN_VALUE_FILE, redactor, RETURN_VALUE_READ_BYTES)
+            await asyncio.to_thread(scrub_return_file, handle.folder / RETURN_VALUE_FILE, redactor)
         if job is not None:
-            return outcome_of(job, exit_file, handle.cancelled, tail, handle.limits)
+            return replace(outcome_of(job, exit_file, handle.cancelled, tail, handle.limits), ended_at=ended_at)
         if exit_file is not None:
-            return Outcome(AttemptStatus.DONE, 0) if exit_file == 0 else \
-                Outcome(AttemptStatus.FAILED, exit_file, f"exit code {exit_file}")
+            return Outcome(AttemptStatus.DONE, 0, ended_at=ended_at) if exit_file == 0 else \
+                Outcome(AttemptStatus.FAILED, exit_file, f"exit code {exit_file}", ended_at=ended_at)
         if handle.cancelled:
             return Outcome(AttemptStatus.CANCELLED, None, "cancelled by jobgraph (scancel)")
         return Outcome(AttemptStatus.ERROR, None, f"Slurm does not know job {handle.job_id} (it ended over "
@@ -339,16 +356,18 @@ class SlurmRunner:
         return process.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
-def read_exit_code(folder: Path, job_id: str) -> int | None:
-    """The exit code the batch script wrote, if that file is there and was written by this very job."""
+def read_exit_code(folder: Path, job_id: str) -> tuple[int | None, datetime | None]:
+    """The exit code the batch script wrote, if that file is there and was written by this very job, and
+    when it was written: the job's real end, even if it ended while no jobgraph watched it."""
     try:
         data = read_bounded(folder / EXIT_CODE_FILE, 64)
+        written = datetime.fromtimestamp(os.lstat(folder / EXIT_CODE_FILE).st_mtime, UTC)
     except OSError:  # none written, or not a regular file
-        return None
+        return None, None
     parts = data.decode(errors="replace").split()
     if len(parts) == 2 and parts[0] == job_id and parts[1].isdigit():
-        return int(parts[1])
-    return None
+        return int(parts[1]), written
+    return None, None
 
 
 def _make_private(folder: Path) -> None:
@@ -364,8 +383,8 @@ def _prepare(folder: Path) -> None:
 
 def _save_log(handle: SlurmHandle) -> None:
     """Copy the output to the attempt's log path (where `jobgraph logs` reads), redacted and capped as
-    every runner's logs are; the shared copy is then removed, as it may hold a secret on a filesystem
-    others can read."""
+    every runner's logs are; the shared copy is then removed: it may hold a secret on a filesystem others
+    can read, and it is not capped."""
     source = handle.folder / OUTPUT_FILE
     try:
         fd = open_regular(source)
@@ -378,9 +397,8 @@ def _save_log(handle: SlurmHandle) -> None:
     finally:
         writer.close()
         os.close(fd)
-    if handle.spec.secret_values:
-        with contextlib.suppress(OSError):
-            source.unlink()
+    with contextlib.suppress(OSError):  # the log holds it now, redacted and capped: no uncapped copy stays
+        source.unlink()
 
 
 def build(_name: str, pipeline: Pipeline, settings: BaseModel | None, folder: Path,

@@ -33,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import ArgumentError
 
 from jobgraph.engine.events import (
+    AttemptAdopted,
     AttemptEnded,
     AttemptStarted,
     AttemptSubmitted,
@@ -65,6 +66,7 @@ _INSERT_ATTEMPT = insert(attempts).values(run_attempt=_RUN_ATTEMPT)
 _UPDATE_ATTEMPT = update(attempts).where(and_(
     attempts.c.run_id == bindparam("k_run"), attempts.c.task == bindparam("k_task"),
     attempts.c.attempt == bindparam("k_attempt")))
+_ADOPT_ATTEMPT = _UPDATE_ATTEMPT.values(run_attempt=_RUN_ATTEMPT)
 _UPDATE_TASK = update(task_runs).where(and_(
     task_runs.c.run_id == bindparam("k_run"), task_runs.c.task == bindparam("k_task"),
     task_runs.c.run_attempt == _RUN_ATTEMPT))
@@ -223,6 +225,9 @@ class Store(RunOwnership):
                         "k_run": event.run_id, "run_id": event.run_id, "task": event.task,
                         "attempt": event.attempt, "status": AttemptStatus.RUNNING.value,
                         "log_path": str(event.log_path), "started_at": _utc(event.at), "created_date": _utc(event.at)})
+                elif isinstance(event, AttemptAdopted):
+                    conn.execute(_ADOPT_ATTEMPT, {"k_run": event.run_id, "k_task": event.task,
+                                                  "k_attempt": event.attempt})
                 elif isinstance(event, AttemptSubmitted):
                     conn.execute(_UPDATE_ATTEMPT, {
                         "k_run": event.run_id, "k_task": event.task, "k_attempt": event.attempt,
@@ -279,7 +284,7 @@ class Store(RunOwnership):
                 run_attempt=event.run_attempt, started_at=_utc(event.at), trigger=event.trigger,
                 pipeline_version=event.version, scheduled_time=_utc(event.scheduled_time),
                 snapshot=event.snapshot, owner=self.owner))
-        resumed = set(event.resumed)
+        resumed = set(event.resumed) | set(event.kept)  # kept as they were: their rows stay the current ones
         rows = [
             {"run_id": event.run_id, "task": t.name, "run_attempt": event.run_attempt,
              "state": TaskState.PENDING.value, "attempts": counts.get(t.name, 0), "pool": t.pool,
