@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -49,3 +51,10 @@ class RunnerError(JobgraphError):
 
 class StoreError(JobgraphError):
     """The store cannot be opened or does not hold what was asked for."""
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the closest known name, compared case-insensitively; '' when none is close."""
+    by_key = {k.casefold(): k for k in known}
+    close = difflib.get_close_matches(name.casefold(), list(by_key), n=1, cutoff=0.6)
+    return f" (did you mean '{by_key[close[0]]}'?)" if close else ""

@@ -328,3 +328,9 @@ def test_a_request_the_dying_service_never_took_is_withdrawn_and_run_here(
                                                    "running it here" in out
     assert [f.action for f in Deployments(store).fires("svc")] == ["WITHDRAWN"]
     assert [r.state for r in store.runs(10, "svc")] == ["SUCCEEDED"]
+
+
+def test_a_misspelled_pipeline_name_suggests_the_deployed_one(cli: Cli, write_pipeline: WritePipeline) -> None:
+    write_pipeline({"name": "nightly", "jobs": [sh("a", "true")]})
+    cli("deploy", "pipeline.yaml", check=0)
+    assert "no deployed pipeline named 'nighty' (did you mean 'nightly'?)" in cli("suspend", "nighty", check=2).stderr

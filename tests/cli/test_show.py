@@ -88,3 +88,10 @@ def test_displays_show_utc_and_say_so(tmp_path, cli: Cli, write_pipeline: WriteP
     listed = cli("pipelines", check=0).stdout
     assert "last run (UTC)" in listed and utc(run.started_at) in listed
     assert "no view named 'runs'" in cli("stats", "runs", check=2).stderr
+
+
+def test_logs_of_a_misspelled_job_suggests_the_right_one(tmp_path: Path, cli: Cli,
+                                                         write_pipeline: WritePipeline) -> None:
+    cli("run", str(write_pipeline({"jobs": [sh("extract", "true")]})), check=0)
+    run_id = Store(store_url(tmp_path)).runs(1)[0].run_id
+    assert "(did you mean 'extract'?)" in cli("logs", run_id, "extrct", check=2).stderr

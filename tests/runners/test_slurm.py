@@ -440,6 +440,7 @@ def test_a_slurm_that_stops_answering_is_an_error_and_the_job_is_left_alone(
     handle, outcome = run(main)
     assert outcome.status == AttemptStatus.ERROR
     assert outcome.error.startswith("Slurm did not answer for 1s: squeue did not answer within 1s")
+    assert outcome.error.endswith("could not cancel it: it may still run")  # scancel could not reach it either
     assert squeue_state(handle.job_id) in ("PENDING", "RUNNING")
     subprocess.run(["scancel", handle.job_id], check=True, timeout=30)
     while squeue_state(handle.job_id) in ACTIVE_STATES:

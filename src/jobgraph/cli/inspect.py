@@ -14,8 +14,7 @@ from rich.table import Table
 
 from jobgraph.cli.common import console, reported, write_plain
 from jobgraph.config import Pipeline, load
-from jobgraph.config.validate import did_you_mean
-from jobgraph.errors import ConfigError, Problem
+from jobgraph.errors import ConfigError, Problem, did_you_mean
 from jobgraph.graph import Dag
 from jobgraph.runners.registry import RUNNER_NAMES, settings_model
 from jobgraph.schedule import parse_schedule

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from jobgraph.cli.common import StoreOption, console, reported, store_url
 from jobgraph.cli.render import duration, styled
-from jobgraph.errors import StoreError
+from jobgraph.errors import StoreError, did_you_mean
 from jobgraph.runners.output import UnsafeFile, copy_out, open_regular
 from jobgraph.store import Store, TaskRecord
 from jobgraph.store.views import VIEW_NAMES, VIEW_ORDER
@@ -85,7 +85,8 @@ def logs(
         run = records.run(run_id)
         attempts = [a for a in records.attempts(run.run_id) if a.task.casefold() == job.strip().casefold()]
         if not attempts:
-            raise StoreError(f"run {run.run_id} has no attempt of a job named {job!r}")
+            raise StoreError(f"run {run.run_id} has no attempt of a job named {job!r}"
+                             f"{did_you_mean(job, [t.task for t in records.tasks(run.run_id)])}")
         chosen = attempts[-1] if attempt is None else next((a for a in attempts if a.attempt == attempt), None)
         if chosen is None:
             numbers = ", ".join(str(a.attempt) for a in attempts)
@@ -93,6 +94,9 @@ def logs(
     try:
         fd = open_regular(chosen.log_path)
     except FileNotFoundError:
+        if chosen.status == "RUNNING" and chosen.backend_ref:
+            raise StoreError(f"{chosen.task} attempt {chosen.attempt} is still running in {chosen.runner} "
+                             f"({chosen.backend_ref}): its output is stored here when it ends") from None
         raise StoreError(f"the log file {chosen.log_path} is gone") from None
     except UnsafeFile:
         raise StoreError(f"the log file {chosen.log_path} is not a regular file (did a job replace it?): "

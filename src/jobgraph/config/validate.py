@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import graphlib
-from collections.abc import Iterable
 
 from pydantic import ValidationError
 
 from jobgraph.config.model import Job, Pipeline
-from jobgraph.errors import ConfigError, Problem
+from jobgraph.errors import ConfigError, Problem, did_you_mean
 from jobgraph.runners.registry import BACKENDS, RUNNER_NAMES, settings_model
 
 
@@ -91,13 +89,6 @@ def runner_settings_problems(pipeline: Pipeline) -> list[Problem]:
                 message = "unknown field" if error["type"] == "extra_forbidden" else str(error["msg"])
                 problems.append(Problem(message.removeprefix("Value error, "), field=where))
     return problems
-
-
-def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """` (did you mean 'x'?)` for the closest known name, compared case-insensitively; '' when none is close."""
-    by_key = {k.casefold(): k for k in known}
-    close = difflib.get_close_matches(name.casefold(), list(by_key), n=1, cutoff=0.6)
-    return f" (did you mean '{by_key[close[0]]}'?)" if close else ""
 
 
 def find_cycle(jobs: list[Job]) -> list[str]:

@@ -120,7 +120,11 @@ class SlurmRunner:
         code, out, err = await self._slurm(["scontrol", "ping"])
         if code != 0 or " is UP" not in out:
             raise RunnerError(f"the Slurm controller does not answer: {(out + err).strip() or f'exit code {code}'}")
-        await asyncio.to_thread(_make_private, self._shared / "slurm")
+        try:
+            await asyncio.to_thread(_make_private, self._shared / "slurm")
+        except OSError as exc:
+            raise RunnerError(f"runners.slurm.shared_dir: cannot make the attempts' folder under {self._shared}: "
+                              f"{exc.strerror or exc}") from None
         self._largest = await self._largest_node()
 
     async def _largest_node(self) -> NodeSize | None:
@@ -146,6 +150,8 @@ class SlurmRunner:
             "env": sbatch_env(),
             "stdin": batch_script(spec, host_command(self._images, spec), folder, show_secrets=False),
             "folder": str(folder),
+            **({} if self._largest else {"note": "at submit time --cpus-per-task and --mem are capped to the "
+                                                 "partition's largest node"}),
         }
 
     def handle_ref(self, handle: SlurmHandle) -> str:
@@ -267,7 +273,13 @@ class SlurmRunner:
                     if loop.time() - failing_since >= self._settings.controller_timeout:
                         reason = f"Slurm did not answer for {self._settings.controller_timeout:g}s: {exc}"
                         for handle in [self._watched[i] for i in ids if i in self._watched]:
-                            self._resolve(handle, Outcome(AttemptStatus.ERROR, None, reason))
+                            # a job that may still run must not run beside its retry: try to cancel it
+                            try:
+                                code = (await self._slurm(["scancel", handle.job_id]))[0]
+                            except RunnerError:
+                                code = -1
+                            left = "cancelled it" if code == 0 else "could not cancel it: it may still run"
+                            self._resolve(handle, Outcome(AttemptStatus.ERROR, None, f"{reason}; {left}"))
                         failing_since = None
                 else:
                     failing_since = None

@@ -51,7 +51,7 @@ RUNNER_OPTIONS = frozenset({
 `--container` that silently runs outside the container without oci.conf): refused in extra_sbatch_args."""
 
 _SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-SlurmName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s=,;|'\"\\]+$")]
+SlurmName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s=,;|'\"\\\x00]+$")]
 
 
 class SlurmSettings(BaseModel):

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from jobgraph.errors import StoreError
+from jobgraph.errors import StoreError, did_you_mean
 from jobgraph.owner import owner_is_gone
 from jobgraph.states import RunState
 from jobgraph.store.store import Store, _aware, _utc
@@ -113,7 +113,10 @@ class Deployments:
             row = conn.execute(select(pipelines).where(
                 func.lower(pipelines.c.name) == name.strip().lower())).mappings().first()
         if row is None:
-            raise StoreError(f"no deployed pipeline named {name!r} (`jobgraph pipelines` lists them)")
+            with self._engine.connect() as conn:
+                known = list(conn.execute(select(pipelines.c.name)).scalars())
+            raise StoreError(f"no deployed pipeline named {name!r}{did_you_mean(name, known)} "
+                             "(`jobgraph pipelines` lists them)")
         return _deployed(row)
 
     def snapshot(self, name: str, version: str) -> str:
