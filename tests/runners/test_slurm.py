@@ -501,3 +501,25 @@ def test_slurm_states_map_to_attempt_outcomes(state: str, status: int, exit_file
     outcome = outcome_of(SlurmJob("42", state, "Reason", status, "jobgraph:r/t/1"), exit_file, cancelled, log)
     assert (outcome.status, outcome.exit_code) == expected
     assert outcome.status == AttemptStatus.DONE or outcome.error
+
+
+def test_a_job_sbatch_took_but_whose_answer_was_lost_is_found_by_its_comment_not_submitted_again(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sbatch submits, then hangs past the runner's timeout (a wrapper on PATH): the answer is lost."""
+    wrappers = cluster.tmp_path / "bin"
+    wrappers.mkdir()
+    (wrappers / "sbatch").write_text(f'#!/bin/sh\n{shutil.which("sbatch")} "$@"\ncode=$?\nsleep 5\nexit $code\n')
+    (wrappers / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
+    runner = cluster.runner(controller_timeout=2.0)
+    ledger = cluster.tmp_path / "ledger"
+
+    async def main() -> Any:
+        handle = await runner.start(cluster.spec("once", f"echo $SLURM_JOB_ID >> {ledger}"))
+        outcome = await runner.wait(handle)
+        await runner.aclose()
+        return handle, outcome
+
+    handle, outcome = run(main)
+    assert outcome.status == AttemptStatus.DONE
+    assert ledger.read_text().split() == [handle.job_id]  # it ran once, and it is the job that was watched

@@ -168,7 +168,7 @@ class SlurmRunner:
         script = batch_script(spec, host_command(self._images, spec), folder)
         argv = sbatch_argv(spec, self._settings, folder, self._cwd, self._largest)
         await asyncio.to_thread(_prepare, folder)
-        submitting = asyncio.ensure_future(self._submit(argv, script))
+        submitting = asyncio.ensure_future(self._submit(argv, script, spec))
         try:
             job_id = await asyncio.shield(submitting)
         except asyncio.CancelledError:
@@ -245,12 +245,33 @@ class SlurmRunner:
             self._poller = asyncio.create_task(self._poll(), name="jobgraph-slurm-poller")
         return handle
 
-    async def _submit(self, argv: list[str], script: str) -> str:
-        code, out, err = await self._slurm(argv, stdin=script)
+    async def _submit(self, argv: list[str], script: str, spec: JobSpec) -> str:
+        """Submit; if sbatch's answer is lost (it timed out), look for the job by its comment before
+        saying it failed, so an attempt Slurm did take is watched, never submitted twice."""
+        try:
+            code, out, err = await self._slurm(argv, stdin=script)
+        except RunnerError:
+            taken = await self._find(spec)
+            if taken is None:
+                raise
+            return taken
         job_id = out.strip().split(";", 1)[0]
         if code != 0 or not job_id.isdigit():
             raise RunnerError(f"sbatch refused the job: {err.strip() or out.strip() or f'exit code {code}'}")
         return job_id
+
+    async def _find(self, spec: JobSpec) -> str | None:
+        """The id of the Slurm job that is this attempt (by its job name and comment), if Slurm has one."""
+        try:
+            code, out, _ = await self._slurm(["squeue", "-h", "--states=all", f"--name=jobgraph.{spec.task}",
+                                              "-O", "JobID:|,Comment:"])
+        except RunnerError:
+            return None
+        for line in out.splitlines() if code == 0 else []:
+            job_id, _, note = line.partition("|")
+            if note.strip() == comment(spec) and job_id.strip().isdigit():
+                return job_id.strip()
+        return None
 
     async def _poll(self) -> None:
         """One `squeue` for every job in flight per interval, until none is left.
