@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from jobgraph.config import Pipeline
 from jobgraph.engine import GraphRun
 from jobgraph.errors import RunnerError
 from jobgraph.owner import owner_is_gone
-from jobgraph.runners import AnyRunner, make_runner
+from jobgraph.runners import AnyRunner, JobSpec, make_runner
 from jobgraph.runners.containment import remove_empty_cgroups
 from jobgraph.runners.registry import BACKENDS, clean_up_lost_run, settings_for
 from jobgraph.states import AttemptStatus
@@ -72,7 +74,7 @@ def recover_lost_runs(store: Store, folder: Path) -> list[LostRun]:
         cleaned = {name: clean_up_lost_run(name, run.run_id, folder)
                    for name in sorted(runners_used(store, run.run_id, run.snapshot) | {"local"})}
         killed, containers = cleaned.pop("local"), sum(cleaned.values())
-        adoptable, to_cancel = remote_attempts(store, run.run_id, run.snapshot)
+        adoptable, to_cancel = remote_attempts(store, run.run_id, run.snapshot, folder)
         cancelled = cancel_remote(run.run_id, run.snapshot, to_cancel, folder)
         store.mark_lost(run.run_id, LOST_REASON, keep={(a.task, a.attempt) for a in adoptable})
         lost.append(LostRun(run.run_id, run.pipeline, killed, containers, tuple(adoptable), cancelled))
@@ -89,56 +91,84 @@ def runners_used(store: Store, run_id: str, snapshot: str) -> set[str]:
     return {name for name in names if name in BACKENDS}
 
 
-def remote_attempts(store: Store, run_id: str, snapshot: str) -> tuple[list[RemoteAttempt], list[RemoteAttempt]]:
+def remote_attempts(store: Store, run_id: str, snapshot: str,
+                    folder: Path) -> tuple[list[RemoteAttempt], list[RemoteAttempt]]:
     """A lost run's attempts still running on remote runners: (to adopt, to cancel), as each runner's
-    `on_orchestrator_loss` says."""
+    `on_orchestrator_loss` says. An attempt whose handle was never recorded (jobgraph died between the
+    backend taking it and the record) is looked for in its backend, by the tag it was submitted with."""
     try:
         pipeline = Pipeline.model_validate_json(snapshot)
     except ValueError:
         return [], []
+    jobs = {job.name: job for job in pipeline.all_jobs()}
+    found: list[RemoteAttempt] = []
+    unnamed: list[tuple[str, int, str, datetime]] = []
+    for record in store.attempts(run_id):
+        if record.status != AttemptStatus.RUNNING:
+            continue
+        name = record.runner or (jobs[record.task].runner if record.task in jobs else None) or "local"
+        if name not in BACKENDS or not BACKENDS[name].remote:
+            continue
+        if record.backend_ref:
+            found.append(RemoteAttempt(record.task, record.attempt, name, record.backend_ref, record.started_at))
+        else:
+            unnamed.append((record.task, record.attempt, name, record.started_at))
+    if unnamed:
+        found += _in_backend(run_id, pipeline, folder, lambda runner, spec: getattr(runner, "find", _nothing)(spec),
+                             unnamed)
     adopt: list[RemoteAttempt] = []
     cancel: list[RemoteAttempt] = []
-    for record in store.attempts(run_id):
-        if record.status != AttemptStatus.RUNNING or not record.backend_ref or not record.runner:
-            continue
-        if record.runner not in BACKENDS or not BACKENDS[record.runner].remote:
-            continue
-        remote = RemoteAttempt(record.task, record.attempt, record.runner, record.backend_ref, record.started_at)
-        settings = settings_for(record.runner, pipeline)
+    for remote in found:
+        settings = settings_for(remote.runner, pipeline)
         (cancel if getattr(settings, "on_orchestrator_loss", "adopt") == "cancel" else adopt).append(remote)
     return adopt, cancel
 
 
 def cancel_remote(run_id: str, snapshot: str, remote: list[RemoteAttempt], folder: Path) -> int:
-    """Cancel remote attempts in their backend, through their runner; return how many were cancelled.
-
-    Runs in a thread of its own, so it works whether or not the caller is inside an event loop.
-    """
+    """Cancel remote attempts in their backend, through their runner; return how many were cancelled."""
     if not remote:
         return 0
+
+    async def cancel(runner: AnyRunner, spec: JobSpec, reference: str) -> str | None:
+        await runner.cancel(await runner.adopt(reference, spec))
+        return reference
+
     pipeline = Pipeline.model_validate_json(snapshot)
+    targets = [(a.task, a.attempt, a.runner, a.started_at, a.reference) for a in remote]
+    return len(_in_backend(run_id, pipeline, folder, cancel, targets))
+
+
+def _in_backend(run_id: str, pipeline: Pipeline, folder: Path,
+                act: Callable[..., Awaitable[str | None]], attempts: list[tuple[Any, ...]]) -> list[RemoteAttempt]:
+    """Do `act(runner, spec, *rest)` for each (task, attempt, runner, started_at, *rest) through its
+    runner; return those for which it gave a handle. Runs in a thread of its own, so it works whether or
+    not the caller is inside an event loop."""
     jobs = {job.name: job for job in pipeline.all_jobs()}
 
-    async def cancel_all() -> int:
+    async def each() -> list[RemoteAttempt]:
         draft = GraphRun(pipeline, lambda _job: _no_runner(), [], folder / "logs", run_id=run_id)
         runners: dict[str, AnyRunner] = {}
-        done = 0
+        done = []
         try:
-            for attempt in remote:
-                if attempt.task not in jobs:
+            for task, attempt, name, started_at, *rest in attempts:
+                if task not in jobs:
                     continue
-                runner = runners.setdefault(attempt.runner, make_runner(attempt.runner, pipeline, folder))
-                spec = draft.spec_for(jobs[attempt.task], attempt.attempt)
+                runner = runners.setdefault(name, make_runner(name, pipeline, folder))
                 with contextlib.suppress(RunnerError):
-                    await runner.cancel(await runner.adopt(attempt.reference, spec))
-                    done += 1
+                    reference = await act(runner, draft.spec_for(jobs[task], attempt), *rest)
+                    if reference:
+                        done.append(RemoteAttempt(task, attempt, name, reference, started_at))
         finally:
             for runner in runners.values():
                 await runner.aclose()
         return done
 
     with ThreadPoolExecutor(max_workers=1) as thread:
-        return thread.submit(asyncio.run, cancel_all()).result()
+        return thread.submit(asyncio.run, each()).result()
+
+
+async def _nothing(_spec: JobSpec) -> str | None:
+    return None
 
 
 def _no_runner() -> AnyRunner:

@@ -68,8 +68,8 @@ def test_a_job_slurm_can_never_start_is_an_error_and_is_cancelled(
 REMOTE = {"name": "remote", "runners": {"slurm": {"poll_interval": 0.2}}}
 
 
-def start_run(tmp_path: Path, path: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph")}
+def start_run(tmp_path: Path, path: Path, path_prefix: str = "") -> subprocess.Popen[str]:
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph"), "PATH": path_prefix + os.environ["PATH"]}
     return subprocess.Popen([sys.executable, "-m", "jobgraph", "run", str(path)], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
 
@@ -197,3 +197,40 @@ def test_a_serve_that_starts_adopts_a_lost_runs_slurm_job_alongside_its_schedule
     with Store(store_url(tmp_path)) as records:
         [long] = records.attempts(run_id, "long")
         assert (long.status, long.backend_ref) == ("DONE", job_id)
+
+
+def test_kill_9_after_slurm_took_the_job_but_before_its_id_was_recorded_still_adopts_it(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    (wrappers / "sbatch").write_text(f'#!/bin/sh\n{shutil.which("sbatch")} "$@"\ncode=$?\nsleep 30\nexit $code\n')
+    (wrappers / "sbatch").chmod(0o755)
+    ledger = tmp_path / "ledger"
+    path = write_pipeline({**REMOTE, "jobs": [sh("once", f"sleep 2; echo $SLURM_JOB_ID >> {ledger}", runner="slurm")]})
+    run = start_run(tmp_path, path, f"{wrappers}:")
+    deadline, taken = time.monotonic() + 60, False
+    while not taken and time.monotonic() < deadline:
+        time.sleep(0.1)
+        if not (tmp_path / ".jobgraph" / "jobgraph.db").exists():
+            continue
+        with Store(store_url(tmp_path)) as records:
+            runs = records.runs()
+        queue = subprocess.run(["squeue", "-h", "--states=all", "--name=jobgraph.once", "-O", "Comment:"],
+                               capture_output=True, text=True, timeout=30).stdout
+        taken = bool(runs) and f"jobgraph:{runs[0].run_id}/once/1" in queue
+    run.kill()  # sbatch answered Slurm's id to nobody: the store has the attempt, not its handle
+    run.wait(timeout=30)
+    with Store(store_url(tmp_path)) as records:
+        [summary] = records.runs()
+        [attempt] = records.attempts(summary.run_id)
+        assert attempt.status == "RUNNING" and attempt.backend_ref is None
+    result = other_run(tmp_path, cli)
+    assert "adopting what still runs remotely: once attempt 1 (slurm " in result.stderr
+    deadline = time.monotonic() + 30
+    while not ledger.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with Store(store_url(tmp_path)) as records:
+        [attempt] = records.attempts(summary.run_id)
+        assert (attempt.status, attempt.backend_ref) == ("DONE", ledger.read_text().split()[0])
+        assert records.run(summary.run_id).state == "SUCCEEDED"
+    assert len(ledger.read_text().split()) == 1  # it ran once

@@ -332,7 +332,7 @@ class GraphRun:
                 else:
                     handle = await runner.start(spec)
                 reference = runner.handle_ref(handle)
-                if reference and adoption is None:
+                if reference:  # recorded again when adopted: it may never have been (a lost sbatch answer)
                     self._emit(AttemptSubmitted(self.run_id, job.name, attempt, runner.name, reference))
                 if adoption is not None:
                     self._emit(AttemptAdopted(self.run_id, job.name, attempt, now()))

@@ -251,7 +251,7 @@ class SlurmRunner:
         try:
             code, out, err = await self._slurm(argv, stdin=script)
         except RunnerError:
-            taken = await self._find(spec)
+            taken = await self.find(spec)
             if taken is None:
                 raise
             return taken
@@ -260,8 +260,9 @@ class SlurmRunner:
             raise RunnerError(f"sbatch refused the job: {err.strip() or out.strip() or f'exit code {code}'}")
         return job_id
 
-    async def _find(self, spec: JobSpec) -> str | None:
-        """The id of the Slurm job that is this attempt (by its job name and comment), if Slurm has one."""
+    async def find(self, spec: JobSpec) -> str | None:
+        """The id of the Slurm job that is this attempt (by its job name and comment), if Slurm has one:
+        for an attempt whose handle was lost (sbatch's answer, or a jobgraph killed before recording it)."""
         try:
             code, out, _ = await self._slurm(["squeue", "-h", "--states=all", f"--name=jobgraph.{spec.task}",
                                               "-O", "JobID:|,Comment:"])
