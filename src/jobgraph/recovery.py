@@ -18,19 +18,22 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from jobgraph.config import Pipeline
-from jobgraph.engine import GraphRun
-from jobgraph.errors import RunnerError
+from jobgraph.engine import AttemptEnded, GraphRun
+from jobgraph.errors import JobgraphError, RunnerError
 from jobgraph.owner import owner_is_gone
 from jobgraph.runners import AnyRunner, JobSpec, make_runner
 from jobgraph.runners.containment import remove_empty_cgroups
 from jobgraph.runners.registry import BACKENDS, clean_up_lost_run, settings_for
 from jobgraph.states import AttemptStatus
 from jobgraph.store import Store
+
+CANCEL_WAIT_SECS = 120.0
+"""How long recovery waits for a remote attempt it cancelled to be seen ended in its backend."""
 
 LOST_REASON = "orchestrator lost: the jobgraph process running this run died"
 
@@ -75,7 +78,7 @@ def recover_lost_runs(store: Store, folder: Path) -> list[LostRun]:
                    for name in sorted(runners_used(store, run.run_id, run.snapshot) | {"local"})}
         killed, containers = cleaned.pop("local"), sum(cleaned.values())
         adoptable, to_cancel = remote_attempts(store, run.run_id, run.snapshot, folder)
-        cancelled = cancel_remote(run.run_id, run.snapshot, to_cancel, folder)
+        cancelled = cancel_remote(store, run.run_id, run.snapshot, to_cancel, folder)
         store.mark_lost(run.run_id, LOST_REASON, keep={(a.task, a.attempt) for a in adoptable})
         lost.append(LostRun(run.run_id, run.pipeline, killed, containers, tuple(adoptable), cancelled))
     remove_empty_cgroups()
@@ -124,18 +127,32 @@ def remote_attempts(store: Store, run_id: str, snapshot: str,
     return adopt, cancel
 
 
-def cancel_remote(run_id: str, snapshot: str, remote: list[RemoteAttempt], folder: Path) -> int:
-    """Cancel remote attempts in their backend, through their runner; return how many were cancelled."""
+def cancel_remote(store: Store, run_id: str, snapshot: str, remote: list[RemoteAttempt], folder: Path) -> int:
+    """Cancel remote attempts in their backend, through their runner, and record how each really ended (one
+    that had finished while no jobgraph watched keeps its real end and exit code); return how many."""
     if not remote:
         return 0
+    ended: list[AttemptEnded] = []
 
-    async def cancel(runner: AnyRunner, spec: JobSpec, reference: str) -> str | None:
-        await runner.cancel(await runner.adopt(reference, spec))
+    async def cancel(runner: AnyRunner, spec: JobSpec, reference: str, started_at: datetime) -> str | None:
+        handle = await runner.adopt(reference, spec)
+        await runner.cancel(handle)
+        try:
+            outcome = await asyncio.wait_for(runner.wait(handle), CANCEL_WAIT_SECS)
+        except TimeoutError:  # not seen ended: recorded CANCELLED with the rest of the lost run
+            return reference
+        ended.append(AttemptEnded(run_id, spec.task, spec.attempt, outcome.status, started_at,
+                                  outcome.ended_at or datetime.now(UTC), outcome.exit_code, outcome.error,
+                                  spec.log_path))
         return reference
 
     pipeline = Pipeline.model_validate_json(snapshot)
-    targets = [(a.task, a.attempt, a.runner, a.started_at, a.reference) for a in remote]
-    return len(_in_backend(run_id, pipeline, folder, cancel, targets))
+    targets = [(a.task, a.attempt, a.runner, a.started_at, a.reference, a.started_at) for a in remote]
+    closed = _in_backend(run_id, pipeline, folder, cancel, targets)
+    for event in ended:
+        with contextlib.suppress(JobgraphError):
+            store.record(event)
+    return len(closed)
 
 
 def _in_backend(run_id: str, pipeline: Pipeline, folder: Path,

@@ -234,3 +234,24 @@ def test_kill_9_after_slurm_took_the_job_but_before_its_id_was_recorded_still_ad
         assert (attempt.status, attempt.backend_ref) == ("DONE", ledger.read_text().split()[0])
         assert records.run(summary.run_id).state == "SUCCEEDED"
     assert len(ledger.read_text().split()) == 1  # it ran once
+
+
+def test_on_orchestrator_loss_cancel_keeps_the_real_end_of_a_job_that_finished_meanwhile(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
+    ledger = tmp_path / "ledger"
+    path = write_pipeline({"runners": {"slurm": {"poll_interval": 0.2, "on_orchestrator_loss": "cancel"}},
+                           "jobs": [sh("quick", f"sleep 2; echo ran >> {ledger}", runner="slurm")]})
+    run = start_run(tmp_path, path)
+    run_id, job_id = submitted(tmp_path, "quick")
+    run.kill()
+    run.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while slurm_state(job_id) in ("PENDING", "RUNNING", "COMPLETING") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    other_run(tmp_path, cli)
+    with Store(store_url(tmp_path)) as records:
+        [quick] = records.attempts(run_id, "quick")
+        assert (quick.status, quick.exit_code) == ("DONE", 0)  # its real end, not CANCELLED
+        assert quick.duration_secs is not None and quick.duration_secs < 15
+        assert {t.task: t.state for t in records.tasks(run_id)} == {"quick": "SUCCEEDED"}
+    assert ledger.read_text() == "ran\n"  # and it is not run again
