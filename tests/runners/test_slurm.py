@@ -523,3 +523,19 @@ def test_a_job_sbatch_took_but_whose_answer_was_lost_is_found_by_its_comment_not
     handle, outcome = run(main)
     assert outcome.status == AttemptStatus.DONE
     assert ledger.read_text().split() == [handle.job_id]  # it ran once, and it is the job that was watched
+
+
+def test_a_job_cannot_forge_its_exit_code_while_slurm_knows_it(cluster: Cluster) -> None:
+    """The job writes "<its id> 0" where the batch script writes its exit code, then kills that script."""
+    runner = cluster.runner()
+    folder = 'cd "$(dirname "$JOBGRAPH_RETURN_VALUE_FILE")"'
+    forge = f'{folder}; echo "$SLURM_JOB_ID 0" > {EXIT_CODE_FILE}; kill -9 $PPID'
+
+    async def main() -> Any:
+        handle = await cluster.start(runner, cluster.spec("forger", forge))
+        outcome = await runner.wait(handle)
+        await runner.aclose()
+        return outcome
+
+    outcome = run(main)
+    assert outcome.status == AttemptStatus.FAILED and outcome.exit_code != 0, outcome

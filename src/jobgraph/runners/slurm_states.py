@@ -77,12 +77,13 @@ def outcome_of(job: SlurmJob, exit_file: int | None, cancelled: bool, log_tail: 
     """How an ended job's attempt ended.
 
     `exit_file` is the exit code the batch script wrote as its last act (None if it was killed
-    first); `cancelled` says jobgraph cancelled it, so the FAILED 0:15 of a `scancel --signal=TERM`
-    is a CANCELLED; `log_tail` is read for slurmstepd's memory-limit kill; `limits` names the
-    attempt's --mem/--time for the messages.
+    first), believed only where Slurm gives no wait status (the job itself could have written it);
+    `cancelled` says jobgraph cancelled it, so the FAILED 0:15 of a `scancel --signal=TERM` is a
+    CANCELLED; `log_tail` is read for slurmstepd's memory-limit kill; `limits` names the attempt's
+    --mem/--time for the messages.
     """
     code, sig = exit_code_of(job.wait_status)
-    if exit_file is not None:
+    if exit_file is not None and job.wait_status is None:  # Slurm's own word first: a job can write the file
         code, sig = exit_file, None
     killed = f"killed by {_signal_name(sig)}" if sig else None
     known = code if exit_file is not None or sig else None
