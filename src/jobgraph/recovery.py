@@ -163,7 +163,7 @@ def _in_backend(run_id: str, pipeline: Pipeline, folder: Path,
     jobs = {job.name: job for job in pipeline.all_jobs()}
 
     async def each() -> list[RemoteAttempt]:
-        draft = GraphRun(pipeline, lambda _job: _no_runner(), [], folder / "logs", run_id=run_id)
+        draft = GraphRun.draft(pipeline, folder / "logs", run_id)
         runners: dict[str, AnyRunner] = {}
         done = []
         try:
@@ -186,7 +186,3 @@ def _in_backend(run_id: str, pipeline: Pipeline, folder: Path,
 
 async def _nothing(_spec: JobSpec) -> str | None:
     return None
-
-
-def _no_runner() -> AnyRunner:
-    raise AssertionError("recovery starts no job")

@@ -94,6 +94,13 @@ def slurm_state(job_id: str) -> str:
     return out or "GONE"
 
 
+def wait_until_ended(job_id: str) -> None:
+    """Slurm is done with the job (while no jobgraph watches it)."""
+    deadline = time.monotonic() + 60
+    while slurm_state(job_id) in ("PENDING", "RUNNING", "COMPLETING") and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def other_run(tmp_path: Path, cli: Cli) -> subprocess.CompletedProcess[str]:
     """The next `jobgraph run`, of another pipeline: its start recovers (and adopts) lost runs."""
     (tmp_path / "other.yaml").write_text("name: other\nimages: {sh: [sh, -c]}\njobs: [{name: x, image: sh, "
@@ -142,9 +149,7 @@ def test_a_slurm_job_that_ended_while_jobgraph_was_down_is_recorded_with_its_rea
     run_id, job_id = submitted(tmp_path, "quick")
     run.kill()
     run.wait(timeout=30)
-    deadline = time.monotonic() + 60
-    while slurm_state(job_id) in ("PENDING", "RUNNING", "COMPLETING") and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until_ended(job_id)
     other_run(tmp_path, cli)
     with Store(store_url(tmp_path)) as records:
         [quick] = records.attempts(run_id, "quick")
@@ -245,9 +250,7 @@ def test_on_orchestrator_loss_cancel_keeps_the_real_end_of_a_job_that_finished_m
     run_id, job_id = submitted(tmp_path, "quick")
     run.kill()
     run.wait(timeout=30)
-    deadline = time.monotonic() + 60
-    while slurm_state(job_id) in ("PENDING", "RUNNING", "COMPLETING") and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until_ended(job_id)
     other_run(tmp_path, cli)
     with Store(store_url(tmp_path)) as records:
         [quick] = records.attempts(run_id, "quick")

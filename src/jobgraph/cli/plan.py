@@ -57,8 +57,7 @@ def _jobs(pipeline: Pipeline, runner_override: str | None) -> list[dict[str, Any
     """Each job's first attempt as its runner would submit it, in the order the DAG runs them."""
     runners: dict[str, AnyRunner] = {}
     placeholders = {name: f"<secret {name}>" for job in pipeline.all_jobs() for name in job.secrets}
-    draft = GraphRun(pipeline, lambda _job: _unused(), [], home() / "logs", run_id=PLAN_RUN_ID,
-                     scheduled_time=datetime.now(UTC), secrets=placeholders)
+    draft = GraphRun.draft(pipeline, home() / "logs", PLAN_RUN_ID, secrets=placeholders)
     planned = []
     for job in pipeline.all_jobs():
         name = runner_override or job.runner or "local"
@@ -69,9 +68,6 @@ def _jobs(pipeline: Pipeline, runner_override: str | None) -> list[dict[str, Any
                         "retries": job.retries, "timeout_secs": job.timeout, **runners[name].describe(spec)})
     return planned
 
-
-def _unused() -> AnyRunner:
-    raise AssertionError("plan never runs a job")
 
 
 def _fires(pipeline: Pipeline) -> dict[str, Any] | None:

@@ -299,6 +299,12 @@ class GraphRun:
         self._set_state(job.name, TaskState.FAILED, attempt=attempt, reason=reason)
         return TaskState.FAILED
 
+    @classmethod
+    def draft(cls, pipeline: Pipeline, log_dir: Path, run_id: str,
+              secrets: Mapping[str, str] | None = None) -> GraphRun:
+        """A GraphRun that is never run, to build the specs its attempts would get (`plan`, recovery)."""
+        return cls(pipeline, _never_runs, [], log_dir, run_id=run_id, secrets=secrets)
+
     def spec_for(self, job: Job, attempt: int) -> JobSpec:
         """Everything a runner gets for one attempt of a job (`jobgraph plan` shows it for attempt 1)."""
         cpu, memory = self._limits.get(self._pool_key(job), (None, None))
@@ -437,6 +443,10 @@ async def _stop(runner: AnyRunner, handle: object) -> None:
     if cancelled:
         raise asyncio.CancelledError
     stopping.result()
+
+
+def _never_runs(_job: Job) -> AnyRunner:
+    raise AssertionError("a draft GraphRun starts no job")
 
 
 def _time_left(timeout: float | None, started: datetime) -> float | None:

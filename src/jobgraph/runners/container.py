@@ -40,6 +40,7 @@ from jobgraph.runners.output import (
     prepare_out_folder,
     redactor_for,
     return_value_of,
+    shown_env,
     tail,
 )
 from jobgraph.runners.service import EngineService, find_or_start
@@ -288,8 +289,7 @@ class ContainerRunner:
         """The image and the container create body the engine API would get; secrets as references."""
         options = self._options(spec)
         redactor = redactor_for(spec.secret_values)
-        options["environment"] = {name: f"${{{name}}}" if value in spec.secret_values else redactor.text(value)
-                                  for name, value in options["environment"].items()}
+        options["environment"] = shown_env(options["environment"], spec.secret_values)
         options["command"] = [redactor.text(part) for part in options["command"] or []] or None
         return {"runner": self._engine, "image": self._images.get(spec.image, spec.image), "create": options}
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from jobgraph.errors import RunnerError
 from jobgraph.runners.base import JobSpec, Outcome
 from jobgraph.runners.containment import Attempt, containment, kill_lost_run
-from jobgraph.runners.output import LogWriter, PipeCapture, redactor_for, return_value_of, tail
+from jobgraph.runners.output import LogWriter, PipeCapture, redactor_for, return_value_of, shown_env, tail
 from jobgraph.states import AttemptStatus
 
 if TYPE_CHECKING:
@@ -132,8 +132,7 @@ class LocalRunner:
     def describe(self, spec: JobSpec) -> dict[str, object]:
         """The command and the environment the job gets on top of jobgraph's own; secrets as references."""
         redactor = redactor_for(spec.secret_values)
-        env = {name: f"${{{name}}}" if value in spec.secret_values else redactor.text(value)
-               for name, value in spec.env.items()}
+        env = shown_env(spec.env, spec.secret_values)
         return {"runner": "local", "argv": [redactor.text(part) for part in self.command(spec)], "env": env,
                 "cwd": str(self._cwd or Path.cwd()), "withheld_env": sorted(spec.withheld_env)}
 

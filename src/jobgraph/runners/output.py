@@ -19,7 +19,7 @@ import functools
 import os
 import shutil
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -96,6 +96,12 @@ class Redactor:
 def redactor_for(secret_values: frozenset[str]) -> Redactor:
     """The redactor for a set of secret values, built once per run rather than once per job."""
     return Redactor(secret_values)
+
+
+def shown_env(env: Mapping[str, str], secret_values: frozenset[str]) -> dict[str, str]:
+    """An environment as `jobgraph plan` shows it: a secret as a `${NAME}` reference, secrets redacted elsewhere."""
+    redactor = redactor_for(secret_values)
+    return {name: f"${{{name}}}" if value in secret_values else redactor.text(value) for name, value in env.items()}
 
 
 def as_text(data: bytes) -> str:
