@@ -88,7 +88,7 @@ def retry(
             raise StoreError(f"{busy_reason(previous)}; nothing was run")
         pipeline, definition, version = rerun_definition(previous, file, runner)
         job_secrets(pipeline)  # a missing secret stops the retry before it claims the run
-        prior = {t.task: PriorTask(t.state, t.attempts, t.return_value) for t in records.settled_tasks(previous.run_id)}
+        prior = prior_states(records, previous.run_id)
         kept = sum(1 for p in prior.values() if p.state not in RETRYABLE_TASK_STATES)
         try:
             claimed = records.claim_run(previous)
@@ -299,6 +299,11 @@ class Resumption:
                 f"{len(self.adopt)} remote attempt(s)")
 
 
+def prior_states(records: Store, run_id: str) -> dict[str, PriorTask]:
+    """How each job of a run stands, as the next attempt of that run (a retry, a resumption) starts from it."""
+    return {t.task: PriorTask(t.state, t.attempts, t.return_value) for t in records.settled_tasks(run_id)}
+
+
 def claim_resumptions(records: Store, lost_runs: list[LostRun]) -> list[Resumption]:
     """Claim each lost run that left remote attempts, so that exactly one jobgraph resumes it."""
     claimed = []
@@ -311,7 +316,7 @@ def claim_resumptions(records: Store, lost_runs: list[LostRun]) -> list[Resumpti
         except RunBusy:
             continue  # another jobgraph resumed it first
         pipeline = check_pipeline(Pipeline.model_validate_json(previous.snapshot), f"run {previous.run_id}")
-        prior = {t.task: PriorTask(t.state, t.attempts, t.return_value) for t in records.settled_tasks(previous.run_id)}
+        prior = prior_states(records, previous.run_id)
         adopt = {a.task: Adoption(a.attempt, a.reference, a.started_at) for a in lost.adoptable}
         claimed.append(Resumption(pipeline, previous, run_attempt, prior, adopt))
     return claimed
