@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import os
@@ -11,16 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from jobgraph.config.model import Defaults, Finalizer, Job, Pipeline, Pool, check_name
 from jobgraph.config.seed import SeedTask
 from jobgraph.config.validate import check_pipeline
 from jobgraph.errors import ConfigError, Problem
-
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-"""libyaml's safe loader when PyYAML was built with it: ten times faster on big files."""
 
 
 def load(path: str | Path, runner: str | None = None) -> Pipeline:
@@ -67,8 +62,14 @@ def read_document(file: Path) -> Any:
             raise ConfigError(name, [Problem(f"invalid JSON: {exc.msg}", line=exc.lineno, column=exc.colno)]) from None
         except RecursionError:
             raise ConfigError(name, [Problem("invalid JSON: nested too deeply")]) from None
+    import yaml  # only a YAML file needs PyYAML: validating JSON starts faster without it
+
+    from jobgraph.config.yaml_data import safe_load
+
     try:
-        return yaml.load(text, Loader=_YAML_LOADER)
+        return safe_load(text)
+    except RecursionError:
+        raise ConfigError(name, [Problem("invalid YAML: nested too deeply")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         message = f"invalid YAML: {exc.problem or exc}"
@@ -187,6 +188,8 @@ def _model_at(loc: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel]:
 
 def _unknown_field_hint(unknown: str, model: type[BaseModel]) -> str:
     """A "did you mean" among the fields allowed right here, else where a field of that name belongs."""
+    import difflib  # only a bad file needs it
+
     close = difflib.get_close_matches(unknown, sorted(model.model_fields), n=1, cutoff=0.7)
     if close and close[0] != unknown:
         return f"did you mean '{close[0]}'? "
