@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import itertools
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -320,3 +321,18 @@ def test_many_unknown_predecessors_are_all_reported(tmp_path: Path) -> None:
     assert message.count("unknown predecessor") == 3000
     assert "job 't_2999', field 'after': unknown predecessor 't_2999x'" in message
     assert "job 't_0', field 'after': unknown predecessor 't_0x' (did you mean 't_0'?)" in message
+
+
+@pytest.mark.parametrize(("name", "absent"), [
+    ("jobconfig.json", ("yaml", "asyncio", "jobgraph.runners.local", "croniter", "sqlalchemy", "docker")),
+    ("pipeline.yaml", ("asyncio", "jobgraph.runners.local", "sqlalchemy", "docker")),
+])
+def test_loading_a_pipeline_imports_only_what_reading_it_needs(tmp_path: Path, name: str,
+                                                                absent: tuple[str, ...]) -> None:
+    """Not a timing: the modules a reader has no use for (a runner's asyncio, PyYAML for JSON) stay unloaded."""
+    script = ("import json, sys\nfrom jobgraph.config import load\n"
+              f"load({str(SEED / name)!r}, runner='podman')\nprint(json.dumps(sorted(sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    modules = set(json.loads(result.stdout))
+    assert "jobgraph.config.model" in modules
+    assert [m for m in modules if m.split(".")[0] in absent or m in absent] == []
