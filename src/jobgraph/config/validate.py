@@ -103,6 +103,7 @@ def find_cycle(jobs: list[Job]) -> list[str]:
 
     Linear in jobs and edges: peel off every job whose predecessors are all peeled (Kahn); what is
     left is cycles and what runs after them, so walking predecessors from any of it meets a cycle.
+    Every predecessor must be one of `jobs` (check_pipeline has reported any other first).
     """
     after = {job.name: job.after for job in jobs}
     waiting = {name: len(predecessors) for name, predecessors in after.items()}
