@@ -91,10 +91,12 @@ def test_a_full_disk_mid_run_pauses_the_run_until_space_is_freed(tmp_path: Path,
 def test_a_disk_that_stays_full_cancels_the_run_and_the_records_end_once_it_is_freed(
         tmp_path: Path, small_disk: Path) -> None:
     filler, gate, count = small_disk / "filler", tmp_path / "gate", tmp_path / "count"
+    slow_started = tmp_path / "slow-started"
     url = f"sqlite:///{small_disk / 'store.db'}"
-    path = pipeline(tmp_path, [
-        sh("fill", f"echo fill >> {count}; [ -e {gate} ] || dd if=/dev/zero of={filler} bs=64k 2>/dev/null; true"),
-        sh("slow", f"echo slow >> {count}; [ -e {gate} ] || sleep 300"),
+    path = pipeline(tmp_path, [  # the disk fills once both jobs started, so both attempts were recorded
+        sh("fill", f"echo fill >> {count}; [ -e {gate} ] || {{ while [ ! -e {slow_started} ]; do sleep 0.01; done; "
+                   f"dd if=/dev/zero of={filler} bs=64k 2>/dev/null; }}; true"),
+        sh("slow", f"echo slow >> {count}; touch {slow_started}; [ -e {gate} ] || sleep 300"),
         sh("last", "true", after=["fill", "slow"]),
     ])
     result = jobgraph(tmp_path, "run", path, "--store", url, env={"JOBGRAPH_STORE_PATIENCE": "1"})
