@@ -91,8 +91,6 @@ class RunView:
     pipeline: str = ""
     state: RunState = RunState.RUNNING
     prefix: str = ""
-    renders: int = 0
-    """How many times the live table was drawn (tests count them)."""
     _live: Live | None = None
     _counts: Counter[TaskState] = field(default_factory=Counter)
     _by_state: dict[TaskState, dict[str, _Row]] = field(default_factory=lambda: {s: {} for s in _ORDER})
@@ -176,9 +174,10 @@ class RunView:
 
     def _move(self, name: str, row: _Row, state: TaskState) -> None:
         """Put a job in its state's list (at the end) and count it there: O(1)."""
-        if name in self.rows:
-            self._counts[row.state] -= 1
-            self._by_state.setdefault(row.state, {}).pop(name, None)
+        old = self.rows.get(name)
+        if old is not None:
+            self._counts[old.state] -= 1
+            self._by_state.setdefault(old.state, {}).pop(name, None)
         self.rows[name] = row
         row.state = state
         self._counts[state] += 1
@@ -200,7 +199,6 @@ class RunView:
         """
         room = max(5, console.height - 8)
         with self._lock:
-            self.renders += 1
             summary = ", ".join(f"{n} {state.lower()}" for state, n in sorted(self._counts.items()) if n)
             shown = [(name, replace(row)) for name, row in islice(self._in_order(), room)]
             hidden = len(self.rows) - len(shown)
