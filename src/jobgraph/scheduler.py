@@ -1,19 +1,25 @@
 """The scheduler: fires deployed pipelines on their schedules, applies the overlap policy, counts
 failures in a row (and suspends), catches up at most once after downtime, and runs `trigger` requests.
 
-It holds a lease row in the store while it acts, renewed every tick, so two `jobgraph serve`
-processes never start the same run twice; a lease that is not renewed expires (or, on this host,
+It holds a lease row in the store while it acts, renewed once a third of its time has passed, so two
+`jobgraph serve` processes never start the same run twice; a lease that is not renewed expires (or, on this host,
 its holder is seen dead) and another scheduler takes over. Taking over closes the runs the dead
 holder left RUNNING: on this host by their owner's pid (`recover`), on another host by the lease
 itself (an expired holder is taken for dead, and a holder that finds its lease taken by another host
 cancels its own runs, so a stalled holder never runs on beside its successor). Overlap is decided
 against every live RUNNING run of the pipeline in the store, whoever started it. Time comes from an
 injected clock, so tests move it instead of sleeping.
+
+Between ticks it sleeps until the next fire time, not on a polling tick: while it holds the lease it
+listens on the store (store.wakeup: PostgreSQL LISTEN/NOTIFY, a FIFO beside a SQLite file), so a
+`trigger`, `deploy`, `resume` or `suspend` from another process wakes it at once. The poll interval
+stays as the safety net (and renews the lease): a lost or unavailable wake-up delays, never loses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +33,7 @@ from jobgraph.schedule import CATCH_UP_COUNT_LIMIT, parse_schedule
 from jobgraph.states import RunState
 from jobgraph.store import Store
 from jobgraph.store.deployments import ACTIVE, SUSPENDED, DeployedPipeline, Deployments, Lease
+from jobgraph.store.wakeup import Listener, WakeupUnavailable
 
 LEASE = "scheduler"
 
@@ -72,10 +79,16 @@ class Scheduler:
     active: dict[str, list[_Active]] = field(default_factory=dict)
     queued: dict[str, _Queued] = field(default_factory=dict)
     held: bool = False
+    next_fire_at: datetime | None = None
+    """The earliest fire time of an active pipeline as of the last tick (None without the lease)."""
     deployments: Deployments = field(init=False)
+    _woken: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    _listener: tuple[Listener, int] | None = field(init=False, default=None)
+    """The wake-up listener and its file descriptor (kept: a broken connection may not tell it any more)."""
+    _unavailable: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.deployments = Deployments(self.store)
+        self.deployments = Deployments(self.store, wakes=False)
 
     async def tick(self) -> bool:
         """Renew the lease and fire what is due; False (and nothing fired) without the lease."""
@@ -83,25 +96,34 @@ class Scheduler:
         previous = self.deployments.lease(LEASE)
         if not self._acquire(previous, now):
             self._lose_lease(now)
+            self.next_fire_at = None
             return False
         if not self.held:
             self._take_over(previous, now)
         self.held = True
         requests = self.deployments.take_requests()
-        due = [p for p in self.deployments.all() if p.state == ACTIVE and p.schedule is not None
-               and p.next_fire_at is not None and p.next_fire_at <= now]
+        scheduled = [p for p in self.deployments.all() if p.state == ACTIVE and p.schedule is not None
+                     and p.next_fire_at is not None]
+        due = [p for p in scheduled if p.next_fire_at is not None and p.next_fire_at <= now]
         if requests or due or self.queued:
             self.recover()  # runs of dead owners must not count for overlap
         for request in requests:
             self._attempt(request.pipeline, request.scheduled_time, "trigger", None)
+        upcoming = [p.next_fire_at for p in scheduled if p.next_fire_at is not None and p.next_fire_at > now]
         for pipeline in due:
-            self._fire_due(pipeline, now)
+            following = self._fire_due(pipeline, now)
+            if following is not None:
+                upcoming.append(following)
+        self.next_fire_at = min(upcoming, default=None)
         for name in list(self.queued):
             if self._running_run(name) is None:
                 self._start_queued(name)
         return True
 
     def _acquire(self, previous: Lease | None, now: datetime) -> bool:
+        if self.held and previous is not None and previous.holder == self.holder \
+                and (previous.expires_at - now).total_seconds() > self.lease_ttl_secs * 2 / 3:
+            return True  # renewed within the last third of its time: still ours, and a write spared per wake-up
         if self.deployments.acquire_lease(LEASE, self.holder, now, self.lease_ttl_secs):
             return True
         dead = previous is not None and previous.holder != self.holder and owner_is_gone(previous.holder)
@@ -138,22 +160,24 @@ class Scheduler:
             for graph_run in self.running():
                 graph_run.cancel()
 
-    def _fire_due(self, pipeline: DeployedPipeline, now: datetime) -> None:
-        """Fire a due pipeline once, at its latest due fire time, however many were missed."""
+    def _fire_due(self, pipeline: DeployedPipeline, now: datetime) -> datetime | None:
+        """Fire a due pipeline once, at its latest due fire time, however many were missed; its next fire time."""
         assert pipeline.schedule is not None and pipeline.next_fire_at is not None
         try:
             schedule = parse_schedule(pipeline.schedule)
         except ValueError as exc:  # deployed by an older jobgraph that took it
             self.deployments.update(pipeline.name, state=SUSPENDED, note=f"suspended: its schedule is invalid: {exc}")
             self.on_message(f"{pipeline.name}: suspended, its schedule is invalid: {exc}")
-            return
+            return None
         latest = schedule.last_at_or_before(now, pipeline.anchor) or pipeline.next_fire_at
         fire = max(latest, pipeline.next_fire_at)
-        self.deployments.update(pipeline.name, next_fire_at=schedule.next_after(now, pipeline.anchor))
+        upcoming = schedule.next_after(now, pipeline.anchor)
+        self.deployments.update(pipeline.name, next_fire_at=upcoming)
         missed = schedule.count_between(pipeline.next_fire_at, fire, pipeline.anchor)
         counted = f"at least {missed}" if schedule.cron and missed >= CATCH_UP_COUNT_LIMIT else str(missed)
         note = f"caught up: {counted} earlier fire time(s) missed while no scheduler ran" if missed else None
         self._attempt(pipeline.name, fire, "schedule", note)
+        return upcoming
 
     def _attempt(self, name: str, scheduled: datetime, trigger: str, note: str | None) -> None:
         """Fire, recording a failure to start as an ERROR fire, so one bad pipeline never stops the others."""
@@ -262,6 +286,61 @@ class Scheduler:
             self.deployments.record_fire(name, queued.scheduled, "SKIPPED", self.clock(), note=why)
         self.queued.clear()
 
+    async def wait(self, poll_secs: float) -> None:
+        """Sleep until the next fire time, a wake-up from another process, `wake()`, or at most `poll_secs`.
+
+        Only the lease holder listens (one reader of a SQLite FIFO). A listener opened afresh is followed
+        by an immediate tick: what changed before it listened is read from the store, not awaited.
+        """
+        delay = poll_secs
+        if self.next_fire_at is not None:
+            delay = min(delay, max(0.0, (self.next_fire_at - self.clock()).total_seconds()))
+        if self._listening(self.held):
+            delay = 0.0
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._woken.wait(), delay)
+        self._woken.clear()
+
+    def wake(self) -> None:
+        """End the current or next `wait` at once (a signal to stop, a change made in this process)."""
+        self._woken.set()
+
+    def _listening(self, wanted: bool) -> bool:
+        """Open or close the wake-up listener as `wanted`; True when it has just been opened."""
+        if not wanted:
+            self._stop_listening()
+            return False
+        if self._listener is not None:
+            return False
+        try:
+            listener = self.deployments.listen()
+        except WakeupUnavailable as exc:
+            if str(exc) != self._unavailable:
+                self.on_message(f"warning: no wake-ups from the store ({exc}); polling it instead")
+            self._unavailable = str(exc)
+            return False
+        self._unavailable = None
+        descriptor = listener.fileno()
+        asyncio.get_running_loop().add_reader(descriptor, self._heard)
+        self._listener = (listener, descriptor)
+        return True
+
+    def _heard(self) -> None:
+        assert self._listener is not None
+        try:
+            self._listener[0].drain()
+        except WakeupUnavailable as exc:
+            self.on_message(f"warning: {exc}; polling the store until it can listen again")
+            self._stop_listening()
+        self._woken.set()
+
+    def _stop_listening(self) -> None:
+        if self._listener is not None:
+            listener, descriptor = self._listener
+            asyncio.get_running_loop().remove_reader(descriptor)
+            listener.close()
+            self._listener = None
+
     def running(self) -> list[GraphRun]:
         """Every graph run this scheduler has going."""
         return [entry.graph_run for entries in self.active.values() for entry in entries]
@@ -275,4 +354,5 @@ class Scheduler:
                 graph_run.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        self._stop_listening()
         self.deployments.release_lease(LEASE, self.holder)
