@@ -92,11 +92,11 @@ class Scheduler:
 
     async def tick(self) -> bool:
         """Renew the lease and fire what is due; False (and nothing fired) without the lease."""
+        self.next_fire_at = None  # until this tick has read it: a tick that fails waits a poll interval
         now = self.clock()
         previous = self.deployments.lease(LEASE)
         if not self._acquire(previous, now):
             self._lose_lease(now)
-            self.next_fire_at = None
             return False
         if not self.held:
             self._take_over(previous, now)
