@@ -33,14 +33,23 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 from sqlalchemy import create_engine, text
 
 from jobgraph.store import Store
-from jobgraph.store.deployments import Deployments
+from jobgraph.store.deployments import Deployments, Fire
 
 NAME = "lag"
+
+
+class Lag(NamedTuple):
+    """Seconds after the fire (or request) time: the first job's start, the fire's record, the run's record."""
+
+    first_job: float
+    fire_recorded: float
+    run_recorded: float
 
 
 def wait_for(condition: Callable[[], object], seconds: float, what: str) -> None:
@@ -56,26 +65,28 @@ def first_job_start(store: Store, run_id: str) -> datetime | None:
     return min(a.started_at for a in attempts) if attempts else None
 
 
-def started_run(deployments: Deployments, scheduled: datetime) -> str | None:
+def started(deployments: Deployments, scheduled: datetime) -> Fire | None:
     for fire in deployments.fires(NAME):
         if fire.action == "STARTED" and fire.scheduled_time == scheduled and fire.run_id:
-            return fire.run_id
+            return fire
     return None
 
 
-def lag_of(store: Store, deployments: Deployments, scheduled: datetime) -> float:
-    """Seconds from a fire (or request) time to the first job's recorded start of the run it started."""
-    wait_for(lambda: started_run(deployments, scheduled), 120, "the run to start")
-    run_id = started_run(deployments, scheduled)
-    assert run_id is not None
+def lag_of(store: Store, deployments: Deployments, scheduled: datetime) -> Lag:
+    """Seconds from a fire (or request) time to the first job's recorded start of the run it started, and
+    the steps on the way: the fire's record (waking, the tick), the run's record (building the run)."""
+    wait_for(lambda: started(deployments, scheduled), 120, "the run to start")
+    fire = started(deployments, scheduled)
+    assert fire is not None and fire.run_id is not None
+    run_id = fire.run_id
     wait_for(lambda: first_job_start(store, run_id), 60, "the first job to start")
     start = first_job_start(store, run_id)
     assert start is not None
     wait_for(lambda: store.run(run_id).state != "RUNNING", 60, "the run to end")
-    return (start - scheduled).total_seconds()
+    return Lag(*((moment - scheduled).total_seconds() for moment in (start, fire.at, store.run(run_id).started_at)))
 
 
-def fire_lags(store: Store, samples: int, natural: bool) -> list[float]:
+def fire_lags(store: Store, samples: int, natural: bool) -> list[Lag]:
     deployments = Deployments(store)
     lags = []
     if natural:
@@ -90,7 +101,7 @@ def fire_lags(store: Store, samples: int, natural: bool) -> list[float]:
     return lags
 
 
-def trigger_lags(store: Store, samples: int, env: dict[str, str], cwd: Path) -> list[float]:
+def trigger_lags(store: Store, samples: int, env: dict[str, str], cwd: Path) -> list[Lag]:
     deployments = Deployments(store)
     lags = []
     for _ in range(samples):
@@ -103,7 +114,7 @@ def trigger_lags(store: Store, samples: int, env: dict[str, str], cwd: Path) -> 
     return lags
 
 
-def measure(url: str, samples: int, natural: bool) -> tuple[list[float], list[float]]:
+def measure(url: str, samples: int, natural: bool) -> tuple[list[Lag], list[Lag]]:
     with tempfile.TemporaryDirectory(prefix="jobgraph-bench-") as folder:
         cwd = Path(folder)
         env = {**os.environ, "JOBGRAPH_HOME": str(cwd / ".jobgraph"), "JOBGRAPH_STORE": url}
@@ -165,9 +176,11 @@ def fresh_database(server: str) -> str:
     return f"{server}/{name}"
 
 
-def row(backend: str, what: str, lags: list[float]) -> str:
-    ms = sorted(lag * 1000 for lag in lags)
-    return (f"| {backend} | {what} | {len(ms)} | {statistics.median(ms):.1f} | {ms[0]:.1f} | {ms[-1]:.1f} |")
+def row(backend: str, what: str, lags: list[Lag]) -> str:
+    ms = sorted(lag.first_job * 1000 for lag in lags)
+    steps = [statistics.median(getattr(lag, step) * 1000 for lag in lags) for step in ("fire_recorded", "run_recorded")]
+    return (f"| {backend} | {what} | {len(ms)} | {statistics.median(ms):.1f} | {ms[0]:.1f} | {ms[-1]:.1f} | "
+            f"{steps[0]:.1f} | {steps[1]:.1f} |")
 
 
 def main() -> None:
@@ -195,8 +208,9 @@ def main() -> None:
     load = os.getloadavg()
     print(f"scheduler lag, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print("| store | lag | samples | median ms | min ms | max ms |")
-    print("|---|---|---|---|---|---|")
+    print("| store | lag | samples | median ms | min ms | max ms | median ms to the fire's record | "
+          "median ms to the run's record |")
+    print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 

@@ -86,6 +86,7 @@ class Scheduler:
     _listener: tuple[Listener, int] | None = field(init=False, default=None)
     """The wake-up listener and its file descriptor (kept: a broken connection may not tell it any more)."""
     _unavailable: str | None = field(init=False, default=None)
+    _pipelines: dict[tuple[str, str], Pipeline] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.deployments = Deployments(self.store, wakes=False)
@@ -172,40 +173,53 @@ class Scheduler:
         latest = schedule.last_at_or_before(now, pipeline.anchor) or pipeline.next_fire_at
         fire = max(latest, pipeline.next_fire_at)
         upcoming = schedule.next_after(now, pipeline.anchor)
-        self.deployments.update(pipeline.name, next_fire_at=upcoming)
         missed = schedule.count_between(pipeline.next_fire_at, fire, pipeline.anchor)
         counted = f"at least {missed}" if schedule.cron and missed >= CATCH_UP_COUNT_LIMIT else str(missed)
         note = f"caught up: {counted} earlier fire time(s) missed while no scheduler ran" if missed else None
-        self._attempt(pipeline.name, fire, "schedule", note)
+        self._attempt(pipeline, fire, "schedule", note, upcoming)
         return upcoming
 
-    def _attempt(self, name: str, scheduled: datetime, trigger: str, note: str | None) -> None:
-        """Fire, recording a failure to start as an ERROR fire, so one bad pipeline never stops the others."""
+    def _attempt(self, deployed: DeployedPipeline | str, scheduled: datetime, trigger: str, note: str | None,
+                 advance: datetime | None = None) -> None:
+        """Fire, recording a failure to start as an ERROR fire, so one bad pipeline never stops the others.
+
+        `advance` is a scheduled pipeline's next fire time, written in the same transaction as the fire's record.
+        """
+        name = deployed if isinstance(deployed, str) else deployed.name
         try:
-            self._fire(self.deployments.get(name), scheduled, trigger, note)
+            self._fire(self.deployments.get(name) if isinstance(deployed, str) else deployed, scheduled, trigger,
+                       note, advance)
         except (JobgraphError, ValueError) as exc:
-            self.deployments.record_fire(name, scheduled, "ERROR", self.clock(), note=str(exc))
+            self.deployments.record_fire(name, scheduled, "ERROR", self.clock(), note=str(exc), next_fire_at=advance)
             self.on_message(f"{name}: could not start a run: {exc}")
 
-    def _fire(self, deployed: DeployedPipeline, scheduled: datetime, trigger: str, note: str | None) -> None:
-        pipeline = Pipeline.model_validate_json(self.deployments.snapshot(deployed.name, deployed.version))
+    def _pipeline(self, name: str, version: str) -> Pipeline:
+        """A deployed version's pipeline, validated once: a version is its content's hash, so it never changes."""
+        key = (name, version)
+        if key not in self._pipelines:
+            self._pipelines[key] = Pipeline.model_validate_json(self.deployments.snapshot(name, version))
+        return self._pipelines[key]
+
+    def _fire(self, deployed: DeployedPipeline, scheduled: datetime, trigger: str, note: str | None,
+              advance: datetime | None) -> None:
+        pipeline = self._pipeline(deployed.name, deployed.version)
         now = self.clock()
-        running = self._running_run(deployed.name)
+        running = None if pipeline.overlap == "allow" else self._running_run(deployed.name)
         if running is not None and pipeline.overlap == "skip":
-            self.deployments.record_fire(deployed.name, scheduled, "SKIPPED", now,
+            self.deployments.record_fire(deployed.name, scheduled, "SKIPPED", now, next_fire_at=advance,
                                          note=f"the previous run {running} is still running (overlap: skip)")
             self.on_message(f"{deployed.name}: fire at {scheduled:%H:%M:%S} skipped, run {running} still running")
             return
         if running is not None and pipeline.overlap == "queue":
             if deployed.name in self.queued:
-                self.deployments.record_fire(deployed.name, scheduled, "SKIPPED", now,
+                self.deployments.record_fire(deployed.name, scheduled, "SKIPPED", now, next_fire_at=advance,
                                              note="a run is already queued (overlap: queue)")
             else:
                 self.queued[deployed.name] = _Queued(scheduled, trigger)
-                self.deployments.record_fire(deployed.name, scheduled, "QUEUED", now,
+                self.deployments.record_fire(deployed.name, scheduled, "QUEUED", now, next_fire_at=advance,
                                              note=f"waits for the previous run {running} (overlap: queue)")
             return
-        self._start(deployed, pipeline, scheduled, trigger, note)
+        self._start(deployed, pipeline, scheduled, trigger, note, advance)
 
     def _running_run(self, name: str) -> str | None:
         """A live run of the pipeline: one of ours, or a RUNNING one in the store whose owner is not gone.
@@ -222,9 +236,10 @@ class Scheduler:
         return None
 
     def _start(self, deployed: DeployedPipeline, pipeline: Pipeline, scheduled: datetime, trigger: str,
-               note: str | None) -> None:
+               note: str | None, advance: datetime | None = None) -> None:
         graph_run = self.start_run(deployed, pipeline, scheduled, trigger)
-        self.deployments.record_fire(deployed.name, scheduled, "STARTED", self.clock(), graph_run.run_id, note)
+        self.deployments.record_fire(deployed.name, scheduled, "STARTED", self.clock(), graph_run.run_id, note,
+                                     next_fire_at=advance)
         task = asyncio.create_task(graph_run.run())
         entry = _Active(graph_run, task)
         self.active.setdefault(deployed.name, []).append(entry)
@@ -250,8 +265,7 @@ class Scheduler:
             self.deployments.update(name, failures_in_row=0)
         elif state == RunState.FAILED:
             failures = deployed.failures_in_row + 1
-            limit = Pipeline.model_validate_json(self.deployments.snapshot(name, deployed.version)) \
-                .suspend_after_failures
+            limit = self._pipeline(name, deployed.version).suspend_after_failures
             if limit is not None and failures >= limit:
                 self.deployments.update(name, failures_in_row=failures, state=SUSPENDED,
                                         note=f"suspended after {failures} failed runs in a row")
@@ -274,7 +288,7 @@ class Scheduler:
                             f"{deployed.state}")
             return
         try:
-            pipeline = Pipeline.model_validate_json(self.deployments.snapshot(name, deployed.version))
+            pipeline = self._pipeline(name, deployed.version)
             self._start(deployed, pipeline, queued.scheduled, queued.trigger,
                         "started after the previous run (overlap: queue)")
         except (JobgraphError, ValueError) as exc:

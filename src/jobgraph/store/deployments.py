@@ -195,9 +195,13 @@ class Deployments:
         return Dropped(history, deployed is not None, len(run_ids))
 
     def record_fire(self, pipeline: str, scheduled_time: datetime, action: str, now: datetime,
-                    run_id: str | None = None, note: str | None = None) -> None:
-        """Write down what the scheduler did at a fire time (started, skipped, queued, requested)."""
+                    run_id: str | None = None, note: str | None = None, next_fire_at: datetime | None = None) -> None:
+        """Write down what the scheduler did at a fire time (started, skipped, queued, requested); with
+        `next_fire_at`, move the pipeline's next fire time in the same transaction (one commit per fire)."""
         with self._changing() as conn:
+            if next_fire_at is not None:
+                conn.execute(update(pipelines).where(pipelines.c.name == pipeline).values(
+                    next_fire_at=_utc(next_fire_at)))
             conn.execute(insert(fires).values(pipeline=pipeline, scheduled_time=_utc(scheduled_time),
                                               action=action, run_id=run_id, note=note, at=_utc(now)))
 
