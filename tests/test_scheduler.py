@@ -281,11 +281,17 @@ def test_it_sleeps_until_the_next_fire_time_not_its_poll_and_renews_its_lease_a_
             began = time.monotonic()
             await scheduler.wait(600)
             took.append(time.monotonic() - began)
+        clock.advance(seconds=0.2)
+        assert await scheduler.tick()  # armed: it fires from the read made 0.2 s before the fire time
+        await settle(scheduler)
         await scheduler.shutdown(drain=True)
         return took
 
     took = asyncio.run(scenario())
     assert took[1] < 60, took  # the fire time woke it, not the 600 s poll
+    [fire] = deployments.fires("nightly")
+    assert (fire.action, fire.scheduled_time) == ("STARTED", T0 + timedelta(minutes=1))
+    assert deployments.get("nightly").next_fire_at == T0 + timedelta(minutes=2)
     store.close()
 
 

@@ -19,11 +19,11 @@ stays as the safety net (and renews the lease): a lost or unavailable wake-up de
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from jobgraph.config import Pipeline
 from jobgraph.engine import GraphRun, RunResult
@@ -36,6 +36,9 @@ from jobgraph.store.deployments import ACTIVE, SUSPENDED, DeployedPipeline, Depl
 from jobgraph.store.wakeup import Listener, WakeupUnavailable
 
 LEASE = "scheduler"
+ARM_LEAD_SECS = 0.5
+"""How long before a fire time the scheduler wakes to read the store, renew its lease and close lost runs, so
+that at the fire time itself (if nothing woke it in between) it only fires."""
 
 StartRun = Callable[[DeployedPipeline, Pipeline, datetime, str], GraphRun]
 """Builds (does not start) the GraphRun for a pipeline version, a scheduled time and a trigger."""
@@ -87,14 +90,29 @@ class Scheduler:
     """The wake-up listener and its file descriptor (kept: a broken connection may not tell it any more)."""
     _unavailable: str | None = field(init=False, default=None)
     _pipelines: dict[tuple[str, str], Pipeline] = field(init=False, default_factory=dict)
+    _scheduled: list[DeployedPipeline] = field(init=False, default_factory=list)
+    """The active scheduled pipelines as last read (and fired since)."""
+    _refreshed: datetime | None = field(init=False, default=None)
+    """When the last full tick with the lease read the store."""
+    _armed: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.deployments = Deployments(self.store, wakes=False)
 
     async def tick(self) -> bool:
-        """Renew the lease and fire what is due; False (and nothing fired) without the lease."""
+        """Renew the lease and fire what is due; False (and nothing fired) without the lease.
+
+        Armed by `wait` (it slept to a fire time with nothing woken since the read just before it), it fires
+        from that read: the lease, requests and deployments were read at most ARM_LEAD_SECS ago.
+        """
         self.next_fire_at = None  # until this tick has read it: a tick that fails waits a poll interval
+        armed, refreshed, self._armed, self._refreshed = self._armed, self._refreshed, False, None
         now = self.clock()
+        if armed and self.held and refreshed is not None \
+                and timedelta(0) <= now - refreshed <= timedelta(seconds=ARM_LEAD_SECS + 1):
+            self._fire_scheduled(now)
+            self._refreshed = refreshed
+            return True
         previous = self.deployments.lease(LEASE)
         if not self._acquire(previous, now):
             self._lose_lease(now)
@@ -103,23 +121,34 @@ class Scheduler:
             self._take_over(previous, now)
         self.held = True
         requests = self.deployments.take_requests()
-        scheduled = [p for p in self.deployments.all() if p.state == ACTIVE and p.schedule is not None
-                     and p.next_fire_at is not None]
-        due = [p for p in scheduled if p.next_fire_at is not None and p.next_fire_at <= now]
-        if requests or due or self.queued:
-            self.recover()  # runs of dead owners must not count for overlap
+        self._scheduled = [p for p in self.deployments.all() if p.state == ACTIVE and p.schedule is not None
+                           and p.next_fire_at is not None]
+        soon = now + timedelta(seconds=ARM_LEAD_SECS)
+        if requests or self.queued or any(p.next_fire_at is not None and p.next_fire_at <= soon
+                                          for p in self._scheduled):
+            self.recover()  # runs of dead owners must not count for overlap (ahead of an imminent fire, too)
         for request in requests:
             self._attempt(request.pipeline, request.scheduled_time, "trigger", None)
-        upcoming = [p.next_fire_at for p in scheduled if p.next_fire_at is not None and p.next_fire_at > now]
-        for pipeline in due:
-            following = self._fire_due(pipeline, now)
-            if following is not None:
-                upcoming.append(following)
-        self.next_fire_at = min(upcoming, default=None)
+        self._fire_scheduled(now)
         for name in list(self.queued):
             if self._running_run(name) is None:
                 self._start_queued(name)
+        self._refreshed = now
         return True
+
+    def _fire_scheduled(self, now: datetime) -> None:
+        """Fire the scheduled pipelines that are due, keep the read up to date, and note the next fire time."""
+        kept = []
+        for pipeline in self._scheduled:
+            assert pipeline.next_fire_at is not None
+            if pipeline.next_fire_at > now:
+                kept.append(pipeline)
+                continue
+            following = self._fire_due(pipeline, now)
+            if following is not None:
+                kept.append(dataclasses.replace(pipeline, next_fire_at=following))
+        self._scheduled = kept
+        self.next_fire_at = min((p.next_fire_at for p in kept if p.next_fire_at is not None), default=None)
 
     def _acquire(self, previous: Lease | None, now: datetime) -> bool:
         if self.held and previous is not None and previous.holder == self.holder \
@@ -304,15 +333,24 @@ class Scheduler:
         """Sleep until the next fire time, a wake-up from another process, `wake()`, or at most `poll_secs`.
 
         Only the lease holder listens (one reader of a SQLite FIFO). A listener opened afresh is followed
-        by an immediate tick: what changed before it listened is read from the store, not awaited.
+        by an immediate tick: what changed before it listened is read from the store, not awaited. While
+        it listens, it wakes ARM_LEAD_SECS before a fire time for a full tick, then sleeps to the fire time
+        armed: no wake-up in between means the read is current, and the next tick only fires.
         """
-        delay = poll_secs
+        fresh = self._listening(self.held)
+        delay, arming = poll_secs, False
         if self.next_fire_at is not None:
-            delay = min(delay, max(0.0, (self.next_fire_at - self.clock()).total_seconds()))
-        if self._listening(self.held):
-            delay = 0.0
-        with contextlib.suppress(TimeoutError):
+            until = max(0.0, (self.next_fire_at - self.clock()).total_seconds())
+            if self._listener is not None and until > ARM_LEAD_SECS:
+                delay = min(delay, until - ARM_LEAD_SECS)  # read ahead, then sleep to the fire time armed
+            else:
+                delay, arming = min(delay, until), self._listener is not None and until <= delay
+        if fresh:
+            delay, arming = 0.0, False
+        try:
             await asyncio.wait_for(self._woken.wait(), delay)
+        except TimeoutError:
+            self._armed = arming
         self._woken.clear()
 
     def wake(self) -> None:

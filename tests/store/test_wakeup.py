@@ -116,14 +116,15 @@ def start(tmp_path: Path, url: str, *args: str) -> subprocess.Popen[str]:
 
 
 def lag(store: Store, deployments: Deployments, scheduled: datetime) -> float:
-    """Seconds from a fire (or request) time to the recorded start of the first job of the run it started."""
+    """Seconds from a fire (or request) time to the recorded start of the first job of the run it started
+    (once that run has ended)."""
     def started() -> str | None:
         return next((f.run_id for f in deployments.fires("svc") if f.action == "STARTED"
                      and f.scheduled_time == scheduled), None)
     wait_until(lambda: started() is not None, LONG_POLL * 2)
     run_id = started()
     assert run_id is not None
-    wait_until(lambda: bool(store.attempts(run_id)), LONG_POLL * 2)
+    wait_until(lambda: store.run(run_id).state != "RUNNING", LONG_POLL * 2)
     return (min(a.started_at for a in store.attempts(run_id)) - scheduled).total_seconds()
 
 
