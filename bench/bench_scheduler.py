@@ -8,6 +8,9 @@ A one-job pipeline (`true`) is deployed with the cron `* * * * *` and served by 
   minute boundary first.
 - trigger -> first job: a real `jobgraph trigger` from another process; the first attempt's start minus
   the time the request was recorded.
+Two more columns split the lag: the median time to the fire's record (waking and the scheduler's tick)
+and to the run's record (the run built and started); the rest is the engine recording the run and
+dispatching its first job.
 
 PostgreSQL: `--postgres URL` (an admin URL such as postgresql+psycopg://postgres@127.0.0.1:5432), else a
 throwaway cluster is started as in the tests (needs root and PostgreSQL's server installed).

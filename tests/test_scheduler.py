@@ -295,6 +295,32 @@ def test_it_sleeps_until_the_next_fire_time_not_its_poll_and_renews_its_lease_a_
     store.close()
 
 
+def test_a_wake_up_pending_at_the_fire_time_makes_the_tick_read_the_store(any_store_url: str, tmp_path: Path) -> None:
+    store, clock = Store(any_store_url), Clock()
+    deploy(store, clock, "true", overlap="allow")
+    scheduler = make_scheduler(store, clock, tmp_path)
+
+    async def scenario() -> None:
+        assert await scheduler.tick()
+        await scheduler.wait(600)  # opens the listener, returns at once
+        clock.advance(seconds=59.8)
+        assert await scheduler.tick()  # the read ahead of the fire time
+        clock.advance(seconds=0.2)  # at the fire time: the next wait does not sleep, and would fire from that read
+        Deployments(store).record_fire("nightly", clock(), "REQUESTED", clock())  # a `trigger` wakes it
+        deadline = time.monotonic() + 30
+        while not scheduler._woken.is_set():
+            assert time.monotonic() < deadline, "the request did not wake the scheduler"
+            await asyncio.sleep(0.01)
+        await scheduler.wait(600)
+        assert await scheduler.tick()  # not armed: it reads the store, so the request runs with the fire
+        await settle(scheduler)
+        await scheduler.shutdown(drain=True)
+
+    asyncio.run(scenario())
+    assert sorted(f.action for f in Deployments(store).fires("nightly")) == ["STARTED", "STARTED", "TAKEN"]
+    store.close()
+
+
 def test_a_trigger_request_is_run_once(any_store_url: str, tmp_path: Path) -> None:
     store, clock = Store(any_store_url), Clock()
     deploy(store, clock, "true")

@@ -19,6 +19,7 @@ stays as the safety net (and renews the lease): a lost or unavailable wake-up de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import socket
 from collections.abc import Callable
@@ -347,10 +348,9 @@ class Scheduler:
                 delay, arming = min(delay, until), self._listener is not None and until <= delay
         if fresh:
             delay, arming = 0.0, False
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._woken.wait(), delay)
-        except TimeoutError:
-            self._armed = arming
+        self._armed = arming and not self._woken.is_set()  # a wake-up, even one a zero wait timed out on
         self._woken.clear()
 
     def wake(self) -> None:

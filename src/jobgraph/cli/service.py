@@ -289,6 +289,7 @@ def serve(
         async def main() -> None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
+
             def stopping() -> None:
                 stop.set()
                 scheduler.wake()
