@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import signal
 import time
@@ -131,12 +130,12 @@ def trigger(name: NameArgument, store: StoreOption = None, runner: RunnerOption 
     Through the service it waits until the service has taken the request and says what it did: exit 0 when it
     started or queued a run, 1 when overlap made it skip it. With no live service it runs the pipeline here.
     """
-    now = _now()
     with Store(store_url(store)) as records:
         deployments = Deployments(records)
         deployed = deployments.get(name)
-        holder = live_lease_holder(deployments, now)
+        holder = live_lease_holder(deployments, _now())
         if holder is not None:
+            now = _now()  # the request's time: its record wakes the service (store.wakeup)
             deployments.record_fire(deployed.name, now, "REQUESTED", now, note="jobgraph trigger")
             outcome = _await_outcome(deployments, deployed.name, now)
             if outcome is not None:
@@ -232,7 +231,9 @@ def drop(
 def serve(
     store: StoreOption = None,
     runner: RunnerOption = None,
-    tick: Annotated[float, typer.Option(help="Seconds between scheduler ticks", min=0.05, max=60)] = 1.0,
+    tick: Annotated[float, typer.Option(help="Seconds between polls of the store when nothing wakes the scheduler "
+                                        "sooner (a fire time, a trigger or deploy wakes it at once)",
+                                        min=0.05, max=60)] = 1.0,
     drain: Annotated[bool, typer.Option(help="On SIGTERM, let running runs finish instead of cancelling them")] = False,
 ) -> None:
     """Run the scheduler and every triggered run until SIGTERM or Ctrl-C; one line per event."""
@@ -288,8 +289,13 @@ def serve(
         async def main() -> None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
+
+            def stopping() -> None:
+                stop.set()
+                scheduler.wake()
+
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, stopping)
             loop.add_signal_handler(signal.SIGHUP, terminal_gone, console)  # like nohup: serve on, quietly
             say(f"jobgraph serve: scheduler {holder}, store {records.url}, tick {tick:g}s")
             waiting = False
@@ -305,8 +311,8 @@ def serve(
                 if not held and not waiting:
                     say(f"waiting: another scheduler holds the lease ({live_lease_holder(deployments, _now())})")
                 waiting = not held
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), tick)
+                if not stop.is_set():
+                    await scheduler.wait(tick)
             running = scheduler.running()
             say(f"stopping: {'draining' if drain else 'cancelling'} {len(running)} running run(s)")
             if not drain:
