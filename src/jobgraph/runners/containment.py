@@ -137,13 +137,16 @@ class CgroupAttempt:
     home: Path | None = None
     main: int | None = None
 
+    def __post_init__(self) -> None:
+        self._procs = f"{self.path}/cgroup.procs"  # the hot path's files, as strings built once
+
     @contextlib.contextmanager
     def placing(self) -> Iterator[None]:
         """jobgraph enters the attempt's cgroup while it forks the job (who inherits it), then leaves."""
         self.home = _own_cgroup()
         _make(self.path)
         try:
-            _write(self.path / "cgroup.procs", "0")
+            _write(self._procs, "0")
         except OSError as exc:
             _remove_tree(self.path)
             raise RunnerError(f"cannot place the job in its cgroup {self.path}: {exc.strerror or exc}") from None
@@ -158,8 +161,9 @@ class CgroupAttempt:
     def started(self, pid: int) -> None:
         """Send home any other child of jobgraph that another thread forked while jobgraph was placing."""
         self.main = pid
-        for other in _cgroup_pids(self.path):
-            if other != pid and parent_of(other) == os.getpid() and self.home is not None:
+        others = [other for other in _read_pids(self._procs) if other != pid]
+        for other in others:
+            if parent_of(other) == os.getpid() and self.home is not None:
                 with contextlib.suppress(OSError):
                     _write(self.home / "cgroup.procs", str(other))
 
@@ -275,6 +279,12 @@ def _cgroup2_mount() -> Path | None:
 
 
 def _own_cgroup() -> Path:
+    """jobgraph's own cgroup, read once per process (jobgraph only ever leaves it while it places a job)."""
+    return _cgroup_of(os.getpid())
+
+
+@functools.cache
+def _cgroup_of(_pid: int) -> Path:
     mount = _cgroup2_mount()
     assert mount is not None
     with open("/proc/self/cgroup") as groups:
@@ -311,19 +321,25 @@ def _kill_cgroup(path: Path) -> None:
 
 
 def _cgroup_pids(path: Path, nested: bool = False) -> list[int]:
-    try:
-        pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
-    except OSError:
-        return []
+    pids = _read_pids(f"{path}/cgroup.procs")
     if nested:
         for child in _children(path):
             pids += _cgroup_pids(child, nested=True)
     return pids
 
 
+def _read_pids(procs: str) -> list[int]:
+    try:
+        with open(procs, "rb") as members:
+            return [int(p) for p in members.read().split()]
+    except OSError:
+        return []
+
+
 def _populated(path: Path) -> bool:
     try:
-        return "populated 1" in (path / "cgroup.events").read_text()
+        with open(f"{path}/cgroup.events", "rb") as events:
+            return b"populated 1" in events.read()
     except OSError:
         return False
 
@@ -358,7 +374,7 @@ def _make(path: Path) -> None:
         pass
 
 
-def _write(path: Path, value: str) -> None:
+def _write(path: Path | str, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
     try:
         os.write(fd, value.encode())
