@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from jobgraph.errors import RunnerError
 from jobgraph.runners.base import JobSpec, Outcome
 from jobgraph.runners.containment import Attempt, containment, kill_lost_run
 from jobgraph.runners.output import LogWriter, PipeCapture, redactor_for, return_value_of, shown_env, tail
+from jobgraph.runners.spawn import Child, Spawner
 from jobgraph.states import AttemptStatus
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ KILL_GRACE = 5.0
 class LocalProcess:
     """A started job: its main process, every process of its attempt, and the pipe its output comes through."""
 
-    popen: subprocess.Popen[bytes]
+    child: Child
     spec: JobSpec
     processes: Attempt
     output: PipeCapture
@@ -59,8 +59,10 @@ class LocalRunner:
                  kill_grace: float | None = None) -> None:
         self._images = images
         self._cwd = cwd
+        self._spawner = Spawner(cwd)
         self._kill_grace = kill_grace
         self._runs: set[str] = set()
+        self._base_env: dict[frozenset[str], dict[str, str]] = {}
 
     def command(self, spec: JobSpec) -> list[str]:
         """The host command for a job: the image's command, then the job's args."""
@@ -78,8 +80,8 @@ class LocalRunner:
     async def start(self, spec: JobSpec) -> LocalProcess:
         """Start the process with stdout and stderr on a pipe that jobgraph drains into the log, redacted."""
         command = self.command(spec)
-        inherited = {k: v for k, v in os.environ.items() if k not in spec.withheld_env}
-        env = inherited | dict(spec.env) | {LOCAL_MARKER: "local"}
+        env = self._inherited(spec.withheld_env) | dict(spec.env)
+        env[LOCAL_MARKER] = "local"
         self.kill_grace()  # a bad setting stops the job before it starts, not when it must be killed
         try:
             output = PipeCapture(LogWriter(spec.log_path, redactor_for(spec.secret_values), spec.log_limit))
@@ -89,22 +91,26 @@ class LocalRunner:
         self._runs.add(spec.run_id)
         with processes.placing():
             try:
-                popen = subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=output.job_end, stderr=subprocess.STDOUT,
-                    env=env, cwd=self._cwd, start_new_session=True, close_fds=True,
-                )
+                child = self._spawner.spawn(command, env, output.job_end)
             except OSError as exc:
                 output.close()
                 raise RunnerError(f"cannot start {command[0]!r}: {exc.strerror or exc}") from None
-        processes.started(popen.pid)
+        processes.started(child.pid)
         output.start()
-        return LocalProcess(popen, spec, processes, output)
+        return LocalProcess(child, spec, processes, output)
+
+    def _inherited(self, withheld: frozenset[str]) -> dict[str, str]:
+        """jobgraph's environment without the withheld secrets: copied once per runner and withheld set."""
+        base = self._base_env.get(withheld)
+        if base is None:
+            base = self._base_env[withheld] = {k: v for k, v in os.environ.items() if k not in withheld}
+        return base
 
     async def wait(self, handle: LocalProcess) -> Outcome:
         """Wait for the main process, then kill whatever it left behind, then reap it."""
-        await _exited(handle.popen)
+        await _exited(handle.child)
         await handle.processes.end()
-        code = handle.popen.wait()
+        code = handle.child.reap()
         await handle.output.finish()
         if code == 0:
             return Outcome(AttemptStatus.DONE, 0)
@@ -143,7 +149,7 @@ class LocalRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(_all_gone(handle.processes), self.kill_grace())
         await handle.processes.end()
-        handle.popen.wait()
+        handle.child.reap()
         await handle.output.finish()
 
     def kill_grace(self) -> float:
@@ -176,15 +182,15 @@ async def _all_gone(processes: Attempt) -> None:
         delay = min(delay * 2, 0.05)
 
 
-async def _exited(popen: subprocess.Popen[bytes]) -> None:
+async def _exited(child: Child) -> None:
     """Return once the process has exited, without reaping it, and without a thread per process."""
-    if popen.poll() is not None:
+    if child.code is not None:
         return
     loop = asyncio.get_running_loop()
     try:
-        pidfd = os.pidfd_open(popen.pid)
+        pidfd = os.pidfd_open(child.pid)
     except (AttributeError, OSError):
-        await asyncio.to_thread(popen.wait)
+        await asyncio.to_thread(_wait_without_reaping, child.pid)
         return
     exited = loop.create_future()
 
@@ -198,6 +204,12 @@ async def _exited(popen: subprocess.Popen[bytes]) -> None:
     finally:
         loop.remove_reader(pidfd)
         os.close(pidfd)
+
+
+def _wait_without_reaping(pid: int) -> None:
+    """Block until the process exits, leaving it to be reaped (where pidfd_open is missing)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
 
 
 def build(_name: str, pipeline: Pipeline, _settings: BaseModel | None, _folder: Path,

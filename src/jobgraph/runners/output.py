@@ -301,7 +301,7 @@ class LogWriter:
     """
 
     def __init__(self, path: Path, redactor: Redactor, limit: int = DEFAULT_LOG_LIMIT) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(path.parent)
         self.path = path
         self._fd = create_exclusive(path)
         self._redactor = redactor
@@ -343,6 +343,16 @@ class LogWriter:
         self._held = b""
         os.close(self._fd)
         self._fd = -1
+
+
+def _make_folder(folder: Path) -> None:
+    """An attempt's folder: one system call when the run's folder exists (every attempt but a run's first)."""
+    try:
+        os.mkdir(folder)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        folder.mkdir(parents=True, exist_ok=True)
 
 
 def _size(count: int) -> str:

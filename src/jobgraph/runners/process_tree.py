@@ -156,9 +156,14 @@ def _reap_orphans(processes: dict[int, _Process]) -> None:
 
 
 def _read_process(pid: int) -> _Process | None:
+    """One process's /proc stat line; raw descriptor calls, as a scan reads one per process on the host."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            line = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        fields = line.rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
         return None
     return _Process(pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0] in (b"Z", b"X"),
