@@ -18,6 +18,7 @@ import re
 import shutil
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ from docker.models.containers import Container
 
 from jobgraph.errors import JobgraphError, RunnerError
 from jobgraph.owner import owner_is_gone, owner_label
+from jobgraph.runners.attach import AttachedOutput, AttachError, attach
 from jobgraph.runners.base import JobSpec, Outcome
 from jobgraph.runners.output import (
     CHUNK_BYTES,
@@ -69,6 +71,12 @@ API_VERSION = "1.41"
 """The Engine API version spoken: Podman 4 serves it, as does every Docker since 20.10 (an older one
 gets its own, from `_ping`)."""
 
+KILLED_STREAM_GRACE_SECS = 5.0
+"""How long a killed container's attached stream may take to end before its log is read from the engine."""
+
+STATE_RETRY_DELAYS = (0.0, 0.005, 0.01, 0.02, 0.04, 0.1, 0.2)
+"""Seconds before each look at a container's state once its attached stream ended."""
+
 T = TypeVar("T")
 
 
@@ -79,6 +87,8 @@ class EngineLog:
     writer: LogWriter
     copied: int = 0
     closed: bool = False
+    complete: bool = False
+    """The whole output came through the attached stream: nothing to read from the engine's log."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -89,6 +99,7 @@ class ContainerHandle:
     container: Container
     spec: JobSpec
     log: EngineLog
+    attached: AttachedOutput | None = None
 
 
 class ContainerRunner:
@@ -100,6 +111,8 @@ class ContainerRunner:
         self.name = engine
         self._images = images or {}
         self._libpod = False
+        self._attach_socket: str | None = None
+        self._attached: set[AttachedOutput] = set()
         self._folder = folder
         self._cwd = cwd or Path.cwd()
         self._threads = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="jobgraph-container")
@@ -124,6 +137,8 @@ class ContainerRunner:
                     raise RunnerError(f"cannot reach the {self._engine} engine at {self._service.base_url}: "
                                       f"{exc}") from None
                 self._client = client
+                if self._libpod and self._service.base_url.startswith("unix://"):
+                    self._attach_socket = self._service.base_url.removeprefix("unix://")
             return self._client
 
     async def open(self) -> None:
@@ -153,6 +168,7 @@ class ContainerRunner:
             writer = LogWriter(spec.log_path, redactor_for(spec.secret_values), spec.log_limit)
         except OSError as exc:
             raise RunnerError(f"cannot create the log {spec.log_path}: {exc.strerror or exc}") from None
+        attached: AttachedOutput | None = None
         try:
             if out is not None:
                 try:
@@ -166,17 +182,41 @@ class ContainerRunner:
                                   "used: build it first, e.g. `bash scripts/build-images.sh`)") from None
             except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
                 raise RunnerError(f"cannot create the container: {_explain(exc)}") from None
+            log = EngineLog(writer)
+            attached = await self._attach(container, log)
             try:
                 await self._call(container.start)
             except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
                 await self._call(_remove, container)
                 raise RunnerError(f"cannot start the container: {_explain(exc)}") from None
         except BaseException:
+            if attached is not None:
+                await self._detach(attached)
             writer.close()
             if out is not None:
                 shutil.rmtree(out, ignore_errors=True)
             raise
-        return ContainerHandle(container, spec, EngineLog(writer))
+        return ContainerHandle(container, spec, log, attached)
+
+    async def _attach(self, container: Container, log: EngineLog) -> AttachedOutput | None:
+        """On Podman's local socket, attach to the created container; None: wait and read its log instead."""
+        if self._attach_socket is None or self._client is None:
+            return None
+
+        def store(piece: bytes) -> None:
+            log.writer.write(piece)
+            log.copied += len(piece)
+
+        try:
+            attached = await attach(self._attach_socket, str(self._client.api._version), str(container.id), store)
+        except AttachError:
+            return None
+        self._attached.add(attached)
+        return attached
+
+    async def _detach(self, attached: AttachedOutput) -> None:
+        await attached.close()
+        self._attached.discard(attached)
 
     def _options(self, spec: JobSpec) -> dict[str, Any]:
         base = re.sub(r"[^a-z0-9]+", "-", (spec.container_name or spec.task).lower()).strip("-")[:40] or "job"
@@ -208,6 +248,10 @@ class ContainerRunner:
     async def wait(self, handle: ContainerHandle) -> Outcome:
         """Wait for the container to exit, save its output, note an OOM kill, and remove it."""
         container = handle.container
+        if handle.attached is not None:
+            ended = await self._wait_attached(handle)
+            if ended is not None:
+                return ended
         failures = 0
         while True:
             try:
@@ -231,14 +275,26 @@ class ContainerRunner:
             return Outcome(AttemptStatus.DONE, 0)
         state = (await self._call(_inspect, container)).get("State", {})
         self._remove_later(container)
-        limit = f"memory limit {handle.spec.memory_bytes // (1 << 20)} MiB" if handle.spec.memory_bytes else ""
-        if state.get("OOMKilled"):
-            reason = f"OOMKilled: out of memory ({limit or 'no limit'}), exit code {code}"
-            return Outcome(AttemptStatus.FAILED, code, reason)
-        if code == 137 and limit:
-            # Podman 4.3 never sets OOMKilled here: a SIGKILL under a memory limit is the kernel's OOM killer.
-            return Outcome(AttemptStatus.FAILED, code, f"killed (exit code 137) under a {limit}: out of memory")
-        return Outcome(AttemptStatus.FAILED, code, f"exit code {code}")
+        return _outcome(handle.spec, code, state)
+
+    async def _wait_attached(self, handle: ContainerHandle) -> Outcome | None:
+        """The attached stream ended: the job exited; its exit code is in the engine's state at once.
+
+        None when the stream broke or the engine does not say the container stopped: the caller
+        waits as for an unattached container, reading the engine's log past what the stream brought.
+        """
+        attached = handle.attached
+        assert attached is not None
+        clean = await attached.ended()
+        self._attached.discard(attached)
+        handle.attached = None
+        state = await self._call(_state_after_exit, handle.container) if clean else None
+        if state is None:
+            return None
+        handle.log.complete = True
+        await self._save_logs(handle, final=True)
+        self._remove_later(handle.container)
+        return _outcome(handle.spec, int(state.get("ExitCode", -1)), state)
 
     def _wait_once(self, container: Container) -> int:
         """Block until the container exits, at most WAIT_POLL_SECS (then requests raises a timeout).
@@ -298,11 +354,18 @@ class ContainerRunner:
     async def cancel(self, handle: ContainerHandle) -> None:
         """Kill the container, keep what it printed, and remove it."""
         await self._call(_kill, handle.container)
+        if handle.attached is not None:
+            attached, handle.attached = handle.attached, None
+            if await attached.ended(KILLED_STREAM_GRACE_SECS):
+                handle.log.complete = True
+            await self._detach(attached)
         await self._save_logs(handle, final=True)
         await self._call(_remove, handle.container)
 
     async def aclose(self) -> None:
         """Finish removing containers, close the API client, stop the engine service if we started it."""
+        for attached in list(self._attached):
+            await self._detach(attached)
         if self._removals:
             await asyncio.gather(*self._removals, return_exceptions=True)
             self._removals.clear()
@@ -402,7 +465,7 @@ def _copy_logs(container: Container, log: EngineLog, final: bool) -> None:
         if log.closed:
             return
         try:
-            if not log.writer.cut:
+            if not log.writer.cut and not log.complete:
                 position = 0
                 for chunk in _output_chunks(container):
                     end = position + len(chunk)
@@ -454,6 +517,40 @@ def _read_exact(raw: Any, count: int) -> bytes:
             break
         data += piece
     return data
+
+
+def _outcome(spec: JobSpec, code: int, state: Mapping[str, Any]) -> Outcome:
+    """How an attempt that exited with `code` ended, from the engine's state of its container."""
+    if code == 0:
+        return Outcome(AttemptStatus.DONE, 0)
+    limit = f"memory limit {spec.memory_bytes // (1 << 20)} MiB" if spec.memory_bytes else ""
+    if state.get("OOMKilled"):
+        reason = f"OOMKilled: out of memory ({limit or 'no limit'}), exit code {code}"
+        return Outcome(AttemptStatus.FAILED, code, reason)
+    if code == 137 and limit:
+        # Podman 4.3 never sets OOMKilled here: a SIGKILL under a memory limit is the kernel's OOM killer.
+        return Outcome(AttemptStatus.FAILED, code, f"killed (exit code 137) under a {limit}: out of memory")
+    return Outcome(AttemptStatus.FAILED, code, f"exit code {code}")
+
+
+def _state_after_exit(container: Container) -> dict[str, Any] | None:
+    """Podman's state of a container whose attached stream just ended; None if it does not say stopped.
+
+    conmon closes the stream a moment before it writes the exit file, so a few short retries. Each
+    look syncs the state from that file (Podman's wait would also wait for the cleanup process).
+    """
+    api = container.client.api
+    for delay in STATE_RETRY_DELAYS:
+        time.sleep(delay)
+        try:
+            response = api._get(api.base_url + f"/v4.0.0/libpod/containers/{container.id}/json")
+            api._raise_for_status(response)
+            state = dict(response.json().get("State", {}))
+        except (docker.errors.DockerException, requests.exceptions.RequestException, ValueError):
+            return None
+        if state.get("Status") in ("stopped", "exited"):
+            return state
+    return None
 
 
 def _bind(target: str) -> dict[str, str]:
