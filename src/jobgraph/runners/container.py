@@ -418,7 +418,7 @@ def _create(client: docker.DockerClient, image: str, options: Mapping[str, Any])
 def _remove_owned_by(client: docker.DockerClient, owner: str) -> None:
     """The last safety net: nothing this process started outlives it."""
     with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
-        for container in client.containers.list(all=True, filters={"label": f"{LABEL}.owner={owner}"}):
+        for container in _labelled(client, f"{LABEL}.owner={owner}"):
             _remove(container)
 
 
@@ -430,7 +430,7 @@ def remove_run_containers(engine: str, folder: Path, run_ids: list[str]) -> int:
         client, _ = connect(service.base_url, max_pool_size=1)
         try:
             for run_id in run_ids:
-                for container in client.containers.list(all=True, filters={"label": f"{LABEL}.run_id={run_id}"}):
+                for container in _labelled(client, f"{LABEL}.run_id={run_id}"):
                     _remove(container)
                     removed += 1
         finally:
@@ -443,11 +443,17 @@ def remove_run_containers(engine: str, folder: Path, run_ids: list[str]) -> int:
 def remove_orphans(client: docker.DockerClient) -> list[str]:
     """Remove containers whose jobgraph owner on this host is gone; return their names."""
     removed = []
-    for container in client.containers.list(all=True, filters={"label": f"{LABEL}.owner"}):
-        if owner_is_gone(container.labels.get(f"{LABEL}.owner", "")):
+    for container in _labelled(client, f"{LABEL}.owner"):
+        if owner_is_gone((container.attrs.get("Labels") or {}).get(f"{LABEL}.owner", "")):
             _remove(container)
-            removed.append(container.name)
+            removed.append(str((container.attrs.get("Names") or [container.id])[0]).lstrip("/"))
     return removed
+
+
+def _labelled(client: docker.DockerClient, label: str) -> list[Container]:
+    """Containers with this label, as the list call gives them: the SDK would inspect each one again,
+    one call per container on the engine, and fail when another client removes one in between."""
+    return list(client.containers.list(all=True, filters={"label": label}, sparse=True))
 
 
 def _out_folder(spec: JobSpec) -> Path | None:
