@@ -1,12 +1,16 @@
 """Run a job as a container through the Docker Engine API, which both Docker and Podman serve.
 
-It uses the `docker` SDK, always detached: create, start, wait, logs, remove (a followed log stream
-can hang forever on Podman, and `auto_remove` loses the exit code there). The SDK is blocking, so
-its calls run in this runner's own thread pool. The output is read from the engine as a stream of
-chunks into the attempt's LogWriter (redacted, capped); the job gets only its own empty out folder
-mounted, never jobgraph's logs. Every container carries labels naming its run, job,
-attempt, pipeline and owner (host, pid and the pid's start time), so containers left by an
-orchestrator that died are found and removed the next time a runner connects.
+It uses the `docker` SDK, with no `auto_remove` (Podman loses the exit code with it) and no followed
+log stream (which can hang forever on Podman). On Podman's local socket a container is attached
+before it starts (`attach.py`): its output streams into the attempt's LogWriter (redacted, capped)
+from the event loop, and the stream's end says it exited, so one look at its state gives the exit
+code; Podman's wait would also wait for the cleanup process conmon starts. Elsewhere (Docker, a
+remote engine, an attach refused) it waits, and reads the engine's log in chunks. An exited
+container is removed off the critical path. The SDK is blocking, so its calls run in this runner's
+own thread pool. The job gets only its own empty out folder mounted, never jobgraph's logs. Every
+container carries labels naming its run, job, attempt, pipeline and owner (host, pid and the pid's
+start time), so containers left by an orchestrator that died are found and removed the next time a
+runner connects.
 """
 
 from __future__ import annotations
@@ -16,11 +20,9 @@ import contextlib
 import os
 import re
 import shutil
-import struct
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +35,25 @@ import requests.exceptions
 from docker.models.containers import Container
 
 from jobgraph.errors import JobgraphError, RunnerError
-from jobgraph.owner import owner_is_gone, owner_label
+from jobgraph.owner import owner_label
 from jobgraph.runners.attach import AttachedOutput, AttachError, attach
 from jobgraph.runners.base import JobSpec, Outcome
+from jobgraph.runners.engine_api import (
+    LABEL,
+    connect,
+    create_container,
+    explain,
+    inspect,
+    kill,
+    output_chunks,
+    remove,
+    remove_orphans,
+    remove_owned_by,
+    remove_run_containers,
+    state_after_exit,
+    timed_out,
+)
 from jobgraph.runners.output import (
-    CHUNK_BYTES,
     LogWriter,
     collect_return_file,
     prepare_out_folder,
@@ -54,7 +70,6 @@ if TYPE_CHECKING:
 
     from jobgraph.config.model import Pipeline
 
-LABEL = "jobgraph"
 WAIT_POLL_SECS = 5.0
 """How long one wait call blocks; between calls the running container's log file is refreshed."""
 
@@ -67,15 +82,10 @@ OUT_DIR = "/jobgraph/out"
 RETURN_FILE = "return"
 """The return-value file's name in the out folder."""
 
-API_VERSION = "1.41"
-"""The Engine API version spoken: Podman 4 serves it, as does every Docker since 20.10 (an older one
-gets its own, from `_ping`)."""
 
 KILLED_STREAM_GRACE_SECS = 5.0
 """How long a killed container's attached stream may take to end before its log is read from the engine."""
 
-STATE_RETRY_DELAYS = (0.0, 0.005, 0.01, 0.02, 0.04, 0.1, 0.2)
-"""Seconds before each look at a container's state once its attached stream ended."""
 
 T = TypeVar("T")
 
@@ -176,19 +186,19 @@ class ContainerRunner:
                 except OSError as exc:
                     raise RunnerError(f"cannot create the out folder {out}: {exc.strerror or exc}") from None
             try:
-                container = await self._call(_create, client, image, options)
+                container = await self._call(create_container, client, image, options)
             except docker.errors.ImageNotFound:
                 raise RunnerError(f"image '{image}' not found in the {self._engine} engine (no registry is "
                                   "used: build it first, e.g. `bash scripts/build-images.sh`)") from None
             except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-                raise RunnerError(f"cannot create the container: {_explain(exc)}") from None
+                raise RunnerError(f"cannot create the container: {explain(exc)}") from None
             log = EngineLog(writer)
             attached = await self._attach(container, log)
             try:
                 await self._call(container.start)
             except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-                await self._call(_remove, container)
-                raise RunnerError(f"cannot start the container: {_explain(exc)}") from None
+                await self._call(remove, container)
+                raise RunnerError(f"cannot start the container: {explain(exc)}") from None
         except BaseException:
             if attached is not None:
                 await self._detach(attached)
@@ -261,7 +271,7 @@ class ContainerRunner:
                 await self._save_logs(handle, final=True)
                 return Outcome(AttemptStatus.ERROR, None, "the container disappeared while it ran")
             except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-                if _timed_out(exc):
+                if timed_out(exc):
                     await self._save_logs(handle)
                     continue
                 failures += 1
@@ -273,7 +283,7 @@ class ContainerRunner:
         if code == 0:
             self._remove_later(container)
             return Outcome(AttemptStatus.DONE, 0)
-        state = (await self._call(_inspect, container)).get("State", {})
+        state = (await self._call(inspect, container)).get("State", {})
         self._remove_later(container)
         return _outcome(handle.spec, code, state)
 
@@ -288,7 +298,7 @@ class ContainerRunner:
         clean = await attached.ended()
         self._attached.discard(attached)
         handle.attached = None
-        state = await self._call(_state_after_exit, handle.container) if clean else None
+        state = await self._call(state_after_exit, handle.container) if clean else None
         if state is None:
             return None
         handle.log.complete = True
@@ -312,7 +322,7 @@ class ContainerRunner:
 
     def _remove_later(self, container: Container) -> None:
         """Remove an exited container off the critical path; `aclose` waits for every removal."""
-        removal = asyncio.get_running_loop().run_in_executor(self._threads, _remove, container)
+        removal = asyncio.get_running_loop().run_in_executor(self._threads, remove, container)
         self._removals.add(removal)
         removal.add_done_callback(self._removals.discard)
 
@@ -353,14 +363,14 @@ class ContainerRunner:
 
     async def cancel(self, handle: ContainerHandle) -> None:
         """Kill the container, keep what it printed, and remove it."""
-        await self._call(_kill, handle.container)
+        await self._call(kill, handle.container)
         if handle.attached is not None:
             attached, handle.attached = handle.attached, None
             if await attached.ended(KILLED_STREAM_GRACE_SECS):
                 handle.log.complete = True
             await self._detach(attached)
         await self._save_logs(handle, final=True)
-        await self._call(_remove, handle.container)
+        await self._call(remove, handle.container)
 
     async def aclose(self) -> None:
         """Finish removing containers, close the API client, stop the engine service if we started it."""
@@ -370,90 +380,13 @@ class ContainerRunner:
             await asyncio.gather(*self._removals, return_exceptions=True)
             self._removals.clear()
         if self._client is not None:
-            await self._call(_remove_owned_by, self._client, self._owner)
+            await self._call(remove_owned_by, self._client, self._owner)
             await self._call(self._client.close)
             self._client = None
         if self._service is not None:
             await self._call(self._service.stop)
             self._service = None
         self._threads.shutdown(wait=False)
-
-
-def connect(base_url: str, max_pool_size: int = 64) -> tuple[docker.DockerClient, bool]:
-    """A client for the engine at `base_url`, and whether it is Podman, from one `_ping`.
-
-    The SDK's default asks the engine's `/version` first, and Podman answers that by running conmon,
-    the OCI runtime and more with `--version`: about 0.4 s of CPU each time, on the cores the jobs
-    need. `_ping`'s headers say the same: the API version served and, from Podman, its own.
-    """
-    client = docker.DockerClient(base_url=base_url, version=API_VERSION, timeout=60, max_pool_size=max_pool_size)
-    try:
-        api = client.api
-        response = api._get(api.base_url + "/_ping")
-        api._raise_for_status(response)
-        served = response.headers.get("Api-Version")
-        libpod = "Libpod-Api-Version" in response.headers
-        if served and docker.utils.version_lt(served, API_VERSION):  # an older Docker: speak its version
-            client.close()
-            client = docker.DockerClient(base_url=base_url, version=served, timeout=60, max_pool_size=max_pool_size)
-    except BaseException:
-        client.close()
-        raise
-    return client, libpod
-
-
-def _create(client: docker.DockerClient, image: str, options: Mapping[str, Any]) -> Container:
-    """Create the container from `_options`; one API call (the SDK's `containers.create` inspects it
-    again at once, and the runner needs only its id and name)."""
-    arguments = dict(options)
-    volumes: dict[str, dict[str, str]] = arguments.pop("volumes")
-    host_config = client.api.create_host_config(
-        binds=volumes, network_mode=arguments.pop("network_mode"), mem_limit=arguments.pop("mem_limit", None),
-        nano_cpus=arguments.pop("nano_cpus", None))
-    created = client.api.create_container(image, host_config=host_config,
-                                          volumes=[bind["bind"] for bind in volumes.values()], **arguments)
-    return client.containers.prepare_model({"Id": created["Id"], "Name": options["name"]})
-
-
-def _remove_owned_by(client: docker.DockerClient, owner: str) -> None:
-    """The last safety net: nothing this process started outlives it."""
-    with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
-        for container in _labelled(client, f"{LABEL}.owner={owner}"):
-            _remove(container)
-
-
-def remove_run_containers(engine: str, folder: Path, run_ids: list[str]) -> int:
-    """Remove every container of these runs (the recovery of runs whose orchestrator died)."""
-    service = find_or_start(engine, folder)
-    removed = 0
-    try:
-        client, _ = connect(service.base_url, max_pool_size=1)
-        try:
-            for run_id in run_ids:
-                for container in _labelled(client, f"{LABEL}.run_id={run_id}"):
-                    _remove(container)
-                    removed += 1
-        finally:
-            client.close()
-    finally:
-        service.stop()
-    return removed
-
-
-def remove_orphans(client: docker.DockerClient) -> list[str]:
-    """Remove containers whose jobgraph owner on this host is gone; return their names."""
-    removed = []
-    for container in _labelled(client, f"{LABEL}.owner"):
-        if owner_is_gone((container.attrs.get("Labels") or {}).get(f"{LABEL}.owner", "")):
-            _remove(container)
-            removed.append(str((container.attrs.get("Names") or [container.id])[0]).lstrip("/"))
-    return removed
-
-
-def _labelled(client: docker.DockerClient, label: str) -> list[Container]:
-    """Containers with this label, as the list call gives them: the SDK would inspect each one again,
-    one call per container on the engine, and fail when another client removes one in between."""
-    return list(client.containers.list(all=True, filters={"label": label}, sparse=True))
 
 
 def _out_folder(spec: JobSpec) -> Path | None:
@@ -473,7 +406,7 @@ def _copy_logs(container: Container, log: EngineLog, final: bool) -> None:
         try:
             if not log.writer.cut and not log.complete:
                 position = 0
-                for chunk in _output_chunks(container):
+                for chunk in output_chunks(container):
                     end = position + len(chunk)
                     if end > log.copied:
                         log.writer.write(chunk[max(0, log.copied - position):])
@@ -487,42 +420,6 @@ def _copy_logs(container: Container, log: EngineLog, final: bool) -> None:
             if final:
                 log.writer.close()
                 log.closed = True
-
-
-def _output_chunks(container: Container) -> Iterator[bytes]:
-    """stdout and stderr as the engine stores them, as chunks of at most CHUNK_BYTES.
-
-    The SDK would read each multiplexed frame whole, and an engine may make one frame of a job's
-    gigabyte-long line; here a frame is read a chunk at a time. jobgraph never asks for a TTY, so
-    the stream is always multiplexed: an 8-byte header (stream, 3 zero bytes, big-endian length).
-    """
-    api = container.client.api
-    response = api._get(api._url("/containers/{0}/logs", container.id),
-                        params={"stdout": 1, "stderr": 1, "follow": 0, "timestamps": 0, "tail": "all"},
-                        stream=True)
-    try:
-        api._raise_for_status(response)
-        raw = response.raw
-        while len(header := _read_exact(raw, 8)) == 8:
-            (length,) = struct.unpack(">xxxxL", header)
-            while length:
-                piece = raw.read(min(length, CHUNK_BYTES))
-                if not piece:
-                    return
-                length -= len(piece)
-                yield piece
-    finally:
-        response.close()
-
-
-def _read_exact(raw: Any, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        piece = raw.read(count - len(data))
-        if not piece:
-            break
-        data += piece
-    return data
 
 
 def _outcome(spec: JobSpec, code: int, state: Mapping[str, Any]) -> Outcome:
@@ -539,58 +436,9 @@ def _outcome(spec: JobSpec, code: int, state: Mapping[str, Any]) -> Outcome:
     return Outcome(AttemptStatus.FAILED, code, f"exit code {code}")
 
 
-def _state_after_exit(container: Container) -> dict[str, Any] | None:
-    """Podman's state of a container whose attached stream just ended; None if it does not say stopped.
-
-    conmon closes the stream a moment before it writes the exit file, so a few short retries. Each
-    look syncs the state from that file (Podman's wait would also wait for the cleanup process).
-    """
-    api = container.client.api
-    for delay in STATE_RETRY_DELAYS:
-        time.sleep(delay)
-        try:
-            response = api._get(api.base_url + f"/v4.0.0/libpod/containers/{container.id}/json")
-            api._raise_for_status(response)
-            state = dict(response.json().get("State", {}))
-        except (docker.errors.DockerException, requests.exceptions.RequestException, ValueError):
-            return None
-        if state.get("Status") in ("stopped", "exited"):
-            return state
-    return None
-
-
 def _bind(target: str) -> dict[str, str]:
     path, _, mode = target.partition(":")
     return {"bind": path, "mode": "ro" if mode == "ro" else "rw"}
-
-
-def _inspect(container: Container) -> dict[str, Any]:
-    try:
-        container.reload()
-    except (docker.errors.DockerException, requests.exceptions.RequestException):
-        return {}
-    return dict(container.attrs)
-
-
-def _kill(container: Container) -> None:
-    with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
-        container.kill()
-
-
-def _remove(container: Container) -> None:
-    with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
-        container.remove(force=True)
-
-
-def _timed_out(exc: Exception) -> bool:
-    """A wait call that simply ran out of time (requests reports a read timeout as a ConnectionError)."""
-    return isinstance(exc, requests.exceptions.Timeout) or "timed out" in str(exc).lower()
-
-
-def _explain(exc: Exception) -> str:
-    if isinstance(exc, docker.errors.APIError):
-        return str(exc.explanation or exc)
-    return str(exc)
 
 
 def build(name: str, pipeline: Pipeline, _settings: BaseModel | None, folder: Path,
