@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import docker
 import docker.errors
-import docker.utils
 import requests.exceptions
 from docker.models.containers import Container
 
@@ -82,10 +81,8 @@ OUT_DIR = "/jobgraph/out"
 RETURN_FILE = "return"
 """The return-value file's name in the out folder."""
 
-
 KILLED_STREAM_GRACE_SECS = 5.0
 """How long a killed container's attached stream may take to end before its log is read from the engine."""
-
 
 T = TypeVar("T")
 

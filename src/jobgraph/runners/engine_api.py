@@ -173,6 +173,7 @@ def _read_exact(raw: Any, count: int) -> bytes:
 
 
 def inspect(container: Container) -> dict[str, Any]:
+    """The engine's view of the container (why it failed: OOMKilled); empty if the engine cannot say."""
     try:
         container.reload()
     except (docker.errors.DockerException, requests.exceptions.RequestException):
@@ -181,11 +182,13 @@ def inspect(container: Container) -> dict[str, Any]:
 
 
 def kill(container: Container) -> None:
+    """SIGKILL the container; one already gone is no error."""
     with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
         container.kill()
 
 
 def remove(container: Container) -> None:
+    """Remove the container, running or not; one already gone is no error."""
     with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
         container.remove(force=True)
 
@@ -196,6 +199,7 @@ def timed_out(exc: Exception) -> bool:
 
 
 def explain(exc: Exception) -> str:
+    """The engine's own words for a refused call, else the error's."""
     if isinstance(exc, docker.errors.APIError):
         return str(exc.explanation or exc)
     return str(exc)
