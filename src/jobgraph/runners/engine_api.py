@@ -31,8 +31,9 @@ API_VERSION = "1.41"
 """The Engine API version spoken: Podman 4 serves it, as does every Docker since 20.10 (an older one
 gets its own, from `_ping`)."""
 
-STATE_RETRY_DELAYS = (0.0, 0.005, 0.01, 0.02, 0.04, 0.1, 0.2)
-"""Seconds before each look at a container's state once its attached stream ended."""
+STATE_RETRY_DELAYS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+"""Seconds before each look at a container's state once its attached stream ended (about 2 s in
+all, for a conmon the machine's load holds up; then the runner falls back to Podman's wait)."""
 
 
 def connect(base_url: str, max_pool_size: int = 64) -> tuple[docker.DockerClient, bool]:
