@@ -15,6 +15,8 @@ from pathlib import Path
 import docker
 import pytest
 
+from jobgraph.runners import container as container_module
+from jobgraph.runners.attach import AttachError
 from jobgraph.runners.base import JobSpec, Outcome
 from jobgraph.runners.container import ContainerRunner
 from jobgraph.states import AttemptStatus
@@ -131,3 +133,31 @@ def test_output_is_in_the_log_while_the_container_runs_and_a_cancel_keeps_it(
     assert seen == b"first\n" and status == "running"
     assert spec.log_path.read_bytes() == b"first\n"
 
+
+
+def test_an_engine_that_refuses_to_attach_gets_waited_on_and_its_log_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Docker, a remote engine or an attach refused: the same outcomes and logs, by wait and logs calls."""
+
+    async def refuse(*_args: object) -> None:
+        raise AttachError("refused")
+
+    monkeypatch.setattr(container_module, "attach", refuse)
+    jobs = [job(tmp_path, "chatty", "echo out; echo err >&2; head -c 300000 /dev/zero | tr '\\000' z"),
+            job(tmp_path, "bad", "echo failing; exit 3")]
+
+    async def main() -> list[Outcome]:
+        runner = ContainerRunner("podman", tmp_path / ".jobgraph", cwd=tmp_path)
+        try:
+            handles = [await runner.start(spec) for spec in jobs]
+            assert [handle.attached for handle in handles] == [None, None]
+            return [await runner.wait(handle) for handle in handles]
+        finally:
+            await runner.aclose()
+
+    outcomes = asyncio.run(main())
+    assert [(o.status, o.exit_code) for o in outcomes] == [(AttemptStatus.DONE, 0), (AttemptStatus.FAILED, 3)]
+    chatty = jobs[0].log_path.read_bytes()  # stdout and stderr are two pipes: their order may vary
+    assert len(chatty) == 8 + 300_000 and chatty.count(b"z") == 300_000
+    assert b"out\n" in chatty and b"err\n" in chatty
+    assert jobs[1].log_path.read_bytes() == b"failing\n"
