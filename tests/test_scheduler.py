@@ -26,7 +26,7 @@ from jobgraph.config.validate import check_pipeline
 from jobgraph.engine import GraphRun
 from jobgraph.engine.events import RunStarted, TaskInfo
 from jobgraph.recovery import recover_lost_runs
-from jobgraph.runners import LocalRunner
+from jobgraph.runners.local import LocalRunner
 from jobgraph.schedule import parse_schedule
 from jobgraph.scheduler import LEASE, Scheduler
 from jobgraph.store import Store

@@ -28,8 +28,8 @@ from jobgraph.engine import (
     RunResult,
     TaskChanged,
 )
-from jobgraph.runners import LocalRunner
 from jobgraph.runners.containment import cgroup_base
+from jobgraph.runners.local import LocalRunner
 from jobgraph.states import AttemptStatus, RunState, TaskState
 from jobgraph.store import Store
 from tests.conftest import WritePipeline, process_alive, sh, store_url

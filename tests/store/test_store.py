@@ -13,7 +13,7 @@ from jobgraph.config import Pipeline
 from jobgraph.config.validate import check_pipeline
 from jobgraph.engine import Event, GraphRun, PriorTask
 from jobgraph.errors import StoreError
-from jobgraph.runners import LocalRunner
+from jobgraph.runners.local import LocalRunner
 from jobgraph.store import Store
 from jobgraph.store.ownership import RunBusy
 from jobgraph.store.views import VIEW_NAMES
