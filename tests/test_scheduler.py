@@ -23,8 +23,8 @@ from sqlalchemy import create_engine, insert, update
 
 from jobgraph.config import Pipeline
 from jobgraph.config.validate import check_pipeline
-from jobgraph.engine import GraphRun
 from jobgraph.engine.events import RunStarted, TaskInfo
+from jobgraph.engine.run import GraphRun
 from jobgraph.recovery import recover_lost_runs
 from jobgraph.runners.local import LocalRunner
 from jobgraph.schedule import parse_schedule

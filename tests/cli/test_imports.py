@@ -118,6 +118,16 @@ def test_a_bad_file_is_reported_without_loading_the_store(tmp_path: Path) -> Non
     assert among(modules, STORE_AND_ENGINES) == []
 
 
+@pytest.mark.parametrize("args", [["history"], ["stats", "jobs_run_stats"]], ids=" ".join)
+def test_reading_the_store_never_loads_the_config_models_the_engine_or_an_engine_sdk(tmp_path: Path,
+                                                                                    args: list[str]) -> None:
+    result, modules = loaded_modules(tmp_path, *args)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / ".jobgraph" / "jobgraph.db").is_file()
+    assert among(modules, ("jobgraph.config", "jobgraph.engine.run", "jobgraph.runners.local", "yaml", *SCHEDULES,
+                           "docker", "requests", "urllib3", "http.client", "jobgraph.runners.container")) == []
+
+
 def test_stats_help_names_every_view_the_store_has(tmp_path: Path) -> None:
     result, _ = loaded_modules(tmp_path, "stats", "--help")
     assert result.returncode == 0, result.stderr

@@ -11,7 +11,8 @@ from sqlalchemy import event, text
 
 from jobgraph.config import Pipeline
 from jobgraph.config.validate import check_pipeline
-from jobgraph.engine import Event, GraphRun, PriorTask
+from jobgraph.engine import Event
+from jobgraph.engine.run import GraphRun, PriorTask
 from jobgraph.errors import StoreError
 from jobgraph.runners.local import LocalRunner
 from jobgraph.store import Store

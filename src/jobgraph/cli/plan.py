@@ -17,7 +17,7 @@ import yaml
 from jobgraph.cli.commands import PlanFormat
 from jobgraph.cli.common import home, reported, write_plain
 from jobgraph.config import Pipeline, load
-from jobgraph.engine import GraphRun
+from jobgraph.engine.run import GraphRun
 from jobgraph.runners import AnyRunner, make_runner
 from jobgraph.schedule import parse_schedule
 

@@ -29,7 +29,8 @@ from jobgraph.cli.common import (
 from jobgraph.cli.render import RunView
 from jobgraph.cli.show import tasks_table
 from jobgraph.config import Job, Pipeline, check_pipeline, load
-from jobgraph.engine import Adoption, GraphRun, Listener, PriorTask, RunResult
+from jobgraph.engine import Listener
+from jobgraph.engine.run import Adoption, GraphRun, PriorTask, RunResult
 from jobgraph.errors import ConfigError, Problem, RunnerError, StoreError
 from jobgraph.recovery import LostRun, recover_lost_runs
 from jobgraph.runners import AnyRunner, make_runner

@@ -39,7 +39,8 @@ from jobgraph.cli.run import (
     store_patience,
 )
 from jobgraph.config import Pipeline, check_pipeline, load
-from jobgraph.engine import GraphRun, Listener, RunResult
+from jobgraph.engine import Listener
+from jobgraph.engine.run import GraphRun, RunResult
 from jobgraph.errors import JobgraphError
 from jobgraph.owner import owner_label
 from jobgraph.runners import AnyRunner
