@@ -257,6 +257,70 @@ def test_only_the_lease_holder_fires_and_an_expired_lease_is_taken_over(any_stor
     store.close()
 
 
+def test_it_sleeps_until_the_next_fire_time_not_its_poll_and_renews_its_lease_a_third_in(
+        any_store_url: str, tmp_path: Path) -> None:
+    store, clock = Store(any_store_url), Clock()
+    deploy(store, clock, "true")  # fires every minute from 09:00
+    scheduler = make_scheduler(store, clock, tmp_path)
+    deployments = Deployments(store)
+
+    async def scenario() -> list[float]:
+        assert await scheduler.tick()
+        assert scheduler.next_fire_at == T0 + timedelta(minutes=1)
+        clock.advance(seconds=4)
+        await scheduler.tick()
+        lease = deployments.lease(LEASE)
+        assert lease is not None and lease.expires_at == T0 + timedelta(seconds=15)  # fresh: not rewritten
+        clock.advance(seconds=2)
+        await scheduler.tick()
+        lease = deployments.lease(LEASE)
+        assert lease is not None and lease.expires_at == T0 + timedelta(seconds=21)  # a third gone: renewed
+        clock.advance(seconds=53.8)  # 0.2 s before the fire time
+        took = []
+        for _ in range(2):  # the first wait also opens the wake-up listener, and returns at once to read
+            began = time.monotonic()
+            await scheduler.wait(600)
+            took.append(time.monotonic() - began)
+        clock.advance(seconds=0.2)
+        assert await scheduler.tick()  # armed: it fires from the read made 0.2 s before the fire time
+        await settle(scheduler)
+        await scheduler.shutdown(drain=True)
+        return took
+
+    took = asyncio.run(scenario())
+    assert took[1] < 60, took  # the fire time woke it, not the 600 s poll
+    [fire] = deployments.fires("nightly")
+    assert (fire.action, fire.scheduled_time) == ("STARTED", T0 + timedelta(minutes=1))
+    assert deployments.get("nightly").next_fire_at == T0 + timedelta(minutes=2)
+    store.close()
+
+
+def test_a_wake_up_pending_at_the_fire_time_makes_the_tick_read_the_store(any_store_url: str, tmp_path: Path) -> None:
+    store, clock = Store(any_store_url), Clock()
+    deploy(store, clock, "true", overlap="allow")
+    scheduler = make_scheduler(store, clock, tmp_path)
+
+    async def scenario() -> None:
+        assert await scheduler.tick()
+        await scheduler.wait(600)  # opens the listener, returns at once
+        clock.advance(seconds=59.8)
+        assert await scheduler.tick()  # the read ahead of the fire time
+        clock.advance(seconds=0.2)  # at the fire time: the next wait does not sleep, and would fire from that read
+        Deployments(store).record_fire("nightly", clock(), "REQUESTED", clock())  # a `trigger` wakes it
+        deadline = time.monotonic() + 30
+        while not scheduler._woken.is_set():
+            assert time.monotonic() < deadline, "the request did not wake the scheduler"
+            await asyncio.sleep(0.01)
+        await scheduler.wait(600)
+        assert await scheduler.tick()  # not armed: it reads the store, so the request runs with the fire
+        await settle(scheduler)
+        await scheduler.shutdown(drain=True)
+
+    asyncio.run(scenario())
+    assert sorted(f.action for f in Deployments(store).fires("nightly")) == ["STARTED", "STARTED", "TAKEN"]
+    store.close()
+
+
 def test_a_trigger_request_is_run_once(any_store_url: str, tmp_path: Path) -> None:
     store, clock = Store(any_store_url), Clock()
     deploy(store, clock, "true")

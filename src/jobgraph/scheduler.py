@@ -1,23 +1,30 @@
 """The scheduler: fires deployed pipelines on their schedules, applies the overlap policy, counts
 failures in a row (and suspends), catches up at most once after downtime, and runs `trigger` requests.
 
-It holds a lease row in the store while it acts, renewed every tick, so two `jobgraph serve`
-processes never start the same run twice; a lease that is not renewed expires (or, on this host,
+It holds a lease row in the store while it acts, renewed once a third of its time has passed, so two
+`jobgraph serve` processes never start the same run twice; a lease that is not renewed expires (or, on this host,
 its holder is seen dead) and another scheduler takes over. Taking over closes the runs the dead
 holder left RUNNING: on this host by their owner's pid (`recover`), on another host by the lease
 itself (an expired holder is taken for dead, and a holder that finds its lease taken by another host
 cancels its own runs, so a stalled holder never runs on beside its successor). Overlap is decided
 against every live RUNNING run of the pipeline in the store, whoever started it. Time comes from an
 injected clock, so tests move it instead of sleeping.
+
+Between ticks it sleeps until the next fire time, not on a polling tick: while it holds the lease it
+listens on the store (store.wakeup: PostgreSQL LISTEN/NOTIFY, a FIFO beside a SQLite file), so a
+`trigger`, `deploy`, `resume` or `suspend` from another process wakes it at once. The poll interval
+stays as the safety net (and renews the lease): a lost or unavailable wake-up delays, never loses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from jobgraph.config import Pipeline
 from jobgraph.engine.run import GraphRun, RunResult
@@ -27,8 +34,12 @@ from jobgraph.schedule import CATCH_UP_COUNT_LIMIT, parse_schedule
 from jobgraph.states import RunState
 from jobgraph.store import Store
 from jobgraph.store.deployments import ACTIVE, SUSPENDED, DeployedPipeline, Deployments, Lease
+from jobgraph.store.wakeup import Listener, WakeupUnavailable
 
 LEASE = "scheduler"
+ARM_LEAD_SECS = 0.5
+"""How long before a fire time the scheduler wakes to read the store, renew its lease and close lost runs, so
+that at the fire time itself (if nothing woke it in between) it only fires."""
 
 StartRun = Callable[[DeployedPipeline, Pipeline, datetime, str], GraphRun]
 """Builds (does not start) the GraphRun for a pipeline version, a scheduled time and a trigger."""
@@ -72,14 +83,37 @@ class Scheduler:
     active: dict[str, list[_Active]] = field(default_factory=dict)
     queued: dict[str, _Queued] = field(default_factory=dict)
     held: bool = False
+    next_fire_at: datetime | None = None
+    """The earliest fire time of an active pipeline as of the last tick (None without the lease)."""
     deployments: Deployments = field(init=False)
+    _woken: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    _listener: tuple[Listener, int] | None = field(init=False, default=None)
+    """The wake-up listener and its file descriptor (kept: a broken connection may not tell it any more)."""
+    _unavailable: str | None = field(init=False, default=None)
+    _pipelines: dict[tuple[str, str], Pipeline] = field(init=False, default_factory=dict)
+    _scheduled: list[DeployedPipeline] = field(init=False, default_factory=list)
+    """The active scheduled pipelines as last read (and fired since)."""
+    _refreshed: datetime | None = field(init=False, default=None)
+    """When the last full tick with the lease read the store."""
+    _armed: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
-        self.deployments = Deployments(self.store)
+        self.deployments = Deployments(self.store, wakes=False)
 
     async def tick(self) -> bool:
-        """Renew the lease and fire what is due; False (and nothing fired) without the lease."""
+        """Renew the lease and fire what is due; False (and nothing fired) without the lease.
+
+        Armed by `wait` (it slept to a fire time with nothing woken since the read just before it), it fires
+        from that read: the lease, requests and deployments were read at most ARM_LEAD_SECS ago.
+        """
+        self.next_fire_at = None  # until this tick has read it: a tick that fails waits a poll interval
+        armed, refreshed, self._armed, self._refreshed = self._armed, self._refreshed, False, None
         now = self.clock()
+        if armed and self.held and refreshed is not None \
+                and timedelta(0) <= now - refreshed <= timedelta(seconds=ARM_LEAD_SECS + 1):
+            self._fire_scheduled(now)
+            self._refreshed = refreshed
+            return True
         previous = self.deployments.lease(LEASE)
         if not self._acquire(previous, now):
             self._lose_lease(now)
@@ -88,20 +122,39 @@ class Scheduler:
             self._take_over(previous, now)
         self.held = True
         requests = self.deployments.take_requests()
-        due = [p for p in self.deployments.all() if p.state == ACTIVE and p.schedule is not None
-               and p.next_fire_at is not None and p.next_fire_at <= now]
-        if requests or due or self.queued:
-            self.recover()  # runs of dead owners must not count for overlap
+        self._scheduled = [p for p in self.deployments.all() if p.state == ACTIVE and p.schedule is not None
+                           and p.next_fire_at is not None]
+        soon = now + timedelta(seconds=ARM_LEAD_SECS)
+        if requests or self.queued or any(p.next_fire_at is not None and p.next_fire_at <= soon
+                                          for p in self._scheduled):
+            self.recover()  # runs of dead owners must not count for overlap (ahead of an imminent fire, too)
         for request in requests:
             self._attempt(request.pipeline, request.scheduled_time, "trigger", None)
-        for pipeline in due:
-            self._fire_due(pipeline, now)
+        self._fire_scheduled(now)
         for name in list(self.queued):
             if self._running_run(name) is None:
                 self._start_queued(name)
+        self._refreshed = now
         return True
 
+    def _fire_scheduled(self, now: datetime) -> None:
+        """Fire the scheduled pipelines that are due, keep the read up to date, and note the next fire time."""
+        kept = []
+        for pipeline in self._scheduled:
+            assert pipeline.next_fire_at is not None
+            if pipeline.next_fire_at > now:
+                kept.append(pipeline)
+                continue
+            following = self._fire_due(pipeline, now)
+            if following is not None:
+                kept.append(dataclasses.replace(pipeline, next_fire_at=following))
+        self._scheduled = kept
+        self.next_fire_at = min((p.next_fire_at for p in kept if p.next_fire_at is not None), default=None)
+
     def _acquire(self, previous: Lease | None, now: datetime) -> bool:
+        if self.held and previous is not None and previous.holder == self.holder \
+                and (previous.expires_at - now).total_seconds() > self.lease_ttl_secs * 2 / 3:
+            return True  # renewed within the last third of its time: still ours, and a write spared per wake-up
         if self.deployments.acquire_lease(LEASE, self.holder, now, self.lease_ttl_secs):
             return True
         dead = previous is not None and previous.holder != self.holder and owner_is_gone(previous.holder)
@@ -138,50 +191,65 @@ class Scheduler:
             for graph_run in self.running():
                 graph_run.cancel()
 
-    def _fire_due(self, pipeline: DeployedPipeline, now: datetime) -> None:
-        """Fire a due pipeline once, at its latest due fire time, however many were missed."""
+    def _fire_due(self, pipeline: DeployedPipeline, now: datetime) -> datetime | None:
+        """Fire a due pipeline once, at its latest due fire time, however many were missed; its next fire time."""
         assert pipeline.schedule is not None and pipeline.next_fire_at is not None
         try:
             schedule = parse_schedule(pipeline.schedule)
         except ValueError as exc:  # deployed by an older jobgraph that took it
             self.deployments.update(pipeline.name, state=SUSPENDED, note=f"suspended: its schedule is invalid: {exc}")
             self.on_message(f"{pipeline.name}: suspended, its schedule is invalid: {exc}")
-            return
+            return None
         latest = schedule.last_at_or_before(now, pipeline.anchor) or pipeline.next_fire_at
         fire = max(latest, pipeline.next_fire_at)
-        self.deployments.update(pipeline.name, next_fire_at=schedule.next_after(now, pipeline.anchor))
+        upcoming = schedule.next_after(now, pipeline.anchor)
         missed = schedule.count_between(pipeline.next_fire_at, fire, pipeline.anchor)
         counted = f"at least {missed}" if schedule.cron and missed >= CATCH_UP_COUNT_LIMIT else str(missed)
         note = f"caught up: {counted} earlier fire time(s) missed while no scheduler ran" if missed else None
-        self._attempt(pipeline.name, fire, "schedule", note)
+        self._attempt(pipeline, fire, "schedule", note, upcoming)
+        return upcoming
 
-    def _attempt(self, name: str, scheduled: datetime, trigger: str, note: str | None) -> None:
-        """Fire, recording a failure to start as an ERROR fire, so one bad pipeline never stops the others."""
+    def _attempt(self, deployed: DeployedPipeline | str, scheduled: datetime, trigger: str, note: str | None,
+                 advance: datetime | None = None) -> None:
+        """Fire, recording a failure to start as an ERROR fire, so one bad pipeline never stops the others.
+
+        `advance` is a scheduled pipeline's next fire time, written in the same transaction as the fire's record.
+        """
+        name = deployed if isinstance(deployed, str) else deployed.name
         try:
-            self._fire(self.deployments.get(name), scheduled, trigger, note)
+            self._fire(self.deployments.get(name) if isinstance(deployed, str) else deployed, scheduled, trigger,
+                       note, advance)
         except (JobgraphError, ValueError) as exc:
-            self.deployments.record_fire(name, scheduled, "ERROR", self.clock(), note=str(exc))
+            self.deployments.record_fire(name, scheduled, "ERROR", self.clock(), note=str(exc), next_fire_at=advance)
             self.on_message(f"{name}: could not start a run: {exc}")
 
-    def _fire(self, deployed: DeployedPipeline, scheduled: datetime, trigger: str, note: str | None) -> None:
-        pipeline = Pipeline.model_validate_json(self.deployments.snapshot(deployed.name, deployed.version))
+    def _pipeline(self, name: str, version: str) -> Pipeline:
+        """A deployed version's pipeline, validated once: a version is its content's hash, so it never changes."""
+        key = (name, version)
+        if key not in self._pipelines:
+            self._pipelines[key] = Pipeline.model_validate_json(self.deployments.snapshot(name, version))
+        return self._pipelines[key]
+
+    def _fire(self, deployed: DeployedPipeline, scheduled: datetime, trigger: str, note: str | None,
+              advance: datetime | None) -> None:
+        pipeline = self._pipeline(deployed.name, deployed.version)
         now = self.clock()
-        running = self._running_run(deployed.name)
+        running = None if pipeline.overlap == "allow" else self._running_run(deployed.name)
         if running is not None and pipeline.overlap == "skip":
-            self.deployments.record_fire(deployed.name, scheduled, "SKIPPED", now,
+            self.deployments.record_fire(deployed.name, scheduled, "SKIPPED", now, next_fire_at=advance,
                                          note=f"the previous run {running} is still running (overlap: skip)")
             self.on_message(f"{deployed.name}: fire at {scheduled:%H:%M:%S} skipped, run {running} still running")
             return
         if running is not None and pipeline.overlap == "queue":
             if deployed.name in self.queued:
-                self.deployments.record_fire(deployed.name, scheduled, "SKIPPED", now,
+                self.deployments.record_fire(deployed.name, scheduled, "SKIPPED", now, next_fire_at=advance,
                                              note="a run is already queued (overlap: queue)")
             else:
                 self.queued[deployed.name] = _Queued(scheduled, trigger)
-                self.deployments.record_fire(deployed.name, scheduled, "QUEUED", now,
+                self.deployments.record_fire(deployed.name, scheduled, "QUEUED", now, next_fire_at=advance,
                                              note=f"waits for the previous run {running} (overlap: queue)")
             return
-        self._start(deployed, pipeline, scheduled, trigger, note)
+        self._start(deployed, pipeline, scheduled, trigger, note, advance)
 
     def _running_run(self, name: str) -> str | None:
         """A live run of the pipeline: one of ours, or a RUNNING one in the store whose owner is not gone.
@@ -198,9 +266,10 @@ class Scheduler:
         return None
 
     def _start(self, deployed: DeployedPipeline, pipeline: Pipeline, scheduled: datetime, trigger: str,
-               note: str | None) -> None:
+               note: str | None, advance: datetime | None = None) -> None:
         graph_run = self.start_run(deployed, pipeline, scheduled, trigger)
-        self.deployments.record_fire(deployed.name, scheduled, "STARTED", self.clock(), graph_run.run_id, note)
+        self.deployments.record_fire(deployed.name, scheduled, "STARTED", self.clock(), graph_run.run_id, note,
+                                     next_fire_at=advance)
         task = asyncio.create_task(graph_run.run())
         entry = _Active(graph_run, task)
         self.active.setdefault(deployed.name, []).append(entry)
@@ -226,8 +295,7 @@ class Scheduler:
             self.deployments.update(name, failures_in_row=0)
         elif state == RunState.FAILED:
             failures = deployed.failures_in_row + 1
-            limit = Pipeline.model_validate_json(self.deployments.snapshot(name, deployed.version)) \
-                .suspend_after_failures
+            limit = self._pipeline(name, deployed.version).suspend_after_failures
             if limit is not None and failures >= limit:
                 self.deployments.update(name, failures_in_row=failures, state=SUSPENDED,
                                         note=f"suspended after {failures} failed runs in a row")
@@ -250,7 +318,7 @@ class Scheduler:
                             f"{deployed.state}")
             return
         try:
-            pipeline = Pipeline.model_validate_json(self.deployments.snapshot(name, deployed.version))
+            pipeline = self._pipeline(name, deployed.version)
             self._start(deployed, pipeline, queued.scheduled, queued.trigger,
                         "started after the previous run (overlap: queue)")
         except (JobgraphError, ValueError) as exc:
@@ -261,6 +329,69 @@ class Scheduler:
         for name, queued in self.queued.items():
             self.deployments.record_fire(name, queued.scheduled, "SKIPPED", self.clock(), note=why)
         self.queued.clear()
+
+    async def wait(self, poll_secs: float) -> None:
+        """Sleep until the next fire time, a wake-up from another process, `wake()`, or at most `poll_secs`.
+
+        Only the lease holder listens (one reader of a SQLite FIFO). A listener opened afresh is followed
+        by an immediate tick: what changed before it listened is read from the store, not awaited. While
+        it listens, it wakes ARM_LEAD_SECS before a fire time for a full tick, then sleeps to the fire time
+        armed: no wake-up in between means the read is current, and the next tick only fires.
+        """
+        fresh = self._listening(self.held)
+        delay, arming = poll_secs, False
+        if self.next_fire_at is not None:
+            until = max(0.0, (self.next_fire_at - self.clock()).total_seconds())
+            if self._listener is not None and until > ARM_LEAD_SECS:
+                delay = min(delay, until - ARM_LEAD_SECS)  # read ahead, then sleep to the fire time armed
+            else:
+                delay, arming = min(delay, until), self._listener is not None and until <= delay
+        if fresh:
+            delay, arming = 0.0, False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._woken.wait(), delay)
+        self._armed = arming and not self._woken.is_set()  # a wake-up, even one a zero wait timed out on
+        self._woken.clear()
+
+    def wake(self) -> None:
+        """End the current or next `wait` at once (a signal to stop, a change made in this process)."""
+        self._woken.set()
+
+    def _listening(self, wanted: bool) -> bool:
+        """Open or close the wake-up listener as `wanted`; True when it has just been opened."""
+        if not wanted:
+            self._stop_listening()
+            return False
+        if self._listener is not None:
+            return False
+        try:
+            listener = self.deployments.listen()
+        except WakeupUnavailable as exc:
+            if str(exc) != self._unavailable:
+                self.on_message(f"warning: no wake-ups from the store ({exc}); polling it instead")
+            self._unavailable = str(exc)
+            return False
+        self._unavailable = None
+        descriptor = listener.fileno()
+        asyncio.get_running_loop().add_reader(descriptor, self._heard)
+        self._listener = (listener, descriptor)
+        return True
+
+    def _heard(self) -> None:
+        assert self._listener is not None
+        try:
+            self._listener[0].drain()
+        except WakeupUnavailable as exc:
+            self.on_message(f"warning: {exc}; polling the store until it can listen again")
+            self._stop_listening()
+        self._woken.set()
+
+    def _stop_listening(self) -> None:
+        if self._listener is not None:
+            listener, descriptor = self._listener
+            asyncio.get_running_loop().remove_reader(descriptor)
+            listener.close()
+            self._listener = None
 
     def running(self) -> list[GraphRun]:
         """Every graph run this scheduler has going."""
@@ -275,4 +406,5 @@ class Scheduler:
                 graph_run.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        self._stop_listening()
         self.deployments.release_lease(LEASE, self.holder)

@@ -32,14 +32,16 @@ EVERYTHING_BUT_THE_COMMAND_LINE = (*STORE_AND_ENGINES, *SCHEDULES, "yaml", "rich
 every parameter of a subcommand with pydantic, its help option's too, so a subcommand's help loads pydantic.)"""
 
 RECORD_MODULES = """
-import json, sys
+import atexit, json, sys
 record, sys.argv = sys.argv[1], ["jobgraph", *sys.argv[2:]]
-try:
-    from jobgraph.cli import main
-    main()
-finally:
+
+def write():
     with open(record, "w") as file:
         json.dump(sorted(sys.modules), file)
+
+atexit.register(write)  # jobgraph ends with os._exit once its command is over, after the atexit handlers
+from jobgraph.cli import main
+main()
 """
 
 COMMANDS = [command.callback.__name__ for command in app.registered_commands if command.callback]

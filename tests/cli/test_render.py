@@ -1,16 +1,26 @@
-"""The live view says what is true: waiting jobs wait, titles stay above the table."""
+"""The live view says what is true (waiting jobs wait, titles stay above the table) and keeps up with any run."""
 
 from __future__ import annotations
 
 import io
+import os
+import pty
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 
 from rich.console import Console
 
-from jobgraph.cli.render import RunView
+from jobgraph.cli.render import REFRESHES_PER_SECOND, RunView
 from jobgraph.engine import AttemptEnded, RetryWaiting, RunStarted, TaskChanged, TaskInfo
-from jobgraph.states import AttemptStatus, TaskState
+from jobgraph.states import AttemptStatus, RunState, TaskState
+from jobgraph.store import Store
+from tests.conftest import WritePipeline, store_url
 
 AT = datetime(2030, 1, 1, tzinfo=UTC)
 RUN = "0b4e4a0e-0000-4000-8000-000000000000"
@@ -42,6 +52,10 @@ def test_a_job_between_attempts_shows_as_waiting_not_running() -> None:
     assert "RUNNING" in row and "WAITING" not in row
 
 
+def test_the_view_draws_before_the_run_has_started() -> None:
+    assert screen(RunView(Console(file=io.StringIO())), 60)[2] == "┃ job ┃ pool ┃ state ┃ attempt ┃ time ┃ note ┃"
+
+
 def test_plain_output_says_how_long_a_job_waits_before_its_next_attempt() -> None:
     output = io.StringIO()
     view = RunView(Console(file=output, width=100))
@@ -56,3 +70,80 @@ def test_the_title_never_wraps_into_the_table_on_a_narrow_terminal() -> None:
     lines = screen(view, 40)
     assert lines[0].startswith("a_pipeline_with_a_rather_long_name") and len(lines[0]) <= 40
     assert lines[1].startswith("┏")
+
+
+def traced_steps(action: Callable[[], object]) -> int:
+    """How many Python calls and lines `action` runs: a count of work that does not depend on the machine's load."""
+    steps = 0
+
+    def trace(_frame: FrameType, _event: str, _arg: object) -> Callable[..., object]:
+        nonlocal steps
+        steps += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        action()
+    finally:
+        sys.settrace(None)
+    return steps
+
+
+def big_view(jobs: int) -> RunView:
+    """A view of `jobs` jobs: 30 running (more than a screen holds), the rest pending or succeeded."""
+    view = RunView(Console(file=io.StringIO(), width=120, height=30))
+    names = [f"running_{i}" for i in range(30)] + [f"other_{i}" for i in range(jobs - 30)]
+    view(RunStarted(RUN, "big", AT, AT, tuple(TaskInfo(name, "default", "sh", ()) for name in names), "{}"))
+    for name in names[:30]:
+        view(TaskChanged(RUN, name, TaskState.RUNNING, AT, attempt=1))
+    for name in names[30::2]:
+        view(TaskChanged(RUN, name, TaskState.SUCCEEDED, AT, attempt=1))
+    return view
+
+
+def test_an_event_and_a_redraw_cost_the_same_for_10000_jobs_as_for_1000() -> None:
+    costs = {}
+    for jobs in (1_000, 10_000):
+        view = big_view(jobs)
+        event = traced_steps(lambda view=view: view(TaskChanged(RUN, "other_1", TaskState.RUNNING, AT, attempt=1)))
+        redraw = traced_steps(lambda view=view: screen(view, 120))
+        costs[jobs] = (event, redraw)
+        assert f"({jobs - 30 - (jobs - 30) // 2 - 1} pending, 31 running, {(jobs - 30) // 2} succeeded)" in \
+            screen(view, 200)[0]
+    assert costs[10_000][0] == costs[1_000][0]
+    assert costs[10_000][1] <= costs[1_000][1] * 1.05, costs  # only the "... N more" line's digits differ
+
+
+def test_a_2000_job_run_completes_with_the_live_view_redrawn_at_a_bounded_rate(
+        tmp_path: Path, write_pipeline: WritePipeline) -> None:
+    jobs = [{"name": f"j_{i}", "image": "noop", "after": [f"j_{i - 100}"] if i >= 100 else []} for i in range(2_000)]
+    path = write_pipeline({"name": "big", "images": {"noop": ["true"]}, "jobs": jobs})
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph"), "TERM": "xterm", "COLUMNS": "160",
+           "LINES": "40"}
+    controller, terminal = pty.openpty()
+    began = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-m", "jobgraph", "run", str(path)], cwd=tmp_path, env=env,
+                               stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    shown = bytearray()
+    while True:  # the terminal is read all along, as a terminal window would, so the view never blocks
+        try:
+            chunk = os.read(controller, 1 << 16)
+        except OSError:  # EIO: jobgraph exited and closed its end
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    assert process.wait(timeout=600) == 0, shown[-2000:].decode(errors="replace")
+    took = time.monotonic() - began
+    with Store(store_url(tmp_path)) as records:
+        [run] = records.runs()
+        assert run.state == RunState.SUCCEEDED
+        tasks = records.tasks(run.run_id)
+    assert len(tasks) == 2_000 and all(t.state == TaskState.SUCCEEDED for t in tasks)
+    text = shown.decode(errors="replace")
+    frames = len(re.findall(rf"big  run {run.run_id}  \(", text))
+    # 8,000 events (queued, running, attempt ended, succeeded per job), a redraw only every 1/8 s at most
+    assert 1 <= frames <= REFRESHES_PER_SECOND * took + 2, (frames, took)
+    assert "2000 succeeded" in text  # the closing summary, once the view is gone

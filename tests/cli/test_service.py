@@ -165,8 +165,8 @@ def test_two_services_never_start_the_same_run_twice(tmp_path: Path, cli: Cli, w
 
 
 def test_drain_lets_running_runs_finish(tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
-    started = tmp_path / "started"
-    write_pipeline({"name": "svc", "jobs": [sh("a", f"touch {started}; sleep 1")]})
+    started, gate = tmp_path / "started", tmp_path / "gate"  # the job runs on until serve says it drains
+    write_pipeline({"name": "svc", "jobs": [sh("a", f"touch {started}; while [ ! -e {gate} ]; do sleep 0.05; done")]})
     cli("deploy", "pipeline.yaml", check=0)
     env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph")}
     serve = subprocess.Popen([sys.executable, "-m", "jobgraph", "serve", "--tick", "0.1", "--drain"], cwd=tmp_path,
@@ -177,11 +177,16 @@ def test_drain_lets_running_runs_finish(tmp_path: Path, cli: Cli, write_pipeline
         cli("trigger", "svc", check=0)
         wait_until(started.exists)
         serve.send_signal(signal.SIGTERM)
-        out, _ = serve.communicate(timeout=60)
+        assert serve.stdout is not None
+        lines = [serve.stdout.readline()]
+        while lines[-1] and "stopping:" not in lines[-1]:
+            lines.append(serve.stdout.readline())
+        gate.touch()
+        serve.communicate(timeout=60)
     finally:
         if serve.poll() is None:
             serve.kill()
-    assert "stopping: draining 1 running run(s)" in out
+    assert "stopping: draining 1 running run(s)" in lines[-1]
     assert store.runs(1, "svc")[0].state == "SUCCEEDED"
 
 

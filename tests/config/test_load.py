@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import gc
+import itertools
 import json
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytest
+import yaml
+from pydantic import BaseModel
 
-from jobgraph.config import load
+from jobgraph.config import Job, Pipeline, load
+from jobgraph.config.model import check_name
 from jobgraph.config.seed import SEED_QUERY
 from jobgraph.errors import ConfigError
 from tests.conftest import SEED, WritePipeline, sh
@@ -206,3 +216,123 @@ def test_a_field_in_the_wrong_place_says_where_it_belongs(write_pipeline: WriteP
     assert "field 'retries': unknown field ('retries' belongs in a job, 'defaults' or 'finalizer', not here" in message
     assert "job 'a', field 'max_parallel': unknown field ('max_parallel' belongs in a pool, not here" in message
     assert "did you mean 'retries'" not in message
+
+
+def _calls(functions: list[Any], action: Callable[[], object]) -> dict[str, int]:
+    """How many times each function ran (called from Python or from pydantic's core) while `action` ran."""
+    codes = {function.__code__: function.__qualname__ for function in functions}
+    counts = dict.fromkeys(codes.values(), 0)
+
+    def profile(frame: FrameType, event: str, _arg: object) -> None:
+        if event == "call" and frame.f_code in codes:
+            counts[codes[frame.f_code]] += 1
+
+    sys.setprofile(profile)
+    try:
+        action()
+    finally:
+        sys.setprofile(None)
+    return counts
+
+
+def _many_jobs(count: int) -> list[dict[str, Any]]:
+    return [{"task_name": f"t_{i}", "image_name": "img", "compute_pool_name": "POOL", "retry_count": i % 3,
+             "after_task_name": "root_task" if i < 2 else f"t_{i - 1},t_{i - 2}"} for i in range(count)]
+
+
+@pytest.mark.parametrize("form", ["seed", "native"])
+def test_each_job_is_validated_once_and_never_copied(tmp_path: Path, form: str) -> None:
+    """Every name is checked once (a job's own and each predecessor), and no job model is copied."""
+    seed = _many_jobs(200)
+    if form == "seed":
+        path = tmp_path / "jobconfig.json"
+        path.write_text(json.dumps(seed))
+    else:
+        path = tmp_path / "pipeline.yaml"
+        path.write_text(yaml.safe_dump({"name": "p", "images": {"img": ["true"]}, "jobs": [
+            {"name": s["task_name"], "image": "img", "pool": "POOL", "retries": s["retry_count"],
+             "after": s["after_task_name"].split(",") if i >= 2 else []} for i, s in enumerate(seed)]}))
+    names = 200 + 2 * 198 + 200 + 1  # each job's name, predecessors and pool, and the pipeline's own name
+    names += form == "seed"  # a bare array's name, made from the file's, is checked as it is made
+    counts = _calls([check_name, BaseModel.__copy__], lambda: load(path, runner="podman"))
+    assert counts == {"check_name": names, "BaseModel.__copy__": 0}
+
+
+def test_a_job_given_to_two_pipelines_is_not_changed_by_either(tmp_path: Path) -> None:
+    """Defaults are applied in place only to the jobs a pipeline built itself, never to a caller's job."""
+    job = Job.model_validate({"name": "a", "image": "sh"})
+    first = Pipeline.model_validate({"name": "p", "defaults": {"retries": 3}, "jobs": [job]})
+    second = Pipeline.model_validate({"name": "q", "defaults": {"retries": 5}, "jobs": [job]})
+    assert (job.retries, first.jobs[0].retries, second.jobs[0].retries) == (None, 3, 5)
+
+
+def test_loading_leaves_the_garbage_collector_as_it_found_it(tmp_path: Path) -> None:
+    path = tmp_path / "jobconfig.json"
+    path.write_text(json.dumps(_many_jobs(20)))
+    assert gc.isenabled()
+    load(path, runner="podman")
+    assert gc.isenabled()
+    path.write_text(json.dumps([{**SEED_JOB, "retry_count": -1}]))
+    with pytest.raises(ConfigError):
+        load(path, runner="podman")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        path.write_text(json.dumps(_many_jobs(20)))
+        load(path, runner="podman")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_a_nul_byte_in_a_seed_image_names_the_seed_field(tmp_path: Path) -> None:
+    path = tmp_path / "jobconfig.json"
+    path.write_text(json.dumps([{**SEED_JOB, "image_name": "img\x00"}]))
+    assert "job 't1', field 'image_name': contains a NUL byte" in _problem(path, runner="podman")
+
+
+def test_a_seed_job_built_without_a_second_validation_is_the_job_validation_would_build(tmp_path: Path) -> None:
+    """The seed's jobs are built from fields already validated: validating their fields again changes nothing."""
+    path = tmp_path / "jobconfig.json"
+    path.write_text(json.dumps([*json.loads((SEED / "jobconfig.json").read_text()), {
+        "task_name": "t_extra", "image_name": "img", "job_name": "x", "table_name": None, "retry_count": 0,
+        "after_task_name": "T_MYJOB_1, t_myjob_2"}]))
+    for job in load(path, runner="podman").jobs:
+        assert Job.model_validate(job.model_dump()) == job
+
+
+def test_a_cycle_behind_a_long_chain_is_found_with_its_direction(write_pipeline: WritePipeline) -> None:
+    """A job after a cycle is not in it; the path reads in running order: each job runs before the next."""
+    chain = [sh(f"c{i}", "true", after=[f"c{i - 1}"] if i else ["y"]) for i in range(3000)]
+    path = write_pipeline({"jobs": [sh("x", "true", after=["z"]), sh("y", "true", after=["x"]),
+                                    sh("z", "true", after=["y"]), *chain]})
+    message = _problem(path)
+    cycle = message.split("cycle: ")[1].split(" -> ")
+    assert len(cycle) == 4 and cycle[0] == cycle[-1] and sorted(cycle[:3]) == ["x", "y", "z"]
+    order = {"x": "y", "y": "z", "z": "x"}
+    assert all(order[a] == b for a, b in itertools.pairwise(cycle))
+
+
+def test_many_unknown_predecessors_are_all_reported(tmp_path: Path) -> None:
+    path = tmp_path / "jobconfig.json"
+    path.write_text(json.dumps([{**SEED_JOB, "task_name": f"t_{i}", "after_task_name": f"t_{i}x"}
+                                for i in range(3000)]))
+    message = _problem(path, runner="podman")
+    assert message.count("unknown predecessor") == 3000
+    assert "job 't_2999', field 'after': unknown predecessor 't_2999x'" in message
+    assert "job 't_0', field 'after': unknown predecessor 't_0x' (did you mean 't_0'?)" in message
+
+
+@pytest.mark.parametrize(("name", "absent"), [
+    ("jobconfig.json", ("yaml", "asyncio", "jobgraph.runners.local", "croniter", "sqlalchemy", "docker")),
+    ("pipeline.yaml", ("asyncio", "jobgraph.runners.local", "sqlalchemy", "docker")),
+])
+def test_loading_a_pipeline_imports_only_what_reading_it_needs(tmp_path: Path, name: str,
+                                                                absent: tuple[str, ...]) -> None:
+    """Not a timing: the modules a reader has no use for (a runner's asyncio, PyYAML for JSON) stay unloaded."""
+    script = ("import json, sys\nfrom jobgraph.config import load\n"
+              f"load({str(SEED / name)!r}, runner='podman')\nprint(json.dumps(sorted(sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    modules = set(json.loads(result.stdout))
+    assert "jobgraph.config.model" in modules
+    assert [m for m in modules if m.split(".")[0] in absent or m in absent] == []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -16,6 +18,7 @@ from sqlalchemy.engine import Engine
 
 from jobgraph.store import Store
 from jobgraph.store.faults import StoreFault
+from jobgraph.store.sqlite_schema import SQLITE_SCHEMA_VERSION
 from jobgraph.store.store import migrate, schema_version
 from jobgraph.store.tables import SCHEMA_VERSION
 from tests.store.test_store import run_into
@@ -176,3 +179,48 @@ def test_an_interrupted_upgrade_changes_nothing_and_runs_again(store_url: str) -
     Store(store_url).close()
     assert schema_version(engine) == SCHEMA_VERSION
     engine.dispose()
+
+
+def _as_python(statements: list[str]) -> str:
+    """The statements as the body of SQLITE_SCHEMA, in lines ruff accepts: what to paste after a new migration."""
+    out = []
+    for statement in statements:
+        pieces: list[str] = []
+        for line in statement.splitlines(keepends=True):
+            while len(line) > 90:
+                cut = line.rfind(" ", 0, 90) + 1 or 90
+                pieces.append(line[:cut])
+                line = line[cut:]
+            pieces.append(line)
+        out.append("    (\n" + "".join(f"        {piece!r}\n" for piece in pieces) + "    ),\n")
+    return "".join(out)
+
+
+def _schema(path: Path) -> tuple[list[tuple[str, str, str, str | None]], list[tuple[str]]]:
+    """A SQLite file's schema (every table, index and view, with its SQL text) and its version stamp."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        master = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY rowid").fetchall()
+        return master, conn.execute("SELECT version_num FROM alembic_version").fetchall()
+
+
+def test_a_new_sqlite_store_is_made_from_a_snapshot_that_is_exactly_what_the_migrations_build(tmp_path: Path) -> None:
+    migrated = tmp_path / "migrated.db"
+    engine = create_engine(f"sqlite:///{migrated}")
+    migrate(engine, to="0001")  # not empty any more: the rest goes through every migration
+    migrate(engine)
+    engine.dispose()
+    Store(f"sqlite:///{tmp_path / 'new.db'}").close()
+    built, made = _schema(migrated), _schema(tmp_path / "new.db")
+    assert made == built, "store/sqlite_schema.py is out of date; SQLITE_SCHEMA is now:\n" + _as_python(
+        [sql for _, _, _, sql in built[0] if sql is not None])
+    assert SQLITE_SCHEMA_VERSION == SCHEMA_VERSION and built[1] == [(SCHEMA_VERSION,)]
+
+
+def test_opening_a_new_sqlite_store_does_not_load_the_migrations(tmp_path: Path) -> None:
+    """A first run in a new folder pays for no migration tool (a check of what is imported, not a timing)."""
+    script = ("import sys; from jobgraph.store import Store; Store(sys.argv[1]).close(); "
+              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic' or m.endswith('.migrations')))")
+    url = f"sqlite:///{tmp_path / 'new' / 'store.db'}"
+    loaded = subprocess.run([sys.executable, "-c", script, url], capture_output=True, text=True, check=True, timeout=60)
+    assert loaded.stdout.strip() == "[]"
+    assert _schema(tmp_path / "new" / "store.db")[1] == [(SCHEMA_VERSION,)]

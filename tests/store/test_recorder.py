@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from jobgraph.engine import Event, RunEnded, TaskChanged
+from jobgraph.engine import AttemptStarted, Event, RunEnded, RunStarted, TaskChanged, TaskInfo
 from jobgraph.states import RunState, TaskState
 from jobgraph.store import Store
 from jobgraph.store.faults import StoreFault
@@ -91,10 +91,12 @@ def test_a_full_disk_mid_run_pauses_the_run_until_space_is_freed(tmp_path: Path,
 def test_a_disk_that_stays_full_cancels_the_run_and_the_records_end_once_it_is_freed(
         tmp_path: Path, small_disk: Path) -> None:
     filler, gate, count = small_disk / "filler", tmp_path / "gate", tmp_path / "count"
+    slow_started = tmp_path / "slow-started"
     url = f"sqlite:///{small_disk / 'store.db'}"
-    path = pipeline(tmp_path, [
-        sh("fill", f"echo fill >> {count}; [ -e {gate} ] || dd if=/dev/zero of={filler} bs=64k 2>/dev/null; true"),
-        sh("slow", f"echo slow >> {count}; [ -e {gate} ] || sleep 300"),
+    path = pipeline(tmp_path, [  # the disk fills once both jobs started, so both attempts were recorded
+        sh("fill", f"echo fill >> {count}; [ -e {gate} ] || {{ while [ ! -e {slow_started} ]; do sleep 0.01; done; "
+                   f"dd if=/dev/zero of={filler} bs=64k 2>/dev/null; }}; true"),
+        sh("slow", f"echo slow >> {count}; touch {slow_started}; [ -e {gate} ] || sleep 300"),
         sh("last", "true", after=["fill", "slow"]),
     ])
     result = jobgraph(tmp_path, "run", path, "--store", url, env={"JOBGRAPH_STORE_PATIENCE": "1"})
@@ -220,11 +222,11 @@ class FlakyStore:
     def __init__(self, failures: int, fault: StoreFault) -> None:
         self.failures, self.fault, self.taken = failures, fault, []  # type: ignore[var-annotated]
 
-    def record(self, event: object) -> None:
+    def record_all(self, events: list[object]) -> None:
         if self.failures:
             self.failures -= 1
             raise self.fault
-        self.taken.append(event)
+        self.taken.extend(events)
 
 
 def events(count: int) -> list[Event]:
@@ -273,3 +275,57 @@ def test_a_fault_that_waiting_cannot_cure_gives_up_at_once() -> None:
     recorder(events(1)[0])
     assert sleeps == [] and downs == ["the store is damaged; the store took no record, so the run is cancelled "
                                       "(its jobs are stopped)"]
+
+
+def started_run(store: Store, tasks: tuple[str, ...] = ("a", "b")) -> list[Event]:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    return [RunStarted("r", "p", at, at, tuple(TaskInfo(t, "", "img", ()) for t in tasks), "{}"),
+            *(AttemptStarted("r", t, 1, at, Path("log")) for t in tasks)]
+
+
+class CommitsThenFails:
+    """A real store whose next write commits and then fails as if the connection dropped before the answer."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.fail_next, self.writes = store, True, []  # type: ignore[var-annotated]
+
+    def record_all(self, events: list[Event]) -> None:
+        self.writes.append(len(events))
+        self.store.record_all(events)
+        if self.fail_next:
+            self.fail_next = False
+            raise StoreFault("server closed the connection", transient=True)
+
+
+def test_a_batch_whose_commit_was_lost_in_flight_is_written_again_alone_and_not_twice(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    flaky, sleeps, downs = CommitsThenFails(store), [], []  # type: ignore[var-annotated]
+    recorder = RunRecorder(flaky, downs.append, patience=10, sleep=sleeps.append,  # type: ignore[arg-type]
+                           clock=lambda: sum(sleeps))
+    first = started_run(store)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    recorder.record_all(first)  # committed, then "failed": its rewrite conflicts, so it is there
+    assert recorder.unwritten == 0 and downs == [] and flaky.writes == [3, 3]
+    recorder.record_all([TaskChanged("r", "a", TaskState.RUNNING, at), RunEnded("r", RunState.SUCCEEDED, at)])
+    assert recorder.finished and [(a.task, a.status) for a in store.attempts("r")] == [("a", "RUNNING"),
+                                                                                     ("b", "RUNNING")]
+    assert store.run("r").state == "SUCCEEDED" and {t.task: t.state for t in store.tasks("r")}["a"] == "RUNNING"
+    store.close()
+
+
+def test_a_batch_with_a_refused_record_writes_every_other_one(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    downs: list[str] = []
+    recorder = RunRecorder(store, downs.append, patience=10)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    first = started_run(store, ("a",))
+    recorder.record_all([*first, TaskChanged("r", "a", TaskState.RUNNING, at, attempt=1),
+                         first[-1],  # the same attempt again: the store refuses it
+                         TaskChanged("r", "a", TaskState.SUCCEEDED, at, attempt=1)])
+    assert len(downs) == 1 and "the store refused a record of run r (AttemptStarted: UNIQUE constraint" in downs[0]
+    assert recorder.unwritten == 1  # given up on: the rest waits for the next write
+    recorder.record_all([RunEnded("r", RunState.SUCCEEDED, at)])
+    assert recorder.finished and len(downs) == 1
+    assert [(t.task, t.state, t.attempts) for t in store.tasks("r")] == [("a", "SUCCEEDED", 1)]
+    assert [a.task for a in store.attempts("r")] == ["a"] and store.run("r").state == "SUCCEEDED"
+    store.close()

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import Engine, event, text
 
 from jobgraph.config import Pipeline
 from jobgraph.config.validate import check_pipeline
-from jobgraph.engine import Event
+from jobgraph.engine import AttemptEnded, AttemptStarted, Event, RunEnded, TaskChanged
 from jobgraph.engine.run import GraphRun, PriorTask
 from jobgraph.errors import StoreError
 from jobgraph.runners.local import LocalRunner
+from jobgraph.states import TaskState
 from jobgraph.store import Store
 from jobgraph.store.ownership import RunBusy
 from jobgraph.store.views import VIEW_NAMES
@@ -71,18 +73,53 @@ def test_views_have_the_seeds_columns(tmp_path: Path, store_url: str) -> None:
     store.close()
 
 
-def test_a_record_is_written_at_every_state_change(tmp_path: Path) -> None:
-    """Each event is committed before the engine goes on: another connection sees it at once."""
+def test_every_event_a_listener_sees_is_already_committed(tmp_path: Path) -> None:
+    """The store gets each wake-up's events first: another connection sees each event before any display does."""
     path = tmp_path / "db.sqlite"
     store = Store(f"sqlite:///{path}")
-    seen: list[tuple[str, int]] = []
+    order = [TaskState.PENDING, TaskState.QUEUED, TaskState.RUNNING, TaskState.SUCCEEDED]
+    seen: list[str] = []
 
-    def reader(_event: Event) -> None:
-        with sqlite3.connect(path) as other:
-            seen.append(other.execute("select coalesce(group_concat(state), '') from task_runs").fetchone()[0])
+    def reader(event: Event) -> None:
+        with contextlib.closing(sqlite3.connect(path)) as other:
+            run = other.execute("select state from runs").fetchone()
+            task = other.execute("select state from task_runs").fetchone()
+            attempt = other.execute("select status from attempts").fetchone()
+        seen.append(type(event).__name__)
+        if isinstance(event, TaskChanged):
+            assert order.index(TaskState(task[0])) >= order.index(event.state), (event, task)
+        if isinstance(event, AttemptStarted):
+            assert attempt is not None
+        if isinstance(event, AttemptEnded):
+            assert attempt == (event.status.value,)
+        if isinstance(event, RunEnded):
+            assert run == (event.state.value,)
 
     run_into(store, tmp_path, [{"name": "a", "image": "sh", "args": ["true"]}], extra=[reader])
-    assert seen == ["PENDING", "QUEUED", "RUNNING", "RUNNING", "RUNNING", "SUCCEEDED", "SUCCEEDED"]
+    assert seen == ["RunStarted", "TaskChanged", "TaskChanged", "AttemptStarted", "AttemptEnded", "TaskChanged",
+                    "RunEnded"]
+    store.close()
+
+
+def test_a_run_commits_about_once_per_job_not_once_per_event(tmp_path: Path, store_url: str) -> None:
+    """Group commit: each job's five events are written in the transactions of the wake-ups they happen in."""
+    store = Store(store_url)
+    commits: list[int] = []
+    jobs = [{"name": f"c{i}", "image": "sh", "args": ["true"], "after": [f"c{i - 1}"] if i else []} for i in range(20)]
+    jobs += [{"name": f"f{i}", "image": "sh", "args": ["true"], "after": ["c0"]} for i in range(20)]
+
+    def count(_conn: object) -> None:
+        commits.append(1)
+
+    event.listen(Engine, "commit", count)
+    try:
+        run_id = run_into(store, tmp_path, jobs)
+    finally:
+        event.remove(Engine, "commit", count)
+    assert {t.state for t in store.tasks(run_id)} == {"SUCCEEDED"} and len(store.attempts(run_id)) == 40
+    assert all(t.duration_secs is not None and t.duration_secs >= 0 for t in store.tasks(run_id))
+    assert len(commits) <= 40 + 2  # one per job started, and the run's end; per event it was 5 * 40 + 2
+    store.close()
 
 
 def test_runs_are_found_by_a_unique_prefix(tmp_path: Path, store_url: str) -> None:

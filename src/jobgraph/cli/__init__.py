@@ -5,6 +5,11 @@ runs. Like commands.py, this module evaluates its annotations at import (no `fro
 annotations`): typer reads them on every start, and strings would have to be evaluated each time.
 """
 
+import atexit
+import contextlib
+import os
+import sys
+import threading
 from typing import Annotated
 
 import typer
@@ -62,8 +67,27 @@ app.command()(commands.serve)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point; once the command is over, the process ends at once (see `exit_now`)."""
+    try:
+        app()
+    except SystemExit as end:
+        if isinstance(end.code, int | None) and threading.active_count() == 1:
+            exit_now(end.code or 0)
+        raise
+
+
+def exit_now(code: int) -> None:
+    """End the process without tearing down every module and object one by one, which is most of the time
+    between a command's last output and its exit (0.1-0.2 s with SQLAlchemy, pydantic and rich loaded).
+
+    Only when the command is over and no other thread runs: the atexit handlers still run, the
+    standard streams are flushed, and everything else (the store) was closed by the command itself.
+    """
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a reader that went away, a stream already closed
+            stream.flush()
+    os._exit(code)
 
 
 __all__ = ["app", "main"]

@@ -219,7 +219,9 @@ def drop(
 def serve(
     store: StoreOption = None,
     runner: RunnerOption = None,
-    tick: Annotated[float, typer.Option(help="Seconds between scheduler ticks", min=0.05, max=60)] = 1.0,
+    tick: Annotated[float, typer.Option(help="Seconds between polls of the store when nothing wakes the scheduler "
+                                        "sooner (a fire time, a trigger or deploy wakes it at once)",
+                                        min=0.05, max=60)] = 1.0,
     drain: Annotated[bool, typer.Option(help="On SIGTERM, let running runs finish instead of cancelling them")] = False,
 ) -> None:
     """Run the scheduler and every triggered run until SIGTERM or Ctrl-C; one line per event."""

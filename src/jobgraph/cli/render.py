@@ -1,20 +1,25 @@
 """What a person sees while a run runs: a live table on a terminal, one plain line per event otherwise.
 
-The view is an engine listener like the store; it never reads the store.
+The view is an engine listener like the store; it never reads the store. Its cost per event and
+per redraw does not grow with the number of jobs, so a run of 10,000 jobs is shown as smoothly as one of 10.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from itertools import islice
 
-from rich.console import Console, Group
+from rich.box import HEAVY_HEAD
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from jobgraph.cli.common import silence
@@ -62,9 +67,23 @@ class _Row:
     next_attempt: int = 0
 
 
+_ORDER = (TaskState.RUNNING, TaskState.FAILED, TaskState.QUEUED, TaskState.CANCELLED, TaskState.SKIPPED,
+          TaskState.SUCCEEDED, TaskState.PENDING)
+"""The live table's order: what runs first, then what went wrong, then what waits, then the rest."""
+
+REFRESHES_PER_SECOND = 8
+"""The live table is redrawn at this rate by rich's own thread, however many events arrive."""
+
+
 @dataclass
 class RunView:
-    """Listener that shows each job's state, attempt and time as the run goes."""
+    """Listener that shows each job's state, attempt and time as the run goes.
+
+    Its cost does not grow with the run: an event moves one job between per-state lists and updates
+    the counts (no work over all jobs), and a redraw, at most REFRESHES_PER_SECOND times a second
+    whatever the event rate, reads only the rows that fit on the screen. A lock keeps the engine's
+    events and the redraw thread apart.
+    """
 
     console: Console
     rows: dict[str, _Row] = field(default_factory=dict)
@@ -73,10 +92,13 @@ class RunView:
     state: RunState = RunState.RUNNING
     prefix: str = ""
     _live: Live | None = None
+    _counts: Counter[TaskState] = field(default_factory=Counter)
+    _by_state: dict[TaskState, dict[str, _Row]] = field(default_factory=lambda: {s: {} for s in _ORDER})
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __enter__(self) -> RunView:
         if self.console.is_terminal:
-            self._live = Live(self, console=self.console, refresh_per_second=8, transient=True)
+            self._live = Live(self, console=self.console, refresh_per_second=REFRESHES_PER_SECOND, transient=True)
             self._live.__enter__()
         return self
 
@@ -101,28 +123,14 @@ class RunView:
 
     def __call__(self, event: Event) -> None:
         """Update the table, or print a line when the output is not a terminal."""
+        with self._lock:
+            self._update(event)
         if isinstance(event, RunStarted):
-            self.run_id, self.pipeline = event.run_id, event.pipeline
-            for task in event.tasks:
-                self.rows[task.name] = _Row(pool=task.pool)
-            for name in event.resumed:
-                self.rows[name].state = TaskState.SUCCEEDED
-                self.rows[name].note = "kept from the previous attempt"
             again = f" (attempt {event.run_attempt} of this run)" if event.run_attempt > 1 else ""
             self._line(f"run {event.run_id} of {event.pipeline} started{again}: {len(event.tasks)} jobs")
         elif isinstance(event, RetryWaiting):
-            row = self.rows.setdefault(event.task, _Row())
-            row.retry_at, row.next_attempt = time.monotonic() + event.delay, event.next_attempt
             self._line(f"{event.task} waiting {duration(event.delay)} before attempt {event.next_attempt}")
         elif isinstance(event, TaskChanged):
-            row = self.rows.setdefault(event.task, _Row())
-            row.state, row.retry_at = event.state, None
-            row.attempt = event.attempt or row.attempt
-            if event.state == TaskState.RUNNING and row.started is None:
-                row.started = time.monotonic()
-            if event.state in TERMINAL_TASK_STATES:
-                row.ended = time.monotonic()
-                row.note = event.reason or (f"returned {event.return_value!r}" if event.return_value else "")
             attempt = f" attempt {event.attempt}" if event.attempt else ""
             reason = f": {event.reason}" if event.reason else ""
             self._line(f"{event.task} {event.state}{attempt}{reason}")
@@ -130,8 +138,50 @@ class RunView:
             first = (event.error or "").splitlines()[0] if event.error else ""
             self._line(f"{event.task} attempt {event.attempt} {event.status}: {first}")
         elif isinstance(event, RunEnded):
-            self.state = event.state
             self._line(f"run {event.run_id} {event.state}")
+
+    def _update(self, event: Event) -> None:
+        """The rows an event changes: all of them once, at the start; one job's for any other event."""
+        if isinstance(event, RunStarted):
+            self.run_id, self.pipeline = event.run_id, event.pipeline
+            for task in event.tasks:
+                self._move(task.name, _Row(pool=task.pool), TaskState.PENDING)
+            for name in event.resumed:
+                self._move(name, self.rows[name], TaskState.SUCCEEDED)
+                self.rows[name].note = "kept from the previous attempt"
+        elif isinstance(event, RetryWaiting):
+            row = self._row(event.task)
+            row.retry_at, row.next_attempt = time.monotonic() + event.delay, event.next_attempt
+        elif isinstance(event, TaskChanged):
+            row = self._row(event.task)
+            self._move(event.task, row, event.state)
+            row.retry_at = None
+            row.attempt = event.attempt or row.attempt
+            if event.state == TaskState.RUNNING and row.started is None:
+                row.started = time.monotonic()
+            if event.state in TERMINAL_TASK_STATES:
+                row.ended = time.monotonic()
+                row.note = event.reason or (f"returned {event.return_value!r}" if event.return_value else "")
+        elif isinstance(event, RunEnded):
+            self.state = event.state
+
+    def _row(self, name: str) -> _Row:
+        row = self.rows.get(name)
+        if row is None:  # a job the run did not announce: shown all the same
+            row = _Row()
+            self._move(name, row, TaskState.PENDING)
+        return row
+
+    def _move(self, name: str, row: _Row, state: TaskState) -> None:
+        """Put a job in its state's list (at the end) and count it there: O(1)."""
+        old = self.rows.get(name)
+        if old is not None:
+            self._counts[old.state] -= 1
+            self._by_state.setdefault(old.state, {}).pop(name, None)
+        self.rows[name] = row
+        row.state = state
+        self._counts[state] += 1
+        self._by_state.setdefault(state, {})[name] = row
 
     def _line(self, text: str) -> None:
         """Plain output: written straight to the stream, since rich's rendering per line is slow at scale."""
@@ -141,35 +191,73 @@ class RunView:
             except OSError:
                 self.reader_gone()
 
-    def __rich__(self) -> Group:
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         """The live table: running jobs first, then the rest, cut to the screen with a count of what is hidden.
 
         The title is a line of its own that never wraps, so a long run id cannot push into the table;
         a job between attempts shows as waiting, with the time left before its next attempt.
         """
-        counts = Counter(row.state for row in self.rows.values())
-        summary = ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items()))
+        room = max(5, console.height - 8)
+        with self._lock:
+            summary = ", ".join(f"{n} {state.lower()}" for state, n in sorted(self._counts.items()) if n)
+            shown = [(name, replace(row)) for name, row in islice(self._in_order(), room)]
+            hidden = len(self.rows) - len(shown)
         title = Text(f"{self.pipeline}  run {self.run_id}  ({summary})", no_wrap=True, overflow="ellipsis")
-        table = Table()
-        for column in ("job", "pool", "state", "attempt", "time", "note"):
-            table.add_column(column, overflow="fold" if column == "note" else "ellipsis", no_wrap=column != "note")
-        room = max(5, self.console.height - 8)
-        rows = sorted(self.rows.items(), key=lambda item: _ORDER.get(item[1].state, 9))
         clock = time.monotonic()
-        for name, row in rows[:room]:
+        cells = []
+        for name, row in shown:
             elapsed = None if row.started is None else (row.ended or clock) - row.started
             state, note = styled(row.state), row.note
             if row.retry_at is not None and row.state == TaskState.RUNNING:
                 state = Text("WAITING", style="cyan")
                 note = f"attempt {row.next_attempt} in {duration(max(0.0, row.retry_at - clock))}"
-            table.add_row(name, row.pool, state, str(row.attempt or ""), duration(elapsed), Text(note[:120]))
-        if len(rows) > room:
-            table.add_row(f"... {len(rows) - room} more", "", "", "", "", "")
-        return Group(title, table)
+            cells.append([Text(name), Text(row.pool), state, Text(str(row.attempt or "")), Text(duration(elapsed)),
+                          Text(note[:120])])
+        if hidden > 0:
+            cells.append([Text(f"... {hidden} more"), *(Text() for _ in range(5))])
+        yield title
+        yield from grid(COLUMNS, cells, options.max_width)
+
+    def _in_order(self) -> Iterator[tuple[str, _Row]]:
+        """Every job, state by state in the table's order; read lazily, so a redraw stops at a screenful."""
+        for state in (*_ORDER, *(s for s in self._by_state if s not in _ORDER)):
+            yield from self._by_state.get(state, {}).items()
 
 
-_ORDER = {TaskState.RUNNING: 0, TaskState.FAILED: 1, TaskState.QUEUED: 2, TaskState.CANCELLED: 3,
-          TaskState.SKIPPED: 4, TaskState.SUCCEEDED: 5, TaskState.PENDING: 6}
+COLUMNS = ("job", "pool", "state", "attempt", "time", "note")
+
+
+def grid(header: Sequence[str], rows: list[list[Text]], width: int) -> list[Text]:
+    """A table drawn as rich draws `Table()` (heavy head, one line per row), fitted to `width` by cutting
+    cells with an ellipsis: the last column's first, then the widest.
+
+    It costs a few lines of text per row; rich's own Table measures and wraps every cell on every
+    redraw, about seven times as much, which a run's live view pays several times a second.
+    """
+    widths = [max([cell_len(title), *(row[i].cell_len for row in rows)]) for i, title in enumerate(header)]
+    room = width - 3 * len(widths) - 1  # a border and a space each side of every cell
+    widths[-1] = max(min(widths[-1], cell_len(header[-1])), widths[-1] - max(0, sum(widths) - room))
+    while sum(widths) > room and max(widths) > 1:  # then the widest column, a character at a time
+        widths[widths.index(max(widths))] -= 1
+
+    def line(cells: Sequence[Text], left: str, middle: str, right: str) -> Text:
+        text = Text(left, no_wrap=True, overflow="crop")
+        for i, cell in enumerate(cells):
+            cell = cell.copy()
+            cell.truncate(widths[i], overflow="ellipsis", pad=True)
+            text.append(" ")
+            text.append_text(cell)
+            text.append(f" {middle if i < len(cells) - 1 else right}")
+        return text
+
+    padded = [w + 2 for w in widths]
+    lines = [Text(HEAVY_HEAD.get_top(padded), no_wrap=True, overflow="crop"),
+             line([Text(title, style="bold") for title in header], HEAVY_HEAD.head_left, HEAVY_HEAD.head_vertical,
+                  HEAVY_HEAD.head_right),
+             Text(HEAVY_HEAD.get_row(padded, "head"), no_wrap=True, overflow="crop")]
+    lines += [line(row, HEAVY_HEAD.mid_left, HEAVY_HEAD.mid_vertical, HEAVY_HEAD.mid_right) for row in rows]
+    lines.append(Text(HEAVY_HEAD.get_bottom(padded), no_wrap=True, overflow="crop"))
+    return lines
 
 
 def terminal_gone(console: Console) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import signal
 import time
@@ -127,12 +126,12 @@ def resume(name: str, store: str | None = None) -> None:
 def trigger(name: str, store: str | None = None, runner: str | None = None) -> None:
     """Record a request for the live service and report what it did with it; with no live service, run the
     deployed version here."""
-    now = _now()
     with Store(store_url(store)) as records:
         deployments = Deployments(records)
         deployed = deployments.get(name)
-        holder = live_lease_holder(deployments, now)
+        holder = live_lease_holder(deployments, _now())
         if holder is not None:
+            now = _now()  # the request's time: its record wakes the service (store.wakeup)
             deployments.record_fire(deployed.name, now, "REQUESTED", now, note="jobgraph trigger")
             outcome = _await_outcome(deployments, deployed.name, now)
             if outcome is not None:
@@ -219,7 +218,7 @@ def drop(name: str, purge: bool = False, store: str | None = None) -> None:
 
 @reported
 def serve(store: str | None = None, runner: str | None = None, tick: float = 1.0, drain: bool = False) -> None:
-    """Hold the scheduler's lease and tick: fire what is due, take requests, resume lost runs, until a signal."""
+    """Hold the scheduler's lease and run it: fire what is due, take requests, resume lost runs, until a signal."""
     with Store(store_url(store)) as records:
         deployments = Deployments(records)
         runners: dict[str, AnyRunner] = {}
@@ -272,8 +271,13 @@ def serve(store: str | None = None, runner: str | None = None, tick: float = 1.0
         async def main() -> None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
+
+            def stopping() -> None:
+                stop.set()
+                scheduler.wake()
+
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, stopping)
             loop.add_signal_handler(signal.SIGHUP, terminal_gone, console)  # like nohup: serve on, quietly
             say(f"jobgraph serve: scheduler {holder}, store {records.url}, tick {tick:g}s")
             waiting = False
@@ -289,8 +293,8 @@ def serve(store: str | None = None, runner: str | None = None, tick: float = 1.0
                 if not held and not waiting:
                     say(f"waiting: another scheduler holds the lease ({live_lease_holder(deployments, _now())})")
                 waiting = not held
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), tick)
+                if not stop.is_set():
+                    await scheduler.wait(tick)
             running = scheduler.running()
             say(f"stopping: {'draining' if drain else 'cancelling'} {len(running)} running run(s)")
             if not drain:

@@ -7,11 +7,20 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 from jobgraph.runners.base import DEFAULT_LOG_LIMIT
 from jobgraph.runners.registry import RUNNER_NAMES
-from jobgraph.schedule import parse_schedule
 
 MAX_RETRIES = 100
 """More retries than this is almost always a typo; Snowflake caps task retries at 10."""
@@ -37,10 +46,11 @@ def check_name(value: str) -> str:
     return name
 
 
-def _require_str(value: Any) -> Any:
+def _name(value: Any) -> str:
+    """A name field: a string (not a number that looks like one), checked as `check_name` checks it; one call."""
     if not isinstance(value, str):
         raise ValueError(f"expected a name (a string), got {type(value).__name__}")
-    return value
+    return check_name(value)
 
 
 def parse_duration(value: Any) -> float:
@@ -86,6 +96,8 @@ def parse_log_limit(value: Any) -> int:
 
 
 def _check_schedule(text: str) -> str:
+    from jobgraph.schedule import parse_schedule  # only a pipeline with a schedule needs cron's parser
+
     parse_schedule(text)
     return text
 
@@ -97,7 +109,7 @@ def _split_after(value: Any) -> Any:
     return value
 
 
-Name = Annotated[str, BeforeValidator(_require_str), AfterValidator(check_name)]
+Name = Annotated[str, BeforeValidator(_name)]
 def _check_runner_name(value: str) -> str:
     if value not in RUNNER_NAMES:
         raise ValueError(f"unknown runner {value!r}; the runners are {', '.join(RUNNER_NAMES)}")
@@ -224,6 +236,24 @@ class Job(_Model):
         default=None, description="The most output stored per attempt (e.g. 100m, 1g) [default: defaults.log_limit]")
 
 
+def validated_job(fields: dict[str, Any]) -> Job:
+    """A Job from fields that were already validated with the types the Job's own fields have (the seed's).
+
+    What `Job.model_construct` does, without its per-call look at each default factory's signature,
+    which costs more than validating the job again; the unset fields get their defaults.
+    """
+    job = Job.__new__(Job)
+    object.__setattr__(job, "__dict__", {**_JOB_DEFAULTS, "env": {}, "volumes": {}, **fields})
+    object.__setattr__(job, "__pydantic_fields_set__", set(fields))
+    object.__setattr__(job, "__pydantic_extra__", None)
+    object.__setattr__(job, "__pydantic_private__", None)
+    return job
+
+
+_JOB_DEFAULTS = {name: field.get_default(call_default_factory=True)
+                 for name, field in Job.model_fields.items() if not field.is_required()}
+
+
 class Finalizer(Job):
     """A job that runs last, always, whatever happened to the others (the seed's GET_GRAPH_STATS)."""
 
@@ -237,6 +267,9 @@ class Finalizer(Job):
 
 
 _J = TypeVar("_J", bound="Job")
+
+OWN_JOBS = "own_jobs"
+"""Validation context key: the Job instances given were built for this pipeline alone (the seed form's)."""
 
 
 class Pipeline(_Model):
@@ -263,13 +296,33 @@ class Pipeline(_Model):
         default_factory=dict, description="Settings of each runner, e.g. runners: {slurm: {partition: debug}}; "
         "`jobgraph schema` lists each runner's fields")
 
+    @field_validator("jobs", mode="wrap")
+    @classmethod
+    def _jobs_with_defaults(cls, value: Any, handler: ValidatorFunctionWrapHandler,
+                            info: ValidationInfo) -> tuple[Job, ...]:
+        """Resolve every job's unset fields, so the engine and the stored snapshot see final values.
+
+        A job this validation built is completed in place (10,000 jobs, no copy), and so is a Job the
+        caller built for this pipeline alone (validation context `{OWN_JOBS: True}`); any other Job
+        instance may be shared, so it gets a completed copy.
+        """
+        jobs: tuple[Job, ...] = handler(value)
+        defaults = info.data.get("defaults")
+        if defaults is None:  # the defaults were invalid: that error is reported, nothing to resolve
+            return jobs
+        if isinstance(info.context, dict) and info.context.get(OWN_JOBS):
+            shared: set[int] | None = set()
+        elif isinstance(value, list | tuple):
+            shared = {id(item) for item in value if isinstance(item, BaseModel)}
+        else:
+            shared = None
+        return tuple(_with_defaults(job, defaults, in_place=shared is not None and id(job) not in shared)
+                     for job in jobs)
+
     @model_validator(mode="after")
-    def _apply_defaults(self) -> Pipeline:
-        """Resolve every job's unset fields, so the engine and the stored snapshot see final values."""
-        resolved = tuple(_with_defaults(job, self.defaults) for job in self.jobs)
-        finalizer = self.finalizer and _with_defaults(self.finalizer, self.defaults)
-        object.__setattr__(self, "jobs", resolved)
-        object.__setattr__(self, "finalizer", finalizer)
+    def _apply_defaults_to_finalizer(self) -> Pipeline:
+        if self.finalizer is not None:
+            object.__setattr__(self, "finalizer", _with_defaults(self.finalizer, self.defaults))
         return self
 
     def all_jobs(self) -> list[Job]:
@@ -282,13 +335,21 @@ class Pipeline(_Model):
         return defined.max_parallel if defined else self.defaults.pool_size
 
 
-def _with_defaults(job: _J, defaults: Defaults) -> _J:
-    update: dict[str, object] = {}
-    for field in ("retries", "retry_delay", "retry_backoff", "timeout", "trigger_rule", "pool", "runner",
-                  "workdir", "network", "log_limit"):
-        if getattr(job, field) is None:
-            update[field] = getattr(defaults, field)
+_DEFAULTED = ("retries", "retry_delay", "retry_backoff", "timeout", "trigger_rule", "pool", "runner", "workdir",
+              "network", "log_limit")
+"""A job's fields that, unset, take the value `defaults` has."""
+
+
+def _with_defaults(job: _J, defaults: Defaults, in_place: bool = False) -> _J:
+    """The job with each unset field taken from the defaults: itself when `in_place`, else a copy if any changes."""
+    values, given = job.__dict__, defaults.__dict__
+    update = {field: given[field] for field in _DEFAULTED if values[field] is None}
     if defaults.volumes:
         update["volumes"] = {**defaults.volumes, **job.volumes}
-    return job.model_copy(update=update) if update else job
-
+    if not update:
+        return job
+    if not in_place:
+        return job.model_copy(update=update)
+    values.update(update)
+    job.__pydantic_fields_set__.update(update)
+    return job

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from jobgraph.config.model import Name, Retries
+from jobgraph.config.model import Job, Name, Retries, Text, validated_job
 
 ROOT_TASK = "root_task"
 """The seed's `after_task_name` for jobs that follow the root task only: no predecessor here."""
@@ -33,27 +33,31 @@ class SeedTask(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     task_name: Name
-    image_name: str = Field(min_length=1)
+    image_name: Text = Field(min_length=1)
     compute_pool_name: Name | None = None
     job_name: str | None = None
     table_name: Name | None = None
     retry_count: Retries = 0
     after_task_name: Annotated[tuple[Name, ...], BeforeValidator(_split_seed_after)]
 
-    def to_job(self) -> dict[str, Any]:
-        """The native job this seed task stands for: same image, pool, retries and predecessors."""
+    def to_job(self) -> Job:
+        """The native job this seed task stands for: same image, pool, retries and predecessors.
+
+        Built without validating again: every field it sets was validated here, by the same types the
+        Job's fields have (a test checks that validating its fields as a Job gives the same job).
+        """
         args = [SEED_QUERY]
         if self.table_name:
             args.append(f"--result_table={self.table_name}")
         job: dict[str, Any] = {
             "name": self.task_name,
             "image": self.image_name,
-            "args": args,
-            "after": list(self.after_task_name),
+            "args": tuple(args),
+            "after": self.after_task_name,
             "retries": self.retry_count,
         }
         if self.compute_pool_name:
             job["pool"] = self.compute_pool_name
         if self.job_name:
             job["container_name"] = self.job_name
-        return job
+        return validated_job(job)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import graphlib
-
 from pydantic import ValidationError
 
 from jobgraph.config.model import Job, Pipeline
 from jobgraph.errors import ConfigError, Problem, did_you_mean
 from jobgraph.runners.registry import BACKENDS, RUNNER_NAMES, settings_model
+
+HINTS = 20
+"""Unknown predecessors that get a "did you mean": each hint compares with every name, so not one per job of 10,000."""
 
 
 def check_pipeline(pipeline: Pipeline, file: str, runner: str | None = None) -> Pipeline:
@@ -30,21 +31,25 @@ def check_pipeline(pipeline: Pipeline, file: str, runner: str | None = None) -> 
     pools = {name.casefold(): name for name in pipeline.pools}
 
     jobs: list[Job] = []
+    hints = HINTS
     for job in pipeline.jobs:
-        after: list[str] = []
+        after: dict[str, None] = {}
         for predecessor in job.after:
             name = canonical.get(predecessor.casefold())
             if name is None:
-                problems.append(Problem(f"unknown predecessor '{predecessor}'{did_you_mean(predecessor, canonical)}",
-                                        job=job.name, field="after"))
+                hint = did_you_mean(predecessor, canonical.values()) if hints > 0 else ""
+                hints -= 1
+                problems.append(Problem(f"unknown predecessor '{predecessor}'{hint}", job=job.name, field="after"))
             elif name == job.name:
                 problems.append(Problem("a job cannot run after itself", job=job.name, field="after"))
             elif pipeline.finalizer is not None and name == pipeline.finalizer.name:
                 problems.append(Problem("no job can run after the finalizer", job=job.name, field="after"))
-            elif name not in after:
-                after.append(name)
+            else:
+                after[name] = None
         pool = pools.get((job.pool or "").casefold(), job.pool)
-        jobs.append(job.model_copy(update={"after": tuple(after), "pool": pool}))
+        if tuple(after) != job.after or pool != job.pool:  # a name spelled otherwise than its definition
+            job = job.model_copy(update={"after": tuple(after), "pool": pool})
+        jobs.append(job)
 
     if runner is not None and runner not in RUNNER_NAMES:
         problems.append(Problem(f"unknown runner {runner!r}; the runners are {', '.join(RUNNER_NAMES)}",
@@ -69,6 +74,8 @@ def check_pipeline(pipeline: Pipeline, file: str, runner: str | None = None) -> 
     if cycle:
         raise ConfigError(file, [Problem("the jobs form a cycle: " + " -> ".join(cycle), job=cycle[0],
                                          field="after")])
+    if all(checked is job for checked, job in zip(jobs, pipeline.jobs, strict=True)):
+        return pipeline
     return pipeline.model_copy(update={"jobs": tuple(jobs)})
 
 
@@ -92,13 +99,33 @@ def runner_settings_problems(pipeline: Pipeline) -> list[Problem]:
 
 
 def find_cycle(jobs: list[Job]) -> list[str]:
-    """The path of one cycle (first name repeated at the end), or [] when the jobs form a DAG."""
-    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
-    for job in jobs:
-        sorter.add(job.name, *job.after)
-    try:
-        sorter.prepare()
-    except graphlib.CycleError as exc:
-        path: list[str] = list(exc.args[1])  # each name runs before the next one
-        return path
-    return []
+    """The path of one cycle (first name repeated at the end, each name running before the next), or [] for a DAG.
+
+    Linear in jobs and edges: peel off every job whose predecessors are all peeled (Kahn); what is
+    left is cycles and what runs after them, so walking predecessors from any of it meets a cycle.
+    Every predecessor must be one of `jobs` (check_pipeline has reported any other first).
+    """
+    after = {job.name: job.after for job in jobs}
+    waiting = {name: len(predecessors) for name, predecessors in after.items()}
+    successors: dict[str, list[str]] = {name: [] for name in after}
+    for name, predecessors in after.items():
+        for predecessor in predecessors:
+            successors[predecessor].append(name)
+    ready = [name for name, count in waiting.items() if count == 0]
+    while ready:
+        for successor in successors[ready.pop()]:
+            waiting[successor] -= 1
+            if waiting[successor] == 0:
+                ready.append(successor)
+    left = [name for name, count in waiting.items() if count > 0]
+    if not left:
+        return []
+    seen: dict[str, int] = {}
+    path: list[str] = []
+    name = left[0]
+    while name not in seen:
+        seen[name] = len(path)
+        path.append(name)
+        name = next(p for p in after[name] if waiting[p] > 0)
+    cycle = path[seen[name]:][::-1]
+    return [*cycle, cycle[0]]

@@ -1,16 +1,17 @@
 """What the engine tells its listeners (the store, the live view, later the web page), as plain records.
 
-The engine does not know who listens: a listener is any callable taking an Event. Listeners are
-called synchronously, in order, at the moment of each transition, so a store that writes each event
-loses nothing already reported if the process dies a moment later.
+The engine does not know who listens: a listener is any callable taking an Event. The events of one
+event-loop wake-up reach the essential listeners (the store) first, all at once, and the others (the
+live view) only then (engine/delivery.py), so nothing is reported that is not already recorded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 from jobgraph.states import AttemptStatus, RunState, TaskState
 
@@ -129,3 +130,20 @@ class RunEnded:
 Event = (RunStarted | TaskChanged | AttemptStarted | AttemptSubmitted | AttemptAdopted | AttemptEnded | RetryWaiting
          | RunEnded)
 Listener = Callable[[Event], None]
+
+
+class Recorder(Protocol):
+    """An essential listener that writes the events of one event-loop wake-up in one go (the store).
+
+    `record_all` gets them in the order they happened, before any other listener sees them. It
+    should write all or none of them (one transaction); if it raises, the engine drops it and cancels
+    the run, so that nothing runs unrecorded.
+    """
+
+    essential: bool
+
+    def __call__(self, event: Event) -> None:
+        """Record one event."""
+
+    def record_all(self, events: Sequence[Event]) -> None:
+        """Record `events`, in order, together."""

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from jobgraph.config.model import Finalizer, Job, Pipeline, TriggerRule
+from jobgraph.engine.delivery import Delivery
 from jobgraph.engine.events import (
     AttemptAdopted,
     AttemptEnded,
@@ -106,8 +107,7 @@ class GraphRun:
         self.run_id = run_id or str(uuid.uuid4())
         self.scheduled_time = scheduled_time or now()
         self._runner_for = runner_for
-        self._listeners = list(listeners)
-        self.listener_failures: list[tuple[Listener, Exception]] = []
+        self._delivery = Delivery(listeners, self.cancel)
         self._log_dir = (log_dir / self.run_id).resolve()  # once: job names are plain, nothing below is a link
         self._prior = prior or {}
         self._adopt = adopt or {}
@@ -140,9 +140,20 @@ class GraphRun:
                 self._told_to_stop.add(task)
                 task.cancel()
 
+    @property
+    def listener_failures(self) -> list[tuple[Listener, Exception]]:
+        """Each listener that raised, and what it raised: it was told nothing more."""
+        return self._delivery.failures
+
     async def run(self) -> RunResult:
         """Run every job but those whose earlier state is kept (a retry keeps what succeeded; resuming a
-        lost run keeps every job that had ended), then the finalizer."""
+        lost run keeps every job that had ended), then the finalizer; every event is delivered before it returns."""
+        try:
+            return await self._run()
+        finally:
+            self._delivery.flush()
+
+    async def _run(self) -> RunResult:
         self._emit(RunStarted(
             self.run_id, self.pipeline.name, now(), self.scheduled_time, self._task_infos(),
             self.pipeline.model_dump_json(), self._run_attempt,
@@ -333,6 +344,7 @@ class GraphRun:
         waited = False
         try:
             try:
+                self._delivery.flush()  # the run and the attempt are recorded before the job exists
                 if adoption is not None:
                     handle = await runner.adopt(adoption.reference, spec)
                 else:
@@ -340,6 +352,7 @@ class GraphRun:
                 reference = runner.handle_ref(handle)
                 if reference:  # recorded again when adopted: it may never have been (a lost sbatch answer)
                     self._emit(AttemptSubmitted(self.run_id, job.name, attempt, runner.name, reference))
+                    self._delivery.flush()  # the handle is recorded before the attempt is waited for
                 if adoption is not None:
                     self._emit(AttemptAdopted(self.run_id, job.name, attempt, now()))
                 outcome = await asyncio.wait_for(runner.wait(handle), _time_left(job.timeout, started))
@@ -409,19 +422,8 @@ class GraphRun:
         return tuple(infos)
 
     def _emit(self, event: Event) -> None:
-        """Tell every listener; one that fails is dropped and never touches the run.
-
-        A display whose reader went away just stops. A listener marked `essential` (the store) that
-        fails means the run can no longer be recorded: the run is cancelled, so nothing runs unrecorded.
-        """
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception as exc:
-                self._listeners.remove(listener)
-                self.listener_failures.append((listener, exc))
-                if getattr(listener, "essential", False) and not isinstance(event, RunEnded):
-                    self.cancel()
+        """Queue the event for every listener: recorded, then shown, at the end of this loop wake-up."""
+        self._delivery.send(event)
 
 
 async def _stop(runner: AnyRunner, handle: object) -> None:

@@ -6,7 +6,9 @@ and passes them in. Every statement is a SQLAlchemy construct with bound paramet
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +21,7 @@ from jobgraph.owner import owner_is_gone
 from jobgraph.states import RunState
 from jobgraph.store.store import Store, _aware, _utc
 from jobgraph.store.tables import attempts, fires, leases, pipeline_versions, pipelines, runs, task_runs
+from jobgraph.store.wakeup import Listener, listen, notify, poke
 
 ACTIVE, SUSPENDED = "ACTIVE", "SUSPENDED"
 
@@ -73,17 +76,37 @@ def content_version(snapshot: str) -> str:
 
 
 class Deployments:
-    """Reads and writes the deployment tables of a Store."""
+    """Reads and writes the deployment tables of a Store.
 
-    def __init__(self, store: Store) -> None:
+    With `wakes` (the default), every change it commits to what the scheduler waits for (a deploy, a
+    state or fire time, a drop, a `trigger` request) wakes the scheduler service listening on the store
+    (see `listen`); the scheduler's own writes pass wakes=False, as nothing needs to wake it for them.
+    """
+
+    def __init__(self, store: Store, wakes: bool = True) -> None:
         self._engine = store._engine
+        self._wakes = wakes
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[Connection]:
+        """A writing transaction that, committed, wakes the listening scheduler."""
+        with self._engine.begin() as conn:
+            yield conn
+            if self._wakes:
+                notify(conn)
+        if self._wakes:
+            poke(self._engine)
+
+    def listen(self) -> Listener:
+        """Listen for the wake-ups other processes' changes send (WakeupUnavailable says why not)."""
+        return listen(self._engine)
 
     def deploy(self, name: str, snapshot: str, source: str, schedule: str | None, now: datetime,
                next_fire_at: datetime | None) -> tuple[str, bool]:
         """Store a version and make it the one that runs; return (version, whether it is new)."""
         version = content_version(snapshot)
         at = _utc(now)
-        with self._engine.begin() as conn:
+        with self._changing() as conn:
             known = conn.execute(select(pipeline_versions.c.version).where(and_(
                 pipeline_versions.c.name == name, pipeline_versions.c.version == version))).first()
             if known is None:
@@ -131,7 +154,7 @@ class Deployments:
     def update(self, name: str, **values: object) -> None:
         """Change a deployed pipeline's state, next fire time, failure count or note."""
         clean = {k: _utc(v) if isinstance(v, datetime) else v for k, v in values.items()}
-        with self._engine.begin() as conn:
+        with self._changing() as conn:
             conn.execute(update(pipelines).where(pipelines.c.name == name).values(**clean))
 
     def drop(self, name: str, purge: bool) -> Dropped:
@@ -140,7 +163,7 @@ class Deployments:
         A purge also works after a plain drop (by the name its runs and versions carry), and is
         refused while a run of the pipeline is in progress: its records are being written.
         """
-        with self._engine.begin() as conn:
+        with self._changing() as conn:
             deployed = conn.execute(select(pipelines.c.name).where(
                 func.lower(pipelines.c.name) == name.strip().lower())).scalar()
             if deployed is not None:
@@ -172,9 +195,13 @@ class Deployments:
         return Dropped(history, deployed is not None, len(run_ids))
 
     def record_fire(self, pipeline: str, scheduled_time: datetime, action: str, now: datetime,
-                    run_id: str | None = None, note: str | None = None) -> None:
-        """Write down what the scheduler did at a fire time (started, skipped, queued, requested)."""
-        with self._engine.begin() as conn:
+                    run_id: str | None = None, note: str | None = None, next_fire_at: datetime | None = None) -> None:
+        """Write down what the scheduler did at a fire time (started, skipped, queued, requested); with
+        `next_fire_at`, move the pipeline's next fire time in the same transaction (one commit per fire)."""
+        with self._changing() as conn:
+            if next_fire_at is not None:
+                conn.execute(update(pipelines).where(pipelines.c.name == pipeline).values(
+                    next_fire_at=_utc(next_fire_at)))
             conn.execute(insert(fires).values(pipeline=pipeline, scheduled_time=_utc(scheduled_time),
                                               action=action, run_id=run_id, note=note, at=_utc(now)))
 

@@ -1,22 +1,25 @@
 """The one writer of a run's events: it waits out store faults, keeps events in order, and never breaks the run.
 
-The engine calls its listeners synchronously and must not fail because the store does. A
-`RunRecorder` writes each event before the engine goes on, as `Store.record` does; when the store
-fails with a fault that waiting may cure (a PostgreSQL restart, a full disk someone frees, a lock),
-it retries the same write with backoff for up to `patience` seconds, so a short outage costs a
-pause and no record. If the store stays down, or fails in a way waiting cannot cure, it calls
-`on_down(message)` once (the CLI cancels the run and says why), keeps every later event in memory,
-in order, and tries to write them again at each new event and, for up to `patience` seconds more,
-at the end of the run. What it still could not write stays unwritten: the run remains RUNNING
-under an owner that is about to exit, and the next jobgraph start closes it (recovery).
+The engine hands its essential listeners the events of each event-loop wake-up at once, before any
+display sees them, and must not fail because the store does. A `RunRecorder` writes each batch in
+one transaction (`Store.record_all`) before the engine goes on; when the store fails with a fault
+that waiting may cure (a PostgreSQL restart, a full disk someone frees, a lock), it retries the same
+write with backoff for up to `patience` seconds, so a short outage costs a pause and no record. If
+the store stays down, or fails in a way waiting cannot cure, it calls `on_down(message)` once (the
+CLI cancels the run and says why), keeps every later event in memory, in order, and tries to write
+them again at each new batch and, for up to `patience` seconds more, at the end of the run. What it
+still could not write stays unwritten: the run remains RUNNING under an owner that is about to
+exit, and the next jobgraph start closes it (recovery). A batch the store refuses (not a fault: a
+conflict, a run taken over) is written again one event at a time, so only the refused event is lost.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import IntegrityError
 
@@ -46,7 +49,10 @@ class RunRecorder:
         self._sleep = sleep
         self._clock = clock
         self._pending: deque[Event] = deque()
-        self._in_doubt = False
+        self._in_doubt = 0
+        """How many of the first pending events went in a write that failed in flight (0: none)."""
+        self._singly = 0
+        """How many of the first pending events to write one at a time (their batch was refused)."""
         self._down: str | None = None
         self._ended = False
 
@@ -72,8 +78,12 @@ class RunRecorder:
 
     def __call__(self, event: Event) -> None:
         """Write `event` after every event before it; never raise."""
-        self._pending.append(event)
-        if self._down is None or isinstance(event, RunEnded):
+        self.record_all((event,))
+
+    def record_all(self, events: Sequence[Event]) -> None:
+        """Write `events` together, after every event before them; never raise."""
+        self._pending.extend(events)
+        if self._down is None or any(isinstance(event, RunEnded) for event in events):
             self._flush(self._clock() + self._patience)
         else:
             self._flush(None)
@@ -82,13 +92,14 @@ class RunRecorder:
         """Write pending events in order; wait out transient faults until `deadline` (None: try once)."""
         pause, waited = _FIRST_PAUSE, False
         while self._pending:
-            event = self._pending[0]
+            # A batch that failed in flight is written again alone: its commit may have happened all the
+            # same, and then writing it again conflicts (an insert of a row that is there): it is there.
+            size = 1 if self._singly else self._in_doubt or len(self._pending)
+            batch = list(itertools.islice(self._pending, size))
             try:
-                self._store.record(event)
+                self._store.record_all(batch)
             except StoreFault as fault:
-                # A write that failed in flight may have been committed all the same: if writing it again
-                # then conflicts (an insert of a row that is there), it is there.
-                self._in_doubt = True
+                self._in_doubt = max(self._in_doubt, size)
                 if not fault.transient or deadline is None or self._clock() + pause > deadline:
                     self._give_up(str(fault), waited=fault.transient and deadline is not None)
                     return
@@ -98,26 +109,30 @@ class RunRecorder:
                 self._sleep(pause)
                 pause = min(pause * 2, _LONGEST_PAUSE)
                 continue
-            except IntegrityError as exc:
-                if not self._in_doubt:
-                    self._done()
-                    detail = (str(exc.orig).strip().splitlines() or ["a conflict"])[0]
-                    self._give_up(f"the store refused a record of run {event.run_id} ({type(event).__name__}: "
-                                  f"{detail})", waited=False)
-                    return
             except Exception as exc:  # a record the store refuses must not hold back the others
-                self._done()
-                self._give_up(f"the store refused a record of run {event.run_id} ({type(event).__name__}: {exc})",
-                              waited=False)
+                if isinstance(exc, IntegrityError) and self._in_doubt:
+                    self._done(size)
+                    continue
+                if size > 1:
+                    self._singly = size  # which event of the batch is refused: one at a time tells
+                    continue
+                self._done(1)
+                detail = (str(exc.orig).strip().splitlines() or ["a conflict"])[0] if isinstance(
+                    exc, IntegrityError) else str(exc)
+                self._give_up(f"the store refused a record of run {batch[0].run_id} ({type(batch[0]).__name__}: "
+                              f"{detail})", waited=False)
                 return
-            self._done()
+            self._done(size)
             if waited and self._down is None:
                 self._tell(self._on_wait, "the store is back; the run goes on")
                 waited = False
 
-    def _done(self) -> None:
-        self._ended = self._ended or isinstance(self._pending.popleft(), RunEnded)
-        self._in_doubt = False
+    def _done(self, count: int) -> None:
+        """The first `count` pending events are in the store (or refused: they never will be)."""
+        for _ in range(count):
+            self._ended = self._ended or isinstance(self._pending.popleft(), RunEnded)
+        self._in_doubt = max(0, self._in_doubt - count)
+        self._singly = max(0, self._singly - count)
 
     def _give_up(self, why: str, waited: bool) -> None:
         if self._down is not None:

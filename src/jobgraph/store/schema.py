@@ -5,7 +5,8 @@ Eight `jobgraph` processes may open a store that does not exist yet. Each reads 
 store's migration lock (SQLite: BEGIN IMMEDIATE, the database's write lock; PostgreSQL:
 pg_advisory_xact_lock), reads the version again under the lock, and upgrades in the same
 transaction. DDL is transactional on both backends, so an upgrade that fails half way leaves the
-store as it was, and the next open simply runs it again.
+store as it was, and the next open simply runs it again. A new SQLite store skips the migrations:
+it is made from the schema they produce (store/sqlite_schema.py), in the same locked transaction.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, func, inspect, select, text
 
 from jobgraph.store.faults import StoreFault, store_name
+from jobgraph.store.sqlite_schema import SQLITE_SCHEMA, SQLITE_SCHEMA_VERSION
 
 MIGRATION_LOCK = 0x6A6F6267
 """The PostgreSQL advisory lock key every jobgraph process takes to migrate ("jobg")."""
@@ -32,25 +34,27 @@ def schema_version(engine: Engine | Connection) -> str | None:
 
 
 def migrate(engine: Engine, to: str, url: str | None = None) -> None:
-    """Bring the store's schema to `to` with Alembic (from empty, or from any earlier version), under a lock."""
+    """Bring the store's schema to `to` with Alembic (from empty, or from any earlier version), under a lock.
+
+    A new SQLite store wanted at the newest version is made from its schema snapshot instead: the
+    same tables, indexes, views and version stamp, without importing Alembic.
+    """
     if schema_version(engine) == to:
         return
-    from alembic import command
-    from alembic.config import Config
-    from alembic.util import CommandError
-
-    config = Config()
-    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     with engine.connect() as conn:
         _lock(conn)
         current = schema_version(conn)
         if current == to:
             conn.rollback()
             return
-        config.attributes["connection"] = conn
         try:
-            command.upgrade(config, to)
-        except CommandError as exc:
+            if current is None and to == SQLITE_SCHEMA_VERSION and conn.dialect.name == "sqlite":
+                for statement in SQLITE_SCHEMA:
+                    conn.exec_driver_sql(statement)
+                conn.exec_driver_sql("INSERT INTO alembic_version (version_num) VALUES (?)", (to,))
+            else:
+                _upgrade(conn, to)
+        except _CommandError as exc:
             conn.rollback()
             raise StoreFault(f"cannot upgrade the store {store_name(url or str(engine.url))} from version "
                              f"{current} to {to} ({exc}): it was probably written by a newer jobgraph; use that "
@@ -66,6 +70,25 @@ def migrate(engine: Engine, to: str, url: str | None = None) -> None:
                              f"{current} to {to}: {detail}; nothing was changed, and the next jobgraph command "
                              "tries again", transient=False) from None
         conn.commit()
+
+
+class _CommandError(Exception):
+    """Alembic cannot find the way from the store's version to the one wanted (a newer jobgraph's store)."""
+
+
+def _upgrade(conn: Connection, to: str) -> None:
+    """Run the migrations from the connection's version to `to` in its transaction (Alembic is imported only here)."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.util import CommandError
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    config.attributes["connection"] = conn
+    try:
+        command.upgrade(config, to)
+    except CommandError as exc:
+        raise _CommandError(str(exc)) from None
 
 
 def _lock(conn: Connection) -> None:

@@ -205,54 +205,61 @@ class Store(RunOwnership):
         self.record(event)
 
     def record(self, event: Event) -> None:
-        """Record one engine event, in its own transaction, before the engine goes on.
+        """Record one engine event, in its own transaction (see `record_all`)."""
+        self.record_all((event,))
+
+    def record_all(self, events: Sequence[Event]) -> None:
+        """Record engine events, in order, in one transaction: the engine hands over each wake-up's events at once.
 
         The statements are built once (module constants) and take their values as bound parameters,
-        so a write costs a SQLite commit and little more: this is the engine's hot path. A failure
-        raises (a StoreFault for the store's own faults) and changes nothing, so the same event can
+        so a batch costs one SQLite commit and little more: this is the engine's hot path. A failure
+        raises (a StoreFault for the store's own faults) and changes nothing, so the same events can
         be written again; `RunRecorder` does that.
         """
         conn = self._conn
-        started: datetime | None = None
+        started: dict[tuple[str, str], datetime | None] = {}  # what self._task_started becomes, once committed
         try:
             with conn.begin():
-                if isinstance(event, RunStarted):
-                    self._run_started(conn, event)
-                elif isinstance(event, TaskChanged):
-                    started = self._task_changed(conn, event)
-                elif isinstance(event, AttemptStarted):
-                    conn.execute(_INSERT_ATTEMPT, {
-                        "k_run": event.run_id, "run_id": event.run_id, "task": event.task,
-                        "attempt": event.attempt, "status": AttemptStatus.RUNNING.value,
-                        "log_path": str(event.log_path), "started_at": _utc(event.at), "created_date": _utc(event.at)})
-                elif isinstance(event, AttemptAdopted):
-                    conn.execute(_ADOPT_ATTEMPT, {"k_run": event.run_id, "k_task": event.task,
-                                                  "k_attempt": event.attempt})
-                elif isinstance(event, AttemptSubmitted):
-                    conn.execute(_UPDATE_ATTEMPT, {
-                        "k_run": event.run_id, "k_task": event.task, "k_attempt": event.attempt,
-                        "runner": event.runner, "backend_ref": event.reference})
-                elif isinstance(event, AttemptEnded):
-                    conn.execute(_UPDATE_ATTEMPT, {
-                        "k_run": event.run_id, "k_task": event.task, "k_attempt": event.attempt,
-                        "status": event.status.value, "exit_code": event.exit_code, "error": event.error,
-                        "finished_at": _utc(event.at), "created_date": _utc(event.at),
-                        "duration_secs": (event.at - event.started_at).total_seconds()})
-                elif isinstance(event, RunEnded):
-                    ended = conn.execute(_END_RUN, {"k_run": event.run_id, "k_owner": self.owner,
-                                                    "state": event.state.value, "finished_at": _utc(event.at)})
-                    if ended.rowcount != 1:
-                        raise RunBusy(f"run {event.run_id} is no longer this process's to record: "
-                                      f"{busy_reason(_read_run(conn, event.run_id))}")
+                for event in events:
+                    self._write(conn, event, started)
         except BaseException:
             self._drop_connection()
             raise
-        if isinstance(event, TaskChanged):  # only once written: a write that failed is written again
-            key = (event.run_id, event.task)
-            if started is not None:
-                self._task_started[key] = started
-            elif event.state in TERMINAL_TASK_STATES:
+        for key, at in started.items():
+            if at is None:
                 self._task_started.pop(key, None)
+            else:
+                self._task_started[key] = at
+
+    def _write(self, conn: Connection, event: Event, started: dict[tuple[str, str], datetime | None]) -> None:
+        """One event's statements, in the caller's transaction; `started` collects the jobs' start times."""
+        if isinstance(event, RunStarted):
+            self._run_started(conn, event)
+        elif isinstance(event, TaskChanged):
+            self._task_changed(conn, event, started)
+        elif isinstance(event, AttemptStarted):
+            conn.execute(_INSERT_ATTEMPT, {
+                "k_run": event.run_id, "run_id": event.run_id, "task": event.task,
+                "attempt": event.attempt, "status": AttemptStatus.RUNNING.value,
+                "log_path": str(event.log_path), "started_at": _utc(event.at), "created_date": _utc(event.at)})
+        elif isinstance(event, AttemptAdopted):
+            conn.execute(_ADOPT_ATTEMPT, {"k_run": event.run_id, "k_task": event.task, "k_attempt": event.attempt})
+        elif isinstance(event, AttemptSubmitted):
+            conn.execute(_UPDATE_ATTEMPT, {
+                "k_run": event.run_id, "k_task": event.task, "k_attempt": event.attempt,
+                "runner": event.runner, "backend_ref": event.reference})
+        elif isinstance(event, AttemptEnded):
+            conn.execute(_UPDATE_ATTEMPT, {
+                "k_run": event.run_id, "k_task": event.task, "k_attempt": event.attempt,
+                "status": event.status.value, "exit_code": event.exit_code, "error": event.error,
+                "finished_at": _utc(event.at), "created_date": _utc(event.at),
+                "duration_secs": (event.at - event.started_at).total_seconds()})
+        elif isinstance(event, RunEnded):
+            ended = conn.execute(_END_RUN, {"k_run": event.run_id, "k_owner": self.owner,
+                                            "state": event.state.value, "finished_at": _utc(event.at)})
+            if ended.rowcount != 1:
+                raise RunBusy(f"run {event.run_id} is no longer this process's to record: "
+                              f"{busy_reason(_read_run(conn, event.run_id))}")
 
     def _run_started(self, conn: Connection, event: RunStarted) -> None:
         """A graph run attempt begins: its jobs get new rows, and an earlier attempt's rows stay as they ended.
@@ -294,25 +301,25 @@ class Store(RunOwnership):
         if rows:
             conn.execute(insert(task_runs), rows)
 
-    def _task_changed(self, conn: Connection, event: TaskChanged) -> datetime | None:
-        """Write a job's new state; return the start time to remember once the write succeeded."""
+    def _task_changed(self, conn: Connection, event: TaskChanged, started: dict[tuple[str, str], datetime | None]
+                      ) -> None:
+        """Write a job's new state; note its start time in `started` (None: forget it), kept once committed."""
         key = (event.run_id, event.task)
         values: dict[str, Any] = {"state": event.state.value}
-        remember = None
+        since = started[key] if key in started else self._task_started.get(key)
         if event.attempt:
             values["attempts"] = event.attempt
-        if event.state == TaskState.RUNNING and key not in self._task_started:
-            remember = event.at
+        if event.state == TaskState.RUNNING and since is None:
+            started[key] = event.at
             values["started_at"] = _utc(event.at)
         if event.state in TERMINAL_TASK_STATES:
             values["finished_at"] = _utc(event.at)
             values["error_message"] = event.reason
             values["return_value"] = event.return_value
-            started = self._task_started.get(key)
-            if started is not None:
-                values["duration_secs"] = (event.at - started).total_seconds()
+            if since is not None:
+                values["duration_secs"] = (event.at - since).total_seconds()
+            started[key] = None
         conn.execute(_UPDATE_TASK, {"k_run": event.run_id, "k_task": event.task, **values})
-        return remember
 
     def runs(self, limit: int = 20, pipeline: str | None = None) -> list[RunSummary]:
         """The newest runs first, with their jobs counted by state: two queries, no pipeline snapshot."""
