@@ -92,8 +92,6 @@ class EventWriter:
 
     def _write(self, event: Event, started: dict[tuple[str, str], datetime | None]) -> None:
         """One event's statements, in the caller's transaction; `started` collects the jobs' start times."""
-        attempt = {"k_run": event.run_id, "k_task": getattr(event, "task", None),
-                   "k_attempt": getattr(event, "attempt", None)}
         if isinstance(event, RunStarted):
             self._run_started(event)
         elif isinstance(event, TaskChanged):
@@ -104,12 +102,13 @@ class EventWriter:
                 "status": AttemptStatus.RUNNING.value, "log_path": str(event.log_path),
                 "started_at": utc(event.at), "created_date": utc(event.at)})
         elif isinstance(event, AttemptAdopted):
-            self._execute("adopt_attempt", attempt)
+            self._execute("adopt_attempt", _attempt_key(event))
         elif isinstance(event, AttemptSubmitted):
-            self._execute("submit_attempt", {**attempt, "runner": event.runner, "backend_ref": event.reference})
+            self._execute("submit_attempt", {**_attempt_key(event), "runner": event.runner,
+                                             "backend_ref": event.reference})
         elif isinstance(event, AttemptEnded):
             self._execute("end_attempt", {
-                **attempt, "status": event.status.value, "exit_code": event.exit_code, "error": event.error,
+                **_attempt_key(event), "status": event.status.value, "exit_code": event.exit_code, "error": event.error,
                 "finished_at": utc(event.at), "created_date": utc(event.at),
                 "duration_secs": (event.at - event.started_at).total_seconds()})
         elif isinstance(event, RunEnded):
@@ -174,3 +173,8 @@ class EventWriter:
                 values["duration_secs"] = (event.at - since).total_seconds()
             started[key] = None
         self._execute("update_task", {"k_run": event.run_id, "k_task": event.task, **values})
+
+
+def _attempt_key(event: AttemptAdopted | AttemptSubmitted | AttemptEnded) -> Params:
+    """The parameters that find an event's attempt row."""
+    return {"k_run": event.run_id, "k_task": event.task, "k_attempt": event.attempt}
