@@ -23,10 +23,10 @@ from sqlalchemy import create_engine, insert, update
 
 from jobgraph.config import Pipeline
 from jobgraph.config.validate import check_pipeline
-from jobgraph.engine import GraphRun
 from jobgraph.engine.events import RunStarted, TaskInfo
+from jobgraph.engine.run import GraphRun
 from jobgraph.recovery import recover_lost_runs
-from jobgraph.runners import LocalRunner
+from jobgraph.runners.local import LocalRunner
 from jobgraph.schedule import parse_schedule
 from jobgraph.scheduler import LEASE, Scheduler
 from jobgraph.store import Store

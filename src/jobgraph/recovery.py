@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from jobgraph.config import Pipeline
-from jobgraph.engine import AttemptEnded, GraphRun
+from jobgraph.engine import AttemptEnded
+from jobgraph.engine.run import GraphRun
 from jobgraph.errors import JobgraphError, RunnerError
 from jobgraph.owner import owner_is_gone
 from jobgraph.runners import AnyRunner, JobSpec, make_runner

@@ -13,9 +13,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadDateError, croniter
+if TYPE_CHECKING:  # croniter (and dateutil under it) loads only for a cron schedule: an interval needs neither
+    from croniter import croniter
 
 _INTERVAL = re.compile(r"(\d+)\s*(MINUTE|MINUTES|M)", re.IGNORECASE)
 _USING_CRON = re.compile(r"USING\s+CRON\s+(.+)", re.IGNORECASE)
@@ -82,6 +84,8 @@ class Schedule:
         return count
 
     def _cron(self, moment: datetime) -> croniter:
+        from croniter import croniter
+
         assert self.cron is not None
         return croniter(self.cron, moment.astimezone(ZoneInfo(self.zone)))
 
@@ -111,6 +115,8 @@ def parse_schedule(text: str) -> Schedule:
     if len(fields) != 5:
         raise ValueError(f"{text!r} is not a schedule: use 'N MINUTE', 'USING CRON <cron> <time zone>' "
                          "or a five-field cron expression such as '*/5 * * * *'")
+    from croniter import CroniterBadDateError, croniter
+
     for position, value in enumerate(fields):
         _check_field(value, position)
     cron = " ".join(fields)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from jobgraph.config import Pipeline
-from jobgraph.engine import GraphRun, RunResult
+from jobgraph.engine.run import GraphRun, RunResult
 from jobgraph.errors import JobgraphError
 from jobgraph.owner import owner_is_gone
 from jobgraph.schedule import CATCH_UP_COUNT_LIMIT, parse_schedule

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from jobgraph.config import Pipeline
 from jobgraph.config.validate import check_pipeline
-from jobgraph.engine import Event, GraphRun, RunEnded, TaskChanged
+from jobgraph.engine import Event, RunEnded, TaskChanged
 from jobgraph.engine.delivery import Delivery
+from jobgraph.engine.run import GraphRun
 from jobgraph.runners import LocalRunner
 from jobgraph.states import RunState, TaskState
 from tests.conftest import sh

@@ -17,19 +17,10 @@ import pytest
 
 from jobgraph.config import Pipeline
 from jobgraph.config.validate import check_pipeline
-from jobgraph.engine import (
-    AttemptEnded,
-    AttemptStarted,
-    Event,
-    GraphRun,
-    PriorTask,
-    RetryWaiting,
-    RunEnded,
-    RunResult,
-    TaskChanged,
-)
-from jobgraph.runners import LocalRunner
+from jobgraph.engine import AttemptEnded, AttemptStarted, Event, RetryWaiting, RunEnded, TaskChanged
+from jobgraph.engine.run import GraphRun, PriorTask, RunResult
 from jobgraph.runners.containment import cgroup_base
+from jobgraph.runners.local import LocalRunner
 from jobgraph.states import AttemptStatus, RunState, TaskState
 from jobgraph.store import Store
 from tests.conftest import WritePipeline, process_alive, sh, store_url
@@ -358,9 +349,10 @@ def test_sigint_during_a_timeouts_kill_grace_leaves_every_record_ended(
     env.pop("JOBGRAPH_STORE", None)
     process = subprocess.Popen([sys.executable, "-m", "jobgraph", "run", str(path)], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a busy machine can take long to start the run (a fresh store migrates)
     while not term.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert term.exists(), "the job's timeout never sent it SIGTERM"
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, out + err

@@ -61,11 +61,13 @@ def no_leftovers(engine: docker.DockerClient, tmp_path: Path) -> Iterator[docker
     neither counted nor touched.
     """
     yield engine
-    left = [c for c in engine.containers.list(all=True, filters={"label": "jobgraph.run_id"})
-            if any(str(m.get("Source", "")).startswith(f"{tmp_path}/") for m in c.attrs.get("Mounts", []))]
+    # sparse: the list as the engine gives it, not inspected again one by one (another session's
+    # container removed in between would fail the inspect)
+    left = [c for c in engine.containers.list(all=True, filters={"label": "jobgraph.run_id"}, sparse=True)
+            if any(str(m.get("Source", "")).startswith(f"{tmp_path}/") for m in c.attrs.get("Mounts") or [])]
     for container in left:
         container.remove(force=True)
-    assert [c.name for c in left] == []
+    assert [c.attrs.get("Names") for c in left] == []
 
 
 def seed_folder(tmp_path: Path) -> Path:

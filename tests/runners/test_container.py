@@ -17,7 +17,8 @@ import pytest
 
 from jobgraph.config import Pipeline
 from jobgraph.config.validate import check_pipeline
-from jobgraph.engine import AttemptEnded, AttemptStarted, Event, GraphRun, RunEnded, RunResult, TaskChanged
+from jobgraph.engine import AttemptEnded, AttemptStarted, Event, RunEnded, TaskChanged
+from jobgraph.engine.run import GraphRun, RunResult
 from jobgraph.runners.container import ContainerRunner
 from jobgraph.states import AttemptStatus, RunState, TaskState
 from jobgraph.store import Store

@@ -255,7 +255,8 @@ def test_a_process_another_thread_forks_while_a_job_is_placed_is_sent_home(tmp_p
 REAPER_CHECK = """
 import asyncio, os, sys
 from pathlib import Path
-from jobgraph.runners import JobSpec, LocalRunner
+from jobgraph.runners import JobSpec
+from jobgraph.runners.local import LocalRunner
 
 async def main():
     runner = LocalRunner({"sh": ["sh", "-c"]}, kill_grace=1)

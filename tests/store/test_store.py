@@ -12,9 +12,10 @@ from sqlalchemy import Engine, event, text
 
 from jobgraph.config import Pipeline
 from jobgraph.config.validate import check_pipeline
-from jobgraph.engine import AttemptEnded, AttemptStarted, Event, GraphRun, PriorTask, RunEnded, TaskChanged
+from jobgraph.engine import AttemptEnded, AttemptStarted, Event, RunEnded, TaskChanged
+from jobgraph.engine.run import GraphRun, PriorTask
 from jobgraph.errors import StoreError
-from jobgraph.runners import LocalRunner
+from jobgraph.runners.local import LocalRunner
 from jobgraph.states import TaskState
 from jobgraph.store import Store
 from jobgraph.store.ownership import RunBusy

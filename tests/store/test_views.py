@@ -22,9 +22,10 @@ from sqlalchemy import make_url
 
 from jobgraph.config import Pipeline
 from jobgraph.config.validate import check_pipeline
-from jobgraph.engine import Event, GraphRun
+from jobgraph.engine import Event
 from jobgraph.engine.events import AttemptEnded
-from jobgraph.runners import LocalRunner
+from jobgraph.engine.run import GraphRun
+from jobgraph.runners.local import LocalRunner
 from jobgraph.store import Store
 from tests.conftest import SEED, Cli
 

@@ -1,6 +1,9 @@
-"""The `jobgraph` command: each command parses, calls the library and renders; nothing more."""
+"""The `jobgraph` command: each command parses, calls the library and renders; nothing more.
 
-from __future__ import annotations
+The commands are declared in commands.py, which imports nothing slow; each loads its own work when it
+runs. Like commands.py, this module evaluates its annotations at import (no `from __future__ import
+annotations`): typer reads them on every start, and strings would have to be evaluated each time.
+"""
 
 import atexit
 import contextlib
@@ -11,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from jobgraph.cli import doctor, inspect, plan, run, service, show
+from jobgraph.cli import commands
 
 app = typer.Typer(
     name="jobgraph",
@@ -43,24 +46,24 @@ def _options(
     """Run containerized jobs in parallel as a DAG from a config file."""
 
 
-app.command()(inspect.validate)
-app.command()(inspect.graph)
-app.command()(inspect.schema)
-app.command()(plan.plan)
-app.command()(run.run)
-app.command()(run.retry)
-app.command()(show.history)
-app.command()(show.show)
-app.command()(show.logs)
-app.command()(show.stats)
-app.command()(doctor.doctor)
-app.command()(service.deploy)
-app.command()(service.pipelines)
-app.command()(service.suspend)
-app.command()(service.resume)
-app.command()(service.trigger)
-app.command()(service.drop)
-app.command()(service.serve)
+app.command()(commands.validate)
+app.command()(commands.graph)
+app.command()(commands.schema)
+app.command()(commands.plan)
+app.command()(commands.run)
+app.command()(commands.retry)
+app.command()(commands.history)
+app.command()(commands.show)
+app.command()(commands.logs)
+app.command()(commands.stats)
+app.command()(commands.doctor)
+app.command()(commands.deploy)
+app.command()(commands.pipelines)
+app.command()(commands.suspend)
+app.command()(commands.resume)
+app.command()(commands.trigger)
+app.command()(commands.drop)
+app.command()(commands.serve)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Annotated, ParamSpec, TextIO, TypeVar
+from typing import IO, ParamSpec, TextIO, TypeVar
 
 import typer
 from rich.console import Console
@@ -29,12 +29,6 @@ console = Console(highlight=False, width=_width(sys.stdout))
 errors = Console(stderr=True, highlight=False, width=_width(sys.stderr))
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 130
-
-StoreOption = Annotated[
-    str | None,
-    typer.Option("--store", envvar="JOBGRAPH_STORE", help="SQLAlchemy URL of the store "
-                 "[default: sqlite:///.jobgraph/jobgraph.db]", show_default=False),
-]
 
 
 def silence(*streams: IO[str]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -17,10 +16,8 @@ CONTAINERS_CONF = Path("/etc/containers/containers.conf")
 IMAGES = ("localhost/jobgraph-test:latest", "localhost/jobgraph-sql-job:latest")
 
 
-def doctor(
-    engine: Annotated[str, typer.Option(help="podman or docker: which engine's usual sockets to look at")] = "podman",
-) -> None:
-    """Check the container set-up: engine, version, Podman's settings here, the images the demo needs."""
+def doctor(engine: str = "podman") -> None:
+    """One row per check, with the fix for what is missing; exit 1 if anything is."""
     import docker
     import docker.errors
 

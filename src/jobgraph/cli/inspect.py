@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
 
-import typer
 from rich.markup import escape
 from rich.table import Table
 
+from jobgraph.cli.commands import GraphFormat
 from jobgraph.cli.common import console, reported, write_plain
 from jobgraph.config import Pipeline, load
 from jobgraph.errors import ConfigError, Problem, did_you_mean
@@ -19,24 +17,10 @@ from jobgraph.graph import Dag
 from jobgraph.runners.registry import RUNNER_NAMES, settings_model
 from jobgraph.schedule import parse_schedule
 
-FileArgument = Annotated[Path, typer.Argument(help="Pipeline file: native YAML/JSON, or the seed's jobconfig.json")]
-RunnerOption = Annotated[
-    str | None, typer.Option("--runner", help="Run every job with this runner: local, podman or docker")
-]
-
-
-class GraphFormat(StrEnum):
-    """Ways to print the DAG."""
-
-    table = "table"
-    dot = "dot"
-    mermaid = "mermaid"
-    json = "json"
-
 
 @reported
-def validate(file: FileArgument, runner: RunnerOption = None) -> None:
-    """Check a pipeline file; print every problem with its file, job and field. Runs nothing."""
+def validate(file: Path, runner: str | None = None) -> None:
+    """Load the file, which checks all of it, and say what it holds and when its schedule fires next."""
     pipeline = load(file, runner)
     pools = sorted({job.pool or "" for job in pipeline.jobs})
     final = f", finalizer '{pipeline.finalizer.name}'" if pipeline.finalizer else ""
@@ -50,16 +34,9 @@ def validate(file: FileArgument, runner: RunnerOption = None) -> None:
 
 
 @reported
-def graph(
-    file: FileArgument,
-    output: Annotated[GraphFormat, typer.Option("--format", "-f", help="table, dot, mermaid or json")] = (
-        GraphFormat.table
-    ),
-    dependents: Annotated[str | None, typer.Option(
-        "--dependents", help="Only this job's dependents, recursively (Snowflake's task_dependents)")] = None,
-    runner: RunnerOption = None,
-) -> None:
-    """Show the DAG: levels, each job's predecessors, pool, image and retries."""
+def graph(file: Path, output: GraphFormat = GraphFormat.table, dependents: str | None = None,
+          runner: str | None = None) -> None:
+    """Print the DAG, or the part of it below one job, in the chosen format (text formats never wrapped)."""
     pipeline = load(file, runner)
     dag = Dag.build((job.name, job.after) for job in pipeline.jobs)
     names = list(dag.order)
@@ -134,7 +111,7 @@ def _as_json(pipeline: Pipeline, dag: Dag, names: list[str]) -> dict[str, object
 
 
 def schema() -> None:
-    """Print the JSON Schema of the native pipeline form, for editors and CI checks."""
+    """The pipeline model's JSON Schema, with each runner's settings section filled in."""
     document = Pipeline.model_json_schema()
     sections = document["properties"]["runners"]
     sections["properties"] = {}

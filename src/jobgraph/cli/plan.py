@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
-import typer
 import yaml
 
+from jobgraph.cli.commands import PlanFormat
 from jobgraph.cli.common import home, reported, write_plain
-from jobgraph.cli.inspect import FileArgument, RunnerOption
 from jobgraph.config import Pipeline, load
-from jobgraph.engine import GraphRun
+from jobgraph.engine.run import GraphRun
 from jobgraph.runners import AnyRunner, make_runner
 from jobgraph.schedule import parse_schedule
 
@@ -29,22 +27,9 @@ PLAN_RUN_ID = "<run id>"
 FIRES_SHOWN = 5
 
 
-class PlanFormat(StrEnum):
-    """Ways to print a plan."""
-
-    yaml = "yaml"
-    json = "json"
-
-
 @reported
-def plan(
-    file: FileArgument,
-    runner: RunnerOption = None,
-    output: Annotated[PlanFormat, typer.Option("--format", "-f", help="yaml (to read) or json (for tools)")] = (
-        PlanFormat.yaml
-    ),
-) -> None:
-    """Show, job by job, exactly what the first attempt would submit, and the schedule's next fire times."""
+def plan(file: Path, runner: str | None = None, output: PlanFormat = PlanFormat.yaml) -> None:
+    """Print the plan: the next fire times, then each job's first attempt as its runner would submit it."""
     pipeline = load(file, runner)
     document = {"pipeline": pipeline.name, "schedule": _fires(pipeline), "jobs": _jobs(pipeline, runner)}
     if output == PlanFormat.json:

@@ -10,7 +10,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -20,7 +19,6 @@ from jobgraph.cli.common import (
     EXIT_CANCELLED,
     EXIT_FAILED,
     EXIT_OK,
-    StoreOption,
     console,
     errors,
     home,
@@ -28,11 +26,11 @@ from jobgraph.cli.common import (
     silence,
     store_url,
 )
-from jobgraph.cli.inspect import FileArgument, RunnerOption
 from jobgraph.cli.render import RunView
 from jobgraph.cli.show import tasks_table
 from jobgraph.config import Job, Pipeline, check_pipeline, load
-from jobgraph.engine import Adoption, GraphRun, Listener, PriorTask, RunResult
+from jobgraph.engine import Listener
+from jobgraph.engine.run import Adoption, GraphRun, PriorTask, RunResult
 from jobgraph.errors import ConfigError, Problem, RunnerError, StoreError
 from jobgraph.recovery import LostRun, recover_lost_runs
 from jobgraph.runners import AnyRunner, make_runner
@@ -53,8 +51,8 @@ EXIT_CODES = {RunState.SUCCEEDED: EXIT_OK, RunState.FAILED: EXIT_FAILED, RunStat
 
 
 @reported
-def run(file: FileArgument, store: StoreOption = None, runner: RunnerOption = None) -> None:
-    """Run a pipeline once, now, with a live view; exit 0 if every job succeeded, 1 if not, 130 if cancelled."""
+def run(file: Path, store: str | None = None, runner: str | None = None) -> None:
+    """Resume what lost runs left running remotely, then run the pipeline; the exit code says how it ended."""
     pipeline = load(file, runner)
     with Store(store_url(store)) as records:
         resume_adopting(records, report_lost_runs(records))
@@ -63,18 +61,9 @@ def run(file: FileArgument, store: StoreOption = None, runner: RunnerOption = No
 
 
 @reported
-def retry(
-    run_id: Annotated[str, typer.Argument(help="The run to retry (a unique prefix is enough)")],
-    store: StoreOption = None,
-    runner: RunnerOption = None,
-    file: Annotated[Path | None, typer.Option(
-        "--file", exists=True, dir_okay=False,
-        help="Rerun with this (repaired) pipeline file instead of the run's stored one; same jobs and edges")] = None,
-) -> None:
-    """Run again a run's failed, skipped and cancelled jobs, keeping what succeeded (EXECUTE TASK ... RETRY LAST).
-
-    Of several retries of one run at once, exactly one runs it; the others say who does and exit 2.
-    """
+def retry(run_id: str, store: str | None = None, runner: str | None = None, file: Path | None = None) -> None:
+    """Claim the run (so that of several retries exactly one runs it), then run what did not succeed, as the same
+    run; a run whose jobgraph died is resumed instead."""
     with Store(store_url(store)) as records:
         resumed = resume_adopting(records, report_lost_runs(records))
         previous = records.run(run_id)

@@ -8,7 +8,8 @@ import signal
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, NoReturn
+from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.markup import escape
@@ -18,7 +19,6 @@ from jobgraph.cli.common import (
     EXIT_CANCELLED,
     EXIT_FAILED,
     EXIT_OK,
-    StoreOption,
     console,
     errors,
     home,
@@ -26,7 +26,6 @@ from jobgraph.cli.common import (
     silence,
     store_url,
 )
-from jobgraph.cli.inspect import FileArgument, RunnerOption
 from jobgraph.cli.render import RunView, styled, terminal_gone, write_line
 from jobgraph.cli.run import (
     EXIT_CODES,
@@ -39,7 +38,8 @@ from jobgraph.cli.run import (
     store_patience,
 )
 from jobgraph.config import Pipeline, check_pipeline, load
-from jobgraph.engine import GraphRun, Listener, RunResult
+from jobgraph.engine import Listener
+from jobgraph.engine.run import GraphRun, RunResult
 from jobgraph.errors import JobgraphError
 from jobgraph.owner import owner_label
 from jobgraph.runners import AnyRunner
@@ -49,7 +49,6 @@ from jobgraph.store import Store
 from jobgraph.store.deployments import ACTIVE, SUSPENDED, DeployedPipeline, Deployments, Fire
 from jobgraph.store.recorder import RunRecorder
 
-NameArgument = Annotated[str, typer.Argument(help="A deployed pipeline's name")]
 LEASE_TTL_SECS = 15.0
 """How long the scheduler's lease lasts without renewal (at least three ticks)."""
 REQUEST_GRACE_SECS = 2.0
@@ -69,8 +68,8 @@ def _when(moment: datetime | None) -> str:
 
 
 @reported
-def deploy(file: FileArgument, store: StoreOption = None, runner: RunnerOption = None) -> None:
-    """Store a pipeline (validated, versioned by content) with its schedule: the seed's create_job_tasks()."""
+def deploy(file: Path, store: str | None = None, runner: str | None = None) -> None:
+    """Store the pipeline's snapshot as a version (a new one only if its content changed) and its next fire time."""
     pipeline = load(file, runner)
     now = _now()
     with Store(store_url(store)) as records:
@@ -85,8 +84,8 @@ def deploy(file: FileArgument, store: StoreOption = None, runner: RunnerOption =
 
 
 @reported
-def pipelines(store: StoreOption = None) -> None:
-    """List deployed pipelines: schedule, state, version, last and next run."""
+def pipelines(store: str | None = None) -> None:
+    """A table of the deployed pipelines; a suspended one shows no next run."""
     with Store(store_url(store)) as records:
         table = Table(title="deployed pipelines", title_justify="left")
         for column in ("pipeline", "state", "version", "schedule", "last run (UTC)", "next run (UTC)", "note"):
@@ -101,8 +100,8 @@ def pipelines(store: StoreOption = None) -> None:
 
 
 @reported
-def suspend(name: NameArgument, store: StoreOption = None) -> None:
-    """Stop scheduling a pipeline (runs in progress go on): ALTER TASK ... SUSPEND."""
+def suspend(name: str, store: str | None = None) -> None:
+    """Mark the pipeline suspended, noting that it was by hand."""
     with Store(store_url(store)) as records:
         deployments = Deployments(records)
         deployed = deployments.get(name)
@@ -111,8 +110,8 @@ def suspend(name: NameArgument, store: StoreOption = None) -> None:
 
 
 @reported
-def resume(name: NameArgument, store: StoreOption = None) -> None:
-    """Schedule a suspended pipeline again, counting its schedule from now: ALTER TASK ... RESUME."""
+def resume(name: str, store: str | None = None) -> None:
+    """Mark the pipeline active with its failure count reset, its schedule anchored now."""
     now = _now()
     with Store(store_url(store)) as records:
         deployments = Deployments(records)
@@ -124,12 +123,9 @@ def resume(name: NameArgument, store: StoreOption = None) -> None:
 
 
 @reported
-def trigger(name: NameArgument, store: StoreOption = None, runner: RunnerOption = None) -> None:
-    """Run a deployed pipeline now (EXECUTE TASK root_task): by the running service if there is one, else here.
-
-    Through the service it waits until the service has taken the request and says what it did: exit 0 when it
-    started or queued a run, 1 when overlap made it skip it. With no live service it runs the pipeline here.
-    """
+def trigger(name: str, store: str | None = None, runner: str | None = None) -> None:
+    """Record a request for the live service and report what it did with it; with no live service, run the
+    deployed version here."""
     with Store(store_url(store)) as records:
         deployments = Deployments(records)
         deployed = deployments.get(name)
@@ -207,15 +203,8 @@ def _report_outcome(name: str, holder: str, outcome: Fire) -> NoReturn:
 
 
 @reported
-def drop(
-    name: NameArgument,
-    purge: Annotated[bool, typer.Option(help="Also delete the pipeline's runs, attempts and versions")] = False,
-    store: StoreOption = None,
-) -> None:
-    """Remove a deployed pipeline and its schedule (the seed's drop_job_tasks()); history stays unless --purge.
-
-    --purge also works after a plain drop, and is refused while a run of the pipeline is in progress.
-    """
+def drop(name: str, purge: bool = False, store: str | None = None) -> None:
+    """Remove the deployment; with purge, also its history, once lost runs are closed (a live run refuses it)."""
     with Store(store_url(store)) as records:
         if purge:
             report_lost_runs(records)  # a run whose process died is closed first, so only live runs block
@@ -228,15 +217,8 @@ def drop(
 
 
 @reported
-def serve(
-    store: StoreOption = None,
-    runner: RunnerOption = None,
-    tick: Annotated[float, typer.Option(help="Seconds between polls of the store when nothing wakes the scheduler "
-                                        "sooner (a fire time, a trigger or deploy wakes it at once)",
-                                        min=0.05, max=60)] = 1.0,
-    drain: Annotated[bool, typer.Option(help="On SIGTERM, let running runs finish instead of cancelling them")] = False,
-) -> None:
-    """Run the scheduler and every triggered run until SIGTERM or Ctrl-C; one line per event."""
+def serve(store: str | None = None, runner: str | None = None, tick: float = 1.0, drain: bool = False) -> None:
+    """Hold the scheduler's lease and run it: fire what is due, take requests, resume lost runs, until a signal."""
     with Store(store_url(store)) as records:
         deployments = Deployments(records)
         runners: dict[str, AnyRunner] = {}

@@ -5,20 +5,16 @@ from __future__ import annotations
 import os
 import sys
 from datetime import UTC, datetime
-from typing import Annotated
 
-import typer
 from rich.markup import escape
 from rich.table import Table
 
-from jobgraph.cli.common import StoreOption, console, reported, store_url
+from jobgraph.cli.common import console, reported, store_url
 from jobgraph.cli.render import duration, styled
 from jobgraph.errors import StoreError, did_you_mean
 from jobgraph.runners.output import UnsafeFile, copy_out, open_regular
 from jobgraph.store import Store, TaskRecord
-from jobgraph.store.records import VIEW_NAMES, VIEW_ORDER
-
-RunIdArgument = Annotated[str, typer.Argument(help="A run id (a unique prefix is enough)")]
+from jobgraph.store.records import VIEW_ORDER
 
 
 def tasks_table(tasks: list[TaskRecord], title: str) -> Table:
@@ -35,12 +31,8 @@ def tasks_table(tasks: list[TaskRecord], title: str) -> Table:
 
 
 @reported
-def history(
-    limit: Annotated[int, typer.Option(help="How many runs")] = 20,
-    pipeline: Annotated[str | None, typer.Option(help="Only this pipeline's runs")] = None,
-    store: StoreOption = None,
-) -> None:
-    """List recent runs, newest first."""
+def history(limit: int = 20, pipeline: str | None = None, store: str | None = None) -> None:
+    """The latest runs as a table, newest first, with how many of their jobs ended in each state."""
     with Store(store_url(store)) as records:
         table = Table(title="runs", title_justify="left")
         for column in ("run id", "pipeline", "state", "attempt", "started (UTC)", "duration", "jobs"):
@@ -54,8 +46,8 @@ def history(
 
 
 @reported
-def show(run_id: RunIdArgument, store: StoreOption = None) -> None:
-    """Show one run: every job's state, and every attempt with its status and error."""
+def show(run_id: str, store: str | None = None) -> None:
+    """Two tables: the run's jobs, then every attempt of them."""
     with Store(store_url(store)) as records:
         run = records.run(run_id)
         console.print(tasks_table(records.tasks(run.run_id),
@@ -74,13 +66,8 @@ def show(run_id: RunIdArgument, store: StoreOption = None) -> None:
 
 
 @reported
-def logs(
-    run_id: RunIdArgument,
-    job: Annotated[str, typer.Argument(help="The job's name")],
-    attempt: Annotated[int | None, typer.Option(help="Which attempt [default: the last]")] = None,
-    store: StoreOption = None,
-) -> None:
-    """Print the full output of one attempt of a job, as it is stored (streamed: any size)."""
+def logs(run_id: str, job: str, attempt: int | None = None, store: str | None = None) -> None:
+    """Copy an attempt's log file to stdout, refusing one that is not a regular file (a job may have replaced it)."""
     with Store(store_url(store)) as records:
         run = records.run(run_id)
         attempts = [a for a in records.attempts(run.run_id) if a.task.casefold() == job.strip().casefold()]
@@ -116,15 +103,8 @@ def logs(
 
 
 @reported
-def stats(
-    view: Annotated[str, typer.Argument(help=f"{', '.join(VIEW_NAMES)}")],
-    limit: Annotated[int, typer.Option(help="How many rows")] = 10,
-    store: StoreOption = None,
-) -> None:
-    """Print a view: jobs_run_stats (per job and graph run), task_logging_stats (the finalizer's), job_attempts.
-
-    Times are UTC; the column headers say so.
-    """
+def stats(view: str, limit: int = 10, store: str | None = None) -> None:
+    """The view's latest rows as a table, one line per cell, its time columns marked UTC."""
     with Store(store_url(store)) as records:
         name = view.strip().lower()
         columns, rows = records.view(name, limit)

@@ -1,4 +1,8 @@
-"""One graph run at a time: `GraphRun(pipeline, runner_for, listeners, log_dir).run()`."""
+"""One graph run at a time: `GraphRun(pipeline, runner_for, listeners, log_dir).run()`, in run.py.
+
+The package itself exports only the events a run emits (events.py): the store and the live view
+import them, and must not load the engine, the config models and the runners by doing so.
+"""
 
 from jobgraph.engine.events import (
     AttemptAdopted,
@@ -14,22 +18,17 @@ from jobgraph.engine.events import (
     TaskChanged,
     TaskInfo,
 )
-from jobgraph.engine.run import Adoption, GraphRun, PriorTask, RunResult
 
 __all__ = [
-    "Adoption",
     "AttemptAdopted",
     "AttemptEnded",
     "AttemptStarted",
     "AttemptSubmitted",
     "Event",
-    "GraphRun",
     "Listener",
-    "PriorTask",
     "Recorder",
     "RetryWaiting",
     "RunEnded",
-    "RunResult",
     "RunStarted",
     "TaskChanged",
     "TaskInfo",

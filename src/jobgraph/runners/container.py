@@ -1,12 +1,16 @@
 """Run a job as a container through the Docker Engine API, which both Docker and Podman serve.
 
-It uses the `docker` SDK, always detached: create, start, wait, logs, remove (a followed log stream
-can hang forever on Podman, and `auto_remove` loses the exit code there). The SDK is blocking, so
-its calls run in this runner's own thread pool. The output is read from the engine as a stream of
-chunks into the attempt's LogWriter (redacted, capped); the job gets only its own empty out folder
-mounted, never jobgraph's logs. Every container carries labels naming its run, job,
-attempt, pipeline and owner (host, pid and the pid's start time), so containers left by an
-orchestrator that died are found and removed the next time a runner connects.
+It uses the `docker` SDK, with no `auto_remove` (Podman loses the exit code with it) and no followed
+log stream (which can hang forever on Podman). On Podman's local socket a container is attached
+before it starts (`attach.py`): its output streams into the attempt's LogWriter (redacted, capped)
+from the event loop, and the stream's end says it exited, so one look at its state gives the exit
+code; Podman's wait would also wait for the cleanup process conmon starts. Elsewhere (Docker, a
+remote engine, an attach refused) it waits, and reads the engine's log in chunks. An exited
+container is removed off the critical path. The SDK is blocking, so its calls run in this runner's
+own thread pool. The job gets only its own empty out folder mounted, never jobgraph's logs. Every
+container carries labels naming its run, job, attempt, pipeline and owner (host, pid and the pid's
+start time), so containers left by an orchestrator that died are found and removed the next time a
+runner connects.
 """
 
 from __future__ import annotations
@@ -16,10 +20,9 @@ import contextlib
 import os
 import re
 import shutil
-import struct
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +34,25 @@ import requests.exceptions
 from docker.models.containers import Container
 
 from jobgraph.errors import JobgraphError, RunnerError
-from jobgraph.owner import owner_is_gone, owner_label
+from jobgraph.owner import owner_label
+from jobgraph.runners.attach import AttachedOutput, AttachError, attach
 from jobgraph.runners.base import JobSpec, Outcome
+from jobgraph.runners.engine_api import (
+    LABEL,
+    connect,
+    create_container,
+    explain,
+    inspect,
+    kill,
+    output_chunks,
+    remove,
+    remove_orphans,
+    remove_owned_by,
+    remove_run_containers,
+    state_after_exit,
+    timed_out,
+)
 from jobgraph.runners.output import (
-    CHUNK_BYTES,
     LogWriter,
     collect_return_file,
     prepare_out_folder,
@@ -51,7 +69,6 @@ if TYPE_CHECKING:
 
     from jobgraph.config.model import Pipeline
 
-LABEL = "jobgraph"
 WAIT_POLL_SECS = 5.0
 """How long one wait call blocks; between calls the running container's log file is refreshed."""
 
@@ -64,6 +81,9 @@ OUT_DIR = "/jobgraph/out"
 RETURN_FILE = "return"
 """The return-value file's name in the out folder."""
 
+KILLED_STREAM_GRACE_SECS = 5.0
+"""How long a killed container's attached stream may take to end before its log is read from the engine."""
+
 T = TypeVar("T")
 
 
@@ -74,6 +94,8 @@ class EngineLog:
     writer: LogWriter
     copied: int = 0
     closed: bool = False
+    complete: bool = False
+    """The whole output came through the attached stream: nothing to read from the engine's log."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -84,6 +106,7 @@ class ContainerHandle:
     container: Container
     spec: JobSpec
     log: EngineLog
+    attached: AttachedOutput | None = None
 
 
 class ContainerRunner:
@@ -95,6 +118,8 @@ class ContainerRunner:
         self.name = engine
         self._images = images or {}
         self._libpod = False
+        self._attach_socket: str | None = None
+        self._attached: set[AttachedOutput] = set()
         self._folder = folder
         self._cwd = cwd or Path.cwd()
         self._threads = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="jobgraph-container")
@@ -113,15 +138,14 @@ class ContainerRunner:
             if self._client is None:
                 self._service = await self._call(find_or_start, self._engine, self._folder)
                 try:
-                    client = docker.DockerClient(base_url=self._service.base_url, timeout=60, max_pool_size=64)
-                    await self._call(client.ping)
-                    version = await self._call(client.version)
-                    self._libpod = any(c.get("Name") == "Podman Engine" for c in version.get("Components", []))
+                    client, self._libpod = await self._call(connect, self._service.base_url)
                     await self._call(remove_orphans, client)
                 except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
                     raise RunnerError(f"cannot reach the {self._engine} engine at {self._service.base_url}: "
                                       f"{exc}") from None
                 self._client = client
+                if self._libpod and self._service.base_url.startswith("unix://"):
+                    self._attach_socket = self._service.base_url.removeprefix("unix://")
             return self._client
 
     async def open(self) -> None:
@@ -151,6 +175,7 @@ class ContainerRunner:
             writer = LogWriter(spec.log_path, redactor_for(spec.secret_values), spec.log_limit)
         except OSError as exc:
             raise RunnerError(f"cannot create the log {spec.log_path}: {exc.strerror or exc}") from None
+        attached: AttachedOutput | None = None
         try:
             if out is not None:
                 try:
@@ -158,23 +183,47 @@ class ContainerRunner:
                 except OSError as exc:
                     raise RunnerError(f"cannot create the out folder {out}: {exc.strerror or exc}") from None
             try:
-                container = await self._call(client.containers.create, image, **options)
+                container = await self._call(create_container, client, image, options)
             except docker.errors.ImageNotFound:
                 raise RunnerError(f"image '{image}' not found in the {self._engine} engine (no registry is "
                                   "used: build it first, e.g. `bash scripts/build-images.sh`)") from None
             except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-                raise RunnerError(f"cannot create the container: {_explain(exc)}") from None
+                raise RunnerError(f"cannot create the container: {explain(exc)}") from None
+            log = EngineLog(writer)
+            attached = await self._attach(container, log)
             try:
                 await self._call(container.start)
             except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-                await self._call(_remove, container)
-                raise RunnerError(f"cannot start the container: {_explain(exc)}") from None
+                await self._call(remove, container)
+                raise RunnerError(f"cannot start the container: {explain(exc)}") from None
         except BaseException:
+            if attached is not None:
+                await self._detach(attached)
             writer.close()
             if out is not None:
                 shutil.rmtree(out, ignore_errors=True)
             raise
-        return ContainerHandle(container, spec, EngineLog(writer))
+        return ContainerHandle(container, spec, log, attached)
+
+    async def _attach(self, container: Container, log: EngineLog) -> AttachedOutput | None:
+        """On Podman's local socket, attach to the created container; None: wait and read its log instead."""
+        if self._attach_socket is None or self._client is None:
+            return None
+
+        def store(piece: bytes) -> None:
+            log.writer.write(piece)
+            log.copied += len(piece)
+
+        try:
+            attached = await attach(self._attach_socket, str(self._client.api._version), str(container.id), store)
+        except AttachError:
+            return None
+        self._attached.add(attached)
+        return attached
+
+    async def _detach(self, attached: AttachedOutput) -> None:
+        await attached.close()
+        self._attached.discard(attached)
 
     def _options(self, spec: JobSpec) -> dict[str, Any]:
         base = re.sub(r"[^a-z0-9]+", "-", (spec.container_name or spec.task).lower()).strip("-")[:40] or "job"
@@ -206,6 +255,10 @@ class ContainerRunner:
     async def wait(self, handle: ContainerHandle) -> Outcome:
         """Wait for the container to exit, save its output, note an OOM kill, and remove it."""
         container = handle.container
+        if handle.attached is not None:
+            ended = await self._wait_attached(handle)
+            if ended is not None:
+                return ended
         failures = 0
         while True:
             try:
@@ -215,7 +268,7 @@ class ContainerRunner:
                 await self._save_logs(handle, final=True)
                 return Outcome(AttemptStatus.ERROR, None, "the container disappeared while it ran")
             except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-                if _timed_out(exc):
+                if timed_out(exc):
                     await self._save_logs(handle)
                     continue
                 failures += 1
@@ -227,16 +280,28 @@ class ContainerRunner:
         if code == 0:
             self._remove_later(container)
             return Outcome(AttemptStatus.DONE, 0)
-        state = (await self._call(_inspect, container)).get("State", {})
+        state = (await self._call(inspect, container)).get("State", {})
         self._remove_later(container)
-        limit = f"memory limit {handle.spec.memory_bytes // (1 << 20)} MiB" if handle.spec.memory_bytes else ""
-        if state.get("OOMKilled"):
-            reason = f"OOMKilled: out of memory ({limit or 'no limit'}), exit code {code}"
-            return Outcome(AttemptStatus.FAILED, code, reason)
-        if code == 137 and limit:
-            # Podman 4.3 never sets OOMKilled here: a SIGKILL under a memory limit is the kernel's OOM killer.
-            return Outcome(AttemptStatus.FAILED, code, f"killed (exit code 137) under a {limit}: out of memory")
-        return Outcome(AttemptStatus.FAILED, code, f"exit code {code}")
+        return _outcome(handle.spec, code, state)
+
+    async def _wait_attached(self, handle: ContainerHandle) -> Outcome | None:
+        """The attached stream ended: the job exited; its exit code is in the engine's state at once.
+
+        None when the stream broke or the engine does not say the container stopped: the caller
+        waits as for an unattached container, reading the engine's log past what the stream brought.
+        """
+        attached = handle.attached
+        assert attached is not None
+        clean = await attached.ended()
+        self._attached.discard(attached)
+        handle.attached = None
+        state = await self._call(state_after_exit, handle.container) if clean else None
+        if state is None:
+            return None
+        handle.log.complete = True
+        await self._save_logs(handle, final=True)
+        self._remove_later(handle.container)
+        return _outcome(handle.spec, int(state.get("ExitCode", -1)), state)
 
     def _wait_once(self, container: Container) -> int:
         """Block until the container exits, at most WAIT_POLL_SECS (then requests raises a timeout).
@@ -254,7 +319,7 @@ class ContainerRunner:
 
     def _remove_later(self, container: Container) -> None:
         """Remove an exited container off the critical path; `aclose` waits for every removal."""
-        removal = asyncio.get_running_loop().run_in_executor(self._threads, _remove, container)
+        removal = asyncio.get_running_loop().run_in_executor(self._threads, remove, container)
         self._removals.add(removal)
         removal.add_done_callback(self._removals.discard)
 
@@ -295,58 +360,30 @@ class ContainerRunner:
 
     async def cancel(self, handle: ContainerHandle) -> None:
         """Kill the container, keep what it printed, and remove it."""
-        await self._call(_kill, handle.container)
+        await self._call(kill, handle.container)
+        if handle.attached is not None:
+            attached, handle.attached = handle.attached, None
+            if await attached.ended(KILLED_STREAM_GRACE_SECS):
+                handle.log.complete = True
+            await self._detach(attached)
         await self._save_logs(handle, final=True)
-        await self._call(_remove, handle.container)
+        await self._call(remove, handle.container)
 
     async def aclose(self) -> None:
         """Finish removing containers, close the API client, stop the engine service if we started it."""
+        for attached in list(self._attached):
+            await self._detach(attached)
         if self._removals:
             await asyncio.gather(*self._removals, return_exceptions=True)
             self._removals.clear()
         if self._client is not None:
-            await self._call(_remove_owned_by, self._client, self._owner)
+            await self._call(remove_owned_by, self._client, self._owner)
             await self._call(self._client.close)
             self._client = None
         if self._service is not None:
             await self._call(self._service.stop)
             self._service = None
         self._threads.shutdown(wait=False)
-
-
-def _remove_owned_by(client: docker.DockerClient, owner: str) -> None:
-    """The last safety net: nothing this process started outlives it."""
-    with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
-        for container in client.containers.list(all=True, filters={"label": f"{LABEL}.owner={owner}"}):
-            _remove(container)
-
-
-def remove_run_containers(engine: str, folder: Path, run_ids: list[str]) -> int:
-    """Remove every container of these runs (the recovery of runs whose orchestrator died)."""
-    service = find_or_start(engine, folder)
-    removed = 0
-    try:
-        client = docker.DockerClient(base_url=service.base_url, timeout=60)
-        try:
-            for run_id in run_ids:
-                for container in client.containers.list(all=True, filters={"label": f"{LABEL}.run_id={run_id}"}):
-                    _remove(container)
-                    removed += 1
-        finally:
-            client.close()
-    finally:
-        service.stop()
-    return removed
-
-
-def remove_orphans(client: docker.DockerClient) -> list[str]:
-    """Remove containers whose jobgraph owner on this host is gone; return their names."""
-    removed = []
-    for container in client.containers.list(all=True, filters={"label": f"{LABEL}.owner"}):
-        if owner_is_gone(container.labels.get(f"{LABEL}.owner", "")):
-            _remove(container)
-            removed.append(container.name)
-    return removed
 
 
 def _out_folder(spec: JobSpec) -> Path | None:
@@ -364,9 +401,9 @@ def _copy_logs(container: Container, log: EngineLog, final: bool) -> None:
         if log.closed:
             return
         try:
-            if not log.writer.cut:
+            if not log.writer.cut and not log.complete:
                 position = 0
-                for chunk in _output_chunks(container):
+                for chunk in output_chunks(container):
                     end = position + len(chunk)
                     if end > log.copied:
                         log.writer.write(chunk[max(0, log.copied - position):])
@@ -382,74 +419,23 @@ def _copy_logs(container: Container, log: EngineLog, final: bool) -> None:
                 log.closed = True
 
 
-def _output_chunks(container: Container) -> Iterator[bytes]:
-    """stdout and stderr as the engine stores them, as chunks of at most CHUNK_BYTES.
-
-    The SDK would read each multiplexed frame whole, and an engine may make one frame of a job's
-    gigabyte-long line; here a frame is read a chunk at a time. jobgraph never asks for a TTY, so
-    the stream is always multiplexed: an 8-byte header (stream, 3 zero bytes, big-endian length).
-    """
-    api = container.client.api
-    response = api._get(api._url("/containers/{0}/logs", container.id),
-                        params={"stdout": 1, "stderr": 1, "follow": 0, "timestamps": 0, "tail": "all"},
-                        stream=True)
-    try:
-        api._raise_for_status(response)
-        raw = response.raw
-        while len(header := _read_exact(raw, 8)) == 8:
-            (length,) = struct.unpack(">xxxxL", header)
-            while length:
-                piece = raw.read(min(length, CHUNK_BYTES))
-                if not piece:
-                    return
-                length -= len(piece)
-                yield piece
-    finally:
-        response.close()
-
-
-def _read_exact(raw: Any, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        piece = raw.read(count - len(data))
-        if not piece:
-            break
-        data += piece
-    return data
+def _outcome(spec: JobSpec, code: int, state: Mapping[str, Any]) -> Outcome:
+    """How an attempt that exited with `code` ended, from the engine's state of its container."""
+    if code == 0:
+        return Outcome(AttemptStatus.DONE, 0)
+    limit = f"memory limit {spec.memory_bytes // (1 << 20)} MiB" if spec.memory_bytes else ""
+    if state.get("OOMKilled"):
+        reason = f"OOMKilled: out of memory ({limit or 'no limit'}), exit code {code}"
+        return Outcome(AttemptStatus.FAILED, code, reason)
+    if code == 137 and limit:
+        # Podman 4.3 never sets OOMKilled here: a SIGKILL under a memory limit is the kernel's OOM killer.
+        return Outcome(AttemptStatus.FAILED, code, f"killed (exit code 137) under a {limit}: out of memory")
+    return Outcome(AttemptStatus.FAILED, code, f"exit code {code}")
 
 
 def _bind(target: str) -> dict[str, str]:
     path, _, mode = target.partition(":")
     return {"bind": path, "mode": "ro" if mode == "ro" else "rw"}
-
-
-def _inspect(container: Container) -> dict[str, Any]:
-    try:
-        container.reload()
-    except (docker.errors.DockerException, requests.exceptions.RequestException):
-        return {}
-    return dict(container.attrs)
-
-
-def _kill(container: Container) -> None:
-    with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
-        container.kill()
-
-
-def _remove(container: Container) -> None:
-    with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
-        container.remove(force=True)
-
-
-def _timed_out(exc: Exception) -> bool:
-    """A wait call that simply ran out of time (requests reports a read timeout as a ConnectionError)."""
-    return isinstance(exc, requests.exceptions.Timeout) or "timed out" in str(exc).lower()
-
-
-def _explain(exc: Exception) -> str:
-    if isinstance(exc, docker.errors.APIError):
-        return str(exc.explanation or exc)
-    return str(exc)
 
 
 def build(name: str, pipeline: Pipeline, _settings: BaseModel | None, folder: Path,

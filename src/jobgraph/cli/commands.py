@@ -1,0 +1,230 @@
+"""The command line's surface: every command's arguments, options and help, and nothing slow to import.
+
+Typer reads the signature of every command on every start, even for `jobgraph --help`, so this module
+imports typer alone. Each command's work lives in the module of its group (inspect, plan, run, show,
+doctor, service), imported when the command runs: `validate` never loads the store, and help never
+loads rich or the config models. tests/cli/test_imports.py holds every command to that.
+
+No `from __future__ import annotations` here: typer would evaluate every annotation string again on
+each start (twice per command), which costs more than building the commands.
+"""
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+FileArgument = Annotated[Path, typer.Argument(help="Pipeline file: native YAML/JSON, or the seed's jobconfig.json")]
+RunnerOption = Annotated[
+    str | None, typer.Option("--runner", help="Run every job with this runner: local, podman or docker")
+]
+StoreOption = Annotated[
+    str | None,
+    typer.Option("--store", envvar="JOBGRAPH_STORE", help="SQLAlchemy URL of the store "
+                 "[default: sqlite:///.jobgraph/jobgraph.db]", show_default=False),
+]
+RunIdArgument = Annotated[str, typer.Argument(help="A run id (a unique prefix is enough)")]
+NameArgument = Annotated[str, typer.Argument(help="A deployed pipeline's name")]
+
+
+class GraphFormat(StrEnum):
+    """Ways to print the DAG."""
+
+    table = "table"
+    dot = "dot"
+    mermaid = "mermaid"
+    json = "json"
+
+
+class PlanFormat(StrEnum):
+    """Ways to print a plan."""
+
+    yaml = "yaml"
+    json = "json"
+
+
+def validate(file: FileArgument, runner: RunnerOption = None) -> None:
+    """Check a pipeline file; print every problem with its file, job and field. Runs nothing."""
+    from jobgraph.cli import inspect
+
+    inspect.validate(file, runner=runner)
+
+
+def graph(
+    file: FileArgument,
+    output: Annotated[GraphFormat, typer.Option("--format", "-f", help="table, dot, mermaid or json")] = (
+        GraphFormat.table
+    ),
+    dependents: Annotated[str | None, typer.Option(
+        "--dependents", help="Only this job's dependents, recursively (Snowflake's task_dependents)")] = None,
+    runner: RunnerOption = None,
+) -> None:
+    """Show the DAG: levels, each job's predecessors, pool, image and retries."""
+    from jobgraph.cli import inspect
+
+    inspect.graph(file, output=output, dependents=dependents, runner=runner)
+
+
+def schema() -> None:
+    """Print the JSON Schema of the native pipeline form, for editors and CI checks."""
+    from jobgraph.cli import inspect
+
+    inspect.schema()
+
+
+def plan(
+    file: FileArgument,
+    runner: RunnerOption = None,
+    output: Annotated[PlanFormat, typer.Option("--format", "-f", help="yaml (to read) or json (for tools)")] = (
+        PlanFormat.yaml
+    ),
+) -> None:
+    """Show, job by job, exactly what the first attempt would submit, and the schedule's next fire times."""
+    from jobgraph.cli import plan
+
+    plan.plan(file, runner=runner, output=output)
+
+
+def run(file: FileArgument, store: StoreOption = None, runner: RunnerOption = None) -> None:
+    """Run a pipeline once, now, with a live view; exit 0 if every job succeeded, 1 if not, 130 if cancelled."""
+    from jobgraph.cli import run
+
+    run.run(file, store=store, runner=runner)
+
+
+def retry(
+    run_id: Annotated[str, typer.Argument(help="The run to retry (a unique prefix is enough)")],
+    store: StoreOption = None,
+    runner: RunnerOption = None,
+    file: Annotated[Path | None, typer.Option(
+        "--file", exists=True, dir_okay=False,
+        help="Rerun with this (repaired) pipeline file instead of the run's stored one; same jobs and edges")] = None,
+) -> None:
+    """Run again a run's failed, skipped and cancelled jobs, keeping what succeeded (EXECUTE TASK ... RETRY LAST).
+
+    Of several retries of one run at once, exactly one runs it; the others say who does and exit 2.
+    """
+    from jobgraph.cli import run
+
+    run.retry(run_id, store=store, runner=runner, file=file)
+
+
+def history(
+    limit: Annotated[int, typer.Option(help="How many runs")] = 20,
+    pipeline: Annotated[str | None, typer.Option(help="Only this pipeline's runs")] = None,
+    store: StoreOption = None,
+) -> None:
+    """List recent runs, newest first."""
+    from jobgraph.cli import show
+
+    show.history(limit=limit, pipeline=pipeline, store=store)
+
+
+def show(run_id: RunIdArgument, store: StoreOption = None) -> None:
+    """Show one run: every job's state, and every attempt with its status and error."""
+    from jobgraph.cli import show
+
+    show.show(run_id, store=store)
+
+
+def logs(
+    run_id: RunIdArgument,
+    job: Annotated[str, typer.Argument(help="The job's name")],
+    attempt: Annotated[int | None, typer.Option(help="Which attempt [default: the last]")] = None,
+    store: StoreOption = None,
+) -> None:
+    """Print the full output of one attempt of a job, as it is stored (streamed: any size)."""
+    from jobgraph.cli import show
+
+    show.logs(run_id, job, attempt=attempt, store=store)
+
+
+def stats(
+    view: Annotated[str, typer.Argument(help="jobs_run_stats, task_logging_stats, job_attempts")],
+    limit: Annotated[int, typer.Option(help="How many rows")] = 10,
+    store: StoreOption = None,
+) -> None:
+    """Print a view: jobs_run_stats (per job and graph run), task_logging_stats (the finalizer's), job_attempts.
+
+    Times are UTC; the column headers say so.
+    """
+    from jobgraph.cli import show
+
+    show.stats(view, limit=limit, store=store)
+
+
+def doctor(
+    engine: Annotated[str, typer.Option(help="podman or docker: which engine's usual sockets to look at")] = "podman",
+) -> None:
+    """Check the container set-up: engine, version, Podman's settings here, the images the demo needs."""
+    from jobgraph.cli import doctor
+
+    doctor.doctor(engine)
+
+
+def deploy(file: FileArgument, store: StoreOption = None, runner: RunnerOption = None) -> None:
+    """Store a pipeline (validated, versioned by content) with its schedule: the seed's create_job_tasks()."""
+    from jobgraph.cli import service
+
+    service.deploy(file, store=store, runner=runner)
+
+
+def pipelines(store: StoreOption = None) -> None:
+    """List deployed pipelines: schedule, state, version, last and next run."""
+    from jobgraph.cli import service
+
+    service.pipelines(store=store)
+
+
+def suspend(name: NameArgument, store: StoreOption = None) -> None:
+    """Stop scheduling a pipeline (runs in progress go on): ALTER TASK ... SUSPEND."""
+    from jobgraph.cli import service
+
+    service.suspend(name, store=store)
+
+
+def resume(name: NameArgument, store: StoreOption = None) -> None:
+    """Schedule a suspended pipeline again, counting its schedule from now: ALTER TASK ... RESUME."""
+    from jobgraph.cli import service
+
+    service.resume(name, store=store)
+
+
+def trigger(name: NameArgument, store: StoreOption = None, runner: RunnerOption = None) -> None:
+    """Run a deployed pipeline now (EXECUTE TASK root_task): by the running service if there is one, else here.
+
+    Through the service it waits until the service has taken the request and says what it did: exit 0 when it
+    started or queued a run, 1 when overlap made it skip it. With no live service it runs the pipeline here.
+    """
+    from jobgraph.cli import service
+
+    service.trigger(name, store=store, runner=runner)
+
+
+def drop(
+    name: NameArgument,
+    purge: Annotated[bool, typer.Option(help="Also delete the pipeline's runs, attempts and versions")] = False,
+    store: StoreOption = None,
+) -> None:
+    """Remove a deployed pipeline and its schedule (the seed's drop_job_tasks()); history stays unless --purge.
+
+    --purge also works after a plain drop, and is refused while a run of the pipeline is in progress.
+    """
+    from jobgraph.cli import service
+
+    service.drop(name, purge=purge, store=store)
+
+
+def serve(
+    store: StoreOption = None,
+    runner: RunnerOption = None,
+    tick: Annotated[float, typer.Option(help="Seconds between polls of the store when nothing wakes the scheduler "
+                                        "sooner (a fire time, a trigger or deploy wakes it at once)",
+                                        min=0.05, max=60)] = 1.0,
+    drain: Annotated[bool, typer.Option(help="On SIGTERM, let running runs finish instead of cancelling them")] = False,
+) -> None:
+    """Run the scheduler and every triggered run until SIGTERM or Ctrl-C; one line per event."""
+    from jobgraph.cli import service
+
+    service.serve(store=store, runner=runner, tick=tick, drain=drain)
