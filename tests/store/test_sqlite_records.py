@@ -123,9 +123,9 @@ RUN_PATH = """
 import asyncio, json, sys
 from pathlib import Path
 from jobgraph.config import Pipeline, check_pipeline
-from jobgraph.engine import GraphRun
+from jobgraph.engine.run import GraphRun
 from jobgraph.recovery import recover_lost_runs
-from jobgraph.runners import LocalRunner
+from jobgraph.runners.local import LocalRunner
 from jobgraph.store import Store
 from jobgraph.store.recorder import RunRecorder
 
@@ -151,7 +151,8 @@ def test_a_run_on_sqlite_never_imports_sqlalchemy_until_a_query_needs_it(tmp_pat
     if store_exists:
         Store(f"sqlite:///{tmp_path / 'store' / 'jobgraph.db'}").close()
     result = subprocess.run([sys.executable, "-c", RUN_PATH, str(tmp_path)], capture_output=True, text=True,
-                            timeout=120, check=True)
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
     outcome = json.loads(result.stdout)
     assert outcome["states"] == {"a": "SUCCEEDED", "b": "FAILED"}
     assert outcome["sqlalchemy"] is False
