@@ -134,3 +134,15 @@ def test_stats_help_names_every_view_the_store_has(tmp_path: Path) -> None:
     result, _ = loaded_modules(tmp_path, "stats", "--help")
     assert result.returncode == 0, result.stderr
     assert all(view in result.stdout for view in VIEW_NAMES)
+
+
+def test_a_run_on_a_sqlite_store_never_loads_sqlalchemy_but_history_does(tmp_path: Path) -> None:
+    """`jobgraph run` records through sqlite3 (store/sqlite_records.py), on a new store and an existing one alike."""
+    (tmp_path / "p.yaml").write_text("name: p\nimages: {sh: [sh, -c]}\njobs: [{name: a, image: sh, args: ['true']}]\n")
+    for _ in ("new store", "existing store"):
+        result, modules = loaded_modules(tmp_path, "run", "p.yaml")
+        assert result.returncode == 0, result.stderr
+        assert "SUCCEEDED" in result.stdout and (tmp_path / ".jobgraph" / "jobgraph.db").is_file()
+        assert among(modules, ("sqlalchemy", "alembic")) == []
+    result, modules = loaded_modules(tmp_path, "history")
+    assert result.returncode == 0 and "sqlalchemy" in modules

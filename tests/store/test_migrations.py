@@ -18,8 +18,8 @@ from sqlalchemy.engine import Engine
 
 from jobgraph.store import Store
 from jobgraph.store.faults import StoreFault
+from jobgraph.store.sql_records import migrate, schema_version
 from jobgraph.store.sqlite_schema import SQLITE_SCHEMA_VERSION
-from jobgraph.store.store import migrate, schema_version
 from jobgraph.store.tables import SCHEMA_VERSION
 from tests.store.test_store import run_into
 

@@ -25,6 +25,7 @@ from jobgraph.states import RunState, TaskState
 from jobgraph.store import Store
 from jobgraph.store.faults import StoreFault
 from jobgraph.store.recorder import RunRecorder
+from jobgraph.store.sql_records import SqlStore
 from tests.conftest import _free_port, sh
 
 PATIENCE = {"JOBGRAPH_STORE_PATIENCE": "30"}
@@ -277,6 +278,13 @@ def test_a_fault_that_waiting_cannot_cure_gives_up_at_once() -> None:
                                       "(its jobs are stopped)"]
 
 
+def open_store(url: str, writer: str) -> Store | SqlStore:
+    """A SQLite store that writes through sqlite3 (as `jobgraph run` does) or through SQLAlchemy (as on PostgreSQL)."""
+    if writer == "sqlite3":
+        return Store(url)
+    return SqlStore(url, "test-host:1:1")
+
+
 def started_run(store: Store, tasks: tuple[str, ...] = ("a", "b")) -> list[Event]:
     at = datetime(2026, 1, 1, tzinfo=UTC)
     return [RunStarted("r", "p", at, at, tuple(TaskInfo(t, "", "img", ()) for t in tasks), "{}"),
@@ -297,8 +305,10 @@ class CommitsThenFails:
             raise StoreFault("server closed the connection", transient=True)
 
 
-def test_a_batch_whose_commit_was_lost_in_flight_is_written_again_alone_and_not_twice(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+@pytest.mark.parametrize("writer", ["sqlite3", "sqlalchemy"])
+def test_a_batch_whose_commit_was_lost_in_flight_is_written_again_alone_and_not_twice(tmp_path: Path,
+                                                                                      writer: str) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}", writer)
     flaky, sleeps, downs = CommitsThenFails(store), [], []  # type: ignore[var-annotated]
     recorder = RunRecorder(flaky, downs.append, patience=10, sleep=sleeps.append,  # type: ignore[arg-type]
                            clock=lambda: sum(sleeps))
@@ -313,8 +323,9 @@ def test_a_batch_whose_commit_was_lost_in_flight_is_written_again_alone_and_not_
     store.close()
 
 
-def test_a_batch_with_a_refused_record_writes_every_other_one(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+@pytest.mark.parametrize("writer", ["sqlite3", "sqlalchemy"])
+def test_a_batch_with_a_refused_record_writes_every_other_one(tmp_path: Path, writer: str) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}", writer)
     downs: list[str] = []
     recorder = RunRecorder(store, downs.append, patience=10)
     at = datetime(2026, 1, 1, tzinfo=UTC)

@@ -111,14 +111,16 @@ def test_a_run_commits_about_once_per_job_not_once_per_event(tmp_path: Path, sto
     def count(_conn: object) -> None:
         commits.append(1)
 
-    event.listen(Engine, "commit", count)
+    event.listen(Engine, "commit", count)  # SQLAlchemy's commits; the sqlite3 writer's, on SQLite, by their statement
+    if store._sqlite is not None:
+        store._sqlite._db.set_trace_callback(lambda statement: count(None) if statement == "COMMIT" else None)
     try:
         run_id = run_into(store, tmp_path, jobs)
     finally:
         event.remove(Engine, "commit", count)
     assert {t.state for t in store.tasks(run_id)} == {"SUCCEEDED"} and len(store.attempts(run_id)) == 40
     assert all(t.duration_secs is not None and t.duration_secs >= 0 for t in store.tasks(run_id))
-    assert len(commits) <= 40 + 2  # one per job started, and the run's end; per event it was 5 * 40 + 2
+    assert 20 <= len(commits) <= 40 + 2  # one per job started, and the run's end; per event it was 5 * 40 + 2
     store.close()
 
 

@@ -37,9 +37,8 @@ from jobgraph.runners import AnyRunner, make_runner
 from jobgraph.states import RETRYABLE_TASK_STATES, RunState, TaskState
 from jobgraph.store import Store
 from jobgraph.store.faults import store_name
-from jobgraph.store.ownership import RunBusy, busy_reason
 from jobgraph.store.recorder import PATIENCE_SECS, RunRecorder
-from jobgraph.store.store import RunRecord
+from jobgraph.store.records import RunBusy, RunRecord, busy_reason
 
 ENDED_BEFORE_THE_CRASH = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.SKIPPED})
 """What resuming a lost run keeps as it was: jobs that had ended before its jobgraph died (a failure is

@@ -14,7 +14,7 @@ from jobgraph.cli.render import duration, styled
 from jobgraph.errors import StoreError, did_you_mean
 from jobgraph.runners.output import UnsafeFile, copy_out, open_regular
 from jobgraph.store import Store, TaskRecord
-from jobgraph.store.views import VIEW_ORDER
+from jobgraph.store.records import VIEW_ORDER
 
 
 def tasks_table(tasks: list[TaskRecord], title: str) -> Table:

@@ -19,7 +19,9 @@ from sqlalchemy.exc import IntegrityError
 from jobgraph.errors import StoreError, did_you_mean
 from jobgraph.owner import owner_is_gone
 from jobgraph.states import RunState
-from jobgraph.store.store import Store, _aware, _utc
+from jobgraph.store.records import aware as _aware
+from jobgraph.store.records import utc as _utc
+from jobgraph.store.store import Store
 from jobgraph.store.tables import attempts, fires, leases, pipeline_versions, pipelines, runs, task_runs
 from jobgraph.store.wakeup import Listener, listen, notify, poke
 

@@ -4,20 +4,23 @@ A full disk, a damaged SQLite file, a PostgreSQL server that is down or restarti
 long: SQLAlchemy raises each as a DBAPI error from whichever statement met it. `watch(engine, url)`
 hooks the engine's `handle_error` event, so every such failure, in any module that uses the store,
 reaches the caller as a `StoreFault` that names the store, says what to do, and says whether waiting
-may cure it (`transient`, which the run recorder uses to retry). Errors that belong to the caller
-(a unique key already taken, a bug in a statement) pass through unchanged.
+may cure it (`transient`, which the run recorder uses to retry); store/sqlite_records.py passes
+sqlite3's errors through `fault_of` alike. Errors that belong to the caller (a unique key already
+taken, a bug in a statement) pass through unchanged; `conflict` tells a refused record. SQLAlchemy is
+imported only where an engine is watched: a run on SQLite never imports it.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
-
-from sqlalchemy import Engine, event
-from sqlalchemy.engine import ExceptionContext, make_url
-from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
+import sys
+from typing import TYPE_CHECKING, Any
 
 from jobgraph.errors import StoreError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.engine import ExceptionContext
 
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_IOERR = 5, 6, 8, 10
 _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 11, 13, 14, 26
@@ -39,6 +42,9 @@ def store_name(url: str) -> str:
     """The store as a user knows it: the SQLite file, or the URL without its password."""
     if url.startswith("sqlite:///"):
         return url.removeprefix("sqlite:///")
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
@@ -47,6 +53,9 @@ def store_name(url: str) -> str:
 
 def watch(engine: Engine, url: str) -> None:
     """Turn every failure of the database under `engine` into a StoreFault about `url`."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
     name = store_name(url)
 
     def translate(context: ExceptionContext) -> None:
@@ -58,6 +67,16 @@ def watch(engine: Engine, url: str) -> None:
             raise fault
 
     event.listen(engine, "handle_error", translate)
+
+
+def conflict(error: BaseException) -> str | None:
+    """The database's words, if `error` is a record the store refused (a key already taken); else None."""
+    refused: BaseException | None = error if isinstance(error, sqlite3.IntegrityError) else None
+    if refused is None and "sqlalchemy" in sys.modules:  # SQLAlchemy's errors come only from where it is loaded
+        from sqlalchemy.exc import IntegrityError
+
+        refused = error.orig if isinstance(error, IntegrityError) else None
+    return None if refused is None else (str(refused).strip().splitlines() or ["a conflict"])[0]
 
 
 def fault_of(error: BaseException, name: str, disconnected: bool = False,

@@ -15,21 +15,14 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, and_, exists, select, update
 
-from jobgraph.errors import StoreError
 from jobgraph.owner import owner_is_gone
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
+from jobgraph.store.records import RunBusy as RunBusy
+from jobgraph.store.records import RunRecord, TaskRecord, busy_reason
 from jobgraph.store.tables import attempts, runs, task_runs
-
-if TYPE_CHECKING:
-    from jobgraph.store.store import RunRecord, TaskRecord
-
-
-class RunBusy(StoreError):
-    """Another process owns the run (it runs or is being retried), so this one must not touch it."""
 
 
 class RunOwnership:
@@ -142,15 +135,6 @@ class RunOwnership:
                 task = replace(task, state=TaskState.SUCCEEDED, attempts=number, error_message=None)
             settled.append(task)
         return settled
-
-
-def busy_reason(run: RunRecord) -> str:
-    """Who has a run, said so that the user knows whether to wait or look."""
-    if run.state == RunState.RUNNING and run.run_attempt > 1:
-        return f"run {run.run_id} is already being retried by {run.owner} (attempt {run.run_attempt})"
-    if run.state == RunState.RUNNING:
-        return f"run {run.run_id} is still running (by {run.owner})"
-    return f"run {run.run_id} was retried meanwhile by {run.owner} (attempt {run.run_attempt}, now {run.state})"
 
 
 def _last_attempts(conn: Connection, run_id: str) -> dict[str, tuple[int, str | None, datetime | None]]:

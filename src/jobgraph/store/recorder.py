@@ -21,10 +21,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from sqlalchemy.exc import IntegrityError
-
 from jobgraph.engine.events import Event, RunEnded
-from jobgraph.store.faults import StoreFault
+from jobgraph.store.faults import StoreFault, conflict
 from jobgraph.store.store import Store
 
 PATIENCE_SECS = 20.0
@@ -110,15 +108,15 @@ class RunRecorder:
                 pause = min(pause * 2, _LONGEST_PAUSE)
                 continue
             except Exception as exc:  # a record the store refuses must not hold back the others
-                if isinstance(exc, IntegrityError) and self._in_doubt:
+                refused = conflict(exc)
+                if refused is not None and self._in_doubt:
                     self._done(size)
                     continue
                 if size > 1:
                     self._singly = size  # which event of the batch is refused: one at a time tells
                     continue
                 self._done(1)
-                detail = (str(exc.orig).strip().splitlines() or ["a conflict"])[0] if isinstance(
-                    exc, IntegrityError) else str(exc)
+                detail = str(exc) if refused is None else refused
                 self._give_up(f"the store refused a record of run {batch[0].run_id} ({type(batch[0]).__name__}: "
                               f"{detail})", waited=False)
                 return

@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, func, inspect, select, text
 
 from jobgraph.store.faults import StoreFault, store_name
-from jobgraph.store.sqlite_schema import SQLITE_SCHEMA, SQLITE_SCHEMA_VERSION
+from jobgraph.store.sqlite_schema import SQLITE_SCHEMA_VERSION, create_schema
 
 MIGRATION_LOCK = 0x6A6F6267
 """The PostgreSQL advisory lock key every jobgraph process takes to migrate ("jobg")."""
@@ -49,9 +49,7 @@ def migrate(engine: Engine, to: str, url: str | None = None) -> None:
             return
         try:
             if current is None and to == SQLITE_SCHEMA_VERSION and conn.dialect.name == "sqlite":
-                for statement in SQLITE_SCHEMA:
-                    conn.exec_driver_sql(statement)
-                conn.exec_driver_sql("INSERT INTO alembic_version (version_num) VALUES (?)", (to,))
+                create_schema(conn.exec_driver_sql)
             else:
                 _upgrade(conn, to)
         except _CommandError as exc:

@@ -9,6 +9,8 @@ fails and prints the statements to put here. Existing stores, and PostgreSQL, ar
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 SQLITE_SCHEMA_VERSION = "0004"
 """The migration these statements stand for."""
 
@@ -161,3 +163,11 @@ SQLITE_SCHEMA = (
     ),
 )
 """Each CREATE statement, in the order the migrations ran them (sqlite_master's text, verbatim)."""
+
+
+def create_schema(execute: Callable[..., object]) -> None:
+    """Make every table, index and view and stamp the version, with `execute(sql, parameters)` (a DBAPI
+    cursor's or SQLAlchemy's `exec_driver_sql`), in the caller's transaction."""
+    for statement in SQLITE_SCHEMA:
+        execute(statement, ())
+    execute("INSERT INTO alembic_version (version_num) VALUES (?)", (SQLITE_SCHEMA_VERSION,))

@@ -19,14 +19,9 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import Select
 
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, TaskState
+from jobgraph.store.records import VIEW_NAMES as VIEW_NAMES
+from jobgraph.store.records import VIEW_ORDER as VIEW_ORDER
 from jobgraph.store.tables import attempts, runs, task_runs
-
-VIEW_NAMES = ("jobs_run_stats", "task_logging_stats", "job_attempts")
-"""The views `jobgraph stats` shows, in the order the README lists them."""
-
-VIEW_ORDER = {"jobs_run_stats": "created_date", "task_logging_stats": "completed_time",
-              "job_attempts": "start_time"}
-"""The column `jobgraph stats` orders each view by, newest first (as the quickstart orders jobs_run_stats)."""
 
 SQLITE_TIME_TEXT = "%Y%m%d%H%M%S"
 """SQLite's text for the seed's varchar times: `CAST(x AS DATETIME)` reads it as one number, in order."""
