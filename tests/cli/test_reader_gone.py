@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jobgraph.states import RunState, TaskState
 from jobgraph.store import Store
-from tests.cli.test_service import holder_pid
+from tests.cli.test_service import holder_pid, wait_until
 from tests.conftest import Cli, WritePipeline, process_alive, sh, store_url
 
 
@@ -78,15 +78,15 @@ def test_serve_whose_reader_went_away_keeps_serving(tmp_path: Path, cli: Cli, wr
                              start_new_session=True)
     try:
         for expected in ("ran\n", "ran\nran\n"):  # the first trigger meets a closed pipe, the second too
-            cli("trigger", "svc", check=0)
-            with Store(store_url(tmp_path)) as records:
-                assert records.runs()[0].state == RunState.SUCCEEDED
+            cli("trigger", "svc", check=0)  # answers once the service started the run, not once it ended
+            assert last_run_state(tmp_path) == RunState.SUCCEEDED
             assert (tmp_path / "ran").read_text() == expected
         with Store(store_url(tmp_path)) as records:
             pid = holder_pid(records)
         assert pid is not None
         os.kill(pid, signal.SIGHUP)  # and a hang-up does not stop it either
         cli("trigger", "svc", check=0)
+        assert last_run_state(tmp_path) == RunState.SUCCEEDED
         assert (tmp_path / "ran").read_text() == "ran\nran\nran\n"
         os.kill(pid, signal.SIGTERM)
         _out, err = serve.communicate(timeout=60)
@@ -94,3 +94,13 @@ def test_serve_whose_reader_went_away_keeps_serving(tmp_path: Path, cli: Cli, wr
         if serve.poll() is None:
             os.killpg(serve.pid, signal.SIGKILL)
     assert serve.returncode == 0 and "Traceback" not in err, err
+
+
+def last_run_state(tmp_path: Path) -> RunState:
+    """The state of the newest run once it has ended (a trigger returns as soon as the run started)."""
+    def ended() -> bool:
+        with Store(store_url(tmp_path)) as records:
+            return records.runs()[0].state != RunState.RUNNING
+    wait_until(ended, seconds=60)
+    with Store(store_url(tmp_path)) as records:
+        return records.runs()[0].state
