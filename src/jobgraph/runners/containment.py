@@ -24,7 +24,8 @@ them; these layers can. `containment()` picks one per jobgraph process, from JOB
   the attempt's environment marker (JOBGRAPH_RUN_ID, JOBGRAPH_TASK, JOBGRAPH_ATTEMPT), is in the job's
   process group or session, or descends from one of those, and reaps the orphans it adopted. Its gap:
   a process that clears its environment and leaves the job's session, after its parent died, is not
-  found. Each end of attempt scans /proc (about 2 ms with 150 processes).
+  found. Each end of attempt reads only the processes started since the attempt's main process (the pids
+  handed out since its own, which the kernel's fork count proves), not all of /proc.
 - `auto` (the default): `cgroup` if it works, else `process`. `cgroup` alone fails the job's attempt
   with the reason when cgroups cannot be had.
 """
