@@ -117,7 +117,13 @@ def _run_cgroup(base: Path, owner: str, run_id: str) -> Path:
 
 def containment() -> Containment:
     """This process's containment layer, chosen once (JOBGRAPH_CONTAINMENT: auto, cgroup or process)."""
-    wanted = os.environ.get("JOBGRAPH_CONTAINMENT", "auto").strip().lower() or "auto"
+    return _layer_for(os.environ.get("JOBGRAPH_CONTAINMENT"))
+
+
+@functools.lru_cache(maxsize=8)
+def _layer_for(setting: str | None) -> Containment:
+    """The layer a setting asks for; cached, as every start asks (a bad setting is never cached: it raises)."""
+    wanted = (setting or "auto").strip().lower() or "auto"
     if wanted not in LAYERS:
         raise RunnerError(f"JOBGRAPH_CONTAINMENT={wanted!r} is not one of {', '.join(LAYERS)}")
     return _chosen(wanted)
