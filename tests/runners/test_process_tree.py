@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 from jobgraph.runners import process_tree
 from jobgraph.runners.process_tree import PidWindow, ProcessAttempt
 from tests.conftest import process_alive
+from tests.runners.test_containment import REAPER_CHECK
 
 MARKER = {"JOBGRAPH_RUN_ID": "run-window", "JOBGRAPH_TASK": "job", "JOBGRAPH_ATTEMPT": "1"}
 
@@ -93,3 +95,14 @@ def test_the_counters_are_this_hosts() -> None:
     after = process_tree._pid_counters()
     assert after is not None and after[1] > forks and tasks > 0 and last > 0
     assert child.pid <= after[0] or child.pid > last  # the child's pid lies in the window, wrapped or not
+
+
+def test_an_escaped_daemon_that_exits_later_is_reaped_at_the_next_attempts_end(tmp_path: Path) -> None:
+    """Older than the next attempt, it is outside its pid window; jobgraph, its subreaper, must still reap it."""
+    escapes = "(setsid env -i sh -c 'sleep 0.3' &); exit 0"
+    later = "sleep 1"
+    env = {**os.environ, "JOBGRAPH_CONTAINMENT": "process"}
+    result = subprocess.run([sys.executable, "-c", REAPER_CHECK, escapes, later], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [], "jobgraph kept children (Z: zombies it never reaped)"

@@ -138,6 +138,7 @@ class ProcessAttempt:
             _signal_all(living, signal.SIGKILL)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
+        _reap_orphans(_scan(_own_children()))  # and those older than this attempt: an escaped daemon that exited
         _MAINS.discard(self.main or 0)  # no await from here until the runner reaps it
 
     def _scan(self) -> dict[int, _Process]:
@@ -174,6 +175,17 @@ def _scan(pids: list[int] | None = None) -> dict[int, _Process]:
         if process is not None:
             processes[pid] = process
     return processes
+
+
+def _own_children() -> list[int]:
+    """jobgraph's children, from each of its threads' /proc children list (none where the kernel lacks it)."""
+    pids: list[int] = []
+    try:
+        for thread in os.listdir("/proc/self/task"):
+            pids += [int(pid) for pid in _read_small(f"/proc/self/task/{thread}/children", 1 << 16).split()]
+    except (OSError, ValueError):
+        pass
+    return pids
 
 
 def _listed_pids() -> list[int]:
