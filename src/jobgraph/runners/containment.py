@@ -24,7 +24,8 @@ them; these layers can. `containment()` picks one per jobgraph process, from JOB
   the attempt's environment marker (JOBGRAPH_RUN_ID, JOBGRAPH_TASK, JOBGRAPH_ATTEMPT), is in the job's
   process group or session, or descends from one of those, and reaps the orphans it adopted. Its gap:
   a process that clears its environment and leaves the job's session, after its parent died, is not
-  found. Each end of attempt scans /proc (about 2 ms with 150 processes).
+  found. Each end of attempt reads only the processes started since the attempt's main process (the pids
+  handed out since its own, which the kernel's fork count proves), not all of /proc.
 - `auto` (the default): `cgroup` if it works, else `process`. `cgroup` alone fails the job's attempt
   with the reason when cgroups cannot be had.
 """
@@ -116,7 +117,13 @@ def _run_cgroup(base: Path, owner: str, run_id: str) -> Path:
 
 def containment() -> Containment:
     """This process's containment layer, chosen once (JOBGRAPH_CONTAINMENT: auto, cgroup or process)."""
-    wanted = os.environ.get("JOBGRAPH_CONTAINMENT", "auto").strip().lower() or "auto"
+    return _layer_for(os.environ.get("JOBGRAPH_CONTAINMENT"))
+
+
+@functools.lru_cache(maxsize=8)
+def _layer_for(setting: str | None) -> Containment:
+    """The layer a setting asks for; cached, as every start asks (a bad setting is never cached: it raises)."""
+    wanted = (setting or "auto").strip().lower() or "auto"
     if wanted not in LAYERS:
         raise RunnerError(f"JOBGRAPH_CONTAINMENT={wanted!r} is not one of {', '.join(LAYERS)}")
     return _chosen(wanted)

@@ -8,6 +8,11 @@ descriptor but 0, 1 and 2, as Popen's `close_fds` gave: every descriptor Python,
 open is close-on-exec already, and those jobgraph inherited without the flag are marked at the
 runner's first start.
 
+The call returns once the child has exec'd (vfork), so its time is mostly the child waiting for a CPU:
+measured on 2 cores, 0.2 ms at the median with or without a cgroup, but a mean of 1.1 ms beside one
+busy-looping process and 2.7 ms beside two (new tasks queue behind runnable ones). That is the host's
+load, not jobgraph's work: jobgraph spends about 0.03 ms of CPU in the call.
+
 posix_spawn has no working-folder action in Python 3.11, so a job whose folder is not jobgraph's own
 (an API caller's `cwd`) starts through Popen: same guarantees, more Python. The executable is looked up
 in the job's own PATH, as Popen does, and a failed start says why as Popen did ("No such file or
