@@ -108,6 +108,18 @@ def other_run(tmp_path: Path, cli: Cli) -> subprocess.CompletedProcess[str]:
     return cli("run", "other.yaml", check=0, timeout=120)
 
 
+def ended_while_jobgraph_was_down(tmp_path: Path, path: Path, cli: Cli, task: str) -> str:
+    """Run `path`, kill -9 jobgraph once `task`'s Slurm job is submitted, let the job end, then start
+    another run (which closes the lost one); the lost run's id."""
+    run = start_run(tmp_path, path)
+    run_id, job_id = submitted(tmp_path, task)
+    run.kill()
+    run.wait(timeout=30)
+    wait_until_ended(job_id)
+    other_run(tmp_path, cli)
+    return run_id
+
+
 def test_kill_9_mid_run_then_the_next_start_adopts_the_slurm_job_and_the_run_goes_on(
         tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
     marker = tmp_path / "marker"
@@ -145,12 +157,7 @@ def test_kill_9_mid_run_then_the_next_start_adopts_the_slurm_job_and_the_run_goe
 def test_a_slurm_job_that_ended_while_jobgraph_was_down_is_recorded_with_its_real_exit_code(
         tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
     path = write_pipeline({**REMOTE, "jobs": [sh("quick", "sleep 2; exit 7", runner="slurm")]})
-    run = start_run(tmp_path, path)
-    run_id, job_id = submitted(tmp_path, "quick")
-    run.kill()
-    run.wait(timeout=30)
-    wait_until_ended(job_id)
-    other_run(tmp_path, cli)
+    run_id = ended_while_jobgraph_was_down(tmp_path, path, cli, "quick")
     with Store(store_url(tmp_path)) as records:
         [quick] = records.attempts(run_id, "quick")
         assert (quick.status, quick.exit_code) == ("FAILED", 7)
@@ -246,12 +253,7 @@ def test_on_orchestrator_loss_cancel_keeps_the_real_end_of_a_job_that_finished_m
     ledger = tmp_path / "ledger"
     path = write_pipeline({"runners": {"slurm": {"poll_interval": 0.2, "on_orchestrator_loss": "cancel"}},
                            "jobs": [sh("quick", f"sleep 2; echo ran >> {ledger}", runner="slurm")]})
-    run = start_run(tmp_path, path)
-    run_id, job_id = submitted(tmp_path, "quick")
-    run.kill()
-    run.wait(timeout=30)
-    wait_until_ended(job_id)
-    other_run(tmp_path, cli)
+    run_id = ended_while_jobgraph_was_down(tmp_path, path, cli, "quick")
     with Store(store_url(tmp_path)) as records:
         [quick] = records.attempts(run_id, "quick")
         assert (quick.status, quick.exit_code) == ("DONE", 0)  # its real end, not CANCELLED
