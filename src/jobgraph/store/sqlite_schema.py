@@ -1,4 +1,4 @@
-"""The SQLite schema at version 0004, exactly as the migrations leave it: a new SQLite store is made from it.
+"""The SQLite schema at version 0005, exactly as the migrations leave it: a new SQLite store is made from it.
 
 Running every migration on a new store costs a first run about 0.2 s (Alembic's import, and a table
 rebuild per batch migration); these statements make the same tables, indexes and views in one
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-SQLITE_SCHEMA_VERSION = "0004"
+SQLITE_SCHEMA_VERSION = "0005"
 """The migration these statements stand for."""
 
 SQLITE_SCHEMA = (
@@ -31,7 +31,8 @@ SQLITE_SCHEMA = (
         '\tscheduled_time DATETIME NOT NULL, \n'
         '\tfinished_at DATETIME, \n'
         '\tsnapshot TEXT NOT NULL, \n'
-        '\towner VARCHAR(300), "trigger" VARCHAR(16), pipeline_version VARCHAR(64), \n'
+        '\towner VARCHAR(300), "trigger" VARCHAR(16), pipeline_version VARCHAR(64), '
+        'cancel_requested_at DATETIME, cancel_requested_by VARCHAR(300), \n'
         '\tPRIMARY KEY (run_id)\n'
         ')'
     ),
@@ -160,6 +161,23 @@ SQLITE_SCHEMA = (
         'attempts.started_at AS start_time, attempts.finished_at AS end_time, '
         'attempts.duration_secs, attempts.run_attempt AS graph_run_attempt \n'
         'FROM attempts'
+    ),
+    (
+        'CREATE INDEX ix_runs_started_at ON runs (started_at, run_id)'
+    ),
+    (
+        'CREATE TABLE api_tokens (\n'
+        '\ttoken_id VARCHAR(32) NOT NULL, \n'
+        '\tname VARCHAR(255) NOT NULL, \n'
+        '\tscope VARCHAR(16) NOT NULL, \n'
+        '\ttoken_hash VARCHAR(64) NOT NULL, \n'
+        '\tcreated_at DATETIME NOT NULL, \n'
+        '\tlast_used_at DATETIME, \n'
+        '\texpires_at DATETIME, \n'
+        '\trevoked_at DATETIME, \n'
+        '\tPRIMARY KEY (token_id), \n'
+        '\tUNIQUE (token_hash)\n'
+        ')'
     ),
 )
 """Each CREATE statement, in the order the migrations ran them (sqlite_master's text, verbatim)."""

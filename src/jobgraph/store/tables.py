@@ -14,6 +14,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKeyConstraint,
+    Index,
     Integer,
     MetaData,
     PrimaryKeyConstraint,
@@ -42,6 +43,9 @@ runs = Table(
     Column("owner", String(300)),
     Column("trigger", String(16)),
     Column("pipeline_version", String(64)),
+    Column("cancel_requested_at", Timestamp),
+    Column("cancel_requested_by", String(300)),
+    Index("ix_runs_started_at", "started_at", "run_id"),
 )
 
 task_runs = Table(
@@ -128,5 +132,17 @@ leases = Table(
     Column("expires_at", Timestamp, nullable=False),
 )
 
-SCHEMA_VERSION = "0004"
+api_tokens = Table(
+    "api_tokens", metadata,
+    Column("token_id", String(32), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("scope", String(16), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("last_used_at", Timestamp),
+    Column("expires_at", Timestamp),
+    Column("revoked_at", Timestamp),
+)
+
+SCHEMA_VERSION = "0005"
 """The newest migration (store/migrations/versions); a store at another version is migrated on open."""
