@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from jobgraph.app.cancel import watched
 from jobgraph.cli.common import (
     EXIT_CANCELLED,
     EXIT_FAILED,
@@ -193,7 +194,7 @@ def execute(pipeline: Pipeline, records: Store, runner_override: str | None, run
             loop.add_signal_handler(signal.SIGHUP, view.hang_up)
             try:
                 await open_runners(pipeline, runner_override, runners)
-                return await graph_run.run()
+                return await watched(records, graph_run, lambda text: errors.print(escape(text)), store_waits)
             finally:
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                     loop.remove_signal_handler(sig)

@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from jobgraph.app.cancel import watch_cancels
 from jobgraph.cli.common import (
     EXIT_CANCELLED,
     EXIT_FAILED,
@@ -280,6 +281,8 @@ def serve(store: str | None = None, runner: str | None = None, tick: float = 1.0
                 loop.add_signal_handler(sig, stopping)
             loop.add_signal_handler(signal.SIGHUP, terminal_gone, console)  # like nohup: serve on, quietly
             say(f"jobgraph serve: scheduler {holder}, store {records.url}, tick {tick:g}s")
+            watcher = loop.create_task(watch_cancels(  # a cancel request through the store cancels a run of ours
+                records, lambda: [*scheduler.running(), *(r for r, t in resumed if not t.done())], say))
             waiting = False
             while not stop.is_set():
                 try:
@@ -304,6 +307,7 @@ def serve(store: str | None = None, runner: str | None = None, tick: float = 1.0
             await scheduler.shutdown(drain)
             for each in runners.values():
                 await each.aclose()
+            watcher.cancel()
             say("stopped")
 
         asyncio.run(main())
