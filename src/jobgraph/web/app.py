@@ -8,6 +8,7 @@ retry and trigger ask for, and is closed, cancelling what it runs, when the serv
 from __future__ import annotations
 
 import contextlib
+import importlib
 import threading
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -32,12 +33,13 @@ if TYPE_CHECKING:
 def _page_routes() -> list[BaseRoute]:
     """The page's routes (jobgraph.web.pages), static files included."""
     try:
-        from jobgraph.web import pages
+        pages = importlib.import_module("jobgraph.web.pages")
     except ModuleNotFoundError as exc:  # a build without the page (the API alone)
         if exc.name != "jobgraph.web.pages":
             raise
         return []
-    return pages.routes()
+    found: list[BaseRoute] = pages.routes()
+    return found
 
 
 async def _error(request: Request, exc: Exception) -> Response:
