@@ -1,8 +1,9 @@
 """The web application: the API's routes, the page's routes, the auth middleware, errors as JSON.
 
-`create_app(store_url)` opens its own Store (at `app.state.records`); a RunHost given to it (the
-`jobgraph web` command makes one on the server's loop, with a Store of its own) starts the runs that
-retry and trigger ask for, and is closed, cancelling what it runs, when the server shuts down.
+`create_app(store_url)` opens its own Store (at `app.state.records`, closed with the app); a RunHost
+given to it (`jobgraph web` and `serve --http` make one on the server's loop, with a Store of its own)
+starts the runs that retry and trigger ask for. Whoever made the host closes it once the server has
+stopped, cancelling what it runs (cli/web.py).
 """
 
 from __future__ import annotations
@@ -78,8 +79,6 @@ def create_app(store_url: str, *, public: bool = False, host: RunHost | None = N
         try:
             yield
         finally:
-            if host is not None:
-                await host.close(drain=False)
             records.close()
 
     routes: list[BaseRoute] = [
