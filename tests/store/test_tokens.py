@@ -19,7 +19,7 @@ NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 def test_a_token_is_stored_only_as_its_hash_and_verifies(store_url: str, tmp_path: Path) -> None:
     with Store(store_url) as records:
         tokens = Tokens(records)
-        secret, info = tokens.create("ci", Scope.OPERATE, NOW)
+        secret, _ = tokens.create("ci", Scope.OPERATE, NOW)
         assert secret.startswith(PREFIX) and len(secret) > 40
         with records._engine.connect() as conn:
             rows = conn.execute(select(api_tokens)).mappings().all()

@@ -100,7 +100,8 @@ def test_a_log_replaced_by_a_link_or_a_fifo_is_refused(ran: dict[str, Any], tmp_
 def test_unknown_things_are_404_json_and_bad_parameters_400(ran: dict[str, Any]) -> None:
     with served(ran["url"]) as app:
         for path in ("/api/v1/runs/nope", "/api/v1/runs/nope/graph", "/api/v1/runs/nope/events",
-                     "/api/v1/runs/nope/jobs/first/attempts/1/log", f"/api/v1/runs/{ran['run_id']}/jobs/x/attempts/1/log",
+                     "/api/v1/runs/nope/jobs/first/attempts/1/log",
+                     f"/api/v1/runs/{ran['run_id']}/jobs/x/attempts/1/log",
                      "/api/v1/pipelines/nope", "/api/v1/pipelines/p/versions/0000/graph", "/api/v1/nothing"):
             answer = get(app, path)
             assert answer.status_code == 404, path
@@ -170,7 +171,8 @@ def test_hostile_names_and_errors_round_trip_as_data(tmp_path: Path) -> None:
     assert [run["pipeline"] for run in listed] == [HOSTILE]
     assert graph["jobs"][0]["name"] == HOSTILE and graph["jobs"][0]["image"] == HOSTILE
     assert logged.status_code == 200 and logged.text == HOSTILE
-    assert logged.headers["content-type"].startswith("text/plain") and logged.headers["x-content-type-options"] == "nosniff"
+    assert logged.headers["content-type"].startswith("text/plain")
+    assert logged.headers["x-content-type-options"] == "nosniff"
 
 
 def test_a_slow_read_never_holds_the_event_loop(ran: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:

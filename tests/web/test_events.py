@@ -63,7 +63,8 @@ async def stream(app: Starlette, path: str, leave: asyncio.Event | None = None) 
 
 
 def test_changes_written_by_another_process_arrive_then_end(write_pipeline: WritePipeline, tmp_path: Path) -> None:
-    path = write_pipeline({"jobs": [sh("a", "sleep 1"), sh("b", "echo b", after=["a"]), sh("c", "sleep 0.5", after=["b"])]})
+    path = write_pipeline({"jobs": [sh("a", "sleep 1"), sh("b", "echo b", after=["a"]),
+                                    sh("c", "sleep 0.5", after=["b"])]})
     env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph")}
     running = subprocess.Popen([sys.executable, "-m", "jobgraph", "run", str(path)], cwd=tmp_path, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

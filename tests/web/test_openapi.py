@@ -15,8 +15,8 @@ def test_the_description_lists_exactly_the_routes(tmp_path: Path) -> None:
         served_document = get(app, "/api/v1/openapi.json").json()
     assert served_document["openapi"].startswith("3.")
     described = {(path, method.upper()) for path, item in served_document["paths"].items() for method in item}
-    routed = {(route.path.replace("{attempt:int}", "{attempt}"), method)
-              for route in api.routes() if isinstance(route, Route) for method in route.methods or () if method != "HEAD"}
+    routed = {(route.path.replace("{attempt:int}", "{attempt}"), method) for route in api.routes()
+              if isinstance(route, Route) for method in route.methods or () if method != "HEAD"}
     assert described == routed
     for path, item in served_document["paths"].items():
         for operation in item.values():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ from jobgraph.store.tokens import Tokens, parse_scope, utcnow
 
 if TYPE_CHECKING:
     import uvicorn
+    from starlette.applications import Starlette
 
     from jobgraph.app.host import RunHost
 
@@ -62,10 +64,34 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class _Server:
-    """A uvicorn server whose stop is asked for by its owner (no signal handlers of uvicorn's own)."""
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that an address in use is a clear error (uvicorn would exit)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise JobgraphError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise JobgraphError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
 
-    def __init__(self, app: object, host: str, port: int) -> None:
+
+class WebServer:
+    """A uvicorn server on a socket bound beforehand, stopped by its owner (uvicorn's own signal handling is off)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.socket = bind(host, port)
+        name, bound = self.socket.getsockname()[:2]
+        self.url = f"http://{f'[{name}]' if ':' in name else name}:{bound}/"
+        self.server: uvicorn.Server | None = None
+        self.stopping = False
+
+    async def serve(self, app: Starlette, started: Callable[[str], None]) -> None:
+        """Serve `app` until `stop`; `started(url)` once it answers."""
         import uvicorn
 
         class Quiet(uvicorn.Server):
@@ -73,48 +99,39 @@ class _Server:
             def capture_signals(self) -> Iterator[None]:
                 yield  # the command's own handlers stop it; uvicorn must not re-raise the signal afterwards
 
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",  # type: ignore[arg-type]
-                                timeout_graceful_shutdown=int(GRACE_SECS), access_log=False)
-        self.server: uvicorn.Server = Quiet(config)
-
-    async def serve(self, started: Callable[[str], None]) -> None:
-        """Serve until `stop`; `started(url)` once it listens. A port that cannot be bound is a JobgraphError."""
-        task = asyncio.ensure_future(self.server.serve())
-        while not self.server.started:
-            if task.done():
-                task.result()
-                raise JobgraphError(f"the web server could not listen on {self.server.config.host}:"
-                                    f"{self.server.config.port} (in use, or not an address of this machine)")
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=int(GRACE_SECS),
+                                access_log=False)
+        self.server = Quiet(config)
+        self.server.should_exit = self.stopping
+        task = asyncio.ensure_future(self.server.serve(sockets=[self.socket]))
+        while not self.server.started and not task.done():
             await asyncio.sleep(0.02)
-        started(self.url())
-        await task
-
-    def url(self) -> str:
-        """Where it listens (the port actually bound, when asked for port 0)."""
-        config = self.server.config
-        port = config.port
-        for server in getattr(self.server, "servers", []):
-            for sock in server.sockets:
-                port = sock.getsockname()[1]
-        host = f"[{config.host}]" if ":" in config.host else config.host
-        return f"http://{host}:{port}/"
+        if self.server.started:
+            started(self.url)
+        try:
+            await task
+        finally:
+            self.socket.close()
 
     def stop(self) -> None:
         """Ask it to stop: new connections are refused, open ones get GRACE_SECS."""
-        self.server.should_exit = True
+        self.stopping = True
+        if self.server is not None:
+            self.server.should_exit = True
 
 
 async def serve_web(url: str, host: str, port: int, public: bool, run_host: RunHost) -> None:
     """Serve the app on this loop until SIGINT or SIGTERM; then close the hosted runs (cancelled, recorded)."""
     from jobgraph.web.app import create_app
 
-    server = _Server(create_app(url, public=public, host=run_host), host, port)
+    server = WebServer(host, port)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, server.stop)
+    needs = ", a token needed for every request" if public else ""
     try:
-        await server.serve(lambda where: say(f"jobgraph web: {where} (store {url}"
-                                             f"{', tokens required for every request' if public else ''})"))
+        await server.serve(create_app(url, public=public, host=run_host),
+                           lambda where: say(f"jobgraph web: {where} (store {url}{needs})"))
     finally:
         running = run_host.running()
         if running:
