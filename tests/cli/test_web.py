@@ -75,6 +75,21 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+def _job_started(pid: int) -> None:
+    """Wait until a `sleep 120` job runs below `pid`."""
+    deadline = time.monotonic() + 30
+    while not [child for child in _descendants(pid) if b"sleep\x00120" in _cmdline(child)]:
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def test_a_real_server_over_tcp_ends_with_its_runs_on_sigterm(cli: Cli, write_pipeline: WritePipeline,
                                                             tmp_path: Path) -> None:
     path = write_pipeline({"name": "slow", "jobs": [sh("wait", "sleep 120")]})
@@ -94,14 +109,19 @@ def test_a_real_server_over_tcp_ends_with_its_runs_on_sigterm(cli: Cli, write_pi
             assert client.get("/healthz").json() == {"ok": True}
             assert [p["name"] for p in client.get("/api/v1/pipelines").json()["pipelines"]] == ["slow"]
             assert client.post("/api/v1/pipelines/slow/trigger").status_code == 401
+            auth = {"Authorization": f"Bearer {operate}"}
+            first = client.post("/api/v1/pipelines/slow/trigger", headers=auth).json()["run_id"]
+            _job_started(server.pid)
+            assert client.post(f"/api/v1/runs/{first}/cancel", headers=auth).status_code == 202
+            deadline = time.monotonic() + 30
+            while client.get(f"/api/v1/runs/{first}").json()["run"]["state"] != "CANCELLED":  # the server's own run
+                assert time.monotonic() < deadline, "the cancel request was not acted on"
+                time.sleep(0.05)
+            assert not [pid for pid in _descendants(server.pid) if b"sleep" in _cmdline(pid)]
             started = client.post("/api/v1/pipelines/slow/trigger", headers={"Authorization": f"Bearer {operate}"})
             assert started.status_code == 202 and started.json()["action"] == "STARTED", started.text
             run_id = started.json()["run_id"]
-            deadline = time.monotonic() + 30
-            while not [pid for pid in _descendants(server.pid)
-                       if b"sleep\x00120" in Path(f"/proc/{pid}/cmdline").read_bytes()]:
-                assert time.monotonic() < deadline, "the job never started"
-                time.sleep(0.05)
+            _job_started(server.pid)
             job_pids = _descendants(server.pid)
             with client.stream("GET", f"/api/v1/runs/{run_id}/events") as events:
                 lines = events.iter_lines()
@@ -146,11 +166,7 @@ def test_serve_http_runs_the_scheduler_and_the_api_in_one_process(cli: Cli, writ
             assert started.status_code == 202 and started.json()["action"] == "STARTED", started.text
             run_id = started.json()["run_id"]
             assert client.get(f"/api/v1/runs/{run_id}").json()["run"]["state"] == "RUNNING"
-        deadline = time.monotonic() + 30
-        while not [pid for pid in _descendants(service.pid)
-                   if b"sleep\x00120" in Path(f"/proc/{pid}/cmdline").read_bytes()]:
-            assert time.monotonic() < deadline, "the job never started"
-            time.sleep(0.05)
+        _job_started(service.pid)
         job_pids = _descendants(service.pid)
         service.send_signal(signal.SIGTERM)
         assert service.wait(30) == 0

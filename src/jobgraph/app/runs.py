@@ -153,7 +153,7 @@ async def watched(records: Store, recorded: RecordedRun, owned: dict[str, AnyRun
     """`drive` the run, cancelling it as Ctrl-C does if someone asks through the store (jobgraph.app.cancel)."""
     from jobgraph.app.cancel import watch_cancels
 
-    watcher = asyncio.create_task(watch_cancels(records, lambda: (recorded.graph_run,), reports.say, reports.warn))
+    watcher = asyncio.create_task(watch_cancels(records, lambda: (recorded.graph_run,), reports.note, reports.warn))
     try:
         return await drive(recorded, owned)
     finally:
