@@ -1,0 +1,184 @@
+// jobgraph's page script: action buttons, the run page's live updates and its log panel. No framework.
+// Everything from the server that is not our own rendered markup goes in as text (textContent), never as HTML.
+"use strict";
+
+(function () {
+  const csrf = () => (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
+  const message = document.getElementById("message");
+
+  function say(text, refused) {
+    message.hidden = false;
+    message.textContent = text;
+    message.classList.toggle("refused", !!refused);
+  }
+
+  // --- actions: POST to the API with the CSRF header, show what it answered -------------------------
+  async function act(button) {
+    const action = button.dataset.action;
+    button.disabled = true;
+    try {
+      const response = await fetch(button.dataset.url, {
+        method: "POST", credentials: "same-origin", headers: { "X-Jobgraph-CSRF": csrf() },
+      });
+      let body = {};
+      try { body = await response.json(); } catch (e) { body = {}; }
+      if (!response.ok) {
+        say(`${action} refused (${response.status}): ${body.error || response.statusText}`, true);
+        return;
+      }
+      const details = ["run_id", "action", "state"].filter((k) => body[k]).map((k) => `${k} ${body[k]}`);
+      say(`${action}: done${details.length ? " (" + details.join(", ") + ")" : ""}`, false);
+      if (run) { follow(); refreshSoon(); }
+    } catch (error) {
+      say(`${action} failed: ${error}`, true);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  document.addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-action]");
+    if (button) { act(button); return; }
+    const logButton = event.target.closest(".log-button, svg.gantt .attempt");
+    if (logButton) { openLog(logButton.dataset.job, logButton.dataset.attempt); return; }
+    const node = event.target.closest("svg.dag .node[data-job]");
+    if (node) { showJob(node.dataset.job); }
+  });
+
+  // --- the run page ------------------------------------------------------------------------------------
+  const run = document.getElementById("run");
+  if (!run) { return; }
+  const runId = run.dataset.run;
+  const api = `/api/v1/runs/${encodeURIComponent(runId)}`;
+  const byJob = (selector, job) => document.querySelectorAll(`${selector}[data-job="${CSS.escape(job)}"]`);
+
+  function setState(element, prefix, state) {
+    for (const name of [...element.classList]) {
+      if (name.startsWith(prefix)) { element.classList.remove(name); }
+    }
+    element.classList.add(prefix + state);
+  }
+
+  function applyChange(data) {
+    if (data.run && data.run.state) {
+      const badge = document.getElementById("run-state");
+      badge.textContent = data.run.state;
+      setState(badge, "s-", data.run.state);
+      document.getElementById("counts").dataset.runState = data.run.state;
+    }
+    for (const job of data.jobs || []) {
+      for (const node of byJob("svg.dag .node", job.name)) { setState(node, "s-", job.state); }
+      for (const cell of document.querySelectorAll(`[data-state-of="${CSS.escape(job.name)}"]`)) {
+        cell.textContent = job.state;
+        setState(cell, "s-", job.state);
+      }
+    }
+    refreshSoon();
+  }
+
+  // The parts that change (graph with its folded counts, Gantt, jobs list) are rendered again by the
+  // server, at most once a second however many changes arrive.
+  let stream = null;
+  let polling = false;
+  let refreshTimer = null;
+  let lastRefresh = 0;
+  function refreshSoon() {
+    if (refreshTimer) { return; }
+    const wait = Math.max(0, 1000 - (Date.now() - lastRefresh));
+    refreshTimer = setTimeout(refresh, wait);
+  }
+
+  async function refresh() {
+    lastRefresh = Date.now();
+    try {
+      const query = `?page=${encodeURIComponent(run.dataset.page)}&order=${encodeURIComponent(run.dataset.order)}`;
+      const response = await fetch(`/runs/${encodeURIComponent(runId)}/parts${query}`, { credentials: "same-origin" });
+      if (response.ok) {
+        const parts = new DOMParser().parseFromString(await response.text(), "text/html");
+        for (const id of ["counts", "graph", "gantt", "jobs"]) {
+          const fresh = parts.getElementById(id);
+          const old = document.getElementById(id);
+          if (fresh && old) { old.replaceWith(document.adoptNode(fresh)); }
+        }
+        const state = document.getElementById("counts").dataset.runState;
+        const badge = document.getElementById("run-state");
+        badge.textContent = state;
+        setState(badge, "s-", state);
+      }
+    } finally {
+      refreshTimer = null;
+      if (polling && document.getElementById("counts").dataset.runState === "RUNNING") { refreshSoon(); }
+    }
+  }
+
+  // Live: the API's event stream says what changed; without it (an older server), poll while the run runs.
+  function follow() {
+    if (stream) { stream.close(); }
+    let heard = false;
+    stream = new EventSource(`${api}/events`);
+    const handle = (event) => { heard = true; applyChange(JSON.parse(event.data)); };
+    stream.addEventListener("snapshot", handle);
+    stream.addEventListener("change", handle);
+    stream.addEventListener("end", () => { stream.close(); stream = null; refreshSoon(); });
+    stream.onerror = () => {
+      if (!heard && stream) {
+        stream.close(); stream = null; polling = true; refreshSoon();
+      }
+    };
+  }
+  follow();
+
+  function showJob(job) {
+    const row = byJob("tbody.job", job)[0];
+    if (row) {
+      row.scrollIntoView({ block: "center" });
+      row.classList.add("picked");
+      setTimeout(() => row.classList.remove("picked"), 1500);
+    }
+  }
+
+  // --- the log panel: the chosen attempt's log, followed while the attempt runs ---------------------
+  const panel = document.getElementById("log-panel");
+  const log = document.getElementById("log");
+  const logStatus = document.getElementById("log-status");
+  let following = 0;
+
+  async function openLog(job, attempt) {
+    const mine = ++following;
+    panel.hidden = false;
+    document.getElementById("log-title").textContent = `${job}, attempt ${attempt}`;
+    log.textContent = "";
+    logStatus.textContent = "loading…";
+    let offset = 0;
+    const url = `${api}/jobs/${encodeURIComponent(job)}/attempts/${encodeURIComponent(attempt)}/log`;
+    while (mine === following) {
+      let response;
+      try {
+        response = await fetch(`${url}?offset=${offset}`, { credentials: "same-origin" });
+      } catch (error) {
+        logStatus.textContent = `cannot read the log: ${error}`;
+        return;
+      }
+      if (mine !== following) { return; }
+      if (!response.ok) {
+        let body = {};
+        try { body = await response.json(); } catch (e) { body = {}; }
+        logStatus.textContent = `cannot read the log (${response.status}): ${body.error || response.statusText}`;
+        return;
+      }
+      const text = await response.text();
+      const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 8;
+      if (text) { log.append(document.createTextNode(text)); }
+      if (atBottom) { log.scrollTop = log.scrollHeight; }
+      offset = Number(response.headers.get("X-Log-Next-Offset") || offset + text.length);
+      if (response.headers.get("X-Log-Complete") === "true") {
+        logStatus.textContent = "the attempt has ended: whole log shown";
+        return;
+      }
+      logStatus.textContent = "following the log while the attempt runs…";
+      if (!text) { await new Promise((resolve) => setTimeout(resolve, 1000)); }
+    }
+  }
+
+  document.getElementById("log-close").addEventListener("click", () => { following++; panel.hidden = true; });
+})();
