@@ -1,0 +1,127 @@
+"""The web page in a real browser (Debian's Chromium through Playwright) over a real server and real stores."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from playwright.sync_api import Page, expect
+
+from jobgraph.states import TaskState
+from jobgraph.store import Store
+from tests.web.conftest import Seed, Server, record_run
+
+HOSTILE = "<img src=x onerror=window.__pwned=1>"
+
+
+def job_states(page: Page) -> dict[str, str]:
+    """Each listed job's state as the page shows it."""
+    return page.eval_on_selector_all(
+        "tbody.job", "rows => Object.fromEntries(rows.map(r => [r.dataset.job, r.querySelector('.state').textContent]))")
+
+
+def test_the_seed_failure_story_on_its_run_page(seed: Seed, page: Page) -> None:
+    page.goto(f"{seed.server.url}/runs/{seed.failed}")
+    assert job_states(page) == {"t_myjob_1": "SUCCEEDED", "t_myjob_2": "SUCCEEDED", "t_myjob_3": "FAILED",
+                                "t_myjob_4": "SUCCEEDED", "t_myjob_5": "SUCCEEDED", "t_myjob_6": "SKIPPED"}
+    expect(page.locator("#run-state")).to_have_text("FAILED")
+    nodes = page.eval_on_selector_all("svg.dag .node", "ns => ns.map(n => [n.dataset.job, n.getAttribute('class')])")
+    assert dict(nodes) == {"t_myjob_1": "node s-SUCCEEDED", "t_myjob_2": "node s-SUCCEEDED",
+                           "t_myjob_3": "node s-FAILED", "t_myjob_4": "node s-SUCCEEDED",
+                           "t_myjob_5": "node s-SUCCEEDED", "t_myjob_6": "node s-SKIPPED"}
+    assert page.locator("svg.dag path.edge").count() == 6
+    attempts = page.locator('tbody.job[data-job="t_myjob_3"] tr.attempt-row')
+    expect(attempts).to_have_count(3)
+    for n in range(3):
+        row = attempts.nth(n)
+        expect(row).to_contain_text(f"attempt {n + 1}")
+        expect(row.locator(".state")).to_have_text("FAILED")
+        expect(row).to_contain_text("exit 1")
+        expect(row.locator("pre.error")).to_contain_text("table results_3 has no column named 'hello'")
+    bars = page.locator('svg.gantt .attempt[data-job="t_myjob_3"]')
+    expect(bars).to_have_count(3)
+    assert all("a-FAILED" in (bars.nth(n).get_attribute("class") or "") for n in range(3))
+    expect(page.locator("svg.gantt .cross")).to_have_count(3)
+    expect(page.locator("svg.gantt line.wait")).to_have_count(2)  # the retry delay between its attempts
+
+    page.goto(f"{seed.server.url}/runs/{seed.succeeded[:8]}")
+    assert set(job_states(page).values()) == {"SUCCEEDED"} and len(job_states(page)) == 6
+
+
+def test_the_seed_runs_on_the_runs_and_pipelines_pages(seed: Seed, page: Page) -> None:
+    page.goto(f"{seed.server.url}/runs?pipeline=root_task")
+    rows = page.locator("#runs tbody tr")
+    expect(rows).to_have_count(2)
+    assert [rows.nth(n).get_attribute("data-run") for n in range(2)] == [seed.failed, seed.succeeded]
+    page.select_option("select[name=state]", "FAILED")
+    page.click("form.filter button")
+    expect(page.locator("#runs tbody tr")).to_have_count(1)
+    assert page.locator("#runs tbody tr").get_attribute("data-run") == seed.failed
+    page.click(f'#runs a[href$="/runs/{seed.failed}"]')
+    expect(page.locator("#run-state")).to_have_text("FAILED")
+    page.goto(seed.server.url)
+    expect(page.locator('#by-hand tr[data-pipeline="root_task"]')).to_contain_text("FAILED")
+
+
+def test_the_runs_list_pages_with_its_cursor(tmp_path: Path, serve: Callable[[str], Server], page: Page) -> None:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    made = [record_run(url, {"only": ()}, {}, pipeline="many") for _ in range(55)]
+    server = serve(url)
+    page.goto(f"{server.url}/runs?pipeline=many")
+    expect(page.locator("#runs tbody tr")).to_have_count(50)
+    first = page.eval_on_selector_all("#runs tbody tr", "rows => rows.map(r => r.dataset.run)")
+    page.click("#next-page")
+    expect(page.locator("#runs tbody tr")).to_have_count(5)
+    second = page.eval_on_selector_all("#runs tbody tr", "rows => rows.map(r => r.dataset.run)")
+    assert sorted(first + second) == sorted(made)
+    expect(page.locator("#next-page")).to_have_count(0)
+
+
+def test_a_hostile_job_name_and_error_render_as_text(tmp_path: Path, serve: Callable[[str], Server],
+                                                     page: Page) -> None:
+    url = f"sqlite:///{tmp_path / 'hostile.db'}"
+    run_id = record_run(url, {HOSTILE: (), "after": (HOSTILE,)}, {HOSTILE: TaskState.FAILED},
+                        errors={HOSTILE: "<script>window.__pwned=2</script>"}, pipeline="<b>p</b>")
+    server = serve(url)
+    for path in (f"/runs/{run_id}", "/runs", "/"):
+        page.goto(server.url + path)
+        page.wait_for_load_state("load")
+        assert page.evaluate("window.__pwned") is None
+        assert page.locator("main img, main script, main b").count() == 0
+    page.goto(f"{server.url}/runs/{run_id}")
+    expect(page.locator("tbody.job td.name").first).to_have_text(HOSTILE)
+    expect(page.locator("pre.error")).to_have_text("<script>window.__pwned=2</script>")
+    expect(page.locator("svg.dag .node text").first).to_contain_text("<img")
+    assert page.evaluate("window.__pwned") is None
+
+
+def test_a_5000_job_run_page_stays_small_and_interactive(tmp_path: Path, serve: Callable[[str], Server],
+                                                         page: Page) -> None:
+    url = f"sqlite:///{tmp_path / 'big.db'}"
+    fan = [f"part_{n:04d}" for n in range(4998)]
+    jobs: dict[str, tuple[str, ...]] = {"extract": (), **{name: ("extract",) for name in fan}, "merge": tuple(fan)}
+    states = {name: TaskState.FAILED for name in fan[::1000]} | {"merge": TaskState.SKIPPED}
+    run_id = record_run(url, jobs, states, errors={name: f"{name} broke" for name in fan})
+    server = serve(url)
+    started = time.perf_counter()
+    page.goto(f"{server.url}/runs/{run_id}")
+    page.wait_for_load_state("load")
+    loaded = time.perf_counter() - started
+    elements = page.evaluate("document.getElementsByTagName('*').length")
+    print(f"5,000-job run page: loaded in {loaded:.2f} s, {elements} elements")
+    assert elements < 6000
+    folded = page.locator("svg.dag .node.folded")
+    expect(folded).to_have_count(1)
+    expect(folded.locator("text").first).to_have_text("4998 jobs")
+    assert "s-FAILED" in (folded.get_attribute("class") or "")
+    assert "4993 succeeded" in (folded.locator("title").text_content() or "")
+    expect(page.locator("svg.dag .node")).to_have_count(3)
+    expect(page.locator("tbody.job")).to_have_count(200)
+    expect(page.locator(".pager")).to_contain_text("page 1 of 25")
+    page.click("#failures-first")
+    expect(page.locator("tbody.job").first.locator("[data-state-of]")).to_have_text("FAILED")
+    listed = page.eval_on_selector_all("tbody.job", "rows => rows.slice(0, 6).map(r => r.dataset.job)")
+    assert listed == [*fan[::1000], "merge"]
+    expect(page.locator("tbody.job").first.locator("pre.error")).to_have_text(f"{fan[0]} broke")
