@@ -85,7 +85,8 @@ def local_app(store_url: str) -> Starlette:
     return app
 
 
-def _serve(store_url: str) -> tuple[Server, Callable[[], None]]:
+def start_server(store_url: str) -> tuple[Server, Callable[[], None]]:
+    """Serve the page over a store on a free loopback port, in a thread; returns the server and how to stop it."""
     listening = socket.socket()
     listening.bind(("127.0.0.1", 0))
     config = uvicorn.Config(local_app(store_url), log_level="warning", lifespan="off")
@@ -111,7 +112,7 @@ def serve() -> Iterator[Callable[[str], Server]]:
     stops: list[Callable[[], None]] = []
 
     def start(store_url: str) -> Server:
-        server, stop = _serve(store_url)
+        server, stop = start_server(store_url)
         stops.append(stop)
         return server
 
@@ -143,7 +144,7 @@ def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seed]:
     jobgraph(folder, "run", "pipeline.yaml", check=1)
     with Store(folder_store(folder)) as records:
         failed, succeeded = (run.run_id for run in records.runs(2))
-    server, stop = _serve(folder_store(folder))
+    server, stop = start_server(folder_store(folder))
     yield Seed(folder=folder, server=server, succeeded=succeeded, failed=failed)
     stop()
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
 from playwright.sync_api import Page, expect
 
 from jobgraph.states import TaskState
 from jobgraph.store import Store
-from tests.web.conftest import Seed, Server, record_run
+from tests.web.conftest import Seed, Server, folder_store, record_run
 
 HOSTILE = "<img src=x onerror=window.__pwned=1>"
 
@@ -125,3 +129,73 @@ def test_a_5000_job_run_page_stays_small_and_interactive(tmp_path: Path, serve: 
     listed = page.eval_on_selector_all("tbody.job", "rows => rows.slice(0, 6).map(r => r.dataset.job)")
     assert listed == [*fan[::1000], "merge"]
     expect(page.locator("tbody.job").first.locator("pre.error")).to_have_text(f"{fan[0]} broke")
+
+
+def start_live_run(folder: Path, jobs: list[dict[str, object]]) -> tuple[subprocess.Popen[str], str]:
+    """`jobgraph run` in the background; returns once its store shows every one of its jobs RUNNING."""
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump({"name": "live", "images": {"sh": ["sh", "-c"]},
+                                                          "defaults": {"pool_size": 4}, "jobs": jobs}))
+    env = {**os.environ, "JOBGRAPH_HOME": str(folder / ".jobgraph")}
+    env.pop("JOBGRAPH_STORE", None)
+    process = subprocess.Popen([sys.executable, "-m", "jobgraph", "run", "pipeline.yaml"], cwd=folder, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if (folder / ".jobgraph" / "jobgraph.db").exists():
+            with Store(folder_store(folder)) as records:
+                running = records.running_runs()
+                if running and all(t.state == "RUNNING" for t in records.tasks(running[0].run_id)):
+                    return process, running[0].run_id
+        time.sleep(0.1)
+    process.kill()
+    raise AssertionError("the run did not start: " + process.communicate()[1])
+
+
+def test_a_job_changes_colour_live_when_its_run_finishes_it(tmp_path: Path, serve: Callable[[str], Server],
+                                                              page: Page) -> None:
+    go = tmp_path / "go"
+    process, run_id = start_live_run(tmp_path, [
+        {"name": "waiter", "image": "sh", "args": [f"while [ ! -e {go} ]; do sleep 0.1; done; echo went"]}])
+    try:
+        server = serve(folder_store(tmp_path))
+        page.goto(f"{server.url}/runs/{run_id}")
+        node = page.locator('svg.dag .node[data-job="waiter"]')
+        expect(node).to_have_class("node s-RUNNING")
+        expect(page.locator("#run-state")).to_have_text("RUNNING")
+        page.evaluate("window.__same_page = true")
+        go.touch()
+        assert process.wait(timeout=30) == 0
+        expect(node).to_have_class("node s-SUCCEEDED", timeout=10_000)
+        expect(page.locator('[data-state-of="waiter"]')).to_have_text("SUCCEEDED")
+        expect(page.locator("#run-state")).to_have_text("SUCCEEDED")
+        expect(page.locator('svg.gantt .attempt[data-job="waiter"]')).to_have_class("attempt a-DONE")
+        assert page.evaluate("window.__same_page") is True  # updated in place, never reloaded
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_running_jobs_log_updates_live_in_the_log_panel(tmp_path: Path, serve: Callable[[str], Server],
+                                                           page: Page) -> None:
+    stop = tmp_path / "stop"
+    process, run_id = start_live_run(tmp_path, [
+        {"name": "ticker", "image": "sh",
+         "args": [f"i=0; while [ ! -e {stop} ] && [ $i -lt 60 ]; do i=$((i+1)); echo line $i; sleep 1; done"]}])
+    try:
+        server = serve(folder_store(tmp_path))
+        page.goto(f"{server.url}/runs/{run_id}")
+        page.click('tbody.job[data-job="ticker"] .log-button')
+        log = page.locator("#log")
+        expect(log).to_contain_text("line 1")
+        expect(page.locator("#log-status")).to_contain_text("following")
+        seen = int(re.findall(r"line (\d+)", log.text_content() or "")[-1])
+        expect(log).to_contain_text(f"line {seen + 2}", timeout=10_000)  # lines printed after the panel opened
+        stop.touch()
+        assert process.wait(timeout=30) == 0
+        expect(page.locator("#log-status")).to_contain_text("ended", timeout=10_000)
+        text = log.text_content() or ""
+        last = int(re.findall(r"line (\d+)", text)[-1])
+        assert [f"line {n}" for n in range(1, last + 1)] == re.findall(r"line \d+", text)  # each line once, in order
+    finally:
+        process.kill()
+        process.wait()
