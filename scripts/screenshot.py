@@ -17,10 +17,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from playwright.sync_api import sync_playwright  # noqa: E402
-
-from jobgraph.store import Store  # noqa: E402
 from tests.conftest import SEED  # noqa: E402
 from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS, folder_store, jobgraph, start_server  # noqa: E402
+
+from jobgraph.store import Store  # noqa: E402
 
 
 def main(out: Path = REPO / "docs" / "run-page.png") -> None:

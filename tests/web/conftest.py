@@ -5,6 +5,7 @@ and stores made by the real `jobgraph` command (the seed's story) or recorded ev
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -158,7 +159,8 @@ def record_run(store_url: str, jobs: dict[str, tuple[str, ...]], states: dict[st
     log = Path("/dev/null")
     events: list[Event] = [RunStarted(
         run_id=run_id, pipeline=pipeline, at=start, scheduled_time=start, snapshot="{}",
-        tasks=tuple(TaskInfo(name=name, pool="default", image="sh", predecessors=after) for name, after in jobs.items()))]
+        tasks=tuple(TaskInfo(name=name, pool="default", image="sh", predecessors=after)
+                    for name, after in jobs.items()))]
     for index, name in enumerate(jobs):
         state = states.get(name, TaskState.SUCCEEDED)
         if state in (TaskState.SKIPPED, TaskState.PENDING):
@@ -182,3 +184,39 @@ def record_run(store_url: str, jobs: dict[str, tuple[str, ...]], states: dict[st
     with Store(store_url) as records:
         records.record_all(events)
     return run_id
+
+
+@dataclass
+class WebProcess:
+    """A real `jobgraph web` process over a folder's store."""
+
+    url: str
+    process: subprocess.Popen[str]
+
+
+@pytest.fixture
+def jobgraph_web() -> Iterator[Callable[[Path], WebProcess]]:
+    """Start `jobgraph web` on a free loopback port over the store of a folder (a factory); stopped afterwards."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(folder: Path) -> WebProcess:
+        env = {**os.environ, "JOBGRAPH_HOME": str(folder / ".jobgraph")}
+        env.pop("JOBGRAPH_STORE", None)
+        process = subprocess.Popen([sys.executable, "-m", "jobgraph", "web", "--port", "0", "--store",
+                                    folder_store(folder)], cwd=folder, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        started.append(process)
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        found = re.search(r"http://127\.0\.0\.1:\d+", line)
+        assert found, f"jobgraph web did not say where it listens: {line!r}"
+        return WebProcess(url=found.group(0), process=process)
+
+    yield start
+    for process in started:
+        process.terminate()
+        try:
+            process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()

@@ -15,7 +15,7 @@ from playwright.sync_api import Page, expect
 
 from jobgraph.states import TaskState
 from jobgraph.store import Store
-from tests.web.conftest import Seed, Server, folder_store, record_run
+from tests.web.conftest import Seed, Server, WebProcess, folder_store, jobgraph, record_run
 
 HOSTILE = "<img src=x onerror=window.__pwned=1>"
 
@@ -23,7 +23,8 @@ HOSTILE = "<img src=x onerror=window.__pwned=1>"
 def job_states(page: Page) -> dict[str, str]:
     """Each listed job's state as the page shows it."""
     return page.eval_on_selector_all(
-        "tbody.job", "rows => Object.fromEntries(rows.map(r => [r.dataset.job, r.querySelector('.state').textContent]))")
+        "tbody.job",
+        "rows => Object.fromEntries(rows.map(r => [r.dataset.job, r.querySelector('[data-state-of]').textContent]))")
 
 
 def test_the_seed_failure_story_on_its_run_page(seed: Seed, page: Page) -> None:
@@ -199,3 +200,72 @@ def test_a_running_jobs_log_updates_live_in_the_log_panel(tmp_path: Path, serve:
     finally:
         process.kill()
         process.wait()
+
+
+def click_and_read(page: Page, selector: str) -> str:
+    """Click an action button and return the message the page shows for it."""
+    message = page.locator("#message")
+    page.evaluate("document.getElementById('message').textContent = ''")
+    page.click(selector)
+    expect(message).not_to_have_text("")
+    return message.text_content() or ""
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_trigger_retry_and_cancel_from_the_page_need_an_operate_token(
+        tmp_path: Path, jobgraph_web: Callable[[Path], WebProcess], page: Page) -> None:
+    hold, fixed = tmp_path / "hold", tmp_path / "fixed"
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump({
+        "name": "steer", "images": {"sh": ["sh", "-c"]},
+        "jobs": [{"name": "check", "image": "sh", "args": [f"if [ -e {hold} ]; then sleep 300; fi; [ -e {fixed} ]"]}],
+    }))
+    jobgraph(tmp_path, "run", "pipeline.yaml", check=1)
+    jobgraph(tmp_path, "deploy", "pipeline.yaml")
+    url = folder_store(tmp_path)
+    with Store(url) as records:
+        (failed,) = [run.run_id for run in records.runs(5)]
+    web = jobgraph_web(tmp_path)
+
+    def runs() -> list[tuple[str, str, int]]:
+        with Store(url) as records:
+            return [(run.run_id, run.state, run.run_attempt) for run in records.runs(10)]
+
+    before = runs()
+    page.goto(f"{web.url}/runs/{failed}")
+    assert "refused (401)" in click_and_read(page, "button[data-action=retry]")
+    assert "refused (401)" in click_and_read(page, "button[data-action=cancel]")
+    page.goto(web.url)
+    assert "refused (401)" in click_and_read(page, "button[data-action=trigger]")
+    time.sleep(1)
+    assert runs() == before  # nothing was started, retried or cancelled
+
+    secret = re.search(r"jg_[A-Za-z0-9_-]+", jobgraph(tmp_path, "token", "create", "ops", "--scope", "operate").stdout)
+    assert secret
+    page.click("#sign-in")
+    page.fill("input[name=token]", secret.group(0))
+    page.click("form.login button")
+    expect(page.locator("header .who")).to_contain_text("ops")
+
+    fixed.touch()
+    page.goto(f"{web.url}/runs/{failed}")
+    assert "retry: done" in click_and_read(page, "button[data-action=retry]")
+    wait_for(lambda: (failed, "SUCCEEDED", 2) in runs(), "the retried run to succeed")
+    expect(page.locator("#run-state")).to_have_text("SUCCEEDED", timeout=15_000)
+
+    hold.touch()
+    page.goto(web.url)
+    assert "trigger: done" in click_and_read(page, 'tr[data-pipeline="steer"] button[data-action=trigger]')
+    wait_for(lambda: len(runs()) == 2 and runs()[0][1] == "RUNNING", "the triggered run")
+    triggered = runs()[0][0]
+    page.goto(f"{web.url}/runs/{triggered}")
+    assert "cancel: done" in click_and_read(page, "button[data-action=cancel]")
+    wait_for(lambda: runs()[0][1] == "CANCELLED", "the cancelled run")
+    with Store(url) as records:
+        assert {task.state for task in records.tasks(triggered)} == {"CANCELLED"}
+    expect(page.locator("#run-state")).to_have_text("CANCELLED", timeout=15_000)

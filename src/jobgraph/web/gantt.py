@@ -78,8 +78,8 @@ def _bar(job: str, attempt: AttemptRecord, x: float, width: float, y: int, now: 
 def _tick(span: float) -> float:
     """A round step (1, 2 or 5 times a power of ten seconds) giving about 8 ticks over the span."""
     raw = span / 8
-    power = 10 ** math.floor(math.log10(raw))
-    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    power = 10.0 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1.0, 2.0, 5.0, 10.0) if m * power >= raw)
 
 
 def _seconds(value: float) -> str:

@@ -99,8 +99,8 @@ def _fold(names: list[str], after: dict[str, tuple[str, ...]]) -> list[tuple[str
     groups = [tuple(members) for members in grouped.values()]
     layer = _layers(groups, _edges(groups, after))
     by_layer: dict[int, list[tuple[str, ...]]] = {}
-    for members, at in zip(groups, layer, strict=True):
-        by_layer.setdefault(at, []).append(members)
+    for group_members, at in zip(groups, layer, strict=True):
+        by_layer.setdefault(at, []).append(group_members)
     result: list[tuple[str, ...]] = []
     for at in sorted(by_layer):
         row = by_layer[at]

@@ -40,6 +40,7 @@ def routes() -> list[BaseRoute]:
         Route("/runs", runs_page, name="runs"),
         Route("/runs/{run_id}", run_page, name="run"),
         Route("/runs/{run_id}/parts", run_parts, name="run_parts"),
+        Route("/login", login_page, methods=["GET"], name="login"),
         Mount("/static", app=StaticFiles(packages=[("jobgraph.web", "static")]), name="static"),
     ]
 
@@ -145,3 +146,10 @@ def run_parts(request: Request) -> Response:
     except StoreError as exc:
         return _render(request, "error.html", status=404, message=str(exc))
     return _render(request, "run_parts.html", view=view)
+
+
+def login_page(request: Request) -> Response:
+    """The sign-in form: a token pasted here is POSTed to /login, which keeps it in an HttpOnly cookie."""
+    target = request.query_params.get("next", "/")
+    return _render(request, "login.html", next=target if target.startswith("/") and not target.startswith("//")
+                   else "/")

@@ -52,7 +52,7 @@ class RunView:
 def run_view(records: Store, run_id: str, page: int = 1, order: str = "graph") -> RunView:
     """The run (by id or unique prefix), its folded graph coloured by state, and one page of its jobs."""
     run = records.run(run_id)
-    jobs = records.tasks(run.run_id)
+    jobs = records._full().tasks(run.run_id)  # through SQLAlchemy's pool: safe from the server's worker threads
     drawn = layout([(job.task, job.predecessors) for job in jobs])
     states = {job.task: str(job.state) for job in jobs}
     place = {name: (drawn.nodes[i].layer, drawn.nodes[i].y, name) for name, i in drawn.node_of.items()}
