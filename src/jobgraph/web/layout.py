@@ -1,8 +1,8 @@
 """Where each job of a run's graph is drawn: a layered layout computed in Python, small whatever the run's size.
 
 Big graphs are what make other tools' pages crawl, so the layout first folds the graph: siblings of
-one shape (the same predecessors, once those are folded too) become one node "N jobs", and a layer
-still too wide becomes one node. Then the classic layered drawing: each node in the column of its
+one shape (the same predecessors, once those are folded too) become one node "N jobs", so does a long
+chain, and a layer still too wide becomes one node. Then the classic layered drawing: each node in the column of its
 longest path from a root, columns ordered by barycenter sweeps to cross few edges. The result depends
 only on the graph's structure, so it is cached per structure: a live page redraws states, not layout.
 """
@@ -77,7 +77,7 @@ def layout(jobs: Sequence[tuple[str, Sequence[str]]]) -> Layout:
 
 
 def _fold(names: list[str], after: dict[str, tuple[str, ...]]) -> list[tuple[str, ...]]:
-    """Groups of jobs drawn as one node: same-shaped siblings, then whole layers that are still too wide."""
+    """Groups of jobs drawn as one node: same-shaped siblings, long chains, then layers that are still too wide."""
     group = {name: name for name in names}  # each job's group, named by one of its members
     for _ in range(3):  # a fan-out folded lets the chains hanging off it fold on the next pass
         shapes: dict[tuple[str, ...], list[str]] = {}
@@ -96,7 +96,7 @@ def _fold(names: list[str], after: dict[str, tuple[str, ...]]) -> list[tuple[str
     grouped: dict[str, list[str]] = {}
     for name in names:
         grouped.setdefault(group[name], []).append(name)
-    groups = [tuple(members) for members in grouped.values()]
+    groups = _fold_chains([tuple(members) for members in grouped.values()], after)
     layer = _layers(groups, _edges(groups, after))
     by_layer: dict[int, list[tuple[str, ...]]] = {}
     for group_members, at in zip(groups, layer, strict=True):
@@ -108,6 +108,35 @@ def _fold(names: list[str], after: dict[str, tuple[str, ...]]) -> list[tuple[str
             result.append(tuple(name for members in row for name in members))
         else:
             result.extend(row)
+    return result
+
+
+def _fold_chains(groups: list[tuple[str, ...]], after: dict[str, tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Long chains (each link the only successor of the one before, and it its only predecessor) as one node."""
+    preds = _edges(groups, after)
+    succs: list[list[int]] = [[] for _ in groups]
+    for i, before in enumerate(preds):
+        for p in before:
+            succs[p].append(i)
+
+    def linked(i: int) -> bool:
+        return len(preds[i]) == 1 and len(succs[preds[i][0]]) == 1
+
+    result: list[tuple[str, ...]] = []
+    seen: set[int] = set()
+    for start in range(len(groups)):
+        if start in seen or linked(start):
+            continue
+        chain = [start]
+        seen.add(start)
+        while len(succs[chain[-1]]) == 1 and linked(succs[chain[-1]][0]) and succs[chain[-1]][0] not in seen:
+            chain.append(succs[chain[-1]][0])
+            seen.add(chain[-1])
+        if len(chain) >= FOLD_AT:
+            result.append(tuple(name for i in chain for name in groups[i]))
+        else:
+            result.extend(groups[i] for i in chain)
+    result.extend(groups[i] for i in range(len(groups)) if i not in seen)  # links of a cycle: left as they are
     return result
 
 
