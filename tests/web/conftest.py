@@ -1,9 +1,13 @@
-"""Fixtures for the page's browser tests: one headless Debian Chromium per session, the page on a real server,
-and stores made by the real `jobgraph` command (the seed's story) or recorded event by event (big, hostile runs).
+"""Fixtures of the web tests: the API in-process (httpx over ASGI, no socket) over stores that real `jobgraph`
+commands wrote; and for the page's browser tests, one headless Debian Chromium per session, the page on a
+real server (`jobgraph web`, or uvicorn in a thread), and stores made by the real `jobgraph` command (the
+seed's story) or recorded event by event (big, hostile runs).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -14,11 +18,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
+import httpx
 import pytest
 import uvicorn
 from playwright.sync_api import Browser, Page, sync_playwright
@@ -27,8 +33,75 @@ from starlette.applications import Starlette
 from jobgraph.engine import AttemptEnded, AttemptStarted, Event, RunEnded, RunStarted, TaskChanged, TaskInfo
 from jobgraph.states import AttemptStatus, RunState, TaskState
 from jobgraph.store import Store
-from jobgraph.web import pages
-from tests.conftest import SEED
+from jobgraph.store.tokens import Scope, Tokens
+from jobgraph.web.app import create_app
+from tests.conftest import SEED, Cli, WritePipeline, sh, store_url
+
+T = TypeVar("T")
+SECRET = "hunter2-s3cr3t-value"
+"""The value of the failing pipeline's secret: it must appear in no response."""
+
+
+def call(app: Starlette, work: Callable[[httpx.AsyncClient], Awaitable[T]], base: str = "http://127.0.0.1") -> T:
+    """Run `work` with a client talking to the app in-process, on a fresh event loop."""
+
+    async def main() -> T:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base) as client:
+            return await work(client)
+
+    return asyncio.run(main())
+
+
+def get(app: Starlette, path: str, **kwargs: Any) -> httpx.Response:
+    """One request (GET unless `method=` says otherwise)."""
+    method = kwargs.pop("method", "GET")
+    return call(app, lambda client: client.request(method, path, **kwargs))
+
+
+@contextlib.contextmanager
+def served(url: str, **options: Any) -> Iterator[Starlette]:
+    """The app over a store, its Store closed afterwards (httpx's ASGI transport runs no lifespan)."""
+    app = create_app(url, **options)
+    try:
+        yield app
+    finally:
+        app.state.records.close()
+
+
+def make_token(url: str, scope: Scope, name: str | None = None, expires: timedelta | None = None) -> str:
+    """A token's secret, made straight in the store."""
+    with Store(url) as records:
+        secret, _ = Tokens(records).create(name or f"t-{scope.value}", scope, datetime.now(UTC), expires)
+    return secret
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def ran(cli: Cli, write_pipeline: WritePipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A store with one failed run (a job that fails 3 times, printing a secret), deployed as `p`."""
+    path = write_pipeline({
+        "name": "p",
+        "jobs": [sh("first", "echo hello; echo $TOKEN; printf return-%s \"$TOKEN\" > $JOBGRAPH_RETURN_VALUE_FILE",
+                    secrets=["TOKEN"]),
+                 sh("flaky", "echo attempt; echo $TOKEN >&2; exit 3", after=["first"], retries=2, retry_delay=0,
+                    secrets=["TOKEN"]),
+                 sh("later", "true", after=["flaky"])],
+    })
+    monkeypatch.setenv("TOKEN", SECRET)
+    result = cli("run", str(path))
+    cli("deploy", str(path), check=0)
+    monkeypatch.delenv("TOKEN")
+    assert result.returncode == 1, result.stdout + result.stderr
+    url = store_url(tmp_path)
+    with Store(url) as records:
+        (run,) = records.runs(5)
+    return {"url": url, "run_id": run.run_id, "path": path}
+
+
+# The page in a browser.
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -79,18 +152,11 @@ class Server:
     store_url: str
 
 
-def local_app(store_url: str) -> Starlette:
-    """The page's routes over a store: the app factory's job until the API's branch is merged."""
-    app = Starlette(routes=pages.routes())
-    app.state.records = Store(store_url)
-    return app
-
-
-def start_server(store_url: str) -> tuple[Server, Callable[[], None]]:
+def start_server(url: str) -> tuple[Server, Callable[[], None]]:
     """Serve the page over a store on a free loopback port, in a thread; returns the server and how to stop it."""
     listening = socket.socket()
     listening.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(local_app(store_url), log_level="warning", lifespan="off")
+    config = uvicorn.Config(create_app(url), log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
     thread.start()
@@ -104,7 +170,7 @@ def start_server(store_url: str) -> tuple[Server, Callable[[], None]]:
         thread.join(timeout=10)
         listening.close()
 
-    return Server(url=f"http://127.0.0.1:{listening.getsockname()[1]}", store_url=store_url), stop
+    return Server(url=f"http://127.0.0.1:{listening.getsockname()[1]}", store_url=url), stop
 
 
 @pytest.fixture
@@ -112,8 +178,8 @@ def serve() -> Iterator[Callable[[str], Server]]:
     """Start the page over a store (a factory); every server started is stopped after the test."""
     stops: list[Callable[[], None]] = []
 
-    def start(store_url: str) -> Server:
-        server, stop = start_server(store_url)
+    def start(url: str) -> Server:
+        server, stop = start_server(url)
         stops.append(stop)
         return server
 

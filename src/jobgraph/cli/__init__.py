@@ -64,6 +64,8 @@ app.command()(commands.resume)
 app.command()(commands.trigger)
 app.command()(commands.drop)
 app.command()(commands.serve)
+app.command()(commands.web)
+app.add_typer(commands.token)
 
 
 def main() -> None:

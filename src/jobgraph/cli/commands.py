@@ -228,3 +228,61 @@ def serve(
     from jobgraph.cli import service
 
     service.serve(store=store, runner=runner, tick=tick, drain=drain)
+
+
+def web(
+    host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback needs a token in the store, "
+                                      "and then every request needs one")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on", min=0, max=65535)] = 8787,
+    store: StoreOption = None,
+    runner: RunnerOption = None,
+) -> None:
+    """Serve the web page and the HTTP API (/api/v1) over the store; runs it starts end with it (SIGINT, SIGTERM)."""
+    from jobgraph.cli import web
+
+    web.web(host=host, port=port, store=store, runner=runner)
+
+
+token = typer.Typer(name="token", help="API tokens for the web page and the HTTP API: create, list, revoke.",
+                    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+
+
+class TokenScope(StrEnum):
+    """What a token may do."""
+
+    read = "read"
+    operate = "operate"
+    admin = "admin"
+
+
+@token.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="A name for the token (who or what uses it)")],
+    scope: Annotated[TokenScope, typer.Option(help="read: see; operate: also trigger, retry, cancel, suspend, "
+                                              "resume; admin: everything")],
+    expires: Annotated[int | None, typer.Option(help="Days until it stops working [default: never]")] = None,
+    store: StoreOption = None,
+) -> None:
+    """Make a token and print it once (only its hash is stored)."""
+    from jobgraph.cli import web
+
+    web.token_create(name, scope.value, expires=expires, store=store)
+
+
+@token.command("list")
+def token_list(store: StoreOption = None) -> None:
+    """List the tokens: name, scope, when made, last used, expiry, status. Never a token itself."""
+    from jobgraph.cli import web
+
+    web.token_list(store=store)
+
+
+@token.command("revoke")
+def token_revoke(
+    name: Annotated[str, typer.Argument(help="The token's name")],
+    store: StoreOption = None,
+) -> None:
+    """Revoke a token: it stops working at once."""
+    from jobgraph.cli import web
+
+    web.token_revoke(name, store=store)

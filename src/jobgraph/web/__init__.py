@@ -1,1 +1,1 @@
-"""jobgraph's web page and HTTP API: a thin shell over the store and jobgraph.app (imported only by `jobgraph web`)."""
+"""The web page and the HTTP API over the store (Starlette; imported only by `jobgraph web` and `serve --http`)."""

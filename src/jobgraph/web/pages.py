@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from jobgraph.app import queries
 from jobgraph.errors import StoreError
 from jobgraph.states import RunState
 from jobgraph.store import Store
@@ -45,9 +46,19 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-def _when(value: datetime | None) -> str:
-    """A time as the page shows it: UTC, to the second."""
-    return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+def _when(value: datetime | str | None) -> str:
+    """A time (or the API's ISO text of one) as the page shows it: UTC, to the second."""
+    if value is None:
+        return ""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _between(started: str | None, finished: str | None) -> float | None:
+    """Seconds between two of the API's ISO times (None while the second is not there)."""
+    if not started or not finished:
+        return None
+    return (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
 
 
 def _took(seconds: float | None) -> str:
@@ -58,6 +69,7 @@ def _took(seconds: float | None) -> str:
 
 _templates.env.filters["when"] = _when
 _templates.env.filters["took"] = _took
+_templates.env.globals["between"] = _between
 
 
 def _render(request: Request, name: str, status: int = 200, **context: Any) -> Response:
@@ -89,33 +101,16 @@ def pipelines_page(request: Request) -> Response:
 
 
 def runs_page(request: Request) -> Response:
-    """Runs newest first, filtered by pipeline and state, one page at a time (the cursor is the last run shown)."""
+    """Runs newest first, filtered by pipeline and state, one page at a time (the API's keyset cursor)."""
     params = request.query_params
     pipeline = params.get("pipeline") or None
     state = params.get("state") or None
-    cursor = params.get("cursor") or None
-    if state is not None and state not in RunState.__members__:
-        return _render(request, "error.html", status=400,
-                       message=f"unknown state {state!r}: use one of {', '.join(RunState.__members__)}")
-    found, next_cursor = _runs(_records(request), pipeline, state, cursor)
+    try:
+        found, next_cursor = queries.run_page(_records(request), pipeline, state, RUNS_PAGE, params.get("cursor"))
+    except queries.BadRequest as exc:
+        return _render(request, "error.html", status=400, message=str(exc))
     return _render(request, "runs.html", runs=found, next_cursor=next_cursor, pipeline=pipeline or "",
                    state=state or "", states=list(RunState.__members__))
-
-
-def _runs(records: Store, pipeline: str | None, state: str | None,
-          cursor: str | None) -> tuple[list[RunSummary], str | None]:
-    """One page of runs after the cursor (`started_at|run_id` of the last run of the page before)."""
-    chosen = [run for run in records.runs(10_000, pipeline) if state is None or run.state == state]
-    if cursor:
-        text, _, run_id = cursor.partition("|")
-        try:
-            at = datetime.fromisoformat(text)
-        except ValueError:
-            at, run_id = datetime.max.replace(tzinfo=UTC), ""
-        chosen = [run for run in chosen if run.started_at < at or (run.started_at == at and run.run_id > run_id)]
-    page = chosen[:RUNS_PAGE]
-    more = len(chosen) > RUNS_PAGE
-    return page, f"{page[-1].started_at.isoformat()}|{page[-1].run_id}" if more else None
 
 
 def _run_args(request: Request) -> tuple[str, int, str]:
