@@ -145,6 +145,4 @@ def run_parts(request: Request) -> Response:
 
 def login_page(request: Request) -> Response:
     """The sign-in form: a token pasted here is POSTed to /login, which keeps it in an HttpOnly cookie."""
-    target = request.query_params.get("next", "/")
-    return _render(request, "login.html", next=target if target.startswith("/") and not target.startswith("//")
-                   else "/")
+    return _render(request, "login.html", next=request.query_params.get("next", "/"))  # POST /login checks it
