@@ -15,6 +15,7 @@ from playwright.sync_api import Page, expect
 
 from jobgraph.states import TaskState
 from jobgraph.store import Store
+from jobgraph.store.deployments import Deployments
 from tests.web.conftest import Seed, Server, WebProcess, folder_store, jobgraph, record_run
 
 HOSTILE = "<img src=x onerror=window.__pwned=1>"
@@ -262,8 +263,16 @@ def test_trigger_retry_and_cancel_from_the_page_need_an_operate_token(
     wait_for(lambda: (failed, "SUCCEEDED", 2) in runs(), "the retried run to succeed")
     expect(page.locator("#run-state")).to_have_text("SUCCEEDED", timeout=15_000)
 
-    hold.touch()
     page.goto(web.url)
+    assert "suspend: done (now SUSPENDED)" in click_and_read(page, 'tr[data-pipeline="steer"] button[data-action]'
+                                                                   '[data-action=suspend]')
+    with Store(url) as records:
+        assert Deployments(records).get("steer").state == "SUSPENDED"
+    assert "resume: done (now ACTIVE)" in click_and_read(page, 'tr[data-pipeline="steer"] button[data-action=resume]')
+    with Store(url) as records:
+        assert Deployments(records).get("steer").state == "ACTIVE"
+
+    hold.touch()
     assert "trigger: done" in click_and_read(page, 'tr[data-pipeline="steer"] button[data-action=trigger]')
     wait_for(lambda: len(runs()) == 2 and runs()[0][1] == "RUNNING", "the triggered run")
     triggered = runs()[0][0]

@@ -26,13 +26,38 @@
         say(`${action} refused (${response.status}): ${body.error || response.statusText}`, true);
         return;
       }
-      const details = ["run_id", "action", "state"].filter((k) => body[k]).map((k) => `${k} ${body[k]}`);
+      const state = (body.run || body.pipeline || {}).state;
+      const details = [body.action && body.action.toLowerCase(), body.run_id && `run ${body.run_id}`,
+        state && `now ${state}`].filter(Boolean);
       say(`${action}: done${details.length ? " (" + details.join(", ") + ")" : ""}`, false);
+      if (body.run_id && (!run || body.run_id !== run.dataset.run)) {
+        const link = document.createElement("a");
+        link.href = `/runs/${encodeURIComponent(body.run_id)}`;
+        link.textContent = "open the run";
+        message.append(" ", link);
+      }
+      if (body.pipeline) { showPipeline(button, body.pipeline); }
       if (run) { follow(); refreshSoon(); }
     } catch (error) {
       say(`${action} failed: ${error}`, true);
     } finally {
       button.disabled = false;
+    }
+  }
+
+  // A suspended or resumed pipeline's row shows its new state, and the button that undoes it.
+  function showPipeline(button, pipeline) {
+    const row = button.closest("tr");
+    const badge = row && row.querySelector(".state");
+    if (badge) {
+      badge.textContent = pipeline.state;
+      badge.className = `state p-${pipeline.state}`;
+    }
+    const next = pipeline.state === "SUSPENDED" ? "resume" : "suspend";
+    if (button.dataset.action === "suspend" || button.dataset.action === "resume") {
+      button.dataset.url = button.dataset.url.replace(/\/(suspend|resume)$/, `/${next}`);
+      button.dataset.action = next;
+      button.textContent = next;
     }
   }
 
