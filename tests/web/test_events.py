@@ -48,6 +48,7 @@ async def stream(app: Starlette, path: str, leave: asyncio.Event | None = None) 
         nonlocal status, buffer
         if message["type"] == "http.response.start":
             status = message["status"]
+            assert b"content-length" not in dict(message["headers"])  # a stream has no length: chunked
             return
         buffer += message.get("body", b"")
         while b"\n\n" in buffer:

@@ -125,13 +125,18 @@ async def serve_web(url: str, host: str, port: int, public: bool, run_host: RunH
     from jobgraph.web.app import create_app
 
     server = WebServer(host, port)
+    app = create_app(url, public=public, host=run_host)
+
+    def stop() -> None:
+        app.state.streams.closing = True
+        server.stop()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, server.stop)
+        loop.add_signal_handler(sig, stop)
     needs = ", a token needed for every request" if public else ""
     try:
-        await server.serve(create_app(url, public=public, host=run_host),
-                           lambda where: say(f"jobgraph web: {where} (store {url}{needs})"))
+        await server.serve(app, lambda where: say(f"jobgraph web: {where} (store {url}{needs})"))
     finally:
         running = run_host.running()
         if running:

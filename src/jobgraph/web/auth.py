@@ -22,7 +22,7 @@ import hmac
 import html
 import ipaddress
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
@@ -40,6 +40,8 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OPEN_PATHS = ("/healthz", "/login", "/static/", "/api/v1/openapi.json")
 """Reachable without a token even off loopback: nothing in them comes from the store."""
 _AUTH_KEY = "jobgraph.auth"
+MAX_FORM_BYTES = 4096
+"""The most a sign-in form may send."""
 
 
 @dataclass(frozen=True)
@@ -163,19 +165,30 @@ def _refuse(status: int, message: str, path: str, headers: Headers) -> Response:
 
 async def login(request: Request) -> Response:
     """POST /login (form field `token`): check the token, then keep it in an HttpOnly, SameSite=Strict cookie."""
-    form = await request.form()
-    presented = str(form.get("token") or "").strip()
+    form = await _form(request)
+    presented = form.get("token", "").strip()
     tokens: Tokens = Tokens(request.app.state.records)
     token = await run_in_threadpool(tokens.verify, presented, utcnow()) if presented else None
     if token is None:
         return error(401, "the token is unknown, revoked or expired")
-    target = str(form.get("next") or "/")
+    target = form.get("next") or "/"
     if not target.startswith("/") or target.startswith("//"):
         target = "/"
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(COOKIE, presented, httponly=True, samesite="strict", path="/",
                         secure=request.url.scheme == "https")
     return response
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """A small urlencoded form body (a sign-in form: no python-multipart needed), first value of each field."""
+    body = b""
+    async for part in request.stream():
+        body += part
+        if len(body) > MAX_FORM_BYTES:
+            return {}
+    fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+    return {name: values[0] for name, values in fields.items()}
 
 
 async def logout(request: Request) -> Response:

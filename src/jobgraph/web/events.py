@@ -37,10 +37,13 @@ HEARTBEAT_SECS = 15.0
 
 
 class Streams:
-    """How many event streams are open now (the server's own bookkeeping, and what tests check)."""
+    """How many event streams are open now (the server's own bookkeeping, and what tests check), and whether
+    the server is stopping: then each stream finishes its response at its next poll, without `end` (the run
+    goes on; a browser's EventSource reconnects), so a stopping server need not cut them off."""
 
     def __init__(self) -> None:
         self.open = 0
+        self.closing = False
 
 
 def _event(name: str, data: Any) -> bytes:
@@ -55,14 +58,17 @@ def _changes(before: queries.Json, after: queries.Json) -> queries.Json:
             "attempts": [a for a in after["attempts"] if tried.get((a["job"], a["attempt"])) != a]}
 
 
-async def run_events(records: Store, run_id: str, poll_secs: float = POLL_SECS) -> AsyncIterator[bytes]:
-    """The stream's bytes: snapshot, changes as the store shows them, end."""
+async def run_events(records: Store, run_id: str, streams: Streams,
+                     poll_secs: float = POLL_SECS) -> AsyncIterator[bytes]:
+    """The stream's bytes: snapshot, changes as the store shows them, end (unless the server stops first)."""
     signature = await run_in_threadpool(queries.run_signature, records, run_id)
     shown = await run_in_threadpool(queries.run_detail, records, run_id)
     yield _event("snapshot", shown)
     quiet_since = time.monotonic()
     while shown["run"]["state"] == RunState.RUNNING.value:
         await anyio.sleep(poll_secs)
+        if streams.closing:
+            return
         now = await run_in_threadpool(queries.run_signature, records, run_id)
         if now != signature:
             signature = now
@@ -81,7 +87,9 @@ class EventStream(Response):
     media_type = "text/event-stream"
 
     def __init__(self, chunks: AsyncIterator[bytes], streams: Streams) -> None:
-        super().__init__(headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"Cache-Control": "no-store", "X-Accel-Buffering": "no"})  # no body: no Content-Length
         self.chunks = chunks
         self.streams = streams
 
@@ -123,4 +131,5 @@ async def events(request: Request) -> Response:
     records: Store = request.app.state.records
     run_id = request.path_params["run_id"]
     await run_in_threadpool(queries.run_signature, records, run_id)  # raises NotFound -> 404
-    return EventStream(run_events(records, run_id, request.app.state.poll_secs), request.app.state.streams)
+    streams: Streams = request.app.state.streams
+    return EventStream(run_events(records, run_id, streams, request.app.state.poll_secs), streams)
