@@ -264,16 +264,16 @@ def test_trigger_retry_and_cancel_from_the_page_need_an_operate_token(
     expect(page.locator("#run-state")).to_have_text("SUCCEEDED", timeout=15_000)
 
     page.goto(web.url)
-    assert "suspend: done (now SUSPENDED)" in click_and_read(page, 'tr[data-pipeline="steer"] button[data-action]'
-                                                                   '[data-action=suspend]')
+    steer = 'tr[data-pipeline="steer"]'
+    assert "suspend: done (now SUSPENDED)" in click_and_read(page, f"{steer} button[data-action=suspend]")
     with Store(url) as records:
         assert Deployments(records).get("steer").state == "SUSPENDED"
-    assert "resume: done (now ACTIVE)" in click_and_read(page, 'tr[data-pipeline="steer"] button[data-action=resume]')
+    assert "resume: done (now ACTIVE)" in click_and_read(page, f"{steer} button[data-action=resume]")
     with Store(url) as records:
         assert Deployments(records).get("steer").state == "ACTIVE"
 
     hold.touch()
-    assert "trigger: done" in click_and_read(page, 'tr[data-pipeline="steer"] button[data-action=trigger]')
+    assert "trigger: done" in click_and_read(page, f"{steer} button[data-action=trigger]")
     wait_for(lambda: len(runs()) == 2 and runs()[0][1] == "RUNNING", "the triggered run")
     triggered = runs()[0][0]
     page.goto(f"{web.url}/runs/{triggered}")
