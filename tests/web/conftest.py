@@ -217,12 +217,12 @@ def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seed]:
 
 
 def record_run(store_url: str, jobs: dict[str, tuple[str, ...]], states: dict[str, TaskState],
-               errors: dict[str, str] | None = None, pipeline: str = "recorded") -> str:
+               errors: dict[str, str] | None = None, pipeline: str = "recorded", log: Path = Path("/dev/null")) -> str:
     """A finished run written event by event as the engine writes one (no process runs): for runs too big or
-    too odd to make with `jobgraph run` (5,000 jobs, names the config would refuse). Returns its id."""
+    too odd to make with `jobgraph run` (5,000 jobs, names the config would refuse); every attempt's log is
+    `log`. Returns its id."""
     run_id = str(uuid.uuid4())
     start = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
-    log = Path("/dev/null")
     events: list[Event] = [RunStarted(
         run_id=run_id, pipeline=pipeline, at=start, scheduled_time=start, snapshot="{}",
         tasks=tuple(TaskInfo(name=name, pool="default", image="sh", predecessors=after)

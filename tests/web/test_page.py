@@ -88,8 +88,10 @@ def test_the_runs_list_pages_with_its_cursor(tmp_path: Path, serve: Callable[[st
 def test_a_hostile_job_name_and_error_render_as_text(tmp_path: Path, serve: Callable[[str], Server],
                                                      page: Page) -> None:
     url = f"sqlite:///{tmp_path / 'hostile.db'}"
+    log = tmp_path / "hostile.log"
+    log.write_text(f"printed {HOSTILE} and <script>window.__pwned=3</script>\n")
     run_id = record_run(url, {HOSTILE: (), "after": (HOSTILE,)}, {HOSTILE: TaskState.FAILED},
-                        errors={HOSTILE: "<script>window.__pwned=2</script>"}, pipeline="<b>p</b>")
+                        errors={HOSTILE: "<script>window.__pwned=2</script>"}, pipeline="<b>p</b>", log=log)
     server = serve(url)
     for path in (f"/runs/{run_id}", "/runs", "/"):
         page.goto(server.url + path)
@@ -100,6 +102,10 @@ def test_a_hostile_job_name_and_error_render_as_text(tmp_path: Path, serve: Call
     expect(page.locator("tbody.job td.name").first).to_have_text(HOSTILE)
     expect(page.locator("pre.error")).to_have_text("<script>window.__pwned=2</script>")
     expect(page.locator("svg.dag .node text").first).to_contain_text("<img")
+    page.locator("tbody.job .log-button").first.click()
+    expect(page.locator("#log")).to_have_text(f"printed {HOSTILE} and <script>window.__pwned=3</script>\n")
+    expect(page.locator("#log-title")).to_have_text(f"{HOSTILE}, attempt 1")
+    assert page.locator("main img, main script, main b").count() == 0
     assert page.evaluate("window.__pwned") is None
 
 
