@@ -46,7 +46,9 @@ def main(out: Path = REPO / "docs" / "run-page.png") -> None:
                 page.wait_for_function("document.getElementById('log-status').textContent.includes('ended')"
                                        " || document.getElementById('log-status').textContent.includes('cannot')")
                 out.parent.mkdir(exist_ok=True)
-                page.screenshot(path=str(out), full_page=True)
+                height = page.evaluate("document.documentElement.scrollHeight")
+                page.set_viewport_size({"width": 1200, "height": height})  # the whole page, log panel at its foot
+                page.screenshot(path=str(out))
                 browser.close()
         finally:
             stop()
