@@ -69,6 +69,12 @@ def test_the_seed_runs_on_the_runs_and_pipelines_pages(seed: Seed, page: Page) -
     expect(page.locator("#run-state")).to_have_text("FAILED")
     page.goto(seed.server.url)
     expect(page.locator('#by-hand tr[data-pipeline="root_task"]')).to_contain_text("FAILED")
+    missing = page.goto(f"{seed.server.url}/runs/0000dead")
+    assert missing is not None and missing.status == 404
+    expect(page.locator("main")).to_contain_text("no run with id '0000dead'")
+    bad = page.goto(f"{seed.server.url}/runs?state=BORED")
+    assert bad is not None and bad.status == 400
+    expect(page.locator("main")).to_contain_text("unknown run state 'BORED'")
 
 
 def test_the_runs_list_pages_with_its_cursor(tmp_path: Path, serve: Callable[[str], Server], page: Page) -> None:

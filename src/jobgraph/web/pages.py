@@ -72,10 +72,16 @@ _templates.env.filters["took"] = _took
 _templates.env.globals["between"] = _between
 
 
+POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
+          "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+"""The pages' Content-Security-Policy: only the package's own script and style run, even if markup slipped in."""
+
+
 def _render(request: Request, name: str, status: int = 200, **context: Any) -> Response:
     """A template with what every page needs: the CSRF token for its buttons and who is signed in."""
     context.update(csrf=csrf_token(request), signed_in=current_token(request))
-    return _templates.TemplateResponse(request, name, context, status_code=status)
+    return _templates.TemplateResponse(request, name, context, status_code=status, headers={
+        "Content-Security-Policy": POLICY, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"})
 
 
 def _records(request: Request) -> Store:
