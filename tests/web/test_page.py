@@ -123,8 +123,11 @@ def test_a_5000_job_run_page_stays_small_and_interactive(tmp_path: Path, serve: 
     states = {name: TaskState.FAILED for name in fan[::1000]} | {"merge": TaskState.SKIPPED}
     run_id = record_run(url, jobs, states, errors={name: f"{name} broke" for name in fan})
     server = serve(url)
+    fetched: list[str] = []
+    page.on("request", lambda request: fetched.append(request.url))
     started = time.perf_counter()
-    page.goto(f"{server.url}/runs/{run_id}")
+    with page.expect_response(lambda response: "/events" in response.url):
+        page.goto(f"{server.url}/runs/{run_id}")
     page.wait_for_load_state("load")
     loaded = time.perf_counter() - started
     elements = page.evaluate("document.getElementsByTagName('*').length")
@@ -140,6 +143,8 @@ def test_a_5000_job_run_page_stays_small_and_interactive(tmp_path: Path, serve: 
     assert "s-FAILED" in (folded.get_attribute("class") or "")
     assert "4993 succeeded" in (folded.locator("title").text_content() or "")
     expect(page.locator("svg.dag .node")).to_have_count(3)
+    page.wait_for_timeout(1500)
+    assert not [url for url in fetched if "/parts" in url]  # the stream's snapshot matched: nothing drawn again
     expect(page.locator("tbody.job")).to_have_count(200)
     expect(page.locator(".pager")).to_contain_text("page 1 of 25")
     page.click("#failures-first")

@@ -101,6 +101,17 @@
     refreshSoon();
   }
 
+  // The stream's first event is the whole run: the page was drawn from the same store a moment ago, so
+  // it is only drawn again if the run moved meanwhile (a 5,000-job run is not walked job by job).
+  function compare(data) {
+    const counts = document.getElementById("counts");
+    const sorted = (object) => JSON.stringify(Object.keys(object || {}).sort().map((k) => [k, object[k]]));
+    const shown = JSON.parse(counts.dataset.counts || "{}");
+    if (data.run.state !== counts.dataset.runState || sorted(data.run.job_counts) !== sorted(shown)) {
+      refreshSoon();
+    }
+  }
+
   // The parts that change (graph with its folded counts, Gantt, jobs list) are rendered again by the
   // server, at most once a second however many changes arrive.
   let stream = null;
@@ -141,10 +152,13 @@
     if (stream) { stream.close(); }
     let heard = false;
     stream = new EventSource(`${api}/events`);
-    const handle = (event) => { heard = true; applyChange(JSON.parse(event.data)); };
-    stream.addEventListener("snapshot", handle);
-    stream.addEventListener("change", handle);
-    stream.addEventListener("end", () => { stream.close(); stream = null; refreshSoon(); });
+    stream.addEventListener("snapshot", (event) => { heard = true; compare(JSON.parse(event.data)); });
+    stream.addEventListener("change", (event) => { heard = true; applyChange(JSON.parse(event.data)); });
+    stream.addEventListener("end", () => {
+      stream.close();
+      stream = null;
+      if (document.getElementById("counts").dataset.runState === "RUNNING") { refreshSoon(); }
+    });
     stream.onerror = () => {
       if (!heard && stream) {
         stream.close(); stream = null; polling = true; refreshSoon();
