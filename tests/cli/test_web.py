@@ -121,3 +121,51 @@ def test_a_real_server_over_tcp_ends_with_its_runs_on_sigterm(cli: Cli, write_pi
         run = records.run(run_id)
         assert run.state == "CANCELLED" and run.finished_at is not None
         assert [t.state for t in records.tasks(run_id)] == ["CANCELLED"]
+
+
+def test_serve_http_runs_the_scheduler_and_the_api_in_one_process(cli: Cli, write_pipeline: WritePipeline,
+                                                                  tmp_path: Path) -> None:
+    path = write_pipeline({"name": "slow", "jobs": [sh("wait", "sleep 120")]})
+    cli("deploy", str(path), check=0)
+    operate = cli("token", "create", "ops", "--scope", "operate", check=0).stdout.strip()
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph"), "COLUMNS": "250"}
+    env.pop("JOBGRAPH_STORE", None)
+    service = subprocess.Popen([sys.executable, "-m", "jobgraph", "serve", "--tick", "0.2", "--http", "127.0.0.1:0"],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    output: list[str] = []
+    try:
+        assert service.stdout is not None
+        while not any("jobgraph web: " in line for line in output):
+            line = service.stdout.readline()
+            assert line, "".join(output) + (service.stderr.read() if service.stderr else "")
+            output.append(line)
+        match = re.search(r"jobgraph web: (http://127\.0\.0\.1:\d+/)", "".join(output))
+        assert match
+        with httpx.Client(base_url=match[1], timeout=30) as client:
+            started = client.post("/api/v1/pipelines/slow/trigger", headers={"Authorization": f"Bearer {operate}"})
+            assert started.status_code == 202 and started.json()["action"] == "STARTED", started.text
+            run_id = started.json()["run_id"]
+            assert client.get(f"/api/v1/runs/{run_id}").json()["run"]["state"] == "RUNNING"
+        deadline = time.monotonic() + 30
+        while not [pid for pid in _descendants(service.pid)
+                   if b"sleep\x00120" in Path(f"/proc/{pid}/cmdline").read_bytes()]:
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.05)
+        job_pids = _descendants(service.pid)
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(30) == 0
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait()
+    assert not any(process_alive(pid) for pid in job_pids)
+    with Store(store_url(tmp_path)) as records:
+        run = records.run(run_id)
+    assert run.state == "CANCELLED" and run.trigger is not None
+
+
+def test_serve_http_refuses_a_bad_address(cli: Cli) -> None:
+    bad = cli("serve", "--http", "localhost", check=2, timeout=30)
+    assert "--http 'localhost' is not HOST:PORT" in bad.stderr and "Traceback" not in bad.stderr
+    refused = cli("serve", "--http", "0.0.0.0:0", check=2, timeout=30)
+    assert "refusing to listen on 0.0.0.0" in refused.stderr

@@ -76,7 +76,10 @@ def test_a_log_is_read_in_chunks_with_its_next_offset_and_completeness(ran: dict
         assert rest.headers["X-Log-Next-Offset"] == str(len("hello\n***\n"))
         beyond = get(app, path, params={"offset": 1000})
         assert beyond.text == "" and beyond.headers["X-Log-Complete"] == "true"
-        for bad in ({"offset": -1}, {"limit": 0}, {"limit": "many"}):
+        tail = get(app, path, params={"offset": -4})
+        assert tail.text == "***\n" and tail.headers["X-Log-Next-Offset"] == str(len("hello\n***\n"))
+        assert get(app, path, params={"offset": -1000}).text == "hello\n***\n"
+        for bad in ({"offset": "x"}, {"limit": 0}, {"limit": "many"}):
             refused = get(app, path, params=bad)
             assert refused.status_code == 400 and "error" in refused.json()
 
@@ -200,3 +203,24 @@ def test_a_slow_read_never_holds_the_event_loop(ran: dict[str, Any], monkeypatch
 
         statuses = call(app, work)
     assert statuses == [200] * 13
+
+
+def test_log_chunks_and_tails_start_and_end_on_whole_characters(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    log = tmp_path / "utf8.log"
+    log.write_text("é" * 10)  # 2 bytes each
+    with Store(url) as records, records._engine.begin() as conn:
+        conn.execute(insert(runs).values(run_id="r1", pipeline="p", state="SUCCEEDED", run_attempt=1,
+                                         started_at=at, scheduled_time=at, snapshot="{}"))
+        conn.execute(insert(task_runs).values(run_id="r1", task="a", run_attempt=1, state="SUCCEEDED", attempts=1,
+                                              pool="default", image="sh", predecessors="[]"))
+        conn.execute(insert(attempts).values(run_id="r1", task="a", attempt=1, run_attempt=1, status="DONE",
+                                             log_path=str(log), started_at=at, finished_at=at, created_date=at))
+    with served(url) as app:
+        head = get(app, "/api/v1/runs/r1/jobs/a/attempts/1/log", params={"limit": 5})
+        tail = get(app, "/api/v1/runs/r1/jobs/a/attempts/1/log", params={"offset": -5})
+    assert head.content == "éé".encode() and head.headers["X-Log-Next-Offset"] == "4"
+    assert head.headers["X-Log-Complete"] == "false"
+    assert tail.content == "éé".encode() and tail.headers["X-Log-Next-Offset"] == "20"
+    assert tail.headers["X-Log-Complete"] == "true"

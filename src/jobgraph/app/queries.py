@@ -263,13 +263,16 @@ def read_log(records: Store, run_id: str, job: str, attempt: int, offset: int = 
              limit: int = 1 << 16) -> LogChunk:
     """Up to `limit` bytes of an attempt's log from `offset`, as stored (redacted as it was written).
 
+    A negative `offset` counts from the end (the tail: -65536 is the last 64 KiB, started at a whole
+    character); `next_offset` is where to go on from, to follow the log as it grows.
+
     Never a link or a special file a job planted in its place (runners/output.open_regular raises
     UnsafeFile); a chunk never ends inside a UTF-8 character unless the log itself does.
     """
     from jobgraph.runners.output import UnsafeFile, open_regular
 
-    if offset < 0 or not 1 <= limit <= MAX_LOG_CHUNK:
-        raise BadRequest(f"offset must be >= 0 and limit between 1 and {MAX_LOG_CHUNK}")
+    if not 1 <= limit <= MAX_LOG_CHUNK:
+        raise BadRequest(f"limit must be between 1 and {MAX_LOG_CHUNK}, not {limit}")
     with records._engine.connect() as conn:
         _run_row(conn, run_id)
         row = conn.execute(select(attempts.c.log_path, attempts.c.status).where(and_(
@@ -280,11 +283,15 @@ def read_log(records: Store, run_id: str, job: str, attempt: int, offset: int = 
     try:
         fd = open_regular(Path(row.log_path))
     except FileNotFoundError:
-        return LogChunk(b"", offset, ended)
+        return LogChunk(b"", max(offset, 0), ended)
     except UnsafeFile as exc:
         raise Refused(f"the log of attempt {attempt} of job {job!r} is not shown: {exc}") from None
     try:
         size = os.fstat(fd).st_size
+        if offset < 0:
+            offset = max(size + offset, 0)
+            while offset < size and offset > 0 and os.pread(fd, 1, offset)[0] & 0xC0 == 0x80:
+                offset += 1  # a tail starts at a whole character
         data = os.pread(fd, min(limit, max(size - offset, 0)), offset) if offset < size else b""
     finally:
         os.close(fd)

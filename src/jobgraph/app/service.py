@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from jobgraph.app.host import RunHost
 from jobgraph.app.pipelines import now
@@ -21,10 +21,17 @@ LEASE_TTL_SECS = 15.0
 """How long the scheduler's lease lasts without renewal (at least three ticks)."""
 
 
+Alongside = Callable[[RunHost, asyncio.Event], Awaitable[None]]
+"""What a service also runs on its loop with its RunHost (the web server of `serve --http`): given the host and
+the service's stop event, it returns once the event is set; if it ends sooner (it failed), the service stops."""
+
+
 def serve(records: Store, runner: str | None, tick: float, drain: bool, reports: Reports,
-          view_for: Callable[[str], Listener], on_hang_up: Callable[[], None]) -> None:
+          view_for: Callable[[str], Listener], on_hang_up: Callable[[], None],
+          alongside: Alongside | None = None) -> None:
     """Run the scheduler on this store until SIGINT or SIGTERM; then cancel its runs (or with `drain` let them
-    finish) and free the lease. `view_for(label)` shows a run; SIGHUP calls `on_hang_up` and the service goes on."""
+    finish) and free the lease. `view_for(label)` shows a run; SIGHUP calls `on_hang_up` and the service goes on.
+    `alongside` is stopped first, so that nothing starts a run while the service closes them."""
     deployments = Deployments(records)
     holder = owner_label()
     say = reports.say
@@ -42,6 +49,9 @@ def serve(records: Store, runner: str | None, tick: float, drain: bool, reports:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping)
+        beside = None if alongside is None else asyncio.ensure_future(alongside(host, stop))
+        if beside is not None:
+            beside.add_done_callback(lambda _done: stopping())
         loop.add_signal_handler(signal.SIGHUP, on_hang_up)  # like nohup: serve on, quietly
         say(f"jobgraph serve: scheduler {holder}, store {records.url}, tick {tick:g}s")
         waiting = False
@@ -57,11 +67,16 @@ def serve(records: Store, runner: str | None, tick: float, drain: bool, reports:
             waiting = not held
             if not stop.is_set():
                 await scheduler.wait(tick)
+        failed = None
+        if beside is not None:
+            failed = (await asyncio.gather(beside, return_exceptions=True))[0]
         running = scheduler.running()
         say(f"stopping: {'draining' if drain else 'cancelling'} {len(running)} running run(s)")
         await host.stop(drain)
         await scheduler.shutdown(drain)
         await host.close(drain)
         say("stopped")
+        if isinstance(failed, BaseException):
+            raise failed
 
     asyncio.run(main())

@@ -223,11 +223,14 @@ def serve(
                                         "sooner (a fire time, a trigger or deploy wakes it at once)",
                                         min=0.05, max=60)] = 1.0,
     drain: Annotated[bool, typer.Option(help="On SIGTERM, let running runs finish instead of cancelling them")] = False,
+    http: Annotated[str | None, typer.Option(
+        "--http", help="Also serve the web page and the HTTP API at HOST:PORT (e.g. 127.0.0.1:8787); off loopback "
+        "a token is needed in the store, and then for every request")] = None,
 ) -> None:
     """Run the scheduler and every triggered run until SIGTERM or Ctrl-C; one line per event."""
     from jobgraph.cli import service
 
-    service.serve(store=store, runner=runner, tick=tick, drain=drain)
+    service.serve(store=store, runner=runner, tick=tick, drain=drain, http=http)
 
 
 def web(

@@ -150,7 +150,8 @@ def drop(name: str, purge: bool = False, store: str | None = None) -> None:
 
 
 @reported
-def serve(store: str | None = None, runner: str | None = None, tick: float = 1.0, drain: bool = False) -> None:
+def serve(store: str | None = None, runner: str | None = None, tick: float = 1.0, drain: bool = False,
+          http: str | None = None) -> None:
     """Hold the scheduler's lease and run it: fire what is due, take requests, resume lost runs, until a signal."""
 
     def say(text: str) -> None:
@@ -163,5 +164,10 @@ def serve(store: str | None = None, runner: str | None = None, tick: float = 1.0
         errors.print(escape(text))
 
     with Store(store_url(store)) as records:
+        alongside = None
+        if http is not None:  # the web stack is loaded only then
+            from jobgraph.cli.web import alongside_service
+
+            alongside = alongside_service(records, records.url, http)
         serve_forever(records, runner, tick, drain, Reports(say, say, say, note),
-                      lambda label: RunView(console, prefix=f"[{label}] "), lambda: terminal_gone(console))
+                      lambda label: RunView(console, prefix=f"[{label}] "), lambda: terminal_gone(console), alongside)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from jobgraph.app.host import RunHost
+    from jobgraph.app.service import Alongside
 
 GRACE_SECS = 2.0
 """How long a stopping server waits for open requests (an event stream never ends by itself)."""
@@ -59,7 +60,7 @@ def parse_address(text: str) -> tuple[str, int]:
     """HOST:PORT (IPv6 in brackets) as a host and a port; a JobgraphError naming what is wrong otherwise."""
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise JobgraphError(f"--http {text!r} is not HOST:PORT (e.g. 127.0.0.1:8787)")
     return host, int(port)
 
@@ -143,6 +144,29 @@ async def serve_web(url: str, host: str, port: int, public: bool, run_host: RunH
             say(f"stopping: cancelling {len(running)} running run(s)")
         await run_host.close(drain=False)
         say("stopped")
+
+
+def alongside_service(records: Store, url: str, address: str) -> Alongside:
+    """The web server of `serve --http HOST:PORT`, bound now (a bad address stops the service before it starts),
+    served with the service's RunHost until the service stops."""
+    from jobgraph.web.app import create_app
+
+    host, port = parse_address(address)
+    public = check_binding(records, host)
+    server = WebServer(host, port)
+
+    async def serve(run_host: RunHost, stop: asyncio.Event) -> None:
+        app = create_app(url, public=public, host=run_host)
+        needs = ", a token needed for every request" if public else ""
+        serving = asyncio.ensure_future(server.serve(app, lambda where: say(f"jobgraph web: {where}{needs}")))
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        app.state.streams.closing = True
+        server.stop()
+        stopped.cancel()
+        await serving
+
+    return serve
 
 
 @reported

@@ -58,7 +58,8 @@ async def cancel(request: Request) -> Response:
         queries.run_signature(records, run_id)  # NotFound -> 404 before anything else
         with _locked(request):
             cancel_run(records, run_id, _by(request))
-        return queries.run_detail(records, run_id)["run"]
+        run: queries.Json = queries.run_detail(records, run_id)["run"]
+        return run
 
     return JSONResponse({"run": await run_in_threadpool(request_cancel)}, status_code=202)
 

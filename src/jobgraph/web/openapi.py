@@ -108,7 +108,7 @@ def document() -> Json:
                 "Part of an attempt's log (headers X-Log-Next-Offset, X-Log-Complete)",
                 {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}},
                 _RUN, _param("job"), _param("attempt", kind="integer"),
-                _param("offset", "query", "integer", minimum=0, default=0),
+                _param("offset", "query", "integer", default=0, description="negative: from the end (the tail)"),
                 _param("limit", "query", "integer", minimum=1, maximum=1 << 20, default=1 << 16)),
             "/api/v1/runs/{run_id}/cancel": _post("Ask the run's owner to cancel it", _json(_object(
                 run=_ref("Run"))), _RUN),
