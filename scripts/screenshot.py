@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from playwright.sync_api import sync_playwright  # noqa: E402
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
 from tests.conftest import SEED  # noqa: E402
 from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS, folder_store, jobgraph, start_server  # noqa: E402
 
@@ -43,8 +43,7 @@ def main(out: Path = REPO / "docs" / "run-page.png") -> None:
                 page = browser.new_page(viewport={"width": 1200, "height": 900})
                 page.goto(f"{server.url}/runs/{failed}")
                 page.click('tbody.job[data-job="t_myjob_3"] tr.attempt-row:last-child .log-button')
-                page.wait_for_function("document.getElementById('log-status').textContent.includes('ended')"
-                                       " || document.getElementById('log-status').textContent.includes('cannot')")
+                expect(page.locator("#log-status")).to_contain_text("ended")
                 out.parent.mkdir(exist_ok=True)
                 height = page.evaluate("document.documentElement.scrollHeight")
                 page.set_viewport_size({"width": 1200, "height": height})  # the whole page, log panel at its foot

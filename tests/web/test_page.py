@@ -299,3 +299,17 @@ def test_trigger_retry_and_cancel_from_the_page_need_an_operate_token(
     with Store(url) as records:
         assert {task.state for task in records.tasks(triggered)} == {"CANCELLED"}
     expect(page.locator("#run-state")).to_have_text("CANCELLED", timeout=15_000)
+
+
+def test_a_long_log_opens_at_its_tail(tmp_path: Path, serve: Callable[[str], Server], page: Page) -> None:
+    log = tmp_path / "long.log"
+    log.write_text("".join(f"line {n:06d} é\n" for n in range(200_000)))  # 3.2 MB, with two-byte characters
+    run_id = record_run(f"sqlite:///{tmp_path / 'long.db'}", {"chatty": ()}, {}, log=log)
+    server = serve(f"sqlite:///{tmp_path / 'long.db'}")
+    page.goto(f"{server.url}/runs/{run_id}")
+    page.click('tbody.job[data-job="chatty"] .log-button')
+    expect(page.locator("#log-status")).to_contain_text("ended")
+    text = page.locator("#log").text_content() or ""
+    assert text.startswith("… (the first ") and text.endswith("line 199999 é\n")
+    shown = [int(n) for n in re.findall(r"line (\d+) é", text)]
+    assert shown == list(range(shown[0], 200_000)) and 10_000 < len(shown) < 20_000  # the last 256 KiB

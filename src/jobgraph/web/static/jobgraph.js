@@ -182,18 +182,22 @@
   const logStatus = document.getElementById("log-status");
   let following = 0;
 
+  const TAIL = 262144;  // a long log opens at its last 256 KiB, then follows from there
+
   async function openLog(job, attempt) {
     const mine = ++following;
     panel.hidden = false;
     document.getElementById("log-title").textContent = `${job}, attempt ${attempt}`;
     log.textContent = "";
     logStatus.textContent = "loading…";
-    let offset = 0;
+    let query = `offset=-${TAIL}&limit=${TAIL}`;
+    let first = true;
+    const decoder = new TextDecoder();
     const url = `${api}/jobs/${encodeURIComponent(job)}/attempts/${encodeURIComponent(attempt)}/log`;
     while (mine === following) {
       let response;
       try {
-        response = await fetch(`${url}?offset=${offset}`, { credentials: "same-origin" });
+        response = await fetch(`${url}?${query}`, { credentials: "same-origin" });
       } catch (error) {
         logStatus.textContent = `cannot read the log: ${error}`;
         return;
@@ -205,17 +209,22 @@
         logStatus.textContent = `cannot read the log (${response.status}): ${body.error || response.statusText}`;
         return;
       }
-      const text = await response.text();
+      const bytes = await response.arrayBuffer();
+      const next = Number(response.headers.get("X-Log-Next-Offset"));
+      if (first && next > bytes.byteLength) {
+        log.append(document.createTextNode(`… (the first ${next - bytes.byteLength} bytes are not shown)\n`));
+      }
+      first = false;
       const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 8;
-      if (text) { log.append(document.createTextNode(text)); }
+      if (bytes.byteLength) { log.append(document.createTextNode(decoder.decode(bytes, { stream: true }))); }
       if (atBottom) { log.scrollTop = log.scrollHeight; }
-      offset = Number(response.headers.get("X-Log-Next-Offset") || offset + text.length);
+      query = `offset=${next}`;
       if (response.headers.get("X-Log-Complete") === "true") {
-        logStatus.textContent = "the attempt has ended: whole log shown";
+        logStatus.textContent = "the attempt has ended: its log is complete";
         return;
       }
       logStatus.textContent = "following the log while the attempt runs…";
-      if (!text) { await new Promise((resolve) => setTimeout(resolve, 1000)); }
+      if (!bytes.byteLength) { await new Promise((resolve) => setTimeout(resolve, 1000)); }
     }
   }
 
