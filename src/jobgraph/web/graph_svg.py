@@ -59,9 +59,9 @@ def node_svg(node: Node, states: Mapping[str, str]) -> str:
             f'<title>{len(node.members)} jobs ({escape(first)} … {escape(last)}): {summary}</title>'
             f'<rect width="{NODE_W}" height="{NODE_H}" rx="6"/>'
             f'<text x="10" y="16">{len(node.members)} jobs</text>'
-            f'<text class="sub" x="10" y="29">{escape(_short(first))} …</text>{"".join(bar)}</g>')
+            f'<text class="sub" x="10" y="29">{escape(_short(summary, 26))}</text>{"".join(bar)}</g>')
 
 
-def _short(name: str) -> str:
+def _short(name: str, chars: int = _LABEL_CHARS) -> str:
     """A name cut to fit its box (the full name is in the node's title)."""
-    return name if len(name) <= _LABEL_CHARS else name[: _LABEL_CHARS - 1] + "…"
+    return name if len(name) <= chars else name[: chars - 1] + "…"
