@@ -279,6 +279,9 @@ def test_trigger_retry_and_cancel_from_the_page_need_an_operate_token(
     assert "retry: done" in click_and_read(page, "button[data-action=retry]")
     wait_for(lambda: (failed, "SUCCEEDED", 2) in runs(), "the retried run to succeed")
     expect(page.locator("#run-state")).to_have_text("SUCCEEDED", timeout=15_000)
+    expect(page.locator('svg.gantt .attempt[data-job="check"]')).to_have_count(2)  # the Gantt, redrawn live
+    expect(page.locator("svg.gantt line.wait")).to_have_count(1)  # the wait until someone retried it
+    expect(page.locator('tbody.job[data-job="check"] tr.attempt-row').nth(1)).to_contain_text("(run attempt 2)")
 
     page.goto(web.url)
     steer = 'tr[data-pipeline="steer"]'
