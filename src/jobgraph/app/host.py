@@ -10,7 +10,8 @@ What it starts is what the command line would have started: a retry claims the r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+import contextlib
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -69,6 +70,8 @@ class RunHost:
         self._patience = store_patience()
         self._hosted: dict[str, _Hosted] = {}
         self._recorders: list[RecordedRun] = []
+        self._watcher: asyncio.Task[None] | None = None
+        self._also: Callable[[], Iterable[GraphRun]] = tuple
         self._shared: dict[str, AnyRunner] = {}
         """The runners of the runs a service starts (scheduled and resumed ones), closed with the host."""
 
@@ -164,6 +167,11 @@ class RunHost:
     async def close(self, drain: bool) -> None:
         """Stop every hosted run (`stop`), then close the runners the host kept: nothing it started is left."""
         await self.stop(drain)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         runners, self._shared = self._shared, {}
         await close_runners(runners)
 
@@ -203,7 +211,22 @@ class RunHost:
             give_back()
             raise
 
+    def watch_cancels(self, also: Callable[[], Iterable[GraphRun]] | None = None) -> None:
+        """From now on (once started, until `close`), cancel as Ctrl-C does every run this host runs, and every
+        run `also` names (a service's scheduled runs), whose cancel someone requested through the store."""
+        from jobgraph.app.cancel import watch_cancels
+
+        if also is not None:
+            self._also = also
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(
+                watch_cancels(self._records, self._watched, self._say), name="jobgraph cancel requests")
+
+    def _watched(self) -> list[GraphRun]:
+        return [*(h.graph_run for h in self._hosted.values() if not h.task.done()), *self._also()]
+
     def _host(self, recorded: RecordedRun, run: Coroutine[Any, Any, RunResult]) -> str:
+        self.watch_cancels()
         run_id = recorded.graph_run.run_id
         task = asyncio.get_running_loop().create_task(run, name=f"jobgraph run {run_id}")
         self._hosted[run_id] = _Hosted(recorded.graph_run, task)

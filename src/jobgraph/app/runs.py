@@ -149,6 +149,19 @@ async def drive(recorded: RecordedRun, owned: dict[str, AnyRunner]) -> RunResult
         await close_runners(owned)
 
 
+async def watched(records: Store, recorded: RecordedRun, owned: dict[str, AnyRunner], reports: Reports) -> RunResult:
+    """`drive` the run, cancelling it as Ctrl-C does if someone asks through the store (jobgraph.app.cancel)."""
+    from jobgraph.app.cancel import watch_cancels
+
+    watcher = asyncio.create_task(watch_cancels(records, lambda: (recorded.graph_run,), reports.say, reports.warn))
+    try:
+        return await drive(recorded, owned)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
 def execute(records: Store, plan: RunPlan, runner_override: str | None, reports: Reports) -> RunResult:
     """Run the plan here and now, in its own event loop, with the store and a live view listening; Ctrl-C and
     SIGTERM cancel it, so does a store that stays down. Raise StoreError if some of its records stayed unwritten."""
@@ -174,7 +187,7 @@ def execute(records: Store, plan: RunPlan, runner_override: str | None, reports:
                 except BaseException:
                     await close_runners(runners)
                     raise
-                return await drive(recorded, runners)
+                return await watched(records, recorded, runners, reports)
             finally:
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                     loop.remove_signal_handler(sig)

@@ -49,6 +49,7 @@ def serve(records: Store, runner: str | None, tick: float, drain: bool, reports:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping)
+        host.watch_cancels(scheduler.running)  # a cancel request through the store cancels a run of ours
         beside = None if alongside is None else asyncio.ensure_future(alongside(host, stop))
         if beside is not None:
             beside.add_done_callback(lambda _done: stopping())
