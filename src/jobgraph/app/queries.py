@@ -191,7 +191,8 @@ def run_page(records: Store, pipeline: str | None = None, state: str | None = No
 def _run_row(conn: Connection, run_id: str) -> Any:
     row = conn.execute(select(runs).where(runs.c.run_id == run_id)).mappings().first()
     if row is None:
-        raise NotFound(f"no run with id {run_id!r}")
+        whole = "" if len(run_id) >= 36 else " (the API takes a run's whole id, as GET /api/v1/runs lists it)"
+        raise NotFound(f"no run with id {run_id!r}{whole}")
     return row
 
 

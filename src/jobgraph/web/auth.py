@@ -169,11 +169,13 @@ async def login(request: Request) -> Response:
     presented = form.get("token", "").strip()
     tokens: Tokens = Tokens(request.app.state.records)
     token = await run_in_threadpool(tokens.verify, presented, utcnow()) if presented else None
-    if token is None:
-        return error(401, "the token is unknown, revoked or expired")
     target = form.get("next") or "/"
     if not target.startswith("/") or target.startswith("//"):
         target = "/"
+    if token is None:
+        if "text/html" in request.headers.get("accept", ""):  # a browser's form: back to it, saying why
+            return RedirectResponse(f"/login?refused=1&next={quote(target, safe='/')}", status_code=303)
+        return error(401, "the token is unknown, revoked or expired")
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(COOKIE, presented, httponly=True, samesite="strict", path="/",
                         secure=request.url.scheme == "https")

@@ -24,12 +24,22 @@
       try { body = await response.json(); } catch (e) { body = {}; }
       if (!response.ok) {
         say(`${action} refused (${response.status}): ${body.error || response.statusText}`, true);
+        if (response.status === 401) {
+          const link = document.createElement("a");
+          link.id = "sign-in-now";
+          link.href = `/login?next=${encodeURIComponent(location.pathname + location.search)}`;
+          link.textContent = "sign in with a token";
+          message.append(" ", link);
+        }
         return;
       }
-      const state = (body.run || body.pipeline || {}).state;
-      const details = [body.action && body.action.toLowerCase(), body.run_id && `run ${body.run_id}`,
-        state && `now ${state}`].filter(Boolean);
-      say(`${action}: done${details.length ? " (" + details.join(", ") + ")" : ""}`, false);
+      // What happened, in the words of the action: a retry or trigger starts a run, a cancel is a request
+      // that the run's own jobgraph process carries out, suspend and resume are done at once.
+      const outcome = body.action ? body.action.toLowerCase() : ({ retry: "started", cancel: "requested" })[action] || "done";
+      const state = action === "cancel" ? null : (body.run || body.pipeline || {}).state;
+      const details = [body.run_id && `run ${body.run_id}`, state && `now ${state}`].filter(Boolean);
+      say(`${action}: ${outcome}${details.length ? " (" + details.join(", ") + ")" : ""}` +
+        (action === "cancel" ? "; the run ends CANCELLED once its jobgraph process has stopped its jobs" : ""), false);
       if (body.run_id && (!run || body.run_id !== run.dataset.run)) {
         const link = document.createElement("a");
         link.href = `/runs/${encodeURIComponent(body.run_id)}`;
@@ -66,8 +76,8 @@
     if (button) { act(button); return; }
     const logButton = event.target.closest(".log-button, svg.gantt .attempt");
     if (logButton) { openLog(logButton.dataset.job, logButton.dataset.attempt); return; }
-    const node = event.target.closest("svg.dag .node[data-job]");
-    if (node) { showJob(node.dataset.job); }
+    const node = event.target.closest("svg.dag .node");
+    if (node) { showJob(node.dataset.job || node.dataset.first); }
   });
 
   // --- the run page ------------------------------------------------------------------------------------
@@ -131,7 +141,7 @@
       const response = await fetch(`/runs/${encodeURIComponent(runId)}/parts${query}`, { credentials: "same-origin" });
       if (response.ok) {
         const parts = new DOMParser().parseFromString(await response.text(), "text/html");
-        for (const id of ["counts", "graph", "gantt", "jobs"]) {
+        for (const id of ["facts", "counts", "graph", "gantt", "jobs"]) {
           const fresh = parts.getElementById(id);
           const old = document.getElementById(id);
           if (fresh && old) { old.replaceWith(document.adoptNode(fresh)); }
@@ -167,14 +177,20 @@
   }
   follow();
 
-  function showJob(job) {
+  // A graph node's job in the jobs list: scrolled to on this page, or the page that lists it is opened.
+  function showJob(job, open = true) {
+    if (!job) { return; }
     const row = byJob("tbody.job", job)[0];
     if (row) {
       row.scrollIntoView({ block: "center" });
       row.classList.add("picked");
       setTimeout(() => row.classList.remove("picked"), 1500);
+    } else if (open) {
+      location.search = `?order=${encodeURIComponent(run.dataset.order)}&job=${encodeURIComponent(job)}`;
     }
   }
+  const asked = new URLSearchParams(location.search).get("job");
+  if (asked) { showJob(asked, false); }
 
   // --- the log panel: the chosen attempt's log, followed while the attempt runs ---------------------
   const panel = document.getElementById("log-panel");
