@@ -302,7 +302,9 @@ def test_trigger_retry_and_cancel_from_the_page_need_an_operate_token(
     before = runs()
     page.goto(f"{web.url}/runs/{failed}")
     assert "refused (401)" in click_and_read(page, "button[data-action=retry]")
-    assert "refused (401)" in click_and_read(page, "button[data-action=cancel]")
+    cancel = page.locator("button[data-action=cancel]")
+    expect(cancel).to_be_disabled()  # the run has ended: nothing to cancel, and the button says why
+    expect(cancel).to_have_attribute("title", "the run is FAILED: only a running run can be cancelled")
     expect(page.locator("#sign-in-now")).to_have_attribute("href", f"/login?next=%2Fruns%2F{failed}")
     page.goto(web.url)
     assert "refused (401)" in click_and_read(page, "button[data-action=trigger]")
@@ -327,6 +329,7 @@ def test_trigger_retry_and_cancel_from_the_page_need_an_operate_token(
     wait_for(lambda: (failed, "SUCCEEDED", 2) in runs(), "the retried run to succeed")
     expect(page.locator("#run-state")).to_have_text("SUCCEEDED", timeout=15_000)
     expect(page.locator("#facts")).to_contain_text("run attempt 2")  # the run's facts, redrawn live too
+    expect(page.locator("button[data-action=retry]")).to_be_disabled()  # every job succeeded
     expect(page.locator('svg.gantt .attempt[data-job="check"]')).to_have_count(2)  # the Gantt, redrawn live
     expect(page.locator("svg.gantt line.wait")).to_have_count(1)  # the wait until someone retried it
     expect(page.locator('tbody.job[data-job="check"] tr.attempt-row').nth(1)).to_contain_text("(run attempt 2)")
@@ -345,11 +348,14 @@ def test_trigger_retry_and_cancel_from_the_page_need_an_operate_token(
     wait_for(lambda: len(runs()) == 2 and runs()[0][1] == "RUNNING", "the triggered run")
     triggered = runs()[0][0]
     page.goto(f"{web.url}/runs/{triggered}")
+    expect(page.locator("button[data-action=retry]")).to_be_disabled()  # still running
     assert "cancel: requested; the run ends CANCELLED" in click_and_read(page, "button[data-action=cancel]")
     wait_for(lambda: runs()[0][1] == "CANCELLED", "the cancelled run")
     with Store(url) as records:
         assert {task.state for task in records.tasks(triggered)} == {"CANCELLED"}
     expect(page.locator("#run-state")).to_have_text("CANCELLED", timeout=15_000)
+    expect(page.locator("button[data-action=cancel]")).to_be_disabled()  # live, as the run ended
+    expect(page.locator("button[data-action=retry]")).to_be_enabled()
 
 
 def test_a_long_log_opens_at_its_tail(tmp_path: Path, serve: Callable[[str], Server], page: Page) -> None:

@@ -52,6 +52,20 @@
       say(`${action} failed: ${error}`, true);
     } finally {
       button.disabled = false;
+      if (run) { fitButtons(); }
+    }
+  }
+
+  // A run page's buttons fit the run's state: cancel while it runs, retry once it has ended short of success.
+  function fitButtons() {
+    const state = document.getElementById("run-state").textContent.trim();
+    const fits = { cancel: state === "RUNNING", retry: state !== "RUNNING" && state !== "SUCCEEDED" };
+    const why = { cancel: `the run is ${state}: only a running run can be cancelled`,
+      retry: state === "RUNNING" ? "the run is still running" : "every job of the run succeeded" };
+    for (const button of document.querySelectorAll("#run button[data-action]")) {
+      const fit = fits[button.dataset.action];
+      button.disabled = !fit;
+      button.title = fit ? "" : why[button.dataset.action];
     }
   }
 
@@ -99,6 +113,7 @@
       const badge = document.getElementById("run-state");
       badge.textContent = data.run.state;
       setState(badge, "s-", data.run.state);
+      fitButtons();
       document.getElementById("counts").dataset.runState = data.run.state;
     }
     for (const job of data.jobs || []) {
@@ -150,6 +165,7 @@
         const badge = document.getElementById("run-state");
         badge.textContent = state;
         setState(badge, "s-", state);
+        fitButtons();
       }
     } finally {
       refreshTimer = null;
@@ -175,6 +191,7 @@
       }
     };
   }
+  fitButtons();
   follow();
 
   // A graph node's job in the jobs list: scrolled to on this page, or the page that lists it is opened.
