@@ -200,3 +200,21 @@ def test_web_on_a_port_in_use_says_so_and_what_to_do(cli: Cli) -> None:
         taken.close()
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in busy.stderr
     assert "choose another with --port" in busy.stderr and "Traceback" not in busy.stderr and busy.stdout == ""
+
+
+def test_web_on_every_address_names_one_a_browser_opens(cli: Cli, tmp_path: Path) -> None:
+    cli("token", "create", "reader", "--scope", "read", check=0)
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph")}
+    env.pop("JOBGRAPH_STORE", None)
+    server = subprocess.Popen([sys.executable, "-m", "jobgraph", "web", "--host", "0.0.0.0", "--port", "0"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        found = re.search(r"http://0\.0\.0\.0:(\d+)/ \(every address of this host, e.g. http://(\S+):(\d+)/\)", line)
+        assert found and found.group(2) == socket.gethostname() and found.group(1) == found.group(3), line
+        assert "a token needed for every request" in line
+        assert httpx.get(f"http://127.0.0.1:{found.group(1)}/api/v1/runs", timeout=30).status_code == 401
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)

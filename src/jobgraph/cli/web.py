@@ -92,6 +92,8 @@ class WebServer:
         self.socket = bind(host, port)
         name, bound = self.socket.getsockname()[:2]
         self.url = f"http://{f'[{name}]' if ':' in name else name}:{bound}/"
+        if name in ("0.0.0.0", "::"):  # not an address a browser opens: name one that is
+            self.url += f" (every address of this host, e.g. http://{socket.gethostname()}:{bound}/)"
         self.server: uvicorn.Server | None = None
         self.stopping = False
 
