@@ -69,8 +69,9 @@ class RunHost:
         self._patience = store_patience()
         self._hosted: dict[str, _Hosted] = {}
         self._recorders: list[RecordedRun] = []
-        self._shared: dict[str, AnyRunner] = {}
-        """The runners of the runs a service starts (scheduled and resumed ones), closed with the host."""
+        self._kept: dict[tuple[str, str], dict[str, AnyRunner]] = {}
+        """The runners of the runs a service starts (scheduled and resumed ones), made once per pipeline version
+        (a runner is set up for one pipeline: the local one knows its `images`), closed with the host."""
 
     def recorded(self, label: str, plan: RunPlan, runners: dict[str, AnyRunner],
                  started: asyncio.Event | None = None) -> RecordedRun:
@@ -90,14 +91,16 @@ class RunHost:
         """The graph run the scheduler starts for a fire (scheduler.StartRun); the scheduler runs it."""
         checked = check_pipeline(pipeline, f"pipeline {deployed.name}", self._runner)
         plan = RunPlan(checked, scheduled_time=scheduled, trigger=how, version=deployed.version)
-        return self.recorded(deployed.name, plan, self._shared).graph_run
+        return self.recorded(deployed.name, plan, self._runners_of((deployed.name, deployed.version))).graph_run
 
     def recover(self) -> list[str]:
         """Close lost runs, saying so; resume here those that left remote attempts. The run ids resumed."""
         resumed = []
         for resumption in claim_resumptions(self._records, report_lost_runs(self._records, self._note)):
             self._say(resumption.announce())
-            recorded = self.recorded(resumption.previous.pipeline, resumption.plan(), self._shared)
+            previous = resumption.previous
+            runners = self._runners_of((previous.pipeline, previous.version or previous.run_id))
+            recorded = self.recorded(previous.pipeline, resumption.plan(), runners)
             resumed.append(self._host(recorded, drive(recorded, {})))
         return resumed
 
@@ -164,8 +167,13 @@ class RunHost:
     async def close(self, drain: bool) -> None:
         """Stop every hosted run (`stop`), then close the runners the host kept: nothing it started is left."""
         await self.stop(drain)
-        runners, self._shared = self._shared, {}
-        await close_runners(runners)
+        kept, self._kept = self._kept, {}
+        for runners in kept.values():
+            await close_runners(runners)
+
+    def _runners_of(self, definition: tuple[str, str]) -> dict[str, AnyRunner]:
+        """The runners kept for the runs of one pipeline version (or of one resumed run's own snapshot)."""
+        return self._kept.setdefault(definition, {})
 
     def _resumed(self, run_id: str) -> str | None:
         """Close lost runs first, as every command does; the run's id if it was one and is resumed now."""
