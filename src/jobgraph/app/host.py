@@ -10,6 +10,7 @@ What it starts is what the command line would have started: a retry claims the r
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +30,7 @@ from jobgraph.app.runs import (
     store_patience,
 )
 from jobgraph.app.trigger import (
+    POLL_SECS,
     STARTED,
     TriggerOutcome,
     await_outcome_async,
@@ -39,10 +41,14 @@ from jobgraph.app.trigger import (
 from jobgraph.config import Pipeline, check_pipeline
 from jobgraph.engine import Listener, RunStarted
 from jobgraph.engine.run import GraphRun, RunResult
+from jobgraph.errors import StoreError
 from jobgraph.runners import AnyRunner
 from jobgraph.scheduler import live_lease_holder
 from jobgraph.store import Store
 from jobgraph.store.deployments import DeployedPipeline, Deployments
+
+SERVICE_RECORD_SECS = 10.0
+"""How long a trigger taken by a service waits for the service to record the run it started."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,8 @@ class RunHost:
     """Runs graph runs as tasks of the running asyncio loop; `say` gets one line per thing worth saying.
 
     `note` gets what jobgraph did on its own (closing lost runs; `say` by default); `view_for(label)` gives
-    a listener that shows a run (the service's one line per event), if any.
+    a listener that shows a run (the service's one line per event), if any. Every method is called on the
+    loop's own thread (an async endpoint, not a worker thread): the Store is used there.
     """
 
     def __init__(self, records: Store, runner: str | None, say: Callable[[str], None], *,
@@ -126,7 +133,8 @@ class RunHost:
     async def start_trigger(self, name: str, by: str) -> TriggerOutcome:
         """Run a deployed pipeline now: a live scheduler service takes it as a request (its outcome is returned
         once the service acted on it), else its deployed version starts here as a task. The run is not waited
-        for. StoreError for an unknown pipeline; JobgraphError when the service could not start it."""
+        for, but a run id returned is in the store. StoreError for an unknown pipeline; JobgraphError when the
+        service could not start it."""
         deployments = Deployments(self._records)
         deployed = deployments.get(name)
         holder = live_lease_holder(deployments, now())
@@ -134,7 +142,10 @@ class RunHost:
             requested = request(deployments, deployed.name, by)
             fire = await await_outcome_async(deployments, deployed.name, requested)
             if fire is not None:
-                return outcome_of(fire, holder)
+                outcome = outcome_of(fire, holder)
+                if outcome.run_id is not None:
+                    await self._in_store(outcome.run_id)
+                return outcome
             self._say(f"{deployed.name}: the scheduler service {holder} stopped before taking the request of {by} "
                       "(request withdrawn); running it here")
         self.recover()
@@ -202,6 +213,17 @@ class RunHost:
             await asyncio.wait({seen, hosted.task}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             seen.cancel()
+
+    async def _in_store(self, run_id: str) -> None:
+        """Wait, a bounded time, until the service has recorded the start of the run it said it started (it
+        records the fire just before): the id returned can then be looked up."""
+        deadline = time.monotonic() + SERVICE_RECORD_SECS
+        while time.monotonic() < deadline:
+            try:
+                self._records.run(run_id)
+                return
+            except StoreError:
+                await asyncio.sleep(POLL_SECS)
 
     async def _retrying(self, recorded: RecordedRun, runners: dict[str, AnyRunner],
                         give_back: Callable[[], None]) -> RunResult:
