@@ -108,7 +108,7 @@ class RunHost:
             previous = resumption.previous
             runners = self._runners_of((previous.pipeline, previous.version or previous.run_id))
             recorded = self.recorded(previous.pipeline, resumption.plan(), runners)
-            resumed.append(self._host(recorded, drive(recorded, {})))
+            resumed.append(self._host(recorded, drive(self._records, recorded, {}, self._say)))
         return resumed
 
     async def start_retry(self, run_id: str, by: str) -> str:
@@ -153,7 +153,7 @@ class RunHost:
         started = asyncio.Event()
         recorded, runners = await self._opened(deployed.name, plan, started)
         self._say(f"{deployed.name}: run {recorded.graph_run.run_id} triggered by {by}")
-        run_id = self._host(recorded, drive(recorded, runners))
+        run_id = self._host(recorded, drive(self._records, recorded, runners, self._say))
         await self._recorded(run_id, started)
         return TriggerOutcome(STARTED, run_id)
 
@@ -228,7 +228,7 @@ class RunHost:
     async def _retrying(self, recorded: RecordedRun, runners: dict[str, AnyRunner],
                         give_back: Callable[[], None]) -> RunResult:
         try:
-            return await drive(recorded, runners)
+            return await drive(self._records, recorded, runners, self._say)
         except BaseException:
             give_back()
             raise

@@ -110,6 +110,23 @@ def retry(
     run.retry(run_id, store=store, runner=runner, file=file)
 
 
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="The run to cancel (a unique prefix is enough)")],
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the run has ended (its jobgraph "
+                                       "process has 30 s to answer)")] = True,
+    store: StoreOption = None,
+) -> None:
+    """Cancel a running run wherever its jobgraph runs it (another terminal, `serve`), as Ctrl-C there would.
+
+    The request goes through the store; the run's jobgraph process stops its jobs (the finalizer still runs)
+    and ends it CANCELLED. A run whose jobgraph process died is closed here. Exit 0 once the run has ended,
+    1 if its jobgraph process did not answer in time, 2 for an unknown run or one that has already ended.
+    """
+    from jobgraph.cli import cancel
+
+    cancel.cancel(run_id, wait=wait, store=store)
+
+
 def history(
     limit: Annotated[int, typer.Option(help="How many runs")] = 20,
     pipeline: Annotated[str | None, typer.Option(help="Only this pipeline's runs")] = None,
