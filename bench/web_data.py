@@ -343,7 +343,7 @@ def generate(folder: Path, runs: int = 10_000, big_jobs: int = 5_000, seed: int 
     with Store(url) as store, virtual_engine(loop):
         store.owner = "generator:0@bench"
         deployments = Deployments(store)
-        versions = {}
+        versions: dict[str, str | None] = {}
         for shape in small:
             pipeline = pipelines[shape.name]
             version, _ = deployments.deploy(shape.name, pipeline.model_dump_json(),
@@ -366,9 +366,9 @@ def generate(folder: Path, runs: int = 10_000, big_jobs: int = 5_000, seed: int 
             kind = dice.random()
             trigger = "schedule" if kind < 0.85 else ("trigger" if kind < 0.93 else "manual")
             start = index * RUN_SPACING_SECS + dice.uniform(0.1, 3.0)
-            version = None if trigger == "manual" else versions[shape.name]
+            run_version = None if trigger == "manual" else versions[shape.name]
             keep(run_once(loop, pipelines[shape.name], shape, dice, folder / "logs", start=start, trigger=trigger,
-                          version=version, logs=False))
+                          version=run_version, logs=False))
         events = run_once(loop, pipelines[big.name], big, dice, folder / "logs",
                           start=(runs - 1) * RUN_SPACING_SECS, trigger="manual", version=None, logs=True)
         big_run_id = events[0].run_id

@@ -1,0 +1,470 @@
+"""Benchmark: `jobgraph web` over 10,000 runs and a 5,000-job run, beside baselines, in one table.
+
+The store comes from bench/web_data.py (the real engine and store writer; made once in --data and
+reused). One real `jobgraph web` process (uvicorn) serves it; every figure is the median of N
+requests or page loads, each on a new connection (a new browser context: cold cache), after one
+untimed warm-up. Beside each, in the same command:
+  - the same query straight through sqlite3 (the store's floor: no HTTP, no JSON, no framework);
+  - a static file of the same bytes served by `python -m http.server` (the HTTP floor): the API's own
+    answer saved to a file, and for the page, plain HTML of the same byte size (a table of rows).
+Cases:
+  (a) GET /api/v1/runs?limit=50: the first page, a deep page (page 100, by following next_cursor),
+      filtered by a rare pipeline and by state;
+  (b) the 5,000-job run's page in Chromium (/usr/bin/chromium, headless, through Playwright): time to
+      first byte, first paint and first contentful paint (performance.getEntriesByType('paint')),
+      DOMContentLoaded, load, and time to interactive: the latest of DOMContentLoaded, the end of the
+      last long task (> 50 ms, PerformanceObserver 'longtask') and the end of the last fetch the page
+      made, once the page has been quiet for 0.5 s; the page's bytes and its DOM's element count;
+  (c) GET /api/v1/runs/{id} of the 5,000-job run (5,000 jobs and their attempts).
+The machine's load average before and after is printed with the table: on a shared machine, re-run.
+
+Run: .venv/bin/python bench/bench_web.py [--data FOLDER] [--requests N] [--loads N] [--postgres URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shlex
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import quote, urlencode
+
+from web_data import copy_store, generate
+
+HERE = Path(__file__).resolve().parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run"]
+DEEP_PAGE = 100
+"""The deep page of the runs list: runs 4,951 to 5,000 of 10,000."""
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    measure: str
+    ours: str
+    direct: str
+    static: str
+    goal: str
+    met: bool | None
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Milliseconds of N timed repeats: the median, and the spread."""
+
+    median: float
+    low: float
+    high: float
+    size: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.median:.1f} ms ({self.low:.1f}-{self.high:.1f})"
+
+
+def timing(samples: list[float], size: int = 0) -> Timing:
+    return Timing(statistics.median(samples), min(samples), max(samples), size)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def get(port: int, path: str) -> tuple[float, int, bytes]:
+    """(seconds, status, body) of one GET on a new connection, from connecting to the last byte."""
+    start = time.perf_counter()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    return time.perf_counter() - start, response.status, body
+
+
+def timed_get(port: int, path: str, repeat: int) -> tuple[Timing, bytes]:
+    """The median of `repeat` GETs after one untimed warm-up; the answer must be 200."""
+    samples, body = [], b""
+    for run in range(repeat + 1):
+        took, status, body = get(port, path)
+        if status != 200:
+            raise SystemExit(f"GET {path} answered {status}: {body[:500]!r}")
+        if run:
+            samples.append(took * 1000)
+    return timing(samples, len(body)), body
+
+
+def timed_call(call: Callable[[], object], repeat: int) -> Timing:
+    samples = []
+    for run in range(repeat + 1):
+        start = time.perf_counter()
+        call()
+        if run:
+            samples.append((time.perf_counter() - start) * 1000)
+    return timing(samples)
+
+
+@contextmanager
+def serving(command: list[str], port: int, ready_path: str, env: dict[str, str] | None = None) -> Iterator[None]:
+    """Start a server process (its own session), wait until `ready_path` answers, stop it at the end."""
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, env=env)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if get(port, ready_path)[1] < 500:
+                        break
+                except OSError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise SystemExit(f"{' '.join(command)} did not serve {ready_path}:\n"
+                                     f"{log.read().decode()[-3000:]}")
+                time.sleep(0.1)
+            yield
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+
+
+def jobgraph_command() -> list[str]:
+    script = Path(sys.executable).parent / "jobgraph"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "jobgraph"]
+
+
+@dataclass(frozen=True)
+class Data:
+    """The generated store: where it is, and the id of its 5,000-job run."""
+
+    folder: Path
+    url: str
+    big_run_id: str
+    summary: str
+
+
+def data_in(folder: Path, runs: int, big_jobs: int) -> Data:
+    """The generated store in `folder`, made now if it is not there yet (a manifest says what it holds)."""
+    manifest = folder / "manifest.json"
+    if not manifest.exists():
+        made = generate(folder, runs, big_jobs, say=lambda text: print(text, file=sys.stderr))
+        manifest.write_text(json.dumps({"url": made.url, "big_run_id": made.big_run_id, "runs": made.runs,
+                                        "jobs": made.jobs, "attempts": made.attempts, "seconds": made.seconds}))
+    facts = json.loads(manifest.read_text())
+    summary = (f"{facts['runs']:,} runs, {facts['jobs']:,} jobs, {facts['attempts']:,} attempts "
+               f"(generated in {facts['seconds']:.1f} s)")
+    return Data(folder, facts["url"], facts["big_run_id"], summary)
+
+
+class Direct:
+    """The API's queries straight through sqlite3, with bound parameters: what the store alone costs."""
+
+    LATEST = ("NOT EXISTS (SELECT 1 FROM task_runs AS later WHERE later.run_id = task_runs.run_id"
+              " AND later.task = task_runs.task AND later.run_attempt > task_runs.run_attempt)")
+    COLUMNS = 'run_id, pipeline, state, run_attempt, started_at, finished_at, "trigger", pipeline_version'
+    ORDER = " ORDER BY started_at DESC, run_id DESC LIMIT :limit"
+    PAGES: ClassVar[dict[str, str]] = {  # the API's query for each filter, as its SQL has it (no filter: no condition)
+        "all": "SELECT " + COLUMNS + " FROM runs" + ORDER,
+        "pipeline": "SELECT " + COLUMNS + " FROM runs WHERE pipeline = :pipeline" + ORDER,
+        "state": "SELECT " + COLUMNS + " FROM runs WHERE state = :state" + ORDER,
+        "after": ("SELECT " + COLUMNS + " FROM runs WHERE started_at < :at OR (started_at = :at AND run_id < :run_id)"
+                  + ORDER),
+    }
+    COUNTS = ("SELECT run_id, state, count(*) FROM task_runs WHERE run_id IN (SELECT value FROM json_each(:ids)) "
+              "AND " + LATEST + " GROUP BY run_id, state")
+    JOBS = "SELECT * FROM task_runs WHERE run_id = :run_id AND " + LATEST + " ORDER BY task"
+    ATTEMPTS = "SELECT * FROM attempts WHERE run_id = :run_id ORDER BY id"
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path)
+
+    def page(self, which: str = "all", **values: str) -> list[Any]:
+        """One page of 50 runs and their jobs counted by state, as the API reads them."""
+        rows = self.db.execute(self.PAGES[which], {**values, "limit": 51}).fetchall()
+        counts = self.db.execute(self.COUNTS, {"ids": json.dumps([row[0] for row in rows[:50]])}).fetchall()
+        return [rows, counts]
+
+    def offset_key(self, skip: int) -> dict[str, str]:
+        """The started_at and run_id of the last run before the page that starts after `skip` runs."""
+        row = self.db.execute("SELECT started_at, run_id FROM runs ORDER BY started_at DESC, run_id DESC "
+                              "LIMIT 1 OFFSET :skip", {"skip": skip - 1}).fetchone()
+        return {"at": str(row[0]), "run_id": str(row[1])}
+
+    def detail(self, run_id: str) -> list[Any]:
+        run = self.db.execute("SELECT * FROM runs WHERE run_id = :run_id", {"run_id": run_id}).fetchall()
+        return [run, self.db.execute(self.JOBS, {"run_id": run_id}).fetchall(),
+                self.db.execute(self.ATTEMPTS, {"run_id": run_id}).fetchall()]
+
+
+def static_html(size: int) -> bytes:
+    """Plain HTML of `size` bytes: a table of job rows, no script, no style sheet."""
+    head = b"<!doctype html><html><head><meta charset=utf-8><title>static</title></head><body><table>\n"
+    tail = b"</table></body></html>\n"
+    rows, index = [], 0
+    room = size - len(head) - len(tail)
+    while room > 0:
+        row = f"<tr><td>score_{index:04d}</td><td>SUCCEEDED</td><td>1</td><td>42.0 s</td></tr>\n".encode()
+        if len(row) > room:
+            row = b" " * room
+        rows.append(row)
+        room -= len(row)
+        index += 1
+    return head + b"".join(rows) + tail
+
+
+QUIET_MS = 500
+
+INIT_SCRIPT = """window.__longTasks = [];
+new PerformanceObserver(list => {
+  for (const e of list.getEntries()) window.__longTasks.push([e.startTime, e.duration]);
+}).observe({type: 'longtask', buffered: true});"""
+
+METRICS = """() => {
+  const nav = performance.getEntriesByType('navigation')[0];
+  const paint = Object.fromEntries(performance.getEntriesByType('paint').map(e => [e.name, e.startTime]));
+  const resources = performance.getEntriesByType('resource');
+  const fetches = resources.filter(r => r.initiatorType === 'fetch' || r.initiatorType === 'xmlhttprequest');
+  const tasks = window.__longTasks || [];
+  return {ttfb: nav.responseStart, dcl: nav.domContentLoadedEventEnd, load: nav.loadEventEnd,
+          fp: paint['first-paint'] ?? null, fcp: paint['first-contentful-paint'] ?? null,
+          document_bytes: nav.decodedBodySize, transferred: nav.transferSize
+            + resources.reduce((sum, r) => sum + r.transferSize, 0),
+          resources: resources.length, fetches: fetches.length,
+          last_fetch: Math.max(0, ...fetches.map(r => r.responseEnd)),
+          last_long_task: Math.max(0, ...tasks.map(([start, took]) => start + took)),
+          long_tasks_ms: tasks.reduce((sum, [, took]) => sum + took, 0),
+          elements: document.getElementsByTagName('*').length, now: performance.now()};
+}"""
+
+
+@dataclass(frozen=True)
+class PageLoad:
+    """The medians over N loads of one page, in ms; sizes of the last load."""
+
+    ttfb: float
+    fp: float
+    fcp: float
+    dcl: float
+    load: float
+    tti: float
+    tti_high: float
+    long_tasks_ms: float
+    document_bytes: int
+    transferred: int
+    elements: int
+    fetches: int
+
+
+def page_loads(url: str, loads: int) -> PageLoad:
+    """Load `url` `loads` times (after one warm-up), each in a new browser context, and measure it (see METRICS)."""
+    from playwright.sync_api import sync_playwright
+
+    samples: list[dict[str, float]] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            for run in range(loads + 1):
+                context = browser.new_context(viewport={"width": 1280, "height": 900})
+                page = context.new_page()
+                page.add_init_script(INIT_SCRIPT)
+                response = page.goto(url, wait_until="load", timeout=60_000)
+                if response is None or response.status != 200:
+                    raise SystemExit(f"{url} answered {None if response is None else response.status}")
+                metrics = quiet(page)
+                context.close()
+                metrics["tti"] = max(metrics["dcl"], metrics["last_long_task"], metrics["last_fetch"])
+                if run:
+                    samples.append(metrics)
+        finally:
+            browser.close()
+
+    def median(key: str) -> float:
+        values = [sample[key] for sample in samples if sample[key] is not None]
+        return statistics.median(values) if values else float("nan")
+
+    last = samples[-1]
+    return PageLoad(median("ttfb"), median("fp"), median("fcp"), median("dcl"), median("load"), median("tti"),
+                    max(sample["tti"] for sample in samples), median("long_tasks_ms"), int(last["document_bytes"]),
+                    int(last["transferred"]), int(last["elements"]), int(last["fetches"]))
+
+
+def quiet(page: Any) -> dict[str, float]:
+    """The page's metrics once no long task ended and no fetch finished for QUIET_MS (at most 15 s after load)."""
+    deadline = time.monotonic() + 15
+    while True:
+        metrics: dict[str, float] = page.evaluate(METRICS)
+        busy_until = max(metrics["load"], metrics["last_long_task"], metrics["last_fetch"])
+        if metrics["now"] - busy_until >= QUIET_MS or time.monotonic() > deadline:
+            return metrics
+        page.wait_for_timeout(QUIET_MS - (metrics["now"] - busy_until) + 10)
+
+
+def api_rows(data: Data, port: int, static_port: int, static_dir: Path, repeat: int, sqlite: bool) -> list[Row]:
+    """(a) and (c): the runs list and the run detail, beside sqlite3 (for a SQLite store) and a static copy of
+    each answer."""
+    direct = Direct(Path(data.url.removeprefix("sqlite:///")))
+
+    def floor(call: Callable[[], object], times: int) -> str:
+        return str(timed_call(call, times)) if sqlite else "-"
+
+    rows: list[Row] = []
+    first, first_body = timed_get(port, "/api/v1/runs?limit=50", repeat)
+    cursor, pages = json.loads(first_body)["next_cursor"], 1
+    while cursor and pages < DEEP_PAGE - 1:
+        _, _, body = get(port, "/api/v1/runs?" + urlencode({"limit": 50, "cursor": cursor}))
+        cursor, pages = json.loads(body)["next_cursor"], pages + 1
+    if cursor is None:
+        raise SystemExit(f"the runs list ended after {pages} pages of 50: give a store of {DEEP_PAGE * 50}+ runs")
+    deep, deep_body = timed_get(port, "/api/v1/runs?" + urlencode({"limit": 50, "cursor": cursor}), repeat)
+    cases = [
+        (f"runs list, first page (50 of {data.summary.split(' runs')[0]} runs)", first, first_body,
+         lambda: direct.page()),
+        (f"runs list, page {DEEP_PAGE} (runs {(DEEP_PAGE - 1) * 50 + 1:,}-{DEEP_PAGE * 50:,}) by cursor", deep,
+         deep_body, lambda: direct.page("after", **direct.offset_key((DEEP_PAGE - 1) * 50))),
+    ]
+    for label, query, call in (
+        ("runs list filtered by a rare pipeline (nightly_etl, 3 %)", {"pipeline": "nightly_etl"},
+         lambda: direct.page("pipeline", pipeline="nightly_etl")),
+        ("runs list filtered by a common pipeline (hourly_sync, 60 %)", {"pipeline": "hourly_sync"},
+         lambda: direct.page("pipeline", pipeline="hourly_sync")),
+        ("runs list filtered by state (CANCELLED, 0.3 %)", {"state": "CANCELLED"},
+         lambda: direct.page("state", state="CANCELLED")),
+    ):
+        measured, body = timed_get(port, "/api/v1/runs?" + urlencode({**query, "limit": 50}), repeat)
+        cases.append((label, measured, body, call))
+    detail, detail_body = timed_get(port, f"/api/v1/runs/{quote(data.big_run_id)}", max(3, repeat // 5))
+    jobs = len(json.loads(detail_body)["jobs"])
+    for index, (label, measured, body, call) in enumerate(cases):
+        (static_dir / f"case{index}.json").write_bytes(body)
+        static, _ = timed_get(static_port, f"/case{index}.json", repeat)
+        rows.append(Row(label + f", {len(body) / 1024:.0f} kB", str(measured), floor(call, repeat),
+                        str(static), "<= 50 ms", measured.median <= 50))
+    (static_dir / "detail.json").write_bytes(detail_body)
+    static, _ = timed_get(static_port, "/detail.json", max(3, repeat // 5))
+    rows.append(Row(f"run detail API of the {jobs:,}-job run ({len(detail_body) / 2**20:.1f} MB)", str(detail),
+                    floor(lambda: direct.detail(data.big_run_id), max(3, repeat // 5)), str(static),
+                    "<= 500 ms", detail.median <= 500))
+    return rows
+
+
+def page_rows(data: Data, port: int, static_port: int, static_dir: Path, loads: int) -> list[Row]:
+    """(b): the 5,000-job run's page in Chromium, beside plain HTML of the same size from http.server."""
+    ours = page_loads(f"http://127.0.0.1:{port}/runs/{quote(data.big_run_id)}", loads)
+    (static_dir / "page.html").write_bytes(static_html(ours.document_bytes))
+    static = page_loads(f"http://127.0.0.1:{static_port}/page.html", loads)
+
+    def ms(value: float) -> str:
+        return f"{value:.0f} ms"
+
+    return [
+        Row("run page of the 5,000-job run: time to first byte", ms(ours.ttfb), "-", ms(static.ttfb), "-", None),
+        Row("... first paint / first contentful paint", f"{ms(ours.fp)} / {ms(ours.fcp)}", "-",
+            f"{ms(static.fp)} / {ms(static.fcp)}", "FCP <= 1000 ms", ours.fcp <= 1000),
+        Row("... DOMContentLoaded / load", f"{ms(ours.dcl)} / {ms(ours.load)}", "-",
+            f"{ms(static.dcl)} / {ms(static.load)}", "-", None),
+        Row(f"... interactive (long tasks {ours.long_tasks_ms:.0f} ms; {ours.fetches} fetches); slowest load",
+            f"{ms(ours.tti)}; {ms(ours.tti_high)}", "-", f"{ms(static.tti)}; {ms(static.tti_high)}",
+            "<= 1000 ms (issue)", ours.tti <= 1000),
+        Row("... page size: HTML / all transferred; DOM elements",
+            f"{ours.document_bytes / 1024:.0f} kB / {ours.transferred / 1024:.0f} kB; {ours.elements:,}", "-",
+            f"{static.document_bytes / 1024:.0f} kB / {static.transferred / 1024:.0f} kB; {static.elements:,}",
+            "-", None),
+    ]
+
+
+def table(rows: list[Row]) -> str:
+    """A Markdown table, to paste into the README as it is."""
+    lines = ["| measure | jobgraph web | same query, sqlite3 | same bytes, http.server | goal | met? |",
+             "|---" * 6 + "|"]
+    for row in rows:
+        met = "-" if row.met is None else ("yes" if row.met else "**no**")
+        lines.append(f"| {row.measure} | {row.ours} | {row.direct} | {row.static} | {row.goal} | {met} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "")
+    return f"{os.cpu_count()} cores ({model}), Python {sys.version.split()[0]}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, help="the generated store's folder, made on first use "
+                                                  "[default: a temporary folder]")
+    parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--big-jobs", type=int, default=5_000)
+    parser.add_argument("--requests", type=int, default=30, help="timed requests per API case [default 30]")
+    parser.add_argument("--loads", type=int, default=5, help="timed page loads [default 5]")
+    parser.add_argument("--only", nargs="*", choices=("api", "page"), help="run only these cases")
+    parser.add_argument("--postgres", metavar="URL",
+                        help="also serve the store from this empty PostgreSQL database (copied from the SQLite one)")
+    parser.add_argument("--web-command", help="the server to measure, with {store} and {port} "
+                                              "[default: jobgraph web --store {store} --port {port}]")
+    args = parser.parse_args()
+    cases = set(args.only or ("api", "page"))
+    with tempfile.TemporaryDirectory(prefix="jobgraph-bench-web-") as tmp:
+        data = data_in(args.data or Path(tmp) / "data", args.runs, args.big_jobs)
+        stores = [("SQLite", data.url)]
+        if args.postgres:
+            copy_store(data.url, args.postgres, say=lambda text: print(text, file=sys.stderr))
+            stores.append(("PostgreSQL", args.postgres))
+        static_dir = Path(tmp) / "static"
+        static_dir.mkdir()
+        static_port = free_port()
+        load_before = os.getloadavg()
+        sections: list[tuple[str, list[Row]]] = []
+        static_server = [sys.executable, "-m", "http.server", str(static_port), "--bind", "127.0.0.1",
+                         "--directory", str(static_dir)]
+        env = {**os.environ, "JOBGRAPH_HOME": str(Path(tmp) / "home")}
+        env.pop("JOBGRAPH_STORE", None)
+        with serving(static_server, static_port, "/"):
+            for backend, url in stores:
+                port = free_port()
+                template = shlex.split(args.web_command) if args.web_command else [
+                    *jobgraph_command(), "web", "--store", "{store}", "--port", "{port}"]
+                command = [part.replace("{store}", url).replace("{port}", str(port)) for part in template]
+                rows: list[Row] = []
+                with serving(command, port, "/healthz", env):
+                    if "api" in cases:
+                        rows += api_rows(data, port, static_port, static_dir, args.requests, backend == "SQLite")
+                    if "page" in cases:
+                        rows += page_rows(data, port, static_port, static_dir, args.loads)
+                sections.append((backend, rows))
+        load_after = os.getloadavg()
+    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}; {data.summary}; medians of {args.requests} "
+          f"requests (run detail: {max(3, args.requests // 5)}) and {args.loads} page loads after a warm-up, "
+          f"(min-max); load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
+    for backend, rows in sections:
+        print(f"\nstore: {backend}\n")
+        print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
