@@ -216,6 +216,11 @@ class Direct:
                               "LIMIT 1 OFFSET :skip", {"skip": skip - 1}).fetchone()
         return {"at": str(row[0]), "run_id": str(row[1])}
 
+    def last_runs(self) -> list[Any]:
+        """The newest run of each deployed pipeline."""
+        names = [name for (name,) in self.db.execute("SELECT name FROM pipelines ORDER BY name")]
+        return [self.db.execute(self.PAGES["pipeline"], {"pipeline": name, "limit": 1}).fetchall() for name in names]
+
     def detail(self, run_id: str) -> list[Any]:
         run = self.db.execute("SELECT * FROM runs WHERE run_id = :run_id", {"run_id": run_id}).fetchall()
         return [run, self.db.execute(self.JOBS, {"run_id": run_id}).fetchall(),
@@ -325,51 +330,62 @@ def quiet(page: Any) -> dict[str, float]:
         page.wait_for_timeout(QUIET_MS - (metrics["now"] - busy_until) + 10)
 
 
-def api_rows(data: Data, port: int, static_port: int, static_dir: Path, repeat: int, sqlite: bool) -> list[Row]:
-    """(a) and (c): the runs list and the run detail, beside sqlite3 (for a SQLite store) and a static copy of
-    each answer."""
-    direct = Direct(Path(data.url.removeprefix("sqlite:///")))
+@dataclass(frozen=True)
+class Case:
+    """One request to time: its path, the same reads through sqlite3 (None: none), and its goal in ms."""
 
-    def floor(call: Callable[[], object], times: int) -> str:
-        return str(timed_call(call, times)) if sqlite else "-"
+    label: str
+    path: str
+    direct: Callable[[], object] | None
+    goal: float | None
+    repeat: int
 
-    rows: list[Row] = []
-    first, first_body = timed_get(port, "/api/v1/runs?limit=50", repeat)
-    cursor, pages = json.loads(first_body)["next_cursor"], 1
+
+def deep_cursor(port: int) -> str:
+    """The cursor of page DEEP_PAGE of the runs list, by following next_cursor from the first page."""
+    cursor, pages = json.loads(get(port, "/api/v1/runs?limit=50")[2])["next_cursor"], 1
     while cursor and pages < DEEP_PAGE - 1:
-        _, _, body = get(port, "/api/v1/runs?" + urlencode({"limit": 50, "cursor": cursor}))
-        cursor, pages = json.loads(body)["next_cursor"], pages + 1
+        cursor, pages = json.loads(get(port, "/api/v1/runs?" + urlencode({"limit": 50, "cursor": cursor}))[2])[
+            "next_cursor"], pages + 1
     if cursor is None:
         raise SystemExit(f"the runs list ended after {pages} pages of 50: give a store of {DEEP_PAGE * 50}+ runs")
-    deep, deep_body = timed_get(port, "/api/v1/runs?" + urlencode({"limit": 50, "cursor": cursor}), repeat)
+    return str(cursor)
+
+
+def api_rows(data: Data, port: int, static_port: int, static_dir: Path, repeat: int, sqlite: bool) -> list[Row]:
+    """(a) and (c), and the server time of the HTML pages: each beside the same reads through sqlite3 (for a
+    SQLite store) and a static copy of its answer served by http.server."""
+    direct = Direct(Path(data.url.removeprefix("sqlite:///")))
+    big = quote(data.big_run_id)
+    few = max(3, repeat // 5)
     cases = [
-        (f"runs list, first page (50 of {data.summary.split(' runs')[0]} runs)", first, first_body,
-         lambda: direct.page()),
-        (f"runs list, page {DEEP_PAGE} (runs {(DEEP_PAGE - 1) * 50 + 1:,}-{DEEP_PAGE * 50:,}) by cursor", deep,
-         deep_body, lambda: direct.page("after", **direct.offset_key((DEEP_PAGE - 1) * 50))),
+        Case("API runs list, first page (50 of 10,000 runs)", "/api/v1/runs?limit=50", direct.page, 50, repeat),
+        Case(f"API runs list, page {DEEP_PAGE} (runs {(DEEP_PAGE - 1) * 50 + 1:,}-{DEEP_PAGE * 50:,}) by cursor",
+             "/api/v1/runs?" + urlencode({"limit": 50, "cursor": deep_cursor(port)}),
+             lambda: direct.page("after", **direct.offset_key((DEEP_PAGE - 1) * 50)), 50, repeat),
+        Case("API runs list of a rare pipeline (nightly_etl, 3 % of runs)", "/api/v1/runs?pipeline=nightly_etl",
+             lambda: direct.page("pipeline", pipeline="nightly_etl"), 50, repeat),
+        Case("API runs list of a common pipeline (hourly_sync, 60 %)", "/api/v1/runs?pipeline=hourly_sync",
+             lambda: direct.page("pipeline", pipeline="hourly_sync"), 50, repeat),
+        Case("API runs list by state (CANCELLED, 0.3 %)", "/api/v1/runs?state=CANCELLED",
+             lambda: direct.page("state", state="CANCELLED"), 50, repeat),
+        Case("API pipelines list (4, each with its last run)", "/api/v1/pipelines", direct.last_runs, 50, repeat),
+        Case("API run detail of the 5,000-job run", f"/api/v1/runs/{big}", lambda: direct.detail(data.big_run_id),
+             500, few),
+        Case("HTML page `/` (pipelines), server time", "/", None, None, repeat),
+        Case("HTML page `/runs` (first page), server time", "/runs", None, None, repeat),
+        Case("HTML page of the 5,000-job run, server time", f"/runs/{big}", None, None, few),
     ]
-    for label, query, call in (
-        ("runs list filtered by a rare pipeline (nightly_etl, 3 %)", {"pipeline": "nightly_etl"},
-         lambda: direct.page("pipeline", pipeline="nightly_etl")),
-        ("runs list filtered by a common pipeline (hourly_sync, 60 %)", {"pipeline": "hourly_sync"},
-         lambda: direct.page("pipeline", pipeline="hourly_sync")),
-        ("runs list filtered by state (CANCELLED, 0.3 %)", {"state": "CANCELLED"},
-         lambda: direct.page("state", state="CANCELLED")),
-    ):
-        measured, body = timed_get(port, "/api/v1/runs?" + urlencode({**query, "limit": 50}), repeat)
-        cases.append((label, measured, body, call))
-    detail, detail_body = timed_get(port, f"/api/v1/runs/{quote(data.big_run_id)}", max(3, repeat // 5))
-    jobs = len(json.loads(detail_body)["jobs"])
-    for index, (label, measured, body, call) in enumerate(cases):
-        (static_dir / f"case{index}.json").write_bytes(body)
-        static, _ = timed_get(static_port, f"/case{index}.json", repeat)
-        rows.append(Row(label + f", {len(body) / 1024:.0f} kB", str(measured), floor(call, repeat),
-                        str(static), "<= 50 ms", measured.median <= 50))
-    (static_dir / "detail.json").write_bytes(detail_body)
-    static, _ = timed_get(static_port, "/detail.json", max(3, repeat // 5))
-    rows.append(Row(f"run detail API of the {jobs:,}-job run ({len(detail_body) / 2**20:.1f} MB)", str(detail),
-                    floor(lambda: direct.detail(data.big_run_id), max(3, repeat // 5)), str(static),
-                    "<= 500 ms", detail.median <= 500))
+    rows: list[Row] = []
+    for index, case in enumerate(cases):
+        measured, body = timed_get(port, case.path, case.repeat)
+        (static_dir / f"case{index}").write_bytes(body)
+        static, _ = timed_get(static_port, f"/case{index}", case.repeat)
+        size = f"{len(body) / 2**20:.1f} MB" if len(body) >= 2**20 else f"{len(body) / 1024:.0f} kB"
+        floor = str(timed_call(case.direct, case.repeat)) if sqlite and case.direct is not None else "-"
+        rows.append(Row(f"{case.label}, {size}", str(measured), floor, str(static),
+                        "-" if case.goal is None else f"<= {case.goal:.0f} ms",
+                        None if case.goal is None else measured.median <= case.goal))
     return rows
 
 
