@@ -31,7 +31,7 @@ from jobgraph.runners import AnyRunner, JobSpec, make_runner
 from jobgraph.runners.containment import remove_empty_cgroups
 from jobgraph.runners.registry import BACKENDS, clean_up_lost_run, settings_for
 from jobgraph.states import AttemptStatus
-from jobgraph.store import Store
+from jobgraph.store import RunRecord, Store
 
 CANCEL_WAIT_SECS = 120.0
 """How long recovery waits for a remote attempt it cancelled to be seen ended in its backend."""
@@ -71,19 +71,27 @@ def recover_lost_runs(store: Store, folder: Path) -> list[LostRun]:
 
     `folder` is jobgraph's own, where a Podman API service may be started to remove containers.
     """
-    lost = []
-    for run in store.running_runs():
-        if run.owner is None or not owner_is_gone(run.owner) or not store.take_over(run):
-            continue  # alive, or another process is closing it right now
-        cleaned = {name: clean_up_lost_run(name, run.run_id, folder)
-                   for name in sorted(runners_used(store, run.run_id, run.snapshot) | {"local"})}
-        killed, containers = cleaned.pop("local"), sum(cleaned.values())
-        adoptable, to_cancel = remote_attempts(store, run.run_id, run.snapshot, folder)
-        cancelled = cancel_remote(store, run.run_id, run.snapshot, to_cancel, folder)
-        store.mark_lost(run.run_id, LOST_REASON, keep={(a.task, a.attempt) for a in adoptable})
-        lost.append(LostRun(run.run_id, run.pipeline, killed, containers, tuple(adoptable), cancelled))
+    lost = [closed for run in store.running_runs() if (closed := recover_lost_run(store, run, folder)) is not None]
     remove_empty_cgroups()
     return lost
+
+
+def recover_lost_run(store: Store, run: RunRecord, folder: Path, reason: str = LOST_REASON,
+                     adopt: bool = True) -> LostRun | None:
+    """Close one RUNNING run if its orchestrator on this host is gone (None if it is alive, or another
+    process is closing it); with `adopt` False, its remote attempts are all cancelled, none kept to adopt
+    (a cancel request: the user wants all of it stopped). The caller removes the emptied cgroups."""
+    if run.owner is None or not owner_is_gone(run.owner) or not store.take_over(run):
+        return None
+    cleaned = {name: clean_up_lost_run(name, run.run_id, folder)
+               for name in sorted(runners_used(store, run.run_id, run.snapshot) | {"local"})}
+    killed, containers = cleaned.pop("local"), sum(cleaned.values())
+    adoptable, to_cancel = remote_attempts(store, run.run_id, run.snapshot, folder)
+    if not adopt:
+        adoptable, to_cancel = [], adoptable + to_cancel
+    cancelled = cancel_remote(store, run.run_id, run.snapshot, to_cancel, folder)
+    store.mark_lost(run.run_id, reason, keep={(a.task, a.attempt) for a in adoptable})
+    return LostRun(run.run_id, run.pipeline, killed, containers, tuple(adoptable), cancelled)
 
 
 def runners_used(store: Store, run_id: str, snapshot: str) -> set[str]:

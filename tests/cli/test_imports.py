@@ -24,9 +24,11 @@ STORE_AND_ENGINES = ("sqlalchemy", "alembic", "psycopg", "jobgraph.store", "jobg
                      "docker", "requests", "urllib3", "http.client", "jobgraph.runners.container",
                      "jobgraph.runners.service")
 """What reading a pipeline file never needs: the store, container engines, HTTP."""
+WEB = ("starlette", "uvicorn", "jinja2", "anyio", "httpx", "jobgraph.web")
+"""What only `jobgraph web` and `serve --http` need: the web stack."""
 SCHEDULES = ("croniter", "dateutil")
 """What only a cron schedule needs."""
-EVERYTHING_BUT_THE_COMMAND_LINE = (*STORE_AND_ENGINES, *SCHEDULES, "yaml", "rich", "asyncio", "jobgraph.config",
+EVERYTHING_BUT_THE_COMMAND_LINE = (*STORE_AND_ENGINES, *SCHEDULES, *WEB, "yaml", "rich", "asyncio", "jobgraph.config",
                                    "jobgraph.engine", "jobgraph.runners", "jobgraph.cli.common")
 """What help never needs: it is answered from the command line's definition alone. (Typer checks the value of
 every parameter of a subcommand with pydantic, its help option's too, so a subcommand's help loads pydantic.)"""
@@ -90,7 +92,7 @@ def test_reading_a_pipeline_never_loads_the_store_an_engine_or_cron(tmp_path: Pa
     result, modules = loaded_modules(tmp_path, *args)
     assert result.returncode == 0, result.stderr
     assert "t_myjob_1" in result.stdout or ": ok: pipeline '" in result.stdout
-    assert among(modules, (*STORE_AND_ENGINES, *SCHEDULES)) == []
+    assert among(modules, (*STORE_AND_ENGINES, *SCHEDULES, *WEB)) == []
     assert not (tmp_path / ".jobgraph").exists()
 
 
@@ -108,7 +110,7 @@ def test_schema_loads_the_config_models_but_not_the_store_or_an_engine(tmp_path:
     result, modules = loaded_modules(tmp_path, "schema")
     assert result.returncode == 0, result.stderr
     assert "slurm" in json.loads(result.stdout)["properties"]["runners"]["properties"]
-    assert among(modules, STORE_AND_ENGINES) == []
+    assert among(modules, (*STORE_AND_ENGINES, *WEB)) == []
 
 
 def test_a_bad_file_is_reported_without_loading_the_store(tmp_path: Path) -> None:
@@ -127,7 +129,7 @@ def test_reading_the_store_never_loads_the_config_models_the_engine_or_an_engine
     assert result.returncode == 0, result.stderr
     assert (tmp_path / ".jobgraph" / "jobgraph.db").is_file()
     assert among(modules, ("jobgraph.config", "jobgraph.engine.run", "jobgraph.runners.local", "yaml", *SCHEDULES,
-                           "docker", "requests", "urllib3", "http.client", "jobgraph.runners.container")) == []
+                           "docker", "requests", "urllib3", "http.client", "jobgraph.runners.container", *WEB)) == []
 
 
 def test_stats_help_names_every_view_the_store_has(tmp_path: Path) -> None:
@@ -143,6 +145,21 @@ def test_a_run_on_a_sqlite_store_never_loads_sqlalchemy_but_history_does(tmp_pat
         result, modules = loaded_modules(tmp_path, "run", "p.yaml")
         assert result.returncode == 0, result.stderr
         assert "SUCCEEDED" in result.stdout and (tmp_path / ".jobgraph" / "jobgraph.db").is_file()
-        assert among(modules, ("sqlalchemy", "alembic")) == []
+        assert among(modules, ("sqlalchemy", "alembic", *WEB)) == []
     result, modules = loaded_modules(tmp_path, "history")
     assert result.returncode == 0 and "sqlalchemy" in modules
+
+
+@pytest.mark.parametrize("args", [["token", "--help"], ["token", "create", "--help"], ["token", "list", "--help"],
+                                  ["token", "revoke", "--help"]], ids=" ".join)
+def test_the_token_commands_help_loads_only_the_command_line(tmp_path: Path, args: list[str]) -> None:
+    result, modules = loaded_modules(tmp_path, *args)
+    assert result.returncode == 0, result.stderr
+    assert f"Usage: jobgraph {' '.join(args[:-1])}" in result.stdout
+    assert among(modules, EVERYTHING_BUT_THE_COMMAND_LINE) == []
+
+
+def test_token_list_reads_the_store_without_the_web_stack(tmp_path: Path) -> None:
+    result, modules = loaded_modules(tmp_path, "token", "list")
+    assert result.returncode == 0, result.stderr
+    assert "API tokens" in result.stdout and among(modules, WEB) == []

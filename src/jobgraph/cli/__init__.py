@@ -52,6 +52,7 @@ app.command()(commands.schema)
 app.command()(commands.plan)
 app.command()(commands.run)
 app.command()(commands.retry)
+app.command()(commands.cancel)
 app.command()(commands.history)
 app.command()(commands.show)
 app.command()(commands.logs)
@@ -64,6 +65,8 @@ app.command()(commands.resume)
 app.command()(commands.trigger)
 app.command()(commands.drop)
 app.command()(commands.serve)
+app.command()(commands.web)
+app.add_typer(commands.token)
 
 
 def main() -> None:

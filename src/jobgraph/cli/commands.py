@@ -110,6 +110,23 @@ def retry(
     run.retry(run_id, store=store, runner=runner, file=file)
 
 
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="The run to cancel (a unique prefix is enough)")],
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the run has ended (its jobgraph "
+                                       "process has 30 s to answer)")] = True,
+    store: StoreOption = None,
+) -> None:
+    """Cancel a running run wherever its jobgraph runs it (another terminal, `serve`), as Ctrl-C there would.
+
+    The request goes through the store; the run's jobgraph process stops its jobs (the finalizer still runs)
+    and ends it CANCELLED. A run whose jobgraph process died is closed here. Exit 0 once the run has ended,
+    1 if its jobgraph process did not answer in time, 2 for an unknown run or one that has already ended.
+    """
+    from jobgraph.cli import cancel
+
+    cancel.cancel(run_id, wait=wait, store=store)
+
+
 def history(
     limit: Annotated[int, typer.Option(help="How many runs")] = 20,
     pipeline: Annotated[str | None, typer.Option(help="Only this pipeline's runs")] = None,
@@ -223,8 +240,69 @@ def serve(
                                         "sooner (a fire time, a trigger or deploy wakes it at once)",
                                         min=0.05, max=60)] = 1.0,
     drain: Annotated[bool, typer.Option(help="On SIGTERM, let running runs finish instead of cancelling them")] = False,
+    http: Annotated[str | None, typer.Option(
+        "--http", help="Also serve the web page and the HTTP API at HOST:PORT (e.g. 127.0.0.1:8787); off loopback "
+        "a token is needed in the store, and then for every request")] = None,
 ) -> None:
     """Run the scheduler and every triggered run until SIGTERM or Ctrl-C; one line per event."""
     from jobgraph.cli import service
 
-    service.serve(store=store, runner=runner, tick=tick, drain=drain)
+    service.serve(store=store, runner=runner, tick=tick, drain=drain, http=http)
+
+
+def web(
+    host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback needs a token in the store, "
+                                      "and then every request needs one")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on", min=0, max=65535)] = 8787,
+    store: StoreOption = None,
+    runner: RunnerOption = None,
+) -> None:
+    """Serve the web page and the HTTP API (/api/v1) over the store; runs it starts end with it (SIGINT, SIGTERM)."""
+    from jobgraph.cli import web
+
+    web.web(host=host, port=port, store=store, runner=runner)
+
+
+token = typer.Typer(name="token", help="API tokens for the web page and the HTTP API: create, list, revoke.",
+                    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+
+
+class TokenScope(StrEnum):
+    """What a token may do."""
+
+    read = "read"
+    operate = "operate"
+    admin = "admin"
+
+
+@token.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="A name for the token (who or what uses it)")],
+    scope: Annotated[TokenScope, typer.Option(help="read: see; operate: also trigger, retry, cancel, suspend, "
+                                              "resume; admin: everything")],
+    expires: Annotated[int | None, typer.Option(help="Days until it stops working [default: never]")] = None,
+    store: StoreOption = None,
+) -> None:
+    """Make a token and print it once (only its hash is stored)."""
+    from jobgraph.cli import web
+
+    web.token_create(name, scope.value, expires=expires, store=store)
+
+
+@token.command("list")
+def token_list(store: StoreOption = None) -> None:
+    """List the tokens: name, scope, when made, last used, expiry, status. Never a token itself."""
+    from jobgraph.cli import web
+
+    web.token_list(store=store)
+
+
+@token.command("revoke")
+def token_revoke(
+    name: Annotated[str, typer.Argument(help="The token's name")],
+    store: StoreOption = None,
+) -> None:
+    """Revoke a token: it stops working at once."""
+    from jobgraph.cli import web
+
+    web.token_revoke(name, store=store)

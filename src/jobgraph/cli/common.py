@@ -7,14 +7,17 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import IO, ParamSpec, TextIO, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from jobgraph.app.places import home, store_url
 from jobgraph.errors import ConfigError, JobgraphError
+
+__all__ = ["EXIT_CANCELLED", "EXIT_FAILED", "EXIT_INVALID", "EXIT_OK", "console", "errors", "home", "reported",
+           "silence", "store_url", "write_plain"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -49,16 +52,6 @@ def write_plain(text: str) -> None:
     """Machine-readable output goes to stdout as is: never wrapped at the terminal's width, never styled."""
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
-
-
-def home() -> Path:
-    """jobgraph's folder for the default store and the logs: `.jobgraph` here, or JOBGRAPH_HOME."""
-    return Path(os.environ.get("JOBGRAPH_HOME", ".jobgraph"))
-
-
-def store_url(option: str | None) -> str:
-    """The --store URL, else the SQLite file in jobgraph's folder."""
-    return option or f"sqlite:///{home() / 'jobgraph.db'}"
 
 
 def reported(command: Callable[P, R]) -> Callable[P, R]:

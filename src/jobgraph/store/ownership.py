@@ -5,7 +5,8 @@ only by a compare-and-set on what the new owner saw (an UPDATE whose WHERE names
 attempt number and the owner it read; one row changed means it won), so that on SQLite and on
 PostgreSQL alike, of any number of processes acting at once, exactly one does:
 
-- `claim_run`: a retry takes a finished run for its next attempt (the others are told who has it);
+- `claim_run`: a retry takes a finished run for its next attempt (the others are told who has it), and
+  clears the cancel request of the attempt that ended (store/cancel_requests.py);
 - `release_claim`: a retry that stops before anything ran gives the run back as it was;
 - `take_over` then `mark_lost`: recovery takes a run whose owner died, then closes its records.
 """
@@ -53,11 +54,11 @@ class RunOwnership:
                 runs.c.run_id == seen.run_id, runs.c.state == seen.state.value,
                 runs.c.run_attempt == seen.run_attempt)).values(
                 state=RunState.RUNNING.value, owner=self.owner, run_attempt=runs.c.run_attempt + 1,
-                finished_at=None)).rowcount == 1
+                finished_at=None, cancel_requested_at=None, cancel_requested_by=None)).rowcount == 1
         if not won:
             raise RunBusy(busy_reason(self.run(seen.run_id)))
         return replace(seen, state=RunState.RUNNING, run_attempt=seen.run_attempt + 1, owner=self.owner,
-                       finished_at=None)
+                       finished_at=None, cancel_requested_at=None, cancel_requested_by=None)
 
     def release_claim(self, claimed: RunRecord, previous: RunRecord) -> bool:
         """Give back a claimed run as it was, if its new attempt recorded nothing (the retry stopped before it ran)."""
@@ -70,7 +71,8 @@ class RunOwnership:
                 runs.c.state == RunState.RUNNING.value, runs.c.run_attempt == claimed.run_attempt,
                 ~recorded[0], ~recorded[1])).values(
                 state=previous.state.value, owner=previous.owner, run_attempt=previous.run_attempt,
-                finished_at=previous.finished_at)).rowcount == 1)
+                finished_at=previous.finished_at, cancel_requested_at=previous.cancel_requested_at,
+                cancel_requested_by=previous.cancel_requested_by)).rowcount == 1)
 
     def take_over(self, lost: RunRecord) -> bool:
         """Become the owner of a RUNNING run whose owner died, to close it; False if another process did first."""

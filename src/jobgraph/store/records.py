@@ -42,6 +42,10 @@ class RunRecord:
     owner: str | None = None
     version: str | None = None
     trigger: str | None = None
+    cancel_requested_at: datetime | None = None
+    """When someone asked (from another process) to cancel this attempt of the run; None if nobody did."""
+    cancel_requested_by: str | None = None
+    """Who asked to cancel it (`jobgraph cancel`, the web page's signed-in token)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,7 @@ def run_record(row: Any) -> RunRecord:
         run_attempt=row["run_attempt"], started_at=aware(row["started_at"]),
         finished_at=aware(row["finished_at"]), snapshot=row["snapshot"], owner=row["owner"],
         version=row["pipeline_version"], trigger=row["trigger"],
+        cancel_requested_at=aware(row["cancel_requested_at"]), cancel_requested_by=row["cancel_requested_by"],
     )
 
 

@@ -33,6 +33,7 @@ from sqlalchemy.exc import ArgumentError
 
 from jobgraph.errors import StoreError
 from jobgraph.states import AttemptStatus, RunState, TaskState
+from jobgraph.store.cancel_requests import CancelRequests
 from jobgraph.store.faults import watch
 from jobgraph.store.ownership import RunOwnership
 from jobgraph.store.records import (
@@ -89,7 +90,7 @@ _STATEMENTS: dict[str, Any] = {
 """What each of store/writer.py's statements is, as a SQLAlchemy Core construct."""
 
 
-class SqlStore(EventWriter, RunOwnership):
+class SqlStore(EventWriter, RunOwnership, CancelRequests):
     """A jobgraph store on any SQLAlchemy URL.
 
     Each run has one writer, named in its `owner` column (see RunOwnership): the process that

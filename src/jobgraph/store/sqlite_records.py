@@ -12,8 +12,9 @@ wrote; the store's faults are the same StoreFaults (store/faults.py).
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,9 @@ _STATEMENTS = {
     "read_run": "SELECT * FROM runs WHERE run_id = :k_run",
     "running_runs": "SELECT * FROM runs WHERE state = :k_state",
     "tasks": "SELECT * FROM task_runs WHERE run_id = :k_run AND " + _LATEST + " ORDER BY task",
+    "cancel_requests": (  # store/cancel_requests.py's CANCEL_REQUESTS; the run ids come as one JSON array
+        "SELECT run_id, cancel_requested_by FROM runs WHERE run_id IN (SELECT value FROM json_each(:k_runs)) "
+        "AND cancel_requested_at IS NOT NULL AND state = 'RUNNING'"),
 }
 """What each of store/writer.py's statements is, and the reads of a run, as constant SQL text."""
 
@@ -192,6 +196,12 @@ class SqliteRecords(EventWriter):
         with self._guard():
             rows = self._db.execute(_STATEMENTS["tasks"], {"k_run": run_id}).fetchall()
         return [task_record(row) for row in rows]
+
+    def cancel_requests(self, run_ids: Collection[str]) -> dict[str, str]:
+        """Of these runs, those still RUNNING whose cancel someone asked for, with who asked: the owner's poll."""
+        with self._guard():
+            rows = self._db.execute(_STATEMENTS["cancel_requests"], {"k_runs": json.dumps(list(run_ids))}).fetchall()
+        return {run_id: by for run_id, by in rows}
 
 
 def _bound(params: Params) -> Params:

@@ -102,6 +102,17 @@ class Store:
         """Runs recorded as RUNNING: live ones, and any whose orchestrator died."""
         return (self._sqlite or self._full()).running_runs()
 
+    def request_cancel(self, run_id: str, by: str) -> RunRecord:
+        """Record that `by` asks the run's owner to cancel it, if it runs; StoreError says how it ended if not
+        (store/cancel_requests.py)."""
+        return self._full().request_cancel(run_id, by)
+
+    def cancel_requests(self, run_ids: Collection[str]) -> dict[str, str]:
+        """Of these runs, those still RUNNING whose cancel someone asked for, with who asked: the owner's poll."""
+        if not run_ids:
+            return {}
+        return (self._sqlite or self._full()).cancel_requests(run_ids)
+
     def tasks(self, run_id: str) -> list[TaskRecord]:
         """Every job of a run as it stands now (its row of the latest graph run attempt that ran it), by name."""
         return (self._sqlite or self._full()).tasks(run_id)

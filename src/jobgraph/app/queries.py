@@ -1,0 +1,313 @@
+"""What the HTTP API and the web page read from the store, as plain JSON-ready values: one place for both.
+
+Everything goes through the store's SQLAlchemy engine, whose pool hands each thread its own
+connection, so a web server may call these from worker threads at once. Runs are paged newest first
+by a keyset cursor over (started_at, run_id), the order of the index ix_runs_started_at: a page
+costs the same at run 10 and at run 10,000. No value here ever comes from a job's environment or
+secrets: logs, errors and return values are stored redacted, and the graph names only structure.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, and_, exists, func, or_, select
+
+from jobgraph.errors import JobgraphError, StoreError
+from jobgraph.states import AttemptStatus, RunState
+from jobgraph.store import Store
+from jobgraph.store.deployments import ACTIVE, DeployedPipeline, Deployments
+from jobgraph.store.records import aware, utc
+from jobgraph.store.tables import attempts, pipeline_versions, runs, task_runs
+
+Json = dict[str, Any]
+
+MAX_PAGE = 500
+"""The most runs one page of the runs list holds."""
+
+MAX_LOG_CHUNK = 1 << 20
+"""The most bytes of a log one request reads."""
+
+
+class NotFound(StoreError):
+    """What was asked for is not in the store (the API answers 404)."""
+
+
+class BadRequest(JobgraphError):
+    """A parameter is malformed (the API answers 400)."""
+
+
+class Refused(JobgraphError):
+    """What was asked for exists but is not shown: a log that is not a regular file (the API answers 403)."""
+
+
+def iso(value: datetime | None) -> str | None:
+    """A time as ISO-8601 UTC with a Z, or None."""
+    return None if value is None else utc(value).isoformat().replace("+00:00", "Z")
+
+
+_LATER = task_runs.alias("later")
+_LATEST = ~exists().where(and_(_LATER.c.run_id == task_runs.c.run_id, _LATER.c.task == task_runs.c.task,
+                               _LATER.c.run_attempt > task_runs.c.run_attempt))
+"""A job's row of the latest graph run attempt that ran it: its current state."""
+
+
+def _run_json(row: Any) -> Json:
+    return {"run_id": row["run_id"], "pipeline": row["pipeline"], "state": row["state"],
+            "run_attempt": row["run_attempt"], "started_at": iso(aware(row["started_at"])),
+            "finished_at": iso(aware(row["finished_at"])), "trigger": row["trigger"],
+            "version": row["pipeline_version"]}
+
+
+def _pipeline_json(deployed: DeployedPipeline, last: Any) -> Json:
+    return {"name": deployed.name, "state": deployed.state, "version": deployed.version,
+            "schedule": deployed.schedule,
+            "last_run": None if last is None else {"run_id": last["run_id"], "state": last["state"],
+                                                    "started_at": iso(aware(last["started_at"]))},
+            "next_fire_at": iso(deployed.next_fire_at) if deployed.state == ACTIVE else None}
+
+
+def _last_run(conn: Connection, name: str) -> Any:
+    return conn.execute(select(runs.c.run_id, runs.c.state, runs.c.started_at).where(runs.c.pipeline == name)
+                        .order_by(runs.c.started_at.desc(), runs.c.run_id.desc()).limit(1)).mappings().first()
+
+
+def pipelines(records: Store) -> list[Json]:
+    """Every deployed pipeline with its schedule, state, version, last run and next fire time (none if suspended)."""
+    deployed = Deployments(records).all()
+    with records._engine.connect() as conn:
+        return [_pipeline_json(each, _last_run(conn, each.name)) for each in deployed]
+
+
+def pipeline(records: Store, name: str) -> Json:
+    """One deployed pipeline, as in `pipelines`, with when it was deployed and why it is suspended."""
+    try:
+        deployed = Deployments(records).get(name)
+    except StoreError as exc:
+        raise NotFound(str(exc)) from None
+    with records._engine.connect() as conn:
+        found = _pipeline_json(deployed, _last_run(conn, deployed.name))
+        versions = conn.execute(select(pipeline_versions.c.version, pipeline_versions.c.created_at).where(
+            pipeline_versions.c.name == deployed.name).order_by(pipeline_versions.c.created_at.desc())).all()
+    return {**found, "deployed_at": iso(deployed.deployed_at), "failures_in_row": deployed.failures_in_row,
+            "note": deployed.note,
+            "versions": [{"version": version, "created_at": iso(aware(at))} for version, at in versions]}
+
+
+def graph_of(snapshot: str) -> Json:
+    """The jobs of a stored pipeline snapshot: name, predecessors, runner, pool, image and whether it is the finalizer.
+
+    Only the structure: a job's args and env stay out, whatever they hold.
+    """
+    document = json.loads(snapshot)
+    defaults = document.get("defaults") or {}
+
+    def job(fields: Json, finalizer: bool) -> Json:
+        return {"name": fields["name"], "after": list(fields.get("after") or ()),
+                "runner": fields.get("runner") or defaults.get("runner"),
+                "pool": fields.get("pool") or defaults.get("pool"), "image": fields.get("image"),
+                "finalizer": finalizer}
+
+    found = [job(fields, False) for fields in document.get("jobs") or ()]
+    if document.get("finalizer"):
+        found.append(job(document["finalizer"], True))
+    return {"jobs": found}
+
+
+def pipeline_graph(records: Store, name: str, version: str) -> Json:
+    """The graph of one version of a pipeline (by its exact name, as its versions carry it)."""
+    with records._engine.connect() as conn:
+        snapshot = conn.execute(select(pipeline_versions.c.snapshot).where(and_(
+            pipeline_versions.c.name == name, pipeline_versions.c.version == version))).scalar()
+    if snapshot is None:
+        raise NotFound(f"pipeline {name!r} has no version {version!r}")
+    return graph_of(str(snapshot))
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page of runs ends: the next page starts with the runs strictly older than this one."""
+
+    started_at: datetime
+    run_id: str
+
+    def text(self) -> str:
+        """The cursor as an opaque URL-safe string."""
+        raw = json.dumps([iso(self.started_at), self.run_id]).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @staticmethod
+    def parse(text: str) -> Cursor:
+        """A cursor from `text`; BadRequest if it is not one this API made."""
+        try:
+            at, run_id = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+            return Cursor(aware(str(at)), str(run_id))
+        except (ValueError, TypeError, binascii.Error):
+            raise BadRequest(f"cursor {text[:80]!r} is not one this API gave out") from None
+
+
+def run_page(records: Store, pipeline: str | None = None, state: str | None = None, limit: int = 50,
+             cursor: str | None = None) -> tuple[list[Json], str | None]:
+    """One page of runs, newest first, each with its jobs counted by state; and the next page's cursor (or None)."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
+    if state is not None and state.upper() not in RunState.__members__:
+        raise BadRequest(f"unknown run state {state!r}; use one of {', '.join(RunState)}")
+    query = select(runs.c.run_id, runs.c.pipeline, runs.c.state, runs.c.run_attempt, runs.c.started_at,
+                   runs.c.finished_at, runs.c.trigger, runs.c.pipeline_version).order_by(
+        runs.c.started_at.desc(), runs.c.run_id.desc()).limit(limit + 1)
+    if pipeline:
+        query = query.where(runs.c.pipeline == pipeline)
+    if state:
+        query = query.where(runs.c.state == state.upper())
+    if cursor:
+        after = Cursor.parse(cursor)
+        query = query.where(or_(runs.c.started_at < utc(after.started_at),
+                                and_(runs.c.started_at == utc(after.started_at), runs.c.run_id < after.run_id)))
+    with records._engine.connect() as conn:
+        rows = conn.execute(query).mappings().all()
+        page = rows[:limit]
+        counts: dict[str, Counter[str]] = {row["run_id"]: Counter() for row in page}
+        if counts:
+            per_state = select(task_runs.c.run_id, task_runs.c.state, func.count()).where(
+                task_runs.c.run_id.in_(list(counts)), _LATEST).group_by(task_runs.c.run_id, task_runs.c.state)
+            for run_id, job_state, count in conn.execute(per_state):
+                counts[run_id][job_state] = count
+    listed = [{**_run_json(row), "job_counts": dict(counts[row["run_id"]])} for row in page]
+    more = len(rows) > limit
+    last = page[-1] if page else None
+    next_cursor = Cursor(aware(last["started_at"]), last["run_id"]).text() if more and last is not None else None
+    return listed, next_cursor
+
+
+def _run_row(conn: Connection, run_id: str) -> Any:
+    row = conn.execute(select(runs).where(runs.c.run_id == run_id)).mappings().first()
+    if row is None:
+        raise NotFound(f"no run with id {run_id!r}")
+    return row
+
+
+def _job_json(row: Any) -> Json:
+    return {"name": row["task"], "state": row["state"], "attempts": row["attempts"],
+            "started_at": iso(aware(row["started_at"])), "finished_at": iso(aware(row["finished_at"])),
+            "duration_secs": row["duration_secs"], "return_value": row["return_value"],
+            "error": row["error_message"]}
+
+
+def _attempt_json(row: Any) -> Json:
+    return {"job": row["task"], "attempt": row["attempt"], "run_attempt": row["run_attempt"],
+            "status": row["status"], "exit_code": row["exit_code"], "error": row["error"],
+            "started_at": iso(aware(row["started_at"])), "finished_at": iso(aware(row["finished_at"])),
+            "duration_secs": row["duration_secs"], "runner": row["runner"]}
+
+
+def run_detail(records: Store, run_id: str) -> Json:
+    """One run (exact id) with every job as it stands now and every attempt, oldest first."""
+    with records._engine.connect() as conn:
+        row = _run_row(conn, run_id)
+        job_rows = conn.execute(select(task_runs).where(task_runs.c.run_id == run_id, _LATEST)
+                                .order_by(task_runs.c.task)).mappings().all()
+        attempt_rows = conn.execute(select(attempts).where(attempts.c.run_id == run_id)
+                                    .order_by(attempts.c.id)).mappings().all()
+    jobs = [_job_json(job) for job in job_rows]
+    counts = Counter(job["state"] for job in jobs)
+    run = {**_run_json(row), "job_counts": dict(counts), "scheduled_time": iso(aware(row["scheduled_time"])),
+           "owner": row["owner"], "cancel_requested_at": iso(aware(row["cancel_requested_at"]))}
+    return {"run": run, "jobs": jobs, "attempts": [_attempt_json(attempt) for attempt in attempt_rows]}
+
+
+def run_signature(records: Store, run_id: str) -> tuple[Any, ...]:
+    """A cheap fingerprint of everything `run_detail` shows: it changes whenever the run, a job or an attempt does.
+
+    Jobs only move forward through their states within a graph run attempt, and each step also
+    changes a count, a start or an end; attempts gain rows, statuses and end times.
+    """
+    with records._engine.connect() as conn:
+        row = _run_row(conn, run_id)
+        jobs = conn.execute(select(task_runs.c.state, func.count(), func.sum(task_runs.c.attempts),
+                                   func.count(task_runs.c.started_at), func.count(task_runs.c.finished_at))
+                            .where(task_runs.c.run_id == run_id, _LATEST).group_by(task_runs.c.state)
+                            .order_by(task_runs.c.state)).all()
+        tried = conn.execute(select(func.count(), func.max(attempts.c.id), func.count(attempts.c.finished_at),
+                                    func.count(attempts.c.runner))
+                             .where(attempts.c.run_id == run_id)).one()
+    return (row["state"], row["run_attempt"], row["finished_at"], row["cancel_requested_at"],
+            tuple(tuple(job) for job in jobs), tuple(tried))
+
+
+def run_graph(records: Store, run_id: str) -> Json:
+    """The graph of the pipeline as the run ran it (its stored snapshot)."""
+    with records._engine.connect() as conn:
+        row = _run_row(conn, run_id)
+    return graph_of(str(row["snapshot"]))
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """Part of an attempt's log: the bytes, where the next read starts, and whether nothing more will come."""
+
+    data: bytes
+    next_offset: int
+    complete: bool
+
+
+def read_log(records: Store, run_id: str, job: str, attempt: int, offset: int = 0,
+             limit: int = 1 << 16) -> LogChunk:
+    """Up to `limit` bytes of an attempt's log from `offset`, as stored (redacted as it was written).
+
+    A negative `offset` counts from the end (the tail: -65536 is the last 64 KiB, started at a whole
+    character); `next_offset` is where to go on from, to follow the log as it grows.
+
+    Never a link or a special file a job planted in its place (runners/output.open_regular raises
+    UnsafeFile); a chunk never ends inside a UTF-8 character unless the log itself does.
+    """
+    from jobgraph.runners.output import UnsafeFile, open_regular
+
+    if not 1 <= limit <= MAX_LOG_CHUNK:
+        raise BadRequest(f"limit must be between 1 and {MAX_LOG_CHUNK}, not {limit}")
+    with records._engine.connect() as conn:
+        _run_row(conn, run_id)
+        row = conn.execute(select(attempts.c.log_path, attempts.c.status).where(and_(
+            attempts.c.run_id == run_id, attempts.c.task == job, attempts.c.attempt == attempt))).first()
+    if row is None:
+        raise NotFound(f"run {run_id} has no attempt {attempt} of job {job!r}")
+    ended = row.status != AttemptStatus.RUNNING.value
+    try:
+        fd = open_regular(Path(row.log_path))
+    except FileNotFoundError:
+        return LogChunk(b"", max(offset, 0), ended)
+    except UnsafeFile as exc:
+        raise Refused(f"the log of attempt {attempt} of job {job!r} is not shown: {exc}") from None
+    try:
+        size = os.fstat(fd).st_size
+        if offset < 0:
+            offset = max(size + offset, 0)
+            while offset < size and offset > 0 and os.pread(fd, 1, offset)[0] & 0xC0 == 0x80:
+                offset += 1  # a tail starts at a whole character
+        data = os.pread(fd, min(limit, max(size - offset, 0)), offset) if offset < size else b""
+    finally:
+        os.close(fd)
+    if len(data) == limit:
+        data = data[:_whole_characters(data)]
+    end = offset + len(data)
+    return LogChunk(data, end, ended and end >= size)
+
+
+def _whole_characters(data: bytes) -> int:
+    """How many leading bytes of `data` end on a UTF-8 character boundary (a cut multibyte character left out)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            return len(data)
+        if byte >= 0xC0:  # a lead byte: is its character complete?
+            needed = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(data) if back >= needed else len(data) - back
+    return len(data)

@@ -1,0 +1,208 @@
+"""Running a pipeline: the graph run wired to its recorder, its runners chosen and opened, its secrets
+read from jobgraph's environment, how long it waits for a store that went down.
+
+`recorded_run` is the one place where a graph run is built, for every way one starts (`jobgraph run`,
+retry, trigger, a resumed lost run, the scheduler service's runs, a RunHost), and `drive` is where a run
+built for `execute` or a RunHost starts: what must watch every run attaches there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from jobgraph.app.places import home
+from jobgraph.app.reports import Reports, RunDisplay
+from jobgraph.config import Job, Pipeline
+from jobgraph.engine import Listener
+from jobgraph.engine.run import Adoption, GraphRun, PriorTask, RunResult
+from jobgraph.errors import ConfigError, Problem, RunnerError, StoreError
+from jobgraph.runners import AnyRunner, make_runner
+from jobgraph.states import TaskState
+from jobgraph.store import Store
+from jobgraph.store.faults import store_name
+from jobgraph.store.recorder import PATIENCE_SECS, RunRecorder
+
+ENDED_BEFORE_THE_CRASH = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.SKIPPED})
+"""What resuming a lost run keeps as it was: jobs that had ended before its jobgraph died (a failure is
+not retried unless someone asks, with `jobgraph retry`)."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What to run, and as which run: a new one, the next attempt of a run (a retry: `prior`), or a lost run
+    going on (`adopt` its remote attempts, `keep` what had ended)."""
+
+    pipeline: Pipeline
+    run_id: str | None = None
+    prior: Mapping[str, PriorTask] | None = None
+    run_attempt: int = 1
+    trigger: str = "manual"
+    version: str | None = None
+    adopt: Mapping[str, Adoption] | None = None
+    keep: frozenset[TaskState] = frozenset({TaskState.SUCCEEDED})
+    scheduled_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """A graph run and the recorder that writes it to the store (flushed again while a service lives)."""
+
+    graph_run: GraphRun
+    recorder: RunRecorder
+
+
+def job_secrets(pipeline: Pipeline) -> dict[str, str]:
+    """The values of every job's `secrets`, from jobgraph's environment; a missing one stops the run."""
+    jobs = pipeline.all_jobs()
+    missing = [Problem(f"secret {name} is not set in jobgraph's environment", job=job.name, field="secrets")
+               for job in jobs for name in job.secrets if name not in os.environ]
+    if missing:
+        raise ConfigError(f"pipeline {pipeline.name}", missing)
+    return {name: os.environ[name] for job in jobs for name in job.secrets}
+
+
+def store_patience() -> float:
+    """Seconds a run waits for its store to come back before it is cancelled: JOBGRAPH_STORE_PATIENCE."""
+    text = os.environ.get("JOBGRAPH_STORE_PATIENCE")
+    if text is None:
+        return PATIENCE_SECS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86400:
+        raise ConfigError("environment", [Problem(f"{text!r} is not a number of seconds from 0 to 86400",
+                                                  field="JOBGRAPH_STORE_PATIENCE")])
+    return seconds
+
+
+def runner_factory(pipeline: Pipeline, runner_override: str | None,
+                   runners: dict[str, AnyRunner]) -> Callable[[Job], AnyRunner]:
+    """Pick each job's runner by name, making each runner once; the caller closes them."""
+
+    def runner_for(job: Job) -> AnyRunner:
+        name = runner_override or job.runner or "local"
+        if name not in runners:
+            runners[name] = make_runner(name, pipeline, home(), cwd=Path.cwd())
+        return runners[name]
+
+    return runner_for
+
+
+async def open_runners(pipeline: Pipeline, runner_override: str | None, runners: dict[str, AnyRunner]) -> None:
+    """Connect every runner the pipeline uses before anything runs: a backend that is down stops the run here."""
+    runner_for = runner_factory(pipeline, runner_override, runners)
+    for job in pipeline.all_jobs():
+        runner_for(job)
+    for name, runner in runners.items():
+        try:
+            await runner.open()
+        except RunnerError as exc:
+            raise RunnerError(f"runner {name}: {exc}; nothing was run") from None
+
+
+async def close_runners(runners: dict[str, AnyRunner]) -> None:
+    """Release every runner made for a run (or a service)."""
+    for runner in runners.values():
+        await runner.aclose()
+
+
+def prior_states(records: Store, run_id: str) -> dict[str, PriorTask]:
+    """How each job of a run stands, as the next attempt of that run (a retry, a resumption) starts from it."""
+    return {t.task: PriorTask(t.state, t.attempts, t.return_value) for t in records.settled_tasks(run_id)}
+
+
+def recorded_run(records: Store, plan: RunPlan, runner_for: Callable[[Job], AnyRunner],
+                 listeners: Sequence[Listener], on_down: Callable[[str], None], on_wait: Callable[[str], None],
+                 patience: float, secrets: Mapping[str, str] | None = None) -> RecordedRun:
+    """The graph run of a plan, recorded through a RunRecorder ahead of `listeners`: the recorder waits out a
+    store fault for `patience` seconds (saying so through `on_wait`), else says why through `on_down` and
+    cancels the run between engine steps, as a signal would. Every graph run jobgraph starts is built here."""
+    cancel: list[Callable[[], None]] = []
+
+    def down(message: str) -> None:
+        asyncio.get_running_loop().call_soon(cancel[0])
+        on_down(message)
+
+    recorder = RunRecorder(records, down, on_wait, patience)
+    graph_run = GraphRun(plan.pipeline, runner_for, [recorder, *listeners], home() / "logs", run_id=plan.run_id,
+                         scheduled_time=plan.scheduled_time, prior=plan.prior, run_attempt=plan.run_attempt,
+                         secrets=job_secrets(plan.pipeline) if secrets is None else secrets, trigger=plan.trigger,
+                         version=plan.version, adopt=plan.adopt, keep=plan.keep)
+    cancel.append(graph_run.cancel)
+    return RecordedRun(graph_run, recorder)
+
+
+async def drive(recorded: RecordedRun, owned: dict[str, AnyRunner]) -> RunResult:
+    """Run a recorded run to its end, then close the runners it `owned` (a service's shared runners are not).
+    Every run that `execute` or a RunHost starts goes through here."""
+    try:
+        return await recorded.graph_run.run()
+    finally:
+        await close_runners(owned)
+
+
+async def watched(records: Store, recorded: RecordedRun, owned: dict[str, AnyRunner], reports: Reports) -> RunResult:
+    """`drive` the run, cancelling it as Ctrl-C does if someone asks through the store (jobgraph.app.cancel)."""
+    from jobgraph.app.cancel import watch_cancels
+
+    watcher = asyncio.create_task(watch_cancels(records, lambda: (recorded.graph_run,), reports.note, reports.warn))
+    try:
+        return await drive(recorded, owned)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+def execute(records: Store, plan: RunPlan, runner_override: str | None, reports: Reports) -> RunResult:
+    """Run the plan here and now, in its own event loop, with the store and a live view listening; Ctrl-C and
+    SIGTERM cancel it, so does a store that stays down. Raise StoreError if some of its records stayed unwritten."""
+    secrets = job_secrets(plan.pipeline)
+    patience = store_patience()
+    runners: dict[str, AnyRunner] = {}
+    display: contextlib.AbstractContextManager[RunDisplay | None] = (
+        reports.display() if reports.display is not None else contextlib.nullcontext())
+    with display as view:
+        recorded = recorded_run(records, plan, runner_factory(plan.pipeline, runner_override, runners),
+                                [] if view is None else [view], reports.error, reports.warn, patience, secrets)
+        graph_run = recorded.graph_run
+
+        async def main() -> RunResult:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, graph_run.cancel)
+            if view is not None:
+                loop.add_signal_handler(signal.SIGHUP, view.hang_up)
+            try:
+                try:
+                    await open_runners(plan.pipeline, runner_override, runners)
+                except BaseException:
+                    await close_runners(runners)
+                    raise
+                return await watched(records, recorded, runners, reports)
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+
+        result = asyncio.run(main())
+        if view is not None:  # still inside the view: ignore SIGHUP while it closes and the summary prints
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for listener, exc in graph_run.listener_failures:
+        if listener is not view:
+            reports.error(f"{exc}; the run was stopped")
+    if recorded.recorder.unwritten:
+        raise StoreError(f"run {result.run_id} ended {result.state}, but {recorded.recorder.unwritten} of its records "
+                         f"could not be written to the store {store_name(records.url)}. Once the store is back, "
+                         f"`jobgraph retry {result.run_id}` (or any `jobgraph run`) closes its records, and the retry "
+                         "resumes it")
+    if reports.ended is not None:
+        reports.ended(result)
+    return result

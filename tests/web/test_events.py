@@ -1,0 +1,128 @@
+"""The run's event stream: what another process writes arrives as changes, then `end`; a client that leaves
+leaves nothing running behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert
+from starlette.applications import Starlette
+
+from jobgraph.store import Store
+from jobgraph.store.tables import runs, task_runs
+from tests.conftest import WritePipeline, sh, store_url
+from tests.web.conftest import served
+
+
+def _scope(path: str) -> dict[str, Any]:
+    return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+            "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+            "root_path": "", "headers": [(b"host", b"127.0.0.1")], "client": ("127.0.0.1", 5000),
+            "server": ("127.0.0.1", 80)}
+
+
+async def stream(app: Starlette, path: str, leave: asyncio.Event | None = None) -> tuple[int, list[tuple[str, Any]]]:
+    """Drive the app as a server would: the status and every event (name, data) sent; `leave` set = client gone."""
+    events: list[tuple[str, Any]] = []
+    status = 0
+    asked = False
+    buffer = b""
+
+    async def receive() -> dict[str, Any]:
+        nonlocal asked
+        if not asked:
+            asked = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await (leave or asyncio.Event()).wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status, buffer
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            assert b"content-length" not in dict(message["headers"])  # a stream has no length: chunked
+            return
+        buffer += message.get("body", b"")
+        while b"\n\n" in buffer:
+            block, buffer = buffer.split(b"\n\n", 1)
+            lines = block.decode().splitlines()
+            if lines and lines[0].startswith("event: "):
+                events.append((lines[0][7:], json.loads(lines[1].removeprefix("data: "))))
+            elif lines:
+                events.append(("comment", lines[0]))
+
+    await app(_scope(path), receive, send)
+    return status, events
+
+
+def test_changes_written_by_another_process_arrive_then_end(write_pipeline: WritePipeline, tmp_path: Path) -> None:
+    path = write_pipeline({"jobs": [sh("a", "sleep 1"), sh("b", "echo b", after=["a"]),
+                                    sh("c", "sleep 0.5", after=["b"])]})
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph")}
+    running = subprocess.Popen([sys.executable, "-m", "jobgraph", "run", str(path)], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = store_url(tmp_path)
+        deadline = time.monotonic() + 30
+        while True:
+            if (tmp_path / ".jobgraph" / "jobgraph.db").exists():
+                with Store(url) as records:
+                    found = records.runs(1)
+                if found:
+                    break
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.05)
+        run_id = found[0].run_id
+        with served(url, poll_secs=0.1) as app:
+            status, events = asyncio.run(asyncio.wait_for(stream(app, f"/api/v1/runs/{run_id}/events"), 60))
+    finally:
+        assert running.wait(60) == 0
+    assert status == 200
+    names = [name for name, _ in events if name != "comment"]
+    assert names[0] == "snapshot" and names[-1] == "end" and set(names[1:-1]) == {"change"}
+    assert events[0][1]["run"]["state"] == "RUNNING" and events[-1][1] == {"run_id": run_id, "state": "SUCCEEDED"}
+    seen = {(job["name"], job["state"]) for name, data in events if name == "change" for job in data["jobs"]}
+    assert {("b", "SUCCEEDED"), ("c", "RUNNING"), ("c", "SUCCEEDED")} <= seen
+    changes = [data for name, data in events if name == "change"]
+    known = {job["name"]: job for job in events[0][1]["jobs"]}
+    for data in changes:  # only what changed, never the whole run again
+        assert all(known[job["name"]] != job for job in data["jobs"])
+        known.update((job["name"], job) for job in data["jobs"])
+    attempts = {(a["job"], a["status"]) for data in changes for a in data["attempts"]}
+    assert ("c", "DONE") in attempts and changes[-1]["run"]["state"] == "SUCCEEDED"
+
+
+def test_a_client_that_leaves_leaves_no_poller_behind(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    with Store(url) as records, records._engine.begin() as conn:  # a run that never ends: its stream never would
+        conn.execute(insert(runs).values(run_id="r1", pipeline="p", state="RUNNING", run_attempt=1, started_at=at,
+                                         scheduled_time=at, snapshot="{}", owner="nobody"))
+        conn.execute(insert(task_runs).values(run_id="r1", task="a", run_attempt=1, state="RUNNING", attempts=1,
+                                              pool="default", image="sh", predecessors="[]"))
+
+    async def main(app: Starlette) -> tuple[list[tuple[str, Any]], float, int]:
+        leave = asyncio.Event()
+        streams = [asyncio.create_task(stream(app, "/api/v1/runs/r1/events", leave)) for _ in range(5)]
+        await asyncio.sleep(1.0)
+        assert app.state.streams.open == 5
+        leave.set()
+        started = time.monotonic()
+        done = await asyncio.wait_for(asyncio.gather(*streams), 10)
+        left = time.monotonic() - started
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        return done[0][1], left, len(others)
+
+    with served(url, poll_secs=0.05) as app:
+        events, left, others = asyncio.run(main(app))
+        assert app.state.streams.open == 0
+    assert events[0][0] == "snapshot" and "end" not in [name for name, _ in events]
+    assert left < 2 and others == 0
