@@ -10,7 +10,8 @@ untimed warm-up. Beside each, in the same command:
     answer saved to a file, and for the page, plain HTML of the same byte size (a table of rows).
 Cases:
   (a) GET /api/v1/runs?limit=50: the first page, a deep page (page 100, by following next_cursor),
-      filtered by a rare pipeline and by state;
+      filtered by a rare and a common pipeline and by a rare state; GET /api/v1/pipelines; and the
+      server time of the HTML pages `/`, `/runs` and the 5,000-job run's;
   (b) the 5,000-job run's page in Chromium (/usr/bin/chromium, headless, through Playwright): time to
       first byte, first paint and first contentful paint (performance.getEntriesByType('paint')),
       DOMContentLoaded, load, and time to interactive: the latest of DOMContentLoaded, the end of the
