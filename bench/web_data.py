@@ -400,7 +400,7 @@ def copy_store(sqlite_url: str, target_url: str, say: Callable[[str], None] = pr
     began = time.perf_counter()
     source = create_engine(sqlite_url)
     with Store(target_url) as target:
-        with target._engine.begin() as conn, source.connect() as reading:
+        with target.engine.begin() as conn, source.connect() as reading:
             if conn.execute(select(func.count()).select_from(runs)).scalar():
                 raise SystemExit(f"{target_url} already has runs: give an empty store")
             for table in COPIED:
@@ -411,7 +411,7 @@ def copy_store(sqlite_url: str, target_url: str, say: Callable[[str], None] = pr
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT setval(pg_get_serial_sequence('attempts', 'id'), "
                                   "(SELECT max(id) FROM attempts))"))
-        with target._engine.begin() as conn:
+        with target.engine.begin() as conn:
             conn.execute(text("ANALYZE"))
     source.dispose()
     say(f"copied the store into {target_url} in {time.perf_counter() - began:.1f} s")

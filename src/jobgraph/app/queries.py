@@ -104,7 +104,7 @@ def _last_run(conn: Connection, name: str) -> Any:
 def pipelines(records: Store) -> list[Json]:
     """Every deployed pipeline with its schedule, state, version, last run and next fire time (none if suspended)."""
     deployed = Deployments(records).all()
-    with records._engine.connect() as conn:
+    with records.engine.connect() as conn:
         return [_pipeline_json(each, _last_run(conn, each.name)) for each in deployed]
 
 
@@ -114,7 +114,7 @@ def pipeline(records: Store, name: str) -> Json:
         deployed = Deployments(records).get(name)
     except StoreError as exc:
         raise NotFound(str(exc)) from None
-    with records._engine.connect() as conn:
+    with records.engine.connect() as conn:
         found = _pipeline_json(deployed, _last_run(conn, deployed.name))
         versions = conn.execute(select(pipeline_versions.c.version, pipeline_versions.c.created_at).where(
             pipeline_versions.c.name == deployed.name).order_by(pipeline_versions.c.created_at.desc())).all()
@@ -145,7 +145,7 @@ def graph_of(snapshot: str) -> Json:
 
 def pipeline_graph(records: Store, name: str, version: str) -> Json:
     """The graph of one version of a pipeline (by its exact name, as its versions carry it)."""
-    with records._engine.connect() as conn:
+    with records.engine.connect() as conn:
         snapshot = conn.execute(select(pipeline_versions.c.snapshot).where(and_(
             pipeline_versions.c.name == name, pipeline_versions.c.version == version))).scalar()
     if snapshot is None:
@@ -212,7 +212,7 @@ def run_page(records: Store, pipeline: str | None = None, state: str | None = No
         after = Cursor.parse(cursor)
         query = query.where(or_(runs.c.started_at < utc(after.started_at),
                                 and_(runs.c.started_at == utc(after.started_at), runs.c.run_id < after.run_id)))
-    with records._engine.connect() as conn:
+    with records.engine.connect() as conn:
         rows = conn.execute(query).mappings().all()
         page = rows[:limit]
         counts = _job_counts(conn, page)
@@ -266,7 +266,7 @@ def _attempt_json(row: Sequence[Any]) -> Json:
 
 def run_detail(records: Store, run_id: str) -> Json:
     """One run (exact id) with every job as it stands now and every attempt, oldest first."""
-    with records._engine.connect() as conn:
+    with records.engine.connect() as conn:
         row = _run_row(conn, run_id)
         job_rows = conn.execute(select(*_job_columns(conn.dialect.name)).where(task_runs.c.run_id == run_id, _LATEST)
                                 .order_by(task_runs.c.task)).all()
@@ -285,7 +285,7 @@ def run_signature(records: Store, run_id: str) -> tuple[Any, ...]:
     Jobs only move forward through their states within a graph run attempt, and each step also
     changes a count, a start or an end; attempts gain rows, statuses and end times.
     """
-    with records._engine.connect() as conn:
+    with records.engine.connect() as conn:
         row = _run_row(conn, run_id)
         current = task_runs.c.run_attempt == 1 if row["run_attempt"] == 1 else _LATEST  # see _job_counts
         jobs = conn.execute(select(task_runs.c.state, func.count(), func.sum(task_runs.c.attempts),
@@ -301,7 +301,7 @@ def run_signature(records: Store, run_id: str) -> tuple[Any, ...]:
 
 def run_graph(records: Store, run_id: str) -> Json:
     """The graph of the pipeline as the run ran it (its stored snapshot)."""
-    with records._engine.connect() as conn:
+    with records.engine.connect() as conn:
         row = _run_row(conn, run_id, (runs.c.snapshot,))
     return graph_of(str(row["snapshot"]))
 
@@ -329,7 +329,7 @@ def read_log(records: Store, run_id: str, job: str, attempt: int, offset: int = 
 
     if not 1 <= limit <= MAX_LOG_CHUNK:
         raise BadRequest(f"limit must be between 1 and {MAX_LOG_CHUNK}, not {limit}")
-    with records._engine.connect() as conn:
+    with records.engine.connect() as conn:
         _run_row(conn, run_id)
         row = conn.execute(select(attempts.c.log_path, attempts.c.status).where(and_(
             attempts.c.run_id == run_id, attempts.c.task == job, attempts.c.attempt == attempt))).first()
