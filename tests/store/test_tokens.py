@@ -21,7 +21,7 @@ def test_a_token_is_stored_only_as_its_hash_and_verifies(store_url: str, tmp_pat
         tokens = Tokens(records)
         secret, _ = tokens.create("ci", Scope.OPERATE, NOW)
         assert secret.startswith(PREFIX) and len(secret) > 40
-        with records._engine.connect() as conn:
+        with records.engine.connect() as conn:
             rows = conn.execute(select(api_tokens)).mappings().all()
         assert [row["token_hash"] for row in rows] == [token_hash(secret)]
         assert all(secret not in str(value) for row in rows for value in row.values())

@@ -103,7 +103,7 @@ def test_changes_written_by_another_process_arrive_then_end(write_pipeline: Writ
 def test_a_client_that_leaves_leaves_no_poller_behind(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'store.db'}"
     at = datetime(2030, 1, 1, tzinfo=UTC)
-    with Store(url) as records, records._engine.begin() as conn:  # a run that never ends: its stream never would
+    with Store(url) as records, records.engine.begin() as conn:  # a run that never ends: its stream never would
         conn.execute(insert(runs).values(run_id="r1", pipeline="p", state="RUNNING", run_attempt=1, started_at=at,
                                          scheduled_time=at, snapshot="{}", owner="nobody"))
         conn.execute(insert(task_runs).values(run_id="r1", task="a", run_attempt=1, state="RUNNING", attempts=1,

@@ -192,7 +192,8 @@
     };
   }
   fitButtons();
-  follow();
+  // An ended run's page is drawn complete: it listens only once an action here starts it again.
+  if (document.getElementById("counts").dataset.runState === "RUNNING") { follow(); }
 
   // A graph node's job in the jobs list: scrolled to on this page, or the page that lists it is opened.
   function showJob(job, open = true) {
