@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 from sqlalchemy import create_engine, text
 
-from tests.web.conftest import Server
+from jobgraph.store.tokens import Scope
+from tests.web.conftest import Server, make_token
 
 PASSWORD = "Sup3r-s3cret-pw"
 
@@ -23,6 +24,7 @@ def test_a_store_gone_under_the_server_is_503_and_its_password_is_shown_nowhere(
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     url = f"{postgres_server}/{name}".replace("postgres@", f"postgres:{PASSWORD}@")  # trust auth ignores it
     try:
+        token = make_token(url, Scope.OPERATE)
         server = serve(url)
 
         def get(path: str, **options: Any) -> httpx.Response:
@@ -42,6 +44,12 @@ def test_a_store_gone_under_the_server_is_503_and_its_password_is_shown_nowhere(
         for path in ("/api/v1/runs", "/api/v1/pipelines", "/api/v1/runs/0000dead"):
             answer = get(path)
             assert answer.status_code == 503 and "store" in answer.json()["error"], path
+            assert PASSWORD not in answer.text
+        for method in ("GET", "POST"):  # a token that cannot be checked: the same 503, not a crash
+            answer = httpx.request(method, f"{server.url}/api/v1/runs/0000dead/cancel" if method == "POST" else
+                                   f"{server.url}/api/v1/runs", headers={"authorization": f"Bearer {token}"},
+                                   timeout=30)
+            assert answer.status_code == 503 and "store" in answer.json()["error"], (method, answer.text)
             assert PASSWORD not in answer.text
     finally:
         with admin.connect() as connection:
