@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ def test_a_token_is_printed_once_and_stored_only_hashed(cli: Cli, tmp_path: Path
     secret = made.stdout.strip()
     assert secret.startswith("jg_") and len(secret.splitlines()) == 1
     assert "shown this once" in made.stderr and "ci-bot (operate, expires" in made.stderr
+    assert "sign in with it at /login" in made.stderr and "Authorization: Bearer" in made.stderr
     listed = cli("token", "list", check=0)
     assert "ci-bot" in listed.stdout and "operate" in listed.stdout and "live" in listed.stdout
     assert secret not in listed.stdout + listed.stderr
@@ -185,3 +187,34 @@ def test_serve_http_refuses_a_bad_address(cli: Cli) -> None:
     assert "--http 'localhost' is not HOST:PORT" in bad.stderr and "Traceback" not in bad.stderr
     refused = cli("serve", "--http", "0.0.0.0:0", check=2, timeout=30)
     assert "refusing to listen on 0.0.0.0" in refused.stderr
+
+
+def test_web_on_a_port_in_use_says_so_and_what_to_do(cli: Cli) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        busy = cli("web", "--port", str(port), check=2, timeout=30)
+    finally:
+        taken.close()
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in busy.stderr
+    assert "choose another with --port" in busy.stderr and "Traceback" not in busy.stderr and busy.stdout == ""
+
+
+def test_web_on_every_address_names_one_a_browser_opens(cli: Cli, tmp_path: Path) -> None:
+    cli("token", "create", "reader", "--scope", "read", check=0)
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph")}
+    env.pop("JOBGRAPH_STORE", None)
+    server = subprocess.Popen([sys.executable, "-m", "jobgraph", "web", "--host", "0.0.0.0", "--port", "0"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        found = re.search(r"http://0\.0\.0\.0:(\d+)/ \(every address of this host, e.g. http://(\S+):(\d+)/\)", line)
+        assert found and found.group(2) == socket.gethostname() and found.group(1) == found.group(3), line
+        assert "a token needed for every request" in line
+        assert httpx.get(f"http://127.0.0.1:{found.group(1)}/api/v1/runs", timeout=30).status_code == 401
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)

@@ -109,6 +109,8 @@ def test_unknown_things_are_404_json_and_bad_parameters_400(ran: dict[str, Any])
             answer = get(app, path)
             assert answer.status_code == 404, path
             assert answer.headers["content-type"] == "application/json" and answer.json()["error"]
+        short = get(app, f"/api/v1/runs/{ran['run_id'][:8]}")  # the short id the page and the CLI show
+        assert short.status_code == 404 and "the API takes a run's whole id" in short.json()["error"]
         for params in ({"limit": 0}, {"limit": 501}, {"state": "SLEEPY"}, {"cursor": "garbage!"}):
             answer = get(app, "/api/v1/runs", params=params)
             assert answer.status_code == 400 and answer.json()["error"], params

@@ -28,7 +28,14 @@ def test_retries_show_as_crossed_bars_with_the_waits_between_them() -> None:
     assert svg.count('class="attempt a-RUNNING"') == 1 and svg.count('class="attempt a-DONE"') == 1
     assert svg.count('class="wait"') == 2 and "waited 2.0 s before attempt 2" in svg
     assert "<b>" not in svg and "&lt;b&gt;x&lt;/b&gt;" in svg
-    assert "hidden" not in svg and ">8.0 s<" in svg  # only the rows asked for, on their own time axis
+    assert "hidden" not in svg and ">+8.0 s<" in svg  # only the rows asked for, on their own time axis
+    assert f">{T0:%H:%M:%S} UTC<" in svg  # the axis starts at a clock time, in UTC as the whole page
+
+
+def test_long_runs_count_whole_minutes_and_hours_plainly() -> None:
+    svg = gantt_svg(["long"], [attempt("long", 1, 0, 7200, AttemptStatus.DONE)], now=T0 + timedelta(hours=3))
+    assert ">+15 min<" in svg and ">+1 h<" in svg and ">+2 h<" in svg and ">+1 h 15 min<" in svg
+    assert " 0 min<" not in svg and " 0 s<" not in svg and "16 min 40 s" not in svg  # clock steps, not 1,000 s
 
 
 def test_no_attempt_yet_says_so() -> None:

@@ -84,11 +84,32 @@ def test_the_runs_list_pages_with_its_cursor(tmp_path: Path, serve: Callable[[st
     page.goto(f"{server.url}/runs?pipeline=many")
     expect(page.locator("#runs tbody tr")).to_have_count(50)
     first = page.eval_on_selector_all("#runs tbody tr", "rows => rows.map(r => r.dataset.run)")
+    expect(page.locator("#newest-page")).to_have_count(0)
     page.click("#next-page")
     expect(page.locator("#runs tbody tr")).to_have_count(5)
     second = page.eval_on_selector_all("#runs tbody tr", "rows => rows.map(r => r.dataset.run)")
     assert sorted(first + second) == sorted(made)
     expect(page.locator("#next-page")).to_have_count(0)
+    page.click("#newest-page")  # back to the first page, the filter kept
+    expect(page.locator("#runs tbody tr")).to_have_count(50)
+    assert page.eval_on_selector_all("#runs tbody tr", "rows => rows.map(r => r.dataset.run)") == first
+
+
+def test_empty_pages_say_how_to_fill_them(tmp_path: Path, serve: Callable[[str], Server], page: Page) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    server = serve(url)
+    page.goto(server.url)
+    expect(page.locator("main")).to_contain_text("No pipeline is deployed")
+    expect(page.locator("main")).to_contain_text("No run yet either: jobgraph run pipeline.yaml")
+    page.goto(f"{server.url}/runs")
+    expect(page.locator("#no-runs")).to_contain_text("no run yet: jobgraph run pipeline.yaml")
+    record_run(url, {"only": ()}, {}, pipeline="real")
+    page.goto(f"{server.url}/runs?pipeline=Rea")
+    expect(page.locator("#no-runs")).to_contain_text("no run matches this filter")
+    page.click("#no-runs a")
+    expect(page.locator("#runs tbody tr[data-run]")).to_have_count(1)
+    page.click('#runs a[href$="?pipeline=real"]')  # a run's pipeline filters the list by it
+    expect(page).to_have_url(f"{server.url}/runs?pipeline=real")
 
 
 def test_a_hostile_job_name_and_error_render_as_text(tmp_path: Path, serve: Callable[[str], Server],
@@ -152,6 +173,26 @@ def test_a_5000_job_run_page_stays_small_and_interactive(tmp_path: Path, serve: 
     listed = page.eval_on_selector_all("tbody.job", "rows => rows.slice(0, 6).map(r => r.dataset.job)")
     assert listed == [*fan[::1000], "merge"]
     expect(page.locator("tbody.job").first.locator("pre.error")).to_have_text(f"{fan[0]} broke")
+
+
+def test_a_graph_node_opens_the_jobs_page_that_lists_its_job(tmp_path: Path, serve: Callable[[str], Server],
+                                                             page: Page) -> None:
+    url = f"sqlite:///{tmp_path / 'fan.db'}"
+    fan = [f"part_{n:03d}" for n in range(450)]
+    run_id = record_run(url, {"extract": (), **{name: ("extract",) for name in fan}, "merge": tuple(fan)}, {})
+    server = serve(url)
+    page.goto(f"{server.url}/runs/{run_id}")
+    expect(page.locator(".pager")).to_contain_text("page 1 of 3")
+    expect(page.locator('tbody.job[data-job="merge"]')).to_have_count(0)
+    page.click('svg.dag .node[data-job="merge"]')
+    expect(page.locator(".pager")).to_contain_text("page 3 of 3")
+    expect(page.locator('tbody.job[data-job="merge"]')).to_have_class("job picked")
+    page.click('svg.dag .node[data-job="extract"]')
+    expect(page.locator(".pager")).to_contain_text("page 1 of 3")
+    page.goto(f"{server.url}/runs/{run_id}?job=no_such_job")  # an unknown job: the first page, no reload loop
+    expect(page.locator(".pager")).to_contain_text("page 1 of 3")
+    page.wait_for_timeout(500)
+    assert page.url.endswith("?job=no_such_job")
 
 
 def start_live_run(folder: Path, jobs: list[dict[str, object]]) -> tuple[subprocess.Popen[str], str]:
@@ -261,7 +302,10 @@ def test_trigger_retry_and_cancel_from_the_page_need_an_operate_token(
     before = runs()
     page.goto(f"{web.url}/runs/{failed}")
     assert "refused (401)" in click_and_read(page, "button[data-action=retry]")
-    assert "refused (401)" in click_and_read(page, "button[data-action=cancel]")
+    cancel = page.locator("button[data-action=cancel]")
+    expect(cancel).to_be_disabled()  # the run has ended: nothing to cancel, and the button says why
+    expect(cancel).to_have_attribute("title", "the run is FAILED: only a running run can be cancelled")
+    expect(page.locator("#sign-in-now")).to_have_attribute("href", f"/login?next=%2Fruns%2F{failed}")
     page.goto(web.url)
     assert "refused (401)" in click_and_read(page, "button[data-action=trigger]")
     time.sleep(1)
@@ -270,15 +314,22 @@ def test_trigger_retry_and_cancel_from_the_page_need_an_operate_token(
     secret = re.search(r"jg_[A-Za-z0-9_-]+", jobgraph(tmp_path, "token", "create", "ops", "--scope", "operate").stdout)
     assert secret
     page.click("#sign-in")
+    page.fill("input[name=token]", "jg_not-a-token")
+    page.click("form.login button")
+    expect(page.locator("#login-refused")).to_contain_text("That token was refused")  # the form again, not JSON
+    assert not page.context.cookies() and page.locator("input[name=next]").get_attribute("value") == "/"
     page.fill("input[name=token]", secret.group(0))
     page.click("form.login button")
     expect(page.locator("header .who")).to_contain_text("ops")
 
     fixed.touch()
     page.goto(f"{web.url}/runs/{failed}")
-    assert "retry: done" in click_and_read(page, "button[data-action=retry]")
+    expect(page.locator("#facts")).to_contain_text("run attempt 1")
+    assert f"retry: started (run {failed})" in click_and_read(page, "button[data-action=retry]")
     wait_for(lambda: (failed, "SUCCEEDED", 2) in runs(), "the retried run to succeed")
     expect(page.locator("#run-state")).to_have_text("SUCCEEDED", timeout=15_000)
+    expect(page.locator("#facts")).to_contain_text("run attempt 2")  # the run's facts, redrawn live too
+    expect(page.locator("button[data-action=retry]")).to_be_disabled()  # every job succeeded
     expect(page.locator('svg.gantt .attempt[data-job="check"]')).to_have_count(2)  # the Gantt, redrawn live
     expect(page.locator("svg.gantt line.wait")).to_have_count(1)  # the wait until someone retried it
     expect(page.locator('tbody.job[data-job="check"] tr.attempt-row').nth(1)).to_contain_text("(run attempt 2)")
@@ -293,15 +344,18 @@ def test_trigger_retry_and_cancel_from_the_page_need_an_operate_token(
         assert Deployments(records).get("steer").state == "ACTIVE"
 
     hold.touch()
-    assert "trigger: done" in click_and_read(page, f"{steer} button[data-action=trigger]")
+    assert "trigger: started (run " in click_and_read(page, f"{steer} button[data-action=trigger]")
     wait_for(lambda: len(runs()) == 2 and runs()[0][1] == "RUNNING", "the triggered run")
     triggered = runs()[0][0]
     page.goto(f"{web.url}/runs/{triggered}")
-    assert "cancel: done" in click_and_read(page, "button[data-action=cancel]")
+    expect(page.locator("button[data-action=retry]")).to_be_disabled()  # still running
+    assert "cancel: requested; the run ends CANCELLED" in click_and_read(page, "button[data-action=cancel]")
     wait_for(lambda: runs()[0][1] == "CANCELLED", "the cancelled run")
     with Store(url) as records:
         assert {task.state for task in records.tasks(triggered)} == {"CANCELLED"}
     expect(page.locator("#run-state")).to_have_text("CANCELLED", timeout=15_000)
+    expect(page.locator("button[data-action=cancel]")).to_be_disabled()  # live, as the run ended
+    expect(page.locator("button[data-action=retry]")).to_be_enabled()
 
 
 def test_a_long_log_opens_at_its_tail(tmp_path: Path, serve: Callable[[str], Server], page: Page) -> None:

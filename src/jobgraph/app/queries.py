@@ -230,7 +230,8 @@ _RUN_COLUMNS = tuple(column for column in runs.c if column.key != "snapshot")
 def _run_row(conn: Connection, run_id: str, columns: Sequence[ColumnElement[Any]] = _RUN_COLUMNS) -> Any:
     row = conn.execute(select(*columns).where(runs.c.run_id == run_id)).mappings().first()
     if row is None:
-        raise NotFound(f"no run with id {run_id!r}")
+        whole = "" if len(run_id) >= 36 else " (the API takes a run's whole id, as GET /api/v1/runs lists it)"
+        raise NotFound(f"no run with id {run_id!r}{whole}")
     return row
 
 

@@ -279,7 +279,7 @@ class TokenScope(StrEnum):
 def token_create(
     name: Annotated[str, typer.Argument(help="A name for the token (who or what uses it)")],
     scope: Annotated[TokenScope, typer.Option(help="read: see; operate: also trigger, retry, cancel, suspend, "
-                                              "resume; admin: everything")],
+                                              "resume; admin: as operate for now (kept for managing jobgraph itself)")],
     expires: Annotated[int | None, typer.Option(help="Days until it stops working [default: never]")] = None,
     store: StoreOption = None,
 ) -> None:

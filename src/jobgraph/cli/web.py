@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import signal
 import socket
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from jobgraph.cli.common import console, errors, reported, silence, store_url
 from jobgraph.cli.render import write_line
 from jobgraph.errors import JobgraphError
 from jobgraph.store import Store
+from jobgraph.store.faults import shown_url
 from jobgraph.store.tokens import Tokens, parse_scope, utcnow
 
 if TYPE_CHECKING:
@@ -81,7 +83,9 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise JobgraphError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        busy = "; another server (another `jobgraph web`?) has that port: choose another with --port" \
+            if exc.errno == errno.EADDRINUSE else ""
+        raise JobgraphError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{busy}") from None
     return sock
 
 
@@ -92,6 +96,8 @@ class WebServer:
         self.socket = bind(host, port)
         name, bound = self.socket.getsockname()[:2]
         self.url = f"http://{f'[{name}]' if ':' in name else name}:{bound}/"
+        if name in ("0.0.0.0", "::"):  # not an address a browser opens: name one that is
+            self.url += f" (every address of this host, e.g. http://{socket.gethostname()}:{bound}/)"
         self.server: uvicorn.Server | None = None
         self.stopping = False
 
@@ -149,7 +155,7 @@ async def serve_web(url: str, host: str, port: int, public: bool, run_host: RunH
 
     flusher = loop.create_task(flushing())
     try:
-        await server.serve(app, lambda where: say(f"jobgraph web: {where} (store {url}{needs})"))
+        await server.serve(app, lambda where: say(f"jobgraph web: {where} (store {shown_url(url)}{needs})"))
     finally:
         flusher.cancel()
         running = run_host.running()
@@ -207,6 +213,7 @@ def token_create(name: str, scope: str, expires: int | None = None, store: str |
     until = f", expires {info.expires_at:%Y-%m-%d %H:%M} UTC" if info.expires_at else ""
     errors.print(f"token {escape(info.name)} ({info.scope.value}{until}); it is shown this once, keep it now:")
     console.print(secret, soft_wrap=True)
+    errors.print("sign in with it at /login of `jobgraph web`, or send it as `Authorization: Bearer jg_...`")
 
 
 @reported

@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute, Route
 from jobgraph.app import queries
 from jobgraph.errors import JobgraphError
 from jobgraph.store import Store
+from jobgraph.store.faults import StoreFault
 from jobgraph.store.records import RunBusy
 from jobgraph.web import api, auth, events
 
@@ -51,6 +52,8 @@ async def _error(request: Request, exc: Exception) -> Response:
         return auth.error(400, str(exc))
     if isinstance(exc, queries.Refused):
         return auth.error(403, str(exc))
+    if isinstance(exc, StoreFault):
+        return auth.error(503, str(exc))
     if isinstance(exc, RunBusy | JobgraphError):
         return auth.error(409, str(exc))
     raise exc

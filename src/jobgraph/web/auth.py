@@ -31,6 +31,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from jobgraph.store import Store
+from jobgraph.store.faults import StoreFault
 from jobgraph.store.tokens import Scope as TokenScope
 from jobgraph.store.tokens import TokenInfo, Tokens, utcnow
 
@@ -123,7 +124,10 @@ class AuthMiddleware:
             if origin is not None and origin != f"{scope.get('scheme', 'http')}://{host}":
                 return error(403, f"cross-origin request refused (Origin {origin[:100]!r})")
         presented, by_cookie = _presented(headers)
-        token = await run_in_threadpool(self.tokens.verify, presented, utcnow()) if presented else None
+        try:
+            token = await run_in_threadpool(self.tokens.verify, presented, utcnow()) if presented else None
+        except StoreFault as exc:  # the token cannot be checked: say why, as every endpoint does (not a 500)
+            return error(503, str(exc))
         scope[_AUTH_KEY] = Identity(token, presented if token else "", by_cookie)
         if path in ("/login", "/logout"):
             return None
@@ -169,11 +173,13 @@ async def login(request: Request) -> Response:
     presented = form.get("token", "").strip()
     tokens: Tokens = Tokens(request.app.state.records)
     token = await run_in_threadpool(tokens.verify, presented, utcnow()) if presented else None
-    if token is None:
-        return error(401, "the token is unknown, revoked or expired")
     target = form.get("next") or "/"
     if not target.startswith("/") or target.startswith("//"):
         target = "/"
+    if token is None:
+        if "text/html" in request.headers.get("accept", ""):  # a browser's form: back to it, saying why
+            return RedirectResponse(f"/login?refused=1&next={quote(target, safe='/')}", status_code=303)
+        return error(401, "the token is unknown, revoked or expired")
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(COOKIE, presented, httponly=True, samesite="strict", path="/",
                         secure=request.url.scheme == "https")

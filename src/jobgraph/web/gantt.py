@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from markupsafe import Markup, escape
 
@@ -38,7 +38,7 @@ def gantt_svg(rows: Sequence[str], attempts: Sequence[AttemptRecord], now: datet
     while tick <= span + 1e-9:
         x = LABEL_W + tick * scale
         parts.append(f'<line class="tick" x1="{x:.1f}" y1="{AXIS_H - 4}" x2="{x:.1f}" y2="{height}"/>'
-                     f'<text class="axis" x="{x:.1f}" y="{AXIS_H - 8}">{_seconds(tick)}</text>')
+                     f'<text class="axis" x="{x:.1f}" y="{AXIS_H - 8}">{_axis_label(tick, start)}</text>')
         tick += step
     by_job: dict[str, list[AttemptRecord]] = {}
     for attempt in mine:
@@ -75,22 +75,38 @@ def _bar(job: str, attempt: AttemptRecord, x: float, width: float, y: int, now: 
     return bar + "</g>"
 
 
+_CLOCK_STEPS = (10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1200.0, 1800.0, 3600.0, 7200.0,
+                10800.0, 21600.0, 43200.0, 86400.0)
+"""Steps past 10 s that read as a clock does: seconds, then whole minutes, then whole hours."""
+
+
 def _tick(span: float) -> float:
-    """A round step (1, 2 or 5 times a power of ten seconds) giving about 8 ticks over the span."""
+    """A round step giving about 8 ticks over the span: 1, 2 or 5 times a power of ten below 10 s, then a
+    clock's step (15 s, 1 min, 5 min, 1 h ...)."""
     raw = span / 8
+    if raw > 10:
+        return next((step for step in _CLOCK_STEPS if step >= raw), 86400.0 * math.ceil(raw / 86400))
     power = 10.0 ** math.floor(math.log10(raw))
     return next(m * power for m in (1.0, 2.0, 5.0, 10.0) if m * power >= raw)
 
 
+def _axis_label(tick: float, start: datetime) -> str:
+    """The axis's first tick is the clock time it starts at (UTC, as every time on the page); the others count
+    from there."""
+    return start.astimezone(UTC).strftime("%H:%M:%S UTC") if tick == 0 else f"+{_seconds(tick)}"
+
+
 def _seconds(value: float) -> str:
-    """A duration as people read it: 0.4 s, 12 s, 3 min 5 s, 2 h 10 min."""
+    """A duration as people read it: 0.4 s, 12 s, 3 min 5 s, 1 min, 2 h 10 min."""
     if value < 10:
         return f"{value:.1f} s"
     if value < 60:
         return f"{value:.0f} s"
     if value < 3600:
-        return f"{int(value // 60)} min {int(value % 60)} s"
-    return f"{int(value // 3600)} h {int(value % 3600 // 60)} min"
+        minutes, seconds = int(value // 60), int(value % 60)
+        return f"{minutes} min {seconds} s" if seconds else f"{minutes} min"
+    hours, minutes = int(value // 3600), int(value % 3600 // 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
 def _short(name: str) -> str:

@@ -23,6 +23,7 @@ from jobgraph.errors import StoreError
 from jobgraph.states import RunState
 from jobgraph.store import Store
 from jobgraph.store.deployments import Deployments
+from jobgraph.store.faults import StoreFault
 from jobgraph.store.records import RunSummary
 from jobgraph.web.auth import csrf_token, current_token
 from jobgraph.web.run_view import ORDERS, run_view
@@ -54,11 +55,13 @@ def _when(value: datetime | str | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _between(started: str | None, finished: str | None) -> float | None:
-    """Seconds between two of the API's ISO times (None while the second is not there)."""
+def _between(started: datetime | str | None, finished: datetime | str | None) -> float | None:
+    """Seconds between two times, or two of the API's ISO texts of them (None while the second is not there)."""
     if not started or not finished:
         return None
-    return (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+    begin = datetime.fromisoformat(started) if isinstance(started, str) else started
+    end = datetime.fromisoformat(finished) if isinstance(finished, str) else finished
+    return (end - begin).total_seconds()
 
 
 def _took(seconds: float | None) -> str:
@@ -84,6 +87,11 @@ def _render(request: Request, name: str, status: int = 200, **context: Any) -> R
         "Content-Security-Policy": POLICY, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"})
 
 
+def _trouble(request: Request, exc: StoreFault) -> Response:
+    """The store failed under the page (a database down, a damaged file): say so, as the CLI does, with 503."""
+    return _render(request, "error.html", status=503, heading="The store cannot be read", message=str(exc))
+
+
 def _records(request: Request) -> Store:
     records: Store = request.app.state.records
     return records
@@ -92,15 +100,18 @@ def _records(request: Request) -> Store:
 def pipelines_page(request: Request) -> Response:
     """Every deployed pipeline (state, schedule, last and next run), then pipelines only ever run by hand."""
     records = _records(request)
-    deployed = Deployments(records).all()
-    last: dict[str, RunSummary] = {}
-    for run in records.runs(200):
-        last.setdefault(run.pipeline, run)
-    for pipeline in deployed:
-        if pipeline.name not in last:
-            found = records.runs(1, pipeline.name)
-            if found:
-                last[pipeline.name] = found[0]
+    try:
+        deployed = Deployments(records).all()
+        last: dict[str, RunSummary] = {}
+        for run in records.runs(200):
+            last.setdefault(run.pipeline, run)
+        for pipeline in deployed:
+            if pipeline.name not in last:
+                found = records.runs(1, pipeline.name)
+                if found:
+                    last[pipeline.name] = found[0]
+    except StoreFault as exc:
+        return _trouble(request, exc)
     names = {pipeline.name for pipeline in deployed}
     by_hand = sorted(name for name in last if name not in names)
     return _render(request, "pipelines.html", deployed=deployed, last=last, by_hand=by_hand)
@@ -114,41 +125,49 @@ def runs_page(request: Request) -> Response:
     try:
         found, next_cursor = queries.run_page(_records(request), pipeline, state, RUNS_PAGE, params.get("cursor"))
     except queries.BadRequest as exc:
-        return _render(request, "error.html", status=400, message=str(exc))
-    return _render(request, "runs.html", runs=found, next_cursor=next_cursor, pipeline=pipeline or "",
+        return _render(request, "error.html", status=400, heading="Not a filter", message=str(exc))
+    except StoreFault as exc:
+        return _trouble(request, exc)
+    return _render(request, "runs.html", runs=found, next_cursor=next_cursor, cursor=params.get("cursor"),
+                   pipeline=pipeline or "",
                    state=state or "", states=list(RunState.__members__))
 
 
-def _run_args(request: Request) -> tuple[str, int, str]:
+def _run_args(request: Request) -> tuple[str, int, str, str | None]:
     params = request.query_params
     order = params.get("order", "graph")
     try:
         page = int(params.get("page", "1"))
     except ValueError:
         page = 1
-    return request.path_params["run_id"], page, order if order in ORDERS else "graph"
+    return request.path_params["run_id"], page, order if order in ORDERS else "graph", params.get("job")
 
 
 def run_page(request: Request) -> Response:
     """One run: its graph, the Gantt of its attempts, its jobs with their attempts, the log panel, the actions."""
-    run_id, page, order = _run_args(request)
+    run_id, page, order, job = _run_args(request)
     try:
-        view = run_view(_records(request), run_id, page, order)
+        view = run_view(_records(request), run_id, page, order, job)
+    except StoreFault as exc:
+        return _trouble(request, exc)
     except StoreError as exc:
-        return _render(request, "error.html", status=404, message=str(exc))
+        return _render(request, "error.html", status=404, heading="No such run", message=str(exc))
     return _render(request, "run.html", view=view)
 
 
 def run_parts(request: Request) -> Response:
     """The parts of the run page that change as it runs (graph, Gantt, jobs list), for the page's script."""
-    run_id, page, order = _run_args(request)
+    run_id, page, order, job = _run_args(request)
     try:
-        view = run_view(_records(request), run_id, page, order)
+        view = run_view(_records(request), run_id, page, order, job)
+    except StoreFault as exc:
+        return _trouble(request, exc)
     except StoreError as exc:
-        return _render(request, "error.html", status=404, message=str(exc))
+        return _render(request, "error.html", status=404, heading="No such run", message=str(exc))
     return _render(request, "run_parts.html", view=view)
 
 
 def login_page(request: Request) -> Response:
     """The sign-in form: a token pasted here is POSTed to /login, which keeps it in an HttpOnly cookie."""
-    return _render(request, "login.html", next=request.query_params.get("next", "/"))  # POST /login checks it
+    params = request.query_params
+    return _render(request, "login.html", next=params.get("next", "/"), refused="refused" in params)  # POST checks

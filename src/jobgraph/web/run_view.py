@@ -55,8 +55,9 @@ class RunView:
     order: str
 
 
-def run_view(records: Store, run_id: str, page: int = 1, order: str = "graph") -> RunView:
-    """The run (by id or unique prefix), its folded graph coloured by state, and one page of its jobs."""
+def run_view(records: Store, run_id: str, page: int = 1, order: str = "graph", job: str | None = None) -> RunView:
+    """The run (by id or unique prefix), its folded graph coloured by state, and one page of its jobs: the
+    page that lists `job` when it is given (a click on a graph node whose job is on another page)."""
     run = records.run(run_id)
     shapes = _job_shapes(records, run.run_id)
     drawn = layout([(name, after) for name, (_, after) in shapes.items()])
@@ -66,6 +67,8 @@ def run_view(records: Store, run_id: str, page: int = 1, order: str = "graph") -
     if order == "failed":
         names.sort(key=lambda name: _FAILURES_FIRST.get(states[name], 9))
     pages = max(1, -(-len(names) // PAGE_SIZE))
+    if job in states:
+        page = names.index(job) // PAGE_SIZE + 1
     page = min(max(page, 1), pages)
     listed = names[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
     jobs, attempts = _page_records(records, run.run_id, listed)

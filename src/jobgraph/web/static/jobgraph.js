@@ -24,12 +24,22 @@
       try { body = await response.json(); } catch (e) { body = {}; }
       if (!response.ok) {
         say(`${action} refused (${response.status}): ${body.error || response.statusText}`, true);
+        if (response.status === 401) {
+          const link = document.createElement("a");
+          link.id = "sign-in-now";
+          link.href = `/login?next=${encodeURIComponent(location.pathname + location.search)}`;
+          link.textContent = "sign in with a token";
+          message.append(" ", link);
+        }
         return;
       }
-      const state = (body.run || body.pipeline || {}).state;
-      const details = [body.action && body.action.toLowerCase(), body.run_id && `run ${body.run_id}`,
-        state && `now ${state}`].filter(Boolean);
-      say(`${action}: done${details.length ? " (" + details.join(", ") + ")" : ""}`, false);
+      // What happened, in the words of the action: a retry or trigger starts a run, a cancel is a request
+      // that the run's own jobgraph process carries out, suspend and resume are done at once.
+      const outcome = body.action ? body.action.toLowerCase() : ({ retry: "started", cancel: "requested" })[action] || "done";
+      const state = action === "cancel" ? null : (body.run || body.pipeline || {}).state;
+      const details = [body.run_id && `run ${body.run_id}`, state && `now ${state}`].filter(Boolean);
+      say(`${action}: ${outcome}${details.length ? " (" + details.join(", ") + ")" : ""}` +
+        (action === "cancel" ? "; the run ends CANCELLED once its jobgraph process has stopped its jobs" : ""), false);
       if (body.run_id && (!run || body.run_id !== run.dataset.run)) {
         const link = document.createElement("a");
         link.href = `/runs/${encodeURIComponent(body.run_id)}`;
@@ -42,6 +52,20 @@
       say(`${action} failed: ${error}`, true);
     } finally {
       button.disabled = false;
+      if (run) { fitButtons(); }
+    }
+  }
+
+  // A run page's buttons fit the run's state: cancel while it runs, retry once it has ended short of success.
+  function fitButtons() {
+    const state = document.getElementById("run-state").textContent.trim();
+    const fits = { cancel: state === "RUNNING", retry: state !== "RUNNING" && state !== "SUCCEEDED" };
+    const why = { cancel: `the run is ${state}: only a running run can be cancelled`,
+      retry: state === "RUNNING" ? "the run is still running" : "every job of the run succeeded" };
+    for (const button of document.querySelectorAll("#run button[data-action]")) {
+      const fit = fits[button.dataset.action];
+      button.disabled = !fit;
+      button.title = fit ? "" : why[button.dataset.action];
     }
   }
 
@@ -66,8 +90,8 @@
     if (button) { act(button); return; }
     const logButton = event.target.closest(".log-button, svg.gantt .attempt");
     if (logButton) { openLog(logButton.dataset.job, logButton.dataset.attempt); return; }
-    const node = event.target.closest("svg.dag .node[data-job]");
-    if (node) { showJob(node.dataset.job); }
+    const node = event.target.closest("svg.dag .node");
+    if (node) { showJob(node.dataset.job || node.dataset.first); }
   });
 
   // --- the run page ------------------------------------------------------------------------------------
@@ -89,6 +113,7 @@
       const badge = document.getElementById("run-state");
       badge.textContent = data.run.state;
       setState(badge, "s-", data.run.state);
+      fitButtons();
       document.getElementById("counts").dataset.runState = data.run.state;
     }
     for (const job of data.jobs || []) {
@@ -131,7 +156,7 @@
       const response = await fetch(`/runs/${encodeURIComponent(runId)}/parts${query}`, { credentials: "same-origin" });
       if (response.ok) {
         const parts = new DOMParser().parseFromString(await response.text(), "text/html");
-        for (const id of ["counts", "graph", "gantt", "jobs"]) {
+        for (const id of ["facts", "counts", "graph", "gantt", "jobs"]) {
           const fresh = parts.getElementById(id);
           const old = document.getElementById(id);
           if (fresh && old) { old.replaceWith(document.adoptNode(fresh)); }
@@ -140,6 +165,7 @@
         const badge = document.getElementById("run-state");
         badge.textContent = state;
         setState(badge, "s-", state);
+        fitButtons();
       }
     } finally {
       refreshTimer = null;
@@ -165,17 +191,24 @@
       }
     };
   }
+  fitButtons();
   // An ended run's page is drawn complete: it listens only once an action here starts it again.
   if (document.getElementById("counts").dataset.runState === "RUNNING") { follow(); }
 
-  function showJob(job) {
+  // A graph node's job in the jobs list: scrolled to on this page, or the page that lists it is opened.
+  function showJob(job, open = true) {
+    if (!job) { return; }
     const row = byJob("tbody.job", job)[0];
     if (row) {
       row.scrollIntoView({ block: "center" });
       row.classList.add("picked");
       setTimeout(() => row.classList.remove("picked"), 1500);
+    } else if (open) {
+      location.search = `?order=${encodeURIComponent(run.dataset.order)}&job=${encodeURIComponent(job)}`;
     }
   }
+  const asked = new URLSearchParams(location.search).get("job");
+  if (asked) { showJob(asked, false); }
 
   // --- the log panel: the chosen attempt's log, followed while the attempt runs ---------------------
   const panel = document.getElementById("log-panel");
