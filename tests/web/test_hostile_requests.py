@@ -11,8 +11,8 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from jobgraph.store.tokens import Scope
 from jobgraph.states import TaskState
+from jobgraph.store.tokens import Scope
 from tests.web.conftest import bearer, make_token, record_run, served
 
 

@@ -36,6 +36,9 @@ MAX_PAGE = 500
 MAX_LOG_CHUNK = 1 << 20
 """The most bytes of a log one request reads."""
 
+MAX_ATTEMPT = (1 << 31) - 1
+"""No attempt number is bigger (a larger one asked for is simply not there)."""
+
 
 class NotFound(StoreError):
     """What was asked for is not in the store (the API answers 404)."""
@@ -149,9 +152,12 @@ class Cursor:
         """A cursor from `text`; BadRequest if it is not one this API made."""
         try:
             at, run_id = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-            return Cursor(aware(str(at)), str(run_id))
-        except (ValueError, TypeError, binascii.Error):
-            raise BadRequest(f"cursor {text[:80]!r} is not one this API gave out") from None
+            cursor = Cursor(utc(aware(str(at))), str(run_id))  # utc(): a time out of range fails here, not in SQL
+        except (ValueError, TypeError, OverflowError, binascii.Error):
+            cursor = None
+        if cursor is None or "\x00" in cursor.run_id:
+            raise BadRequest(f"cursor {text[:80]!r} is not one this API gave out")
+        return cursor
 
 
 def run_page(records: Store, pipeline: str | None = None, state: str | None = None, limit: int = 50,
@@ -273,6 +279,8 @@ def read_log(records: Store, run_id: str, job: str, attempt: int, offset: int = 
 
     if not 1 <= limit <= MAX_LOG_CHUNK:
         raise BadRequest(f"limit must be between 1 and {MAX_LOG_CHUNK}, not {limit}")
+    if not 1 <= attempt <= MAX_ATTEMPT:  # the store's integers are 64-bit: a bigger one fails in the driver
+        raise NotFound(f"run {run_id} has no attempt {attempt} of job {job!r}")
     with records._engine.connect() as conn:
         _run_row(conn, run_id)
         row = conn.execute(select(attempts.c.log_path, attempts.c.status).where(and_(
