@@ -59,6 +59,12 @@ def current_token(request: Request) -> TokenInfo | None:
     return None if identity is None else identity.token
 
 
+def presented_token(request: Request) -> str:
+    """The secret of the valid token the request signed in with ('' if none): for a stream to check it again later."""
+    identity: Identity | None = request.scope.get(_AUTH_KEY)
+    return "" if identity is None else identity.presented
+
+
 def csrf_token(request: Request) -> str:
     """What a page signed in by cookie must send back in X-Jobgraph-CSRF; '' when not signed in by cookie."""
     identity: Identity | None = request.scope.get(_AUTH_KEY)
