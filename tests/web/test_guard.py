@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from jobgraph.app import queries
-from tests.web.conftest import call, served
+from jobgraph.store.tokens import Scope
+from tests.web.conftest import bearer, call, get, make_token, served
 
 
 def _check(response: httpx.Response, static: bool = False) -> None:
@@ -67,3 +68,14 @@ def test_a_bug_answers_json_500_and_no_traceback(ran: dict[str, Any], monkeypatc
     assert answer.status_code == 500 and answer.headers["content-type"] == "application/json"
     assert "internal error" in answer.json()["error"] and "/secret/path" not in answer.text
     _check(answer)
+
+
+def test_pages_take_no_link_from_the_host_header(ran: dict[str, Any]) -> None:
+    """Off loopback any Host reaches the server: a page's links and assets are paths, so a forged Host (or a TLS
+    proxy's http) can point none of them elsewhere."""
+    read = make_token(ran["url"], Scope.READ)
+    with served(ran["url"], public=True) as app:
+        for path in ("/", "/runs", f"/runs/{ran['run_id']}", "/login"):
+            page = get(app, path, headers={"host": "evil.example", **bearer(read)})
+            assert page.status_code == 200 and "evil.example" not in page.text, path
+            assert 'src="/static/jobgraph.js"' in page.text and 'href="/static/jobgraph.css"' in page.text
