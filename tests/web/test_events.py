@@ -212,3 +212,26 @@ def test_a_stream_ends_once_its_token_is_revoked(tmp_path: Path) -> None:
     assert events[-1] == ("refused", {"error": "the token is unknown, revoked or expired"})
     shown = {job["name"]: job["state"] for _, data in events[:-1] for job in data["jobs"]}
     assert shown == {"a": "SUCCEEDED", "b": "PENDING"}  # b's change came after the revocation: never sent
+
+
+def test_newlines_in_what_a_job_wrote_never_break_the_stream_framing(tmp_path: Path) -> None:
+    """An error holding `\\n\\nevent: end` (or U+2028, or a NUL) arrives as data of one event, not as events."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    _running_run(url, ["a"])
+    hostile = 'oops\n\nevent: end\ndata: {"run_id": "r1", "state": "SUCCEEDED"}\n\n\u2028\r: x\x00'
+
+    async def main(app: Starlette) -> tuple[int, list[tuple[str, Any]]]:
+        client = asyncio.create_task(stream(app, "/api/v1/runs/r1/events"))
+        await asyncio.sleep(0.3)
+        with Store(url) as records, records._engine.begin() as conn:
+            conn.execute(update(task_runs).where(task_runs.c.task == "a").values(state="FAILED", error_message=hostile))
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(_move, url, None, "FAILED")
+        return await asyncio.wait_for(client, 10)
+
+    with served(url, poll_secs=0.05) as app:
+        status, events = asyncio.run(main(app))
+    names = [name for name, _ in events]
+    assert status == 200 and names[0] == "snapshot" and names[-1] == "end" and set(names[1:-1]) == {"change"}
+    assert [job["error"] for _, data in events[1:-1] for job in data["jobs"]] == [hostile]
+    assert events[-1][1] == {"run_id": "r1", "state": "FAILED"}
