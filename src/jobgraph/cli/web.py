@@ -22,6 +22,7 @@ from jobgraph.cli.common import console, errors, reported, silence, store_url
 from jobgraph.cli.render import write_line
 from jobgraph.errors import JobgraphError
 from jobgraph.store import Store
+from jobgraph.store.faults import store_name
 from jobgraph.store.tokens import Tokens, parse_scope, utcnow
 
 if TYPE_CHECKING:
@@ -137,7 +138,7 @@ async def serve_web(url: str, host: str, port: int, public: bool, run_host: RunH
         loop.add_signal_handler(sig, stop)
     needs = ", a token needed for every request" if public else ""
     try:
-        await server.serve(app, lambda where: say(f"jobgraph web: {where} (store {url}{needs})"))
+        await server.serve(app, lambda where: say(f"jobgraph web: {where} (store {store_name(url)}{needs})"))
     finally:
         running = run_host.running()
         if running:
