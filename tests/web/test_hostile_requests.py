@@ -9,6 +9,7 @@ import json
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
 from starlette.applications import Starlette
 
 from jobgraph.states import TaskState
@@ -66,3 +67,23 @@ def test_hostile_parameters_get_a_clear_4xx_never_a_500(any_store_url: str, capf
         else:
             assert answer.headers["content-type"].startswith("text/html") and "Traceback" not in answer.text
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_no_answer_shows_the_stores_password(postgres_server: str) -> None:
+    """The store's URL may carry a password: no error, page or response names the store with it."""
+    name = f"t_pw_web_{abs(hash(postgres_server)) % 10**6}"
+    admin = create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = postgres_server.replace("postgres@", "postgres:pw-S3CRET-9@") + f"/{name}"  # trust auth: any password
+    run_id = record_run(url, {"a": ()}, {"a": TaskState.FAILED})
+    token = make_token(url, Scope.OPERATE)
+    paths = ["/runs/nope", "/runs/nope/parts", "/api/v1/runs/nope", "/api/v1/runs/nope/graph",
+             "/api/v1/pipelines/nope", f"/runs/{run_id}", "/", "/runs", "/api/v1/runs/nope/events",
+             f"/api/v1/runs/{run_id}/jobs/b/attempts/1/log"]
+    with served(url) as app:
+        answers = _send(app, [("GET", path) for path in paths] + [("POST", "/api/v1/runs/nope/cancel")], token)
+    assert [answer.status_code for answer in answers] == [404] * 5 + [200] * 3 + [404] * 3
+    assert not [answer.text for answer in answers if "pw-S3CRET-9" in answer.text]
