@@ -298,8 +298,9 @@ def read_log(records: Store, run_id: str, job: str, attempt: int, offset: int = 
         size = os.fstat(fd).st_size
         if offset < 0:
             offset = max(size + offset, 0)
-            while offset < size and offset > 0 and os.pread(fd, 1, offset)[0] & 0xC0 == 0x80:
-                offset += 1  # a tail starts at a whole character
+            if 0 < offset < size:  # a tail starts at a whole character: past at most 3 continuation bytes
+                head = os.pread(fd, 3, offset)
+                offset += next((i for i, byte in enumerate(head) if byte & 0xC0 != 0x80), len(head))
         data = os.pread(fd, min(limit, max(size - offset, 0)), offset) if offset < size else b""
     finally:
         os.close(fd)
