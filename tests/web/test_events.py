@@ -52,7 +52,7 @@ async def stream(app: Starlette, path: str, leave: asyncio.Event | None = None,
         nonlocal status, buffer
         if message["type"] == "http.response.start":
             status = message["status"]
-            assert b"content-length" not in dict(message["headers"])  # a stream has no length: chunked
+            assert status != 200 or b"content-length" not in dict(message["headers"])  # a stream has no length
             return
         buffer += message.get("body", b"")
         while b"\n\n" in buffer:
@@ -235,3 +235,26 @@ def test_newlines_in_what_a_job_wrote_never_break_the_stream_framing(tmp_path: P
     assert status == 200 and names[0] == "snapshot" and names[-1] == "end" and set(names[1:-1]) == {"change"}
     assert [job["error"] for _, data in events[1:-1] for job in data["jobs"]] == [hostile]
     assert events[-1][1] == {"run_id": "r1", "state": "FAILED"}
+
+
+def test_streams_beyond_the_servers_limit_get_503_until_one_closes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    _running_run(url, ["a"])
+
+    async def main(app: Starlette) -> tuple[list[int], int]:
+        leave = asyncio.Event()
+        held = [asyncio.create_task(stream(app, "/api/v1/runs/r1/events", leave)) for _ in range(3)]
+        while app.state.streams.open < 3:
+            await asyncio.sleep(0.01)
+        refused, _ = await stream(app, "/api/v1/runs/r1/events")
+        leave.set()
+        statuses = [status for status, _ in await asyncio.gather(*held)]
+        again = asyncio.create_task(stream(app, "/api/v1/runs/r1/events"))
+        await asyncio.to_thread(_move, url, None, "FAILED")
+        status, _ = await asyncio.wait_for(again, 10)
+        return [*statuses, refused], status
+
+    with served(url, poll_secs=0.02, max_streams=3) as app:
+        statuses, again = asyncio.run(main(app))
+        assert app.state.streams.open == 0
+    assert statuses == [200, 200, 200, 503] and again == 200

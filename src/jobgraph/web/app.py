@@ -72,7 +72,7 @@ async def _crash(request: Request, exc: Exception) -> Response:
 
 
 def create_app(store_url: str, *, public: bool = False, host: RunHost | None = None,
-               poll_secs: float = events.POLL_SECS) -> Starlette:
+               poll_secs: float = events.POLL_SECS, max_streams: int = events.MAX_STREAMS) -> Starlette:
     """The app over the store at `store_url`; `public` (bound off loopback) makes every read need a token."""
     records = Store(store_url)
     try:
@@ -103,6 +103,6 @@ def create_app(store_url: str, *, public: bool = False, host: RunHost | None = N
     app.state.host = host
     app.state.public = public
     app.state.poll_secs = poll_secs
-    app.state.streams = events.Streams()
+    app.state.streams = events.Streams(max_streams)
     app.state.store_lock = threading.Lock()
     return app

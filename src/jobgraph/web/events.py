@@ -34,6 +34,9 @@ from jobgraph.web import auth, watch
 POLL_SECS = 0.3
 """How often a stream looks at the store for a change."""
 
+MAX_STREAMS = 1000
+"""The most event streams a server keeps open at once (each holds a connection and some memory): more get 503."""
+
 HEARTBEAT_SECS = 15.0
 """How long a stream stays silent at most: then a comment line."""
 
@@ -44,7 +47,8 @@ class Streams:
     each stream finishes its response at its next poll, without `end` (the run goes on; a browser's
     EventSource reconnects), so a stopping server need not cut them off."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_STREAMS) -> None:
+        self.limit = limit
         self.open = 0
         self.closing = False
         self.watches = watch.Watches()
@@ -141,6 +145,9 @@ async def events(request: Request) -> Response:
     run_id = request.path_params["run_id"]
     await run_in_threadpool(queries.run_signature, records, run_id)  # raises NotFound -> 404
     streams: Streams = request.app.state.streams
+    if streams.open >= streams.limit:
+        return auth.error(503, f"{streams.open} event streams are open on this server, the most it keeps; "
+                               "try again later", **{"Retry-After": "10"})
     presented = auth.presented_token(request)
     poll_secs: float = request.app.state.poll_secs
     allowed = None
