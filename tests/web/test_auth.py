@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pytest
@@ -181,3 +182,17 @@ def test_two_authorization_headers_and_an_oversized_sign_in_are_refused(ran: dic
         assert huge.status_code == 413 and "larger than 4096 bytes" in huge.json()["error"]
         assert "set-cookie" not in huge.headers
     assert _deployed_state(ran["url"]) == "ACTIVE"
+
+
+@pytest.mark.parametrize("target", ["//evil.example", "/\\evil.example", "/\\/evil.example", "https://evil.example",
+                                    "/\t/evil.example", " //evil.example", "javascript:alert(1)", "/%2f%2fevil.example",
+                                    "/runs\r\nSet-Cookie: x=1", "\\\\evil.example"])
+def test_sign_in_never_redirects_off_the_server(ran: dict[str, Any], target: str) -> None:
+    """`next` after sign-in is a path on this server, however a browser would read what it is given."""
+    operate = make_token(ran["url"], Scope.OPERATE)
+    with served(ran["url"]) as app:
+        signed = get(app, "/login", method="POST", data={"token": operate, "next": target})
+    location = signed.headers["location"]
+    assert signed.status_code == 303 and "\r" not in location and "\n" not in location
+    for read_as in (location, location.replace("\\", "/")):  # browsers take a backslash for a slash
+        assert urlsplit(urljoin("http://127.0.0.1:8787/login", read_as)).netloc == "127.0.0.1:8787", location

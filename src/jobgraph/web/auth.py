@@ -188,8 +188,8 @@ async def login(request: Request) -> Response:
     if token is None:
         return error(401, "the token is unknown, revoked or expired")
     target = form.get("next") or "/"
-    if not target.startswith("/") or target.startswith("//"):
-        target = "/"
+    if not target.startswith("/") or target.startswith("//") or "\\" in target or not target.isprintable():
+        target = "/"  # only a path here: browsers read `//host`, `/\\host` and tabs or newlines in it as elsewhere
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(COOKIE, presented, httponly=True, samesite="strict", path="/",
                         secure=request.url.scheme == "https")
