@@ -72,7 +72,7 @@ async def run_events(records: Store, run_id: str, streams: Streams, poll_secs: f
     """
     streams.watches.join(run_id)
     try:
-        shown = await streams.watches.latest(records, run_id, 0.0)
+        shown = await streams.watches.latest(records, run_id, poll_secs)  # joiners share a reading too
         yield shown.snapshot()
         quiet_since = time.monotonic()
         while shown.detail["run"]["state"] == RunState.RUNNING.value:
