@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from jobgraph.app import pipelines
+from jobgraph.app.cancel import cancel_run
 from jobgraph.app.host import RunHost
 from jobgraph.config import load
-from jobgraph.errors import StoreError
+from jobgraph.errors import RunnerError, StoreError
 from jobgraph.states import AttemptStatus, RunState, TaskState
 from jobgraph.store import Store
 from jobgraph.store.deployments import Deployments
@@ -223,3 +224,50 @@ def test_a_trigger_with_a_live_service_is_its_request(tmp_path: Path, write_pipe
             output = service.communicate(timeout=60)[0]
         assert service.returncode == 0, output
         assert f"run {run_id}" in output or "started" in output
+
+
+def test_a_retry_whose_runner_cannot_be_reached_gives_the_run_back(tmp_path: Path, write_pipeline: WritePipeline,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    gate = tmp_path / "gate"
+    run_id = failed_run(tmp_path, url, write_pipeline, gate)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    with Store(url) as records:
+
+        async def retry() -> str:
+            host = RunHost(records, "docker", lambda _text: None)
+            with pytest.raises(RunnerError) as error:
+                await host.start_retry(run_id, "tester")
+            assert host.running() == []
+            await host.close(drain=False)
+            return str(error.value)
+
+        assert "runner docker" in asyncio.run(retry())
+        run = records.run(run_id)
+        assert (run.state, run.run_attempt) == (RunState.FAILED, 1)
+    gate.touch()
+    assert jobgraph(tmp_path, url, "retry", run_id).returncode == 0  # given back: a retry can claim it
+
+
+def test_a_hosted_run_is_cancelled_through_the_store(tmp_path: Path, write_pipeline: WritePipeline,
+                                                     any_store_url: str) -> None:
+    pid = tmp_path / "pid"
+    path = write_pipeline({"name": "long", "jobs": [sh("sleeper", f"echo $$ > {pid}; exec sleep 300")]})
+    said: list[str] = []
+    with Store(any_store_url) as records:
+        pipelines.deploy(records, load(path), path)
+
+        async def cancelled() -> tuple[str, int]:
+            host = RunHost(records, None, said.append)
+            outcome = await host.start_trigger("long", "tester")
+            assert outcome.run_id is not None
+            await until(lambda: pid.exists() and bool(pid.read_text().strip()))
+            cancel_run(records, outcome.run_id, "someone else")
+            await until(lambda: not host.running(), seconds=30)
+            await host.close(drain=True)
+            return outcome.run_id, int(pid.read_text())
+
+        run_id, job = asyncio.run(cancelled())
+        assert not process_alive(job)
+        assert records.run(run_id).state == RunState.CANCELLED
+        assert any("cancel requested by someone else" in line for line in said)

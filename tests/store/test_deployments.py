@@ -77,7 +77,7 @@ def test_purge_after_a_plain_drop_purges_the_history_by_name(
     purged = cli("drop", "nightly", "--purge", check=0).stdout
     assert "Nightly was not deployed; purged 2 runs and their history" in purged
     assert store.runs(10, "Nightly") == []
-    with store._engine.connect() as conn:
+    with store.engine.connect() as conn:
         assert conn.exec_driver_sql("select count(*) from pipeline_versions").scalar() == 0
         assert conn.exec_driver_sql("select count(*) from fires").scalar() == 0
         assert conn.exec_driver_sql("select count(*) from task_runs").scalar() == 0
@@ -92,7 +92,7 @@ def test_purge_on_both_backends_spares_a_live_run_and_takes_a_lost_one(store_url
     deployments = Deployments(store)
     now = datetime.now(UTC)
     deployments.deploy("etl", "{}", "etl.yaml", None, now, None)
-    with store._engine.begin() as conn:
+    with store.engine.begin() as conn:
         for run_id, state, owner in (("done", "FAILED", None), ("live", "RUNNING", store.owner)):
             conn.execute(insert(runs).values(run_id=run_id, pipeline="etl", state=state, run_attempt=1,
                                              started_at=now, scheduled_time=now, snapshot="{}", owner=owner))
@@ -100,7 +100,7 @@ def test_purge_on_both_backends_spares_a_live_run_and_takes_a_lost_one(store_url
         deployments.drop("ETL", purge=True)
     assert deployments.get("etl").name == "etl" and {r.run_id for r in store.runs(10, "etl")} == {"done", "live"}
 
-    with store._engine.begin() as conn:
+    with store.engine.begin() as conn:
         conn.execute(update(runs).where(runs.c.run_id == "live").values(owner=f"{socket.gethostname()}:1:gone"))
     assert deployments.drop("etl", purge=True) == Dropped("etl", True, 2)
     assert store.runs(10, "etl") == []

@@ -66,7 +66,7 @@ def test_views_have_the_seeds_columns(tmp_path: Path, store_url: str) -> None:
                        "end_time", "duration_secs", "graph_run_attempt"]
     assert sorted((r[1], r[2], r[3], r[4]) for r in rows) == [("bad", 1, "FAILED", 4), ("bad", 2, "FAILED", 4),
                                                               ("ok", 1, "DONE", 0)]
-    with store._engine.connect() as raw:
+    with store.engine.connect() as raw:
         assert raw.execute(text("select count(*) from runs")).scalar() == 1
         for view in VIEW_NAMES:
             assert raw.execute(text(f"select count(*) from {view}")).scalar_one() >= 2
@@ -173,7 +173,7 @@ def test_listing_runs_reads_no_snapshot_and_counts_jobs_in_one_query(tmp_path: P
                                           {"name": "c", "image": "sh", "args": ["true"], "after": ["b"]}])
                for _ in range(3)]
     statements: list[str] = []
-    event.listen(store._engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    event.listen(store.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     listed = store.runs(10)
     assert len(statements) == 2 and not any("snapshot" in s for s in statements)
     assert [r.run_id for r in listed] == run_ids[::-1]
@@ -201,7 +201,7 @@ def test_a_run_of_another_host_is_closed_only_by_the_process_that_took_it_over(
     """Recovery and a standby scheduler take a lost run over first, so that only one of them closes it."""
     store = Store(store_url)
     run_id = run_into(store, tmp_path, [{"name": "a", "image": "sh", "args": ["true"]}])
-    with store._engine.begin() as conn:
+    with store.engine.begin() as conn:
         conn.execute(text("UPDATE runs SET state = 'RUNNING', owner = 'elsewhere:1:1' WHERE run_id = :r"),
                      {"r": run_id})
         conn.execute(text("UPDATE task_runs SET state = 'RUNNING' WHERE run_id = :r"), {"r": run_id})

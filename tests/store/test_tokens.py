@@ -22,7 +22,7 @@ def test_a_token_is_stored_only_as_its_hash_and_verifies(store_url: str, tmp_pat
         tokens = Tokens(records)
         secret, _ = tokens.create("ci", Scope.OPERATE, NOW)
         assert secret.startswith(PREFIX) and len(secret) > 40
-        with records._engine.connect() as conn:
+        with records.engine.connect() as conn:
             rows = conn.execute(select(api_tokens)).mappings().all()
         assert [row["token_hash"] for row in rows] == [token_hash(secret)]
         assert all(secret not in str(value) for row in rows for value in row.values())
@@ -75,7 +75,7 @@ def test_a_store_locked_by_a_long_write_never_delays_or_fails_a_verify(store_url
     with Store(store_url) as records:
         tokens = Tokens(records)
         secret, _ = tokens.create("ci", Scope.READ, NOW)
-        with records._engine.connect() as locker:
+        with records.engine.connect() as locker:
             held = locker.begin()
             if locker.dialect.name == "sqlite":
                 locker.execute(update(api_tokens).values(name=api_tokens.c.name))  # takes the store's write lock

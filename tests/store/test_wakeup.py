@@ -176,6 +176,7 @@ def test_serve_polls_when_a_planted_link_takes_the_fifos_place(
         store = Store(url)
         wait_until(lambda: Deployments(store).lease_holder("scheduler", datetime.now(UTC)) is not None)
         assert "run requested from the scheduler service" in cli("trigger", "svc", "--store", url, check=0).stdout
+        wait_until(lambda: [r.state for r in store.runs(10, "svc")] == ["SUCCEEDED"])  # trigger returns at its start
         [out] = stop(serve)
     finally:
         if serve.poll() is None:

@@ -119,7 +119,7 @@ def test_cancel_asks_the_process_that_owns_the_run(write_pipeline: WritePipeline
     assert ended["run"]["state"] == "CANCELLED"
     assert {job["name"]: job["state"] for job in ended["jobs"]} == {"long": "CANCELLED", "after": "CANCELLED"}
     assert again.status_code == 409 and again.json()["error"]
-    with Store(url) as records, records._engine.connect() as conn:
+    with Store(url) as records, records.engine.connect() as conn:
         from sqlalchemy import select
 
         from jobgraph.store.tables import runs

@@ -118,7 +118,7 @@ def _insert_runs(url: str, count: int, pipeline: str = "bulk", same_time: bool =
     """`count` runs written straight into the store, each with one job; their ids, newest first."""
     base = datetime(2030, 1, 1, tzinfo=UTC)
     made = []
-    with Store(url) as records, records._engine.begin() as conn:
+    with Store(url) as records, records.engine.begin() as conn:
         for n in range(count):
             at = base if same_time else base + timedelta(seconds=n)
             run_id = str(uuid.uuid4())
@@ -156,7 +156,7 @@ def test_hostile_names_and_errors_round_trip_as_data(tmp_path: Path) -> None:
     at = datetime(2030, 1, 1, tzinfo=UTC)
     log = tmp_path / "hostile.log"
     log.write_text(HOSTILE)
-    with Store(url) as records, records._engine.begin() as conn:
+    with Store(url) as records, records.engine.begin() as conn:
         snapshot = json.dumps({"name": HOSTILE, "jobs": [{"name": HOSTILE, "image": HOSTILE, "after": []}]})
         conn.execute(insert(runs).values(run_id="r1", pipeline=HOSTILE, state="FAILED", run_attempt=1,
                                          started_at=at, scheduled_time=at, snapshot=snapshot))
@@ -210,7 +210,7 @@ def test_log_chunks_and_tails_start_and_end_on_whole_characters(tmp_path: Path) 
     at = datetime(2030, 1, 1, tzinfo=UTC)
     log = tmp_path / "utf8.log"
     log.write_text("é" * 10)  # 2 bytes each
-    with Store(url) as records, records._engine.begin() as conn:
+    with Store(url) as records, records.engine.begin() as conn:
         conn.execute(insert(runs).values(run_id="r1", pipeline="p", state="SUCCEEDED", run_attempt=1,
                                          started_at=at, scheduled_time=at, snapshot="{}"))
         conn.execute(insert(task_runs).values(run_id="r1", task="a", run_attempt=1, state="SUCCEEDED", attempts=1,
@@ -233,7 +233,7 @@ def test_a_tail_of_a_log_that_is_not_utf8_costs_a_few_reads(tmp_path: Path, monk
     at = datetime(2030, 1, 1, tzinfo=UTC)
     log = tmp_path / "binary.log"
     log.write_bytes(b"\x80" * 2_000_000 + "é".encode())
-    with Store(url) as records, records._engine.begin() as conn:
+    with Store(url) as records, records.engine.begin() as conn:
         conn.execute(insert(runs).values(run_id="r1", pipeline="p", state="SUCCEEDED", run_attempt=1,
                                          started_at=at, scheduled_time=at, snapshot="{}"))
         conn.execute(insert(task_runs).values(run_id="r1", task="a", run_attempt=1, state="SUCCEEDED", attempts=1,

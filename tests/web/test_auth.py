@@ -56,7 +56,7 @@ def test_revoked_expired_and_unknown_tokens_are_refused(ran: dict[str, Any]) -> 
         tokens = Tokens(records)
         tokens.revoke("old", datetime.now(UTC))
         assert tokens.verify(expired, datetime.now(UTC) + timedelta(days=2)) is None
-    with Store(url) as records, records._engine.begin() as conn:  # expire it for real, a day ago
+    with Store(url) as records, records.engine.begin() as conn:  # expire it for real, a day ago
         from sqlalchemy import update
 
         from jobgraph.store.tables import api_tokens

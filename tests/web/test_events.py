@@ -107,7 +107,7 @@ def test_changes_written_by_another_process_arrive_then_end(write_pipeline: Writ
 def test_a_client_that_leaves_leaves_no_poller_behind(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'store.db'}"
     at = datetime(2030, 1, 1, tzinfo=UTC)
-    with Store(url) as records, records._engine.begin() as conn:  # a run that never ends: its stream never would
+    with Store(url) as records, records.engine.begin() as conn:  # a run that never ends: its stream never would
         conn.execute(insert(runs).values(run_id="r1", pipeline="p", state="RUNNING", run_attempt=1, started_at=at,
                                          scheduled_time=at, snapshot="{}", owner="nobody"))
         conn.execute(insert(task_runs).values(run_id="r1", task="a", run_attempt=1, state="RUNNING", attempts=1,
@@ -135,7 +135,7 @@ def test_a_client_that_leaves_leaves_no_poller_behind(tmp_path: Path) -> None:
 def _running_run(url: str, jobs: list[str]) -> None:
     """A run `r1` in the store, RUNNING, its jobs PENDING: the test moves it as an engine would."""
     at = datetime(2030, 1, 1, tzinfo=UTC)
-    with Store(url) as records, records._engine.begin() as conn:
+    with Store(url) as records, records.engine.begin() as conn:
         conn.execute(insert(runs).values(run_id="r1", pipeline="p", state="RUNNING", run_attempt=1, started_at=at,
                                          scheduled_time=at, snapshot="{}", owner="nobody"))
         for job in jobs:
@@ -146,7 +146,7 @@ def _running_run(url: str, jobs: list[str]) -> None:
 def _move(url: str, job: str | None, state: str = "SUCCEEDED") -> None:
     """One job (or, with None, the run) reaches `state`."""
     at = datetime(2030, 1, 1, 0, 1, tzinfo=UTC)
-    with Store(url) as records, records._engine.begin() as conn:
+    with Store(url) as records, records.engine.begin() as conn:
         if job is None:
             conn.execute(update(runs).where(runs.c.run_id == "r1").values(state=state, finished_at=at))
         else:
@@ -223,7 +223,7 @@ def test_newlines_in_what_a_job_wrote_never_break_the_stream_framing(tmp_path: P
     async def main(app: Starlette) -> tuple[int, list[tuple[str, Any]]]:
         client = asyncio.create_task(stream(app, "/api/v1/runs/r1/events"))
         await asyncio.sleep(0.3)
-        with Store(url) as records, records._engine.begin() as conn:
+        with Store(url) as records, records.engine.begin() as conn:
             conn.execute(update(task_runs).where(task_runs.c.task == "a").values(state="FAILED", error_message=hostile))
         await asyncio.sleep(0.3)
         await asyncio.to_thread(_move, url, None, "FAILED")

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from jobgraph.app.places import home
 from jobgraph.engine.run import GraphRun, RunResult
 from jobgraph.owner import owner_is_gone
 from jobgraph.recovery import LOST_REASON, recover_lost_run
@@ -57,7 +57,7 @@ def close_if_lost(records: Store, run: RunRecord, folder: Path | None = None, sa
     if run.state != RunState.RUNNING or run.owner is None or not owner_is_gone(run.owner):
         return run
     requested = f"; cancelled at the request of {run.cancel_requested_by}" if run.cancel_requested_by else ""
-    lost = recover_lost_run(records, run, folder or _home(), reason=LOST_REASON + requested, adopt=False)
+    lost = recover_lost_run(records, run, folder or home(), reason=LOST_REASON + requested, adopt=False)
     remove_empty_cgroups()
     if lost is not None:
         remote = f" and cancelled {lost.cancelled} remote attempt(s)" if lost.cancelled else ""
@@ -121,8 +121,3 @@ async def watched(records: Store, graph_run: GraphRun, say: Say, warn: Say | Non
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-
-
-def _home() -> Path:
-    """jobgraph's folder (JOBGRAPH_HOME, default `.jobgraph`), as the command line finds it."""
-    return Path(os.environ.get("JOBGRAPH_HOME", ".jobgraph"))

@@ -10,8 +10,8 @@ What it starts is what the command line would have started: a retry claims the r
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable, Coroutine, Iterable
+import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,6 +30,7 @@ from jobgraph.app.runs import (
     store_patience,
 )
 from jobgraph.app.trigger import (
+    POLL_SECS,
     STARTED,
     TriggerOutcome,
     await_outcome_async,
@@ -40,10 +41,14 @@ from jobgraph.app.trigger import (
 from jobgraph.config import Pipeline, check_pipeline
 from jobgraph.engine import Listener, RunStarted
 from jobgraph.engine.run import GraphRun, RunResult
+from jobgraph.errors import StoreError
 from jobgraph.runners import AnyRunner
 from jobgraph.scheduler import live_lease_holder
 from jobgraph.store import Store
 from jobgraph.store.deployments import DeployedPipeline, Deployments
+
+SERVICE_RECORD_SECS = 10.0
+"""How long a trigger taken by a service waits for the service to record the run it started."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,8 @@ class RunHost:
     """Runs graph runs as tasks of the running asyncio loop; `say` gets one line per thing worth saying.
 
     `note` gets what jobgraph did on its own (closing lost runs; `say` by default); `view_for(label)` gives
-    a listener that shows a run (the service's one line per event), if any.
+    a listener that shows a run (the service's one line per event), if any. Every method is called on the
+    loop's own thread (an async endpoint, not a worker thread): the Store is used there.
     """
 
     def __init__(self, records: Store, runner: str | None, say: Callable[[str], None], *,
@@ -70,10 +76,9 @@ class RunHost:
         self._patience = store_patience()
         self._hosted: dict[str, _Hosted] = {}
         self._recorders: list[RecordedRun] = []
-        self._watcher: asyncio.Task[None] | None = None
-        self._also: Callable[[], Iterable[GraphRun]] = tuple
-        self._shared: dict[str, AnyRunner] = {}
-        """The runners of the runs a service starts (scheduled and resumed ones), closed with the host."""
+        self._kept: dict[tuple[str, str], dict[str, AnyRunner]] = {}
+        """The runners of the runs a service starts (scheduled and resumed ones), made once per pipeline version
+        (a runner is set up for one pipeline: the local one knows its `images`), closed with the host."""
 
     def recorded(self, label: str, plan: RunPlan, runners: dict[str, AnyRunner],
                  started: asyncio.Event | None = None) -> RecordedRun:
@@ -93,15 +98,17 @@ class RunHost:
         """The graph run the scheduler starts for a fire (scheduler.StartRun); the scheduler runs it."""
         checked = check_pipeline(pipeline, f"pipeline {deployed.name}", self._runner)
         plan = RunPlan(checked, scheduled_time=scheduled, trigger=how, version=deployed.version)
-        return self.recorded(deployed.name, plan, self._shared).graph_run
+        return self.recorded(deployed.name, plan, self._runners_of((deployed.name, deployed.version))).graph_run
 
     def recover(self) -> list[str]:
         """Close lost runs, saying so; resume here those that left remote attempts. The run ids resumed."""
         resumed = []
         for resumption in claim_resumptions(self._records, report_lost_runs(self._records, self._note)):
             self._say(resumption.announce())
-            recorded = self.recorded(resumption.previous.pipeline, resumption.plan(), self._shared)
-            resumed.append(self._host(recorded, drive(recorded, {})))
+            previous = resumption.previous
+            runners = self._runners_of((previous.pipeline, previous.version or previous.run_id))
+            recorded = self.recorded(previous.pipeline, resumption.plan(), runners)
+            resumed.append(self._host(recorded, drive(self._records, recorded, {}, self._say)))
         return resumed
 
     async def start_retry(self, run_id: str, by: str) -> str:
@@ -126,7 +133,8 @@ class RunHost:
     async def start_trigger(self, name: str, by: str) -> TriggerOutcome:
         """Run a deployed pipeline now: a live scheduler service takes it as a request (its outcome is returned
         once the service acted on it), else its deployed version starts here as a task. The run is not waited
-        for. StoreError for an unknown pipeline; JobgraphError when the service could not start it."""
+        for, but a run id returned is in the store. StoreError for an unknown pipeline; JobgraphError when the
+        service could not start it."""
         deployments = Deployments(self._records)
         deployed = deployments.get(name)
         holder = live_lease_holder(deployments, now())
@@ -134,7 +142,10 @@ class RunHost:
             requested = request(deployments, deployed.name, by)
             fire = await await_outcome_async(deployments, deployed.name, requested)
             if fire is not None:
-                return outcome_of(fire, holder)
+                outcome = outcome_of(fire, holder)
+                if outcome.run_id is not None:
+                    await self._in_store(outcome.run_id)
+                return outcome
             self._say(f"{deployed.name}: the scheduler service {holder} stopped before taking the request of {by} "
                       "(request withdrawn); running it here")
         self.recover()
@@ -142,7 +153,7 @@ class RunHost:
         started = asyncio.Event()
         recorded, runners = await self._opened(deployed.name, plan, started)
         self._say(f"{deployed.name}: run {recorded.graph_run.run_id} triggered by {by}")
-        run_id = self._host(recorded, drive(recorded, runners))
+        run_id = self._host(recorded, drive(self._records, recorded, runners, self._say))
         await self._recorded(run_id, started)
         return TriggerOutcome(STARTED, run_id)
 
@@ -167,13 +178,13 @@ class RunHost:
     async def close(self, drain: bool) -> None:
         """Stop every hosted run (`stop`), then close the runners the host kept: nothing it started is left."""
         await self.stop(drain)
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
-        runners, self._shared = self._shared, {}
-        await close_runners(runners)
+        kept, self._kept = self._kept, {}
+        for runners in kept.values():
+            await close_runners(runners)
+
+    def _runners_of(self, definition: tuple[str, str]) -> dict[str, AnyRunner]:
+        """The runners kept for the runs of one pipeline version (or of one resumed run's own snapshot)."""
+        return self._kept.setdefault(definition, {})
 
     def _resumed(self, run_id: str) -> str | None:
         """Close lost runs first, as every command does; the run's id if it was one and is resumed now."""
@@ -203,30 +214,26 @@ class RunHost:
         finally:
             seen.cancel()
 
+    async def _in_store(self, run_id: str) -> None:
+        """Wait, a bounded time, until the service has recorded the start of the run it said it started (it
+        records the fire just before): the id returned can then be looked up."""
+        deadline = time.monotonic() + SERVICE_RECORD_SECS
+        while time.monotonic() < deadline:
+            try:
+                self._records.run(run_id)
+                return
+            except StoreError:
+                await asyncio.sleep(POLL_SECS)
+
     async def _retrying(self, recorded: RecordedRun, runners: dict[str, AnyRunner],
                         give_back: Callable[[], None]) -> RunResult:
         try:
-            return await drive(recorded, runners)
+            return await drive(self._records, recorded, runners, self._say)
         except BaseException:
             give_back()
             raise
 
-    def watch_cancels(self, also: Callable[[], Iterable[GraphRun]] | None = None) -> None:
-        """From now on (once started, until `close`), cancel as Ctrl-C does every run this host runs, and every
-        run `also` names (a service's scheduled runs), whose cancel someone requested through the store."""
-        from jobgraph.app.cancel import watch_cancels
-
-        if also is not None:
-            self._also = also
-        if self._watcher is None:
-            self._watcher = asyncio.get_running_loop().create_task(
-                watch_cancels(self._records, self._watched, self._say), name="jobgraph cancel requests")
-
-    def _watched(self) -> list[GraphRun]:
-        return [*(h.graph_run for h in self._hosted.values() if not h.task.done()), *self._also()]
-
     def _host(self, recorded: RecordedRun, run: Coroutine[Any, Any, RunResult]) -> str:
-        self.watch_cancels()
         run_id = recorded.graph_run.run_id
         task = asyncio.get_running_loop().create_task(run, name=f"jobgraph run {run_id}")
         self._hosted[run_id] = _Hosted(recorded.graph_run, task)

@@ -3,7 +3,8 @@ read from jobgraph's environment, how long it waits for a store that went down.
 
 `recorded_run` is the one place where a graph run is built, for every way one starts (`jobgraph run`,
 retry, trigger, a resumed lost run, the scheduler service's runs, a RunHost), and `drive` is where a run
-built for `execute` or a RunHost starts: what must watch every run attaches there.
+built for `execute` or a RunHost starts, watched for a cancel requested through the store (the scheduler
+service watches the runs its scheduler starts itself).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from jobgraph.app.cancel import watched
 from jobgraph.app.places import home
 from jobgraph.app.reports import Reports, RunDisplay
 from jobgraph.config import Job, Pipeline
@@ -140,26 +142,15 @@ def recorded_run(records: Store, plan: RunPlan, runner_for: Callable[[Job], AnyR
     return RecordedRun(graph_run, recorder)
 
 
-async def drive(recorded: RecordedRun, owned: dict[str, AnyRunner]) -> RunResult:
-    """Run a recorded run to its end, then close the runners it `owned` (a service's shared runners are not).
-    Every run that `execute` or a RunHost starts goes through here."""
+async def drive(records: Store, recorded: RecordedRun, owned: dict[str, AnyRunner], say: Callable[[str], None],
+                warn: Callable[[str], None] | None = None) -> RunResult:
+    """Run a recorded run to its end, cancelling it if someone asks through the store (app.cancel: `say` tells
+    who asked), then close the runners it `owned` (a service's shared runners are not). Every run that
+    `execute` or a RunHost starts goes through here."""
     try:
-        return await recorded.graph_run.run()
+        return await watched(records, recorded.graph_run, say, warn)
     finally:
         await close_runners(owned)
-
-
-async def watched(records: Store, recorded: RecordedRun, owned: dict[str, AnyRunner], reports: Reports) -> RunResult:
-    """`drive` the run, cancelling it as Ctrl-C does if someone asks through the store (jobgraph.app.cancel)."""
-    from jobgraph.app.cancel import watch_cancels
-
-    watcher = asyncio.create_task(watch_cancels(records, lambda: (recorded.graph_run,), reports.note, reports.warn))
-    try:
-        return await drive(recorded, owned)
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
 
 
 def execute(records: Store, plan: RunPlan, runner_override: str | None, reports: Reports) -> RunResult:
@@ -187,7 +178,7 @@ def execute(records: Store, plan: RunPlan, runner_override: str | None, reports:
                 except BaseException:
                     await close_runners(runners)
                     raise
-                return await watched(records, recorded, runners, reports)
+                return await drive(records, recorded, runners, reports.note, reports.warn)
             finally:
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                     loop.remove_signal_handler(sig)

@@ -7,6 +7,7 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 
+from jobgraph.app.cancel import watch_cancels
 from jobgraph.app.host import RunHost
 from jobgraph.app.pipelines import now
 from jobgraph.app.reports import Reports
@@ -50,12 +51,13 @@ def serve(records: Store, runner: str | None, tick: float, drain: bool, reports:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping)
-        host.watch_cancels(scheduler.running)  # a cancel request through the store cancels a run of ours
         beside = None if alongside is None else asyncio.ensure_future(alongside(host, stop))
         if beside is not None:
             beside.add_done_callback(lambda _done: stopping())
         loop.add_signal_handler(signal.SIGHUP, on_hang_up)  # like nohup: serve on, quietly
         say(f"jobgraph serve: scheduler {holder}, store {store_name(records.url)}, tick {tick:g}s")
+        # A cancel requested through the store cancels a run the scheduler started (the host watches its own).
+        watcher = loop.create_task(watch_cancels(records, scheduler.running, say))
         waiting = False
         while not stop.is_set():
             try:
@@ -77,6 +79,7 @@ def serve(records: Store, runner: str | None, tick: float, drain: bool, reports:
         await host.stop(drain)
         await scheduler.shutdown(drain)
         await host.close(drain)
+        watcher.cancel()
         say("stopped")
         if isinstance(failed, BaseException):
             raise failed

@@ -36,6 +36,10 @@ GRACE_SECS = 2.0
 """How long a stopping server waits for open requests (an event stream never ends by itself)."""
 
 
+FLUSH_SECS = 1.0
+"""How often `jobgraph web` writes again what its hosted runs could not write while the store was down."""
+
+
 def say(text: str) -> None:
     """One line of the server's output; a reader that went away silences it, the server goes on."""
     try:
@@ -137,9 +141,18 @@ async def serve_web(url: str, host: str, port: int, public: bool, run_host: RunH
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
     needs = ", a token needed for every request" if public else ""
+
+    async def flushing() -> None:
+        """What a store that was down did not take from a hosted run is written again, as `serve` does each tick."""
+        while True:
+            await asyncio.sleep(FLUSH_SECS)
+            run_host.flush()
+
+    flusher = loop.create_task(flushing())
     try:
         await server.serve(app, lambda where: say(f"jobgraph web: {where} (store {store_name(url)}{needs})"))
     finally:
+        flusher.cancel()
         running = run_host.running()
         if running:
             say(f"stopping: cancelling {len(running)} running run(s)")

@@ -86,7 +86,7 @@ class Deployments:
     """
 
     def __init__(self, store: Store, wakes: bool = True) -> None:
-        self._engine = store._engine
+        self._engine = store.engine
         self._wakes = wakes
 
     @contextlib.contextmanager

@@ -37,9 +37,6 @@ SQLITE_SCHEMA = (
         ')'
     ),
     (
-        'CREATE INDEX ix_runs_pipeline ON runs (pipeline)'
-    ),
-    (
         'CREATE TABLE pipelines (\n'
         '\tname VARCHAR(255) NOT NULL, \n'
         '\tversion VARCHAR(64) NOT NULL, \n'
@@ -164,6 +161,12 @@ SQLITE_SCHEMA = (
     ),
     (
         'CREATE INDEX ix_runs_started_at ON runs (started_at, run_id)'
+    ),
+    (
+        'CREATE INDEX ix_runs_pipeline_started_at ON runs (pipeline, started_at, run_id)'
+    ),
+    (
+        'CREATE INDEX ix_runs_state_started_at ON runs (state, started_at, run_id)'
     ),
     (
         'CREATE TABLE api_tokens (\n'

@@ -69,8 +69,9 @@ class Store:
         return self._sql
 
     @property
-    def _engine(self) -> Engine:
-        """The SQLAlchemy engine (store/deployments.py and tests query through it)."""
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, for readers beside the store's own (deployments, the web's queries, tests): its pool
+        gives each thread its own connection, where the run path's stdlib SQLite connection belongs to one thread."""
         return self._full()._engine
 
     def __enter__(self) -> Store:

@@ -33,7 +33,7 @@ Timestamp = DateTime(timezone=True)
 runs = Table(
     "runs", metadata,
     Column("run_id", String(36), primary_key=True),
-    Column("pipeline", String(255), nullable=False, index=True),
+    Column("pipeline", String(255), nullable=False),
     Column("state", String(16), nullable=False),
     Column("run_attempt", Integer, nullable=False, default=1),
     Column("started_at", Timestamp, nullable=False),
@@ -46,6 +46,8 @@ runs = Table(
     Column("cancel_requested_at", Timestamp),
     Column("cancel_requested_by", String(300)),
     Index("ix_runs_started_at", "started_at", "run_id"),
+    Index("ix_runs_pipeline_started_at", "pipeline", "started_at", "run_id"),
+    Index("ix_runs_state_started_at", "state", "started_at", "run_id"),
 )
 
 task_runs = Table(

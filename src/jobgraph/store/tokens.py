@@ -77,7 +77,7 @@ class Tokens:
     """The api_tokens table of a store (through SQLAlchemy: its connection pool is safe across threads)."""
 
     def __init__(self, store: Store) -> None:
-        self._engine = store._engine
+        self._engine = store.engine
 
     def create(self, name: str, scope: Scope, now: datetime,
                expires_in: timedelta | None = None) -> tuple[str, TokenInfo]:

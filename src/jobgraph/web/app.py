@@ -76,7 +76,7 @@ def create_app(store_url: str, *, public: bool = False, host: RunHost | None = N
     """The app over the store at `store_url`; `public` (bound off loopback) makes every read need a token."""
     records = Store(store_url)
     try:
-        _ = records._engine  # connect SQLAlchemy now, in one thread: the request threads then share its pool
+        _ = records.engine  # connect SQLAlchemy now, in one thread: the request threads then share its pool
     except BaseException:
         records.close()
         raise

@@ -86,7 +86,7 @@ def _job_shapes(records: Store, run_id: str) -> dict[str, tuple[str, tuple[str, 
     the three columns the graph needs, not the whole rows (a 5,000-job run reads in a fraction of the time)."""
     query = select(task_runs.c.task, task_runs.c.run_attempt, task_runs.c.state, task_runs.c.predecessors).where(
         task_runs.c.run_id == run_id).order_by(task_runs.c.run_attempt)
-    with records._engine.connect() as conn:  # the pool gives each of the server's threads its own connection
+    with records.engine.connect() as conn:  # the pool gives each of the server's threads its own connection
         rows = conn.execute(query).all()
     return {task: (state, tuple(json.loads(after))) for task, _, state, after in rows}
 
@@ -94,7 +94,7 @@ def _job_shapes(records: Store, run_id: str) -> dict[str, tuple[str, tuple[str, 
 def _page_records(records: Store, run_id: str,
                   names: list[str]) -> tuple[dict[str, TaskRecord], list[AttemptRecord]]:
     """The whole rows of the listed jobs only (latest run attempt of each), and their attempts, oldest first."""
-    with records._engine.connect() as conn:
+    with records.engine.connect() as conn:
         jobs = {record.task: record for record in (task_record(row) for row in conn.execute(
             select(task_runs).where(task_runs.c.run_id == run_id, task_runs.c.task.in_(names))
             .order_by(task_runs.c.run_attempt)).mappings())}

@@ -165,7 +165,8 @@
       }
     };
   }
-  follow();
+  // An ended run's page is drawn complete: it listens only once an action here starts it again.
+  if (document.getElementById("counts").dataset.runState === "RUNNING") { follow(); }
 
   function showJob(job) {
     const row = byJob("tbody.job", job)[0];
