@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+from sqlalchemy import create_engine, text
 
 from jobgraph.store import Store
 from jobgraph.store.tokens import Tokens, token_hash
@@ -218,3 +219,33 @@ def test_web_on_every_address_names_one_a_browser_opens(cli: Cli, tmp_path: Path
     finally:
         server.terminate()
         server.communicate(timeout=30)
+
+
+def test_the_servers_never_print_the_stores_password(postgres_server: str, tmp_path: Path) -> None:
+    """`jobgraph web` and `serve --http` say which store they serve: a PostgreSQL URL's password is not shown."""
+    name = f"t_pw_{os.getpid()}"
+    admin = create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = postgres_server.replace("postgres@", "postgres:pw-S3CRET-9@") + f"/{name}"  # trust auth: any password
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph"), "COLUMNS": "250"}
+    env.pop("JOBGRAPH_STORE", None)
+    for command in (["web", "--port", "0"], ["serve", "--http", "127.0.0.1:0"]):
+        server = subprocess.Popen([sys.executable, "-m", "jobgraph", *command, "--store", url], cwd=tmp_path, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert server.stdout is not None and server.stderr is not None
+        output: list[str] = []
+        try:
+            while not any("jobgraph web: " in line for line in output):
+                line = server.stdout.readline()
+                assert line, "".join(output) + server.stderr.read()
+                output.append(line)
+            server.send_signal(signal.SIGTERM)
+            out, err = server.communicate(timeout=30)
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+        said = "".join(output) + out + err
+        assert "pw-S3CRET-9" not in said and "***" in said, said

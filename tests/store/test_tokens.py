@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from jobgraph.errors import StoreError
 from jobgraph.store import Store
@@ -67,3 +68,25 @@ def test_a_live_name_is_unique_and_bad_names_are_refused(store_url: str) -> None
 def test_scopes_include_the_lower_ones() -> None:
     assert Scope.ADMIN.allows(Scope.OPERATE) and Scope.OPERATE.allows(Scope.READ)
     assert not Scope.READ.allows(Scope.OPERATE) and not Scope.OPERATE.allows(Scope.ADMIN)
+
+
+def test_a_store_locked_by_a_long_write_never_delays_or_fails_a_verify(store_url: str) -> None:
+    """Noting a token's use is a write: while another writer holds the store, verify answers at once without it."""
+    with Store(store_url) as records:
+        tokens = Tokens(records)
+        secret, _ = tokens.create("ci", Scope.READ, NOW)
+        with records.engine.connect() as locker:
+            held = locker.begin()
+            if locker.dialect.name == "sqlite":
+                locker.execute(update(api_tokens).values(name=api_tokens.c.name))  # takes the store's write lock
+            else:
+                locker.execute(select(api_tokens).with_for_update())  # locks the token's row
+            started = time.monotonic()
+            found = tokens.verify(secret, NOW + timedelta(minutes=1))
+            took = time.monotonic() - started
+            held.rollback()
+        assert found is not None and found.name == "ci"
+        assert took < 5, f"verify waited {took:.1f} s for the lock (the store's patience is 10 s)"
+        assert tokens.all()[0].last_used_at is None  # not noted while locked: noted at the next use
+        assert tokens.verify(secret, NOW + timedelta(minutes=2)) is not None
+        assert tokens.all()[0].last_used_at == NOW + timedelta(minutes=2)

@@ -226,3 +226,32 @@ def test_log_chunks_and_tails_start_and_end_on_whole_characters(tmp_path: Path) 
     assert head.headers["X-Log-Complete"] == "false"
     assert tail.content == "éé".encode() and tail.headers["X-Log-Next-Offset"] == "20"
     assert tail.headers["X-Log-Complete"] == "true"
+
+
+def test_a_tail_of_a_log_that_is_not_utf8_costs_a_few_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job can print megabytes of UTF-8 continuation bytes: finding where a tail starts looks at most 3 of them
+    (one character's worth), not one system call per byte from the offset asked for to the end."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    log = tmp_path / "binary.log"
+    log.write_bytes(b"\x80" * 2_000_000 + "é".encode())
+    with Store(url) as records, records.engine.begin() as conn:
+        conn.execute(insert(runs).values(run_id="r1", pipeline="p", state="SUCCEEDED", run_attempt=1,
+                                         started_at=at, scheduled_time=at, snapshot="{}"))
+        conn.execute(insert(task_runs).values(run_id="r1", task="a", run_attempt=1, state="SUCCEEDED", attempts=1,
+                                              pool="default", image="sh", predecessors="[]"))
+        conn.execute(insert(attempts).values(run_id="r1", task="a", attempt=1, run_attempt=1, status="DONE",
+                                             log_path=str(log), started_at=at, finished_at=at, created_date=at))
+    reads = 0
+    pread = os.pread
+
+    def counted(fd: int, length: int, offset: int) -> bytes:
+        nonlocal reads
+        reads += 1
+        return pread(fd, length, offset)
+
+    monkeypatch.setattr(os, "pread", counted)
+    with served(url) as app:
+        tail = get(app, "/api/v1/runs/r1/jobs/a/attempts/1/log", params={"offset": -1_900_000, "limit": 8})
+    assert tail.status_code == 200 and reads <= 5, f"{reads} reads"
+    assert tail.content == b"\x80" * 8 and tail.headers["X-Log-Next-Offset"] == str(100_005 + 8)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pytest
@@ -148,3 +149,50 @@ def test_the_login_form_escapes_its_next_parameter(ran: dict[str, Any]) -> None:
     with served(ran["url"]) as app:
         form = get(app, "/login", params={"next": '"><script>alert(1)</script>'})
     assert form.status_code == 200 and "<script>alert" not in form.text and "&lt;script&gt;" in form.text
+
+
+@pytest.mark.parametrize("forwarded", [{"x-forwarded-for": "203.0.113.9"}, {"forwarded": "for=203.0.113.9"},
+                                       {"x-real-ip": "203.0.113.9"}, {"x-forwarded-host": "jobs.example.com"}])
+def test_a_loopback_server_refuses_what_a_reverse_proxy_forwards(ran: dict[str, Any],
+                                                                 forwarded: dict[str, str]) -> None:
+    """A proxy in front of a loopback server (Apache's and nginx's defaults send Host: 127.0.0.1:PORT) would hand
+    the world a server that lets anyone read without a token: the proxy's own headers give it away."""
+    read = make_token(ran["url"], Scope.READ)
+    with served(ran["url"]) as app:
+        run = f"/api/v1/runs/{ran['run_id']}"
+        for path in ("/api/v1/runs", f"/runs/{ran['run_id']}", f"{run}/jobs/first/attempts/1/log"):
+            refused = get(app, path, headers={"host": "127.0.0.1:8787", **forwarded})
+            assert refused.status_code == 403 and "--host" in refused.json()["error"], path
+            assert "hello" not in refused.text and "first" not in refused.text
+    with served(ran["url"], public=True) as app:  # a server meant to be public takes a proxy: tokens guard it
+        assert get(app, "/api/v1/runs", headers={"host": "jobs.example.com", **forwarded}).status_code == 401
+        answer = get(app, "/api/v1/runs", headers={"host": "jobs.example.com", **forwarded, **bearer(read)})
+        assert answer.status_code == 200 and answer.json()["runs"][0]["run_id"] == ran["run_id"]
+
+
+def test_two_authorization_headers_and_an_oversized_sign_in_are_refused(ran: dict[str, Any]) -> None:
+    """A request whose credentials two parts of a chain could read differently is refused, not guessed at."""
+    operate = make_token(ran["url"], Scope.OPERATE)
+    with served(ran["url"]) as app:
+        for pair in ([f"Bearer {operate}", "Bearer jg_other"], ["Bearer jg_other", f"Bearer {operate}"]):
+            two = get(app, "/api/v1/pipelines/p/suspend", method="POST",
+                      headers=[("authorization", pair[0]), ("authorization", pair[1])])
+            assert two.status_code == 400 and "more than one Authorization" in two.json()["error"]
+        huge = get(app, "/login", method="POST", data={"token": operate, "next": "/" + "x" * 5000})
+        assert huge.status_code == 413 and "larger than 4096 bytes" in huge.json()["error"]
+        assert "set-cookie" not in huge.headers
+    assert _deployed_state(ran["url"]) == "ACTIVE"
+
+
+@pytest.mark.parametrize("target", ["//evil.example", "/\\evil.example", "/\\/evil.example", "https://evil.example",
+                                    "/\t/evil.example", " //evil.example", "javascript:alert(1)", "/%2f%2fevil.example",
+                                    "/runs\r\nSet-Cookie: x=1", "\\\\evil.example"])
+def test_sign_in_never_redirects_off_the_server(ran: dict[str, Any], target: str) -> None:
+    """`next` after sign-in is a path on this server, however a browser would read what it is given."""
+    operate = make_token(ran["url"], Scope.OPERATE)
+    with served(ran["url"]) as app:
+        signed = get(app, "/login", method="POST", data={"token": operate, "next": target})
+    location = signed.headers["location"]
+    assert signed.status_code == 303 and "\r" not in location and "\n" not in location
+    for read_as in (location, location.replace("\\", "/")):  # browsers take a backslash for a slash
+        assert urlsplit(urljoin("http://127.0.0.1:8787/login", read_as)).netloc == "127.0.0.1:8787", location

@@ -38,6 +38,9 @@ MAX_PAGE = 500
 MAX_LOG_CHUNK = 1 << 20
 """The most bytes of a log one request reads."""
 
+MAX_ATTEMPT = (1 << 31) - 1
+"""No attempt number is bigger (a larger one asked for is simply not there)."""
+
 
 class NotFound(StoreError):
     """What was asked for is not in the store (the API answers 404)."""
@@ -170,9 +173,12 @@ class Cursor:
         """A cursor from `text`; BadRequest if it is not one this API made."""
         try:
             at, run_id = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-            return Cursor(aware(str(at)), str(run_id))
-        except (ValueError, TypeError, binascii.Error):
-            raise BadRequest(f"cursor {text[:80]!r} is not one this API gave out") from None
+            cursor = Cursor(utc(aware(str(at))), str(run_id))  # utc(): a time out of range fails here, not in SQL
+        except (ValueError, TypeError, OverflowError, binascii.Error):
+            cursor = None
+        if cursor is None or "\x00" in cursor.run_id:
+            raise BadRequest(f"cursor {text[:80]!r} is not one this API gave out")
+        return cursor
 
 
 def _job_counts(conn: Connection, page: Sequence[Any]) -> dict[str, Counter[str]]:
@@ -330,6 +336,8 @@ def read_log(records: Store, run_id: str, job: str, attempt: int, offset: int = 
 
     if not 1 <= limit <= MAX_LOG_CHUNK:
         raise BadRequest(f"limit must be between 1 and {MAX_LOG_CHUNK}, not {limit}")
+    if not 1 <= attempt <= MAX_ATTEMPT:  # the store's integers are 64-bit: a bigger one fails in the driver
+        raise NotFound(f"run {run_id} has no attempt {attempt} of job {job!r}")
     with records.engine.connect() as conn:
         _run_row(conn, run_id)
         row = conn.execute(select(attempts.c.log_path, attempts.c.status).where(and_(
@@ -347,8 +355,9 @@ def read_log(records: Store, run_id: str, job: str, attempt: int, offset: int = 
         size = os.fstat(fd).st_size
         if offset < 0:
             offset = max(size + offset, 0)
-            while offset < size and offset > 0 and os.pread(fd, 1, offset)[0] & 0xC0 == 0x80:
-                offset += 1  # a tail starts at a whole character
+            if 0 < offset < size:  # a tail starts at a whole character: past at most 3 continuation bytes
+                head = os.pread(fd, 3, offset)
+                offset += next((i for i, byte in enumerate(head) if byte & 0xC0 != 0x80), len(head))
         data = os.pread(fd, min(limit, max(size - offset, 0)), offset) if offset < size else b""
     finally:
         os.close(fd)

@@ -17,7 +17,7 @@ from jobgraph.owner import owner_label
 from jobgraph.scheduler import Scheduler, live_lease_holder
 from jobgraph.store import Store
 from jobgraph.store.deployments import Deployments
-from jobgraph.store.faults import shown_url
+from jobgraph.store.faults import store_name
 
 LEASE_TTL_SECS = 15.0
 """How long the scheduler's lease lasts without renewal (at least three ticks)."""
@@ -55,7 +55,7 @@ def serve(records: Store, runner: str | None, tick: float, drain: bool, reports:
         if beside is not None:
             beside.add_done_callback(lambda _done: stopping())
         loop.add_signal_handler(signal.SIGHUP, on_hang_up)  # like nohup: serve on, quietly
-        say(f"jobgraph serve: scheduler {holder}, store {shown_url(records.url)}, tick {tick:g}s")
+        say(f"jobgraph serve: scheduler {holder}, store {store_name(records.url)}, tick {tick:g}s")
         # A cancel requested through the store cancels a run the scheduler started (the host watches its own).
         watcher = loop.create_task(watch_cancels(records, scheduler.running, say))
         waiting = False

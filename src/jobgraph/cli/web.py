@@ -23,7 +23,7 @@ from jobgraph.cli.common import console, errors, reported, silence, store_url
 from jobgraph.cli.render import write_line
 from jobgraph.errors import JobgraphError
 from jobgraph.store import Store
-from jobgraph.store.faults import shown_url
+from jobgraph.store.faults import store_name
 from jobgraph.store.tokens import Tokens, parse_scope, utcnow
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ async def serve_web(url: str, host: str, port: int, public: bool, run_host: RunH
 
     flusher = loop.create_task(flushing())
     try:
-        await server.serve(app, lambda where: say(f"jobgraph web: {where} (store {shown_url(url)}{needs})"))
+        await server.serve(app, lambda where: say(f"jobgraph web: {where} (store {store_name(url)}{needs})"))
     finally:
         flusher.cancel()
         running = run_host.running()

@@ -51,11 +51,6 @@ def store_name(url: str) -> str:
         return url
 
 
-def shown_url(url: str) -> str:
-    """The store's URL as it may be shown (a page, a log line): whole, but without its password."""
-    return url if url.startswith("sqlite:") else store_name(url)
-
-
 def watch(engine: Engine, url: str) -> None:
     """Turn every failure of the database under `engine` into a StoreFault about `url`."""
     from sqlalchemy import event

@@ -34,7 +34,7 @@ from sqlalchemy.exc import ArgumentError
 from jobgraph.errors import StoreError
 from jobgraph.states import AttemptStatus, RunState, TaskState
 from jobgraph.store.cancel_requests import CancelRequests
-from jobgraph.store.faults import shown_url, watch
+from jobgraph.store.faults import store_name, watch
 from jobgraph.store.ownership import RunOwnership
 from jobgraph.store.records import (
     VIEW_NAMES,
@@ -181,7 +181,7 @@ class SqlStore(EventWriter, RunOwnership, CancelRequests):
                 select(runs).where(runs.c.run_id.startswith(run_id, autoescape=True)).limit(2)
             ).mappings().all()
         if not rows:
-            raise StoreError(f"no run with id {run_id!r} in {shown_url(self.url)}")
+            raise StoreError(f"no run with id {run_id!r} in {store_name(self.url)}")
         if len(rows) > 1:
             raise StoreError(f"run id {run_id!r} is ambiguous; give more of it")
         return run_record(rows[0])

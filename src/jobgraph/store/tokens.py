@@ -117,9 +117,27 @@ class Tokens:
         if not info.live(at):
             return None
         if info.last_used_at is None or at - info.last_used_at >= TOUCH_EVERY:
-            with self._engine.begin() as conn:
-                conn.execute(update(api_tokens).where(api_tokens.c.token_id == info.token_id).values(last_used_at=at))
+            self._touch(info.token_id, at)
         return info
+
+    def _touch(self, token_id: str, at: datetime) -> None:
+        """Note a token's use if the store lets it at once: a store locked by a long write elsewhere never delays
+        or fails a request (the note is a hint for `jobgraph token list`, written again at the next use)."""
+        try:
+            with self._engine.begin() as conn:
+                sqlite = conn.dialect.name == "sqlite"
+                if sqlite:
+                    patience = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
+                    conn.exec_driver_sql("PRAGMA busy_timeout=0")
+                else:
+                    conn.exec_driver_sql("SET LOCAL lock_timeout = '200ms'")
+                try:
+                    conn.execute(update(api_tokens).where(api_tokens.c.token_id == token_id).values(last_used_at=at))
+                finally:
+                    if sqlite:
+                        conn.exec_driver_sql(f"PRAGMA busy_timeout={int(patience or 0)}")
+        except StoreError:
+            return
 
     def all(self) -> list[TokenInfo]:
         """Every token, revoked and expired ones too, oldest first."""

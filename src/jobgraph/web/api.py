@@ -15,6 +15,9 @@ from jobgraph.app import queries
 from jobgraph.store import Store
 from jobgraph.web import actions, events, openapi
 
+LARGEST = (1 << 62) - 1
+"""No number a request gives may be bigger: each must fit the store's 64-bit integers and a file offset."""
+
 
 def _records(request: Request) -> Store:
     records: Store = request.app.state.records
@@ -26,9 +29,12 @@ def _int(request: Request, name: str, default: int) -> int:
     if text is None or text == "":
         return default
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise queries.BadRequest(f"{name} must be a whole number, not {text[:40]!r}") from None
+    if abs(value) > LARGEST:
+        raise queries.BadRequest(f"{name} must be between {-LARGEST} and {LARGEST}, not {text[:40]}")
+    return value
 
 
 def list_pipelines(request: Request) -> Response:

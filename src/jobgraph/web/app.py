@@ -26,7 +26,7 @@ from jobgraph.errors import JobgraphError
 from jobgraph.store import Store
 from jobgraph.store.faults import StoreFault
 from jobgraph.store.records import RunBusy
-from jobgraph.web import api, auth, events
+from jobgraph.web import api, auth, events, guard
 
 if TYPE_CHECKING:
     from jobgraph.app.host import RunHost
@@ -67,8 +67,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return auth.error(status, str(exc.detail) if isinstance(exc, HTTPException) else "internal error")
 
 
+async def _crash(request: Request, exc: Exception) -> Response:
+    """A bug's answer: the API's JSON error, no traceback (the server's log has it, for whoever runs it)."""
+    response = auth.error(500, "internal error: the server's log says what went wrong")
+    guard.add_headers(response.headers)  # sent from outside the middleware stack: the guard does not see it
+    return response
+
+
 def create_app(store_url: str, *, public: bool = False, host: RunHost | None = None,
-               poll_secs: float = events.POLL_SECS) -> Starlette:
+               poll_secs: float = events.POLL_SECS, max_streams: int = events.MAX_STREAMS) -> Starlette:
     """The app over the store at `store_url`; `public` (bound off loopback) makes every read need a token."""
     records = Store(store_url)
     try:
@@ -92,12 +99,13 @@ def create_app(store_url: str, *, public: bool = False, host: RunHost | None = N
         Route("/login", auth.login_form, methods=["GET"]),  # only if the page has no sign-in form of its own
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(auth.AuthMiddleware, records=records, public=public)],
-                    exception_handlers={JobgraphError: _error, HTTPException: _http_error})
+                    middleware=[Middleware(guard.Guard),
+                                Middleware(auth.AuthMiddleware, records=records, public=public)],
+                    exception_handlers={JobgraphError: _error, HTTPException: _http_error, Exception: _crash})
     app.state.records = records
     app.state.host = host
     app.state.public = public
     app.state.poll_secs = poll_secs
-    app.state.streams = events.Streams()
+    app.state.streams = events.Streams(max_streams)
     app.state.store_lock = threading.Lock()
     return app

@@ -11,7 +11,8 @@ The rules, checked before any endpoint runs:
   own HTML knows it) for any action;
 - an action whose Origin is not this server's own is refused whatever it carries;
 - on loopback the Host must be a loopback name, so a DNS-rebinding page cannot read through a
-  victim's browser.
+  victim's browser, and a request a reverse proxy forwarded (X-Forwarded-For, Forwarded) is refused:
+  the proxy would hand the world a server that trusts its callers to be on this machine.
 A token presented and not valid (unknown, revoked, expired) is refused (401), never taken as anonymous.
 """
 
@@ -40,6 +41,8 @@ CSRF_HEADER = "x-jobgraph-csrf"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OPEN_PATHS = ("/healthz", "/login", "/static/", "/api/v1/openapi.json")
 """Reachable without a token even off loopback: nothing in them comes from the store."""
+FORWARDED = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+"""Headers a reverse proxy adds: on a loopback-only server they mean the world may be reaching it through one."""
 _AUTH_KEY = "jobgraph.auth"
 MAX_FORM_BYTES = 4096
 """The most a sign-in form may send."""
@@ -58,6 +61,12 @@ def current_token(request: Request) -> TokenInfo | None:
     """The token the request is signed in with (bearer or cookie), or None."""
     identity: Identity | None = request.scope.get(_AUTH_KEY)
     return None if identity is None else identity.token
+
+
+def presented_token(request: Request) -> str:
+    """The secret of the valid token the request signed in with ('' if none): for a stream to check it again later."""
+    identity: Identity | None = request.scope.get(_AUTH_KEY)
+    return "" if identity is None else identity.presented
 
 
 def csrf_token(request: Request) -> str:
@@ -118,6 +127,11 @@ class AuthMiddleware:
         host = headers.get("host", "")
         if not self.public and not is_loopback(_host_name(host)):
             return error(403, f"this server answers only to loopback names, not Host {host[:100]!r}")
+        if not self.public and any(name in headers for name in FORWARDED):
+            return error(403, "a proxy forwards requests to this server, which listens on loopback only and so lets "
+                              "anyone it serves read without a token; run `jobgraph web --host HOST` with tokens")
+        if len(headers.getlist("authorization")) > 1:
+            return error(400, "more than one Authorization header: send one")
         action = method not in SAFE_METHODS
         if action:
             origin = headers.get("origin")
@@ -170,12 +184,14 @@ def _refuse(status: int, message: str, path: str, headers: Headers) -> Response:
 async def login(request: Request) -> Response:
     """POST /login (form field `token`): check the token, then keep it in an HttpOnly, SameSite=Strict cookie."""
     form = await _form(request)
+    if form is None:
+        return error(413, f"the sign-in form is larger than {MAX_FORM_BYTES} bytes; send only the token")
     presented = form.get("token", "").strip()
     tokens: Tokens = Tokens(request.app.state.records)
     token = await run_in_threadpool(tokens.verify, presented, utcnow()) if presented else None
     target = form.get("next") or "/"
-    if not target.startswith("/") or target.startswith("//"):
-        target = "/"
+    if not target.startswith("/") or target.startswith("//") or "\\" in target or not target.isprintable():
+        target = "/"  # only a path here: browsers read `//host`, `/\\host` and tabs or newlines in it as elsewhere
     if token is None:
         if "text/html" in request.headers.get("accept", ""):  # a browser's form: back to it, saying why
             return RedirectResponse(f"/login?refused=1&next={quote(target, safe='/')}", status_code=303)
@@ -186,13 +202,14 @@ async def login(request: Request) -> Response:
     return response
 
 
-async def _form(request: Request) -> dict[str, str]:
-    """A small urlencoded form body (a sign-in form: no python-multipart needed), first value of each field."""
+async def _form(request: Request) -> dict[str, str] | None:
+    """A small urlencoded form body (a sign-in form: no python-multipart needed), first value of each field;
+    None if it is too large."""
     body = b""
     async for part in request.stream():
         body += part
         if len(body) > MAX_FORM_BYTES:
-            return {}
+            return None
     fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
     return {name: values[0] for name, values in fields.items()}
 

@@ -102,7 +102,8 @@ def document() -> Json:
             "/api/v1/runs/{run_id}": _get("One run with its jobs and attempts", _json(_ref("RunDetail")), _RUN),
             "/api/v1/runs/{run_id}/graph": _get("The graph the run ran", _json(_ref("Graph")), _RUN),
             "/api/v1/runs/{run_id}/events": _get(
-                "The run's changes as Server-Sent Events: snapshot, change..., end",
+                "The run's changes as Server-Sent Events: snapshot, change..., end "
+                "(or refused, once the token it was opened with is revoked)",
                 {"description": "OK", "content": {"text/event-stream": {"schema": {"type": "string"}}}}, _RUN),
             "/api/v1/runs/{run_id}/jobs/{job}/attempts/{attempt}/log": _get(
                 "Part of an attempt's log (headers X-Log-Next-Offset, X-Log-Complete)",

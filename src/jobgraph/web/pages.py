@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader, pass_context, select_autoescape
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -70,6 +70,15 @@ def _took(seconds: float | None) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {int(seconds % 60)} s"
 
 
+@pass_context
+def _path_for(context: Any, name: str, /, **params: Any) -> str:
+    """A route's path, never an absolute URL: a page's links and assets must not come from the request's Host
+    header (anything, off loopback) or scheme (http behind a TLS proxy)."""
+    request: Request = context["request"]
+    return str(request.app.url_path_for(name, **params))
+
+
+_templates.env.globals["url_for"] = _path_for
 _templates.env.filters["when"] = _when
 _templates.env.filters["took"] = _took
 _templates.env.globals["between"] = _between
