@@ -5,7 +5,11 @@ enforces. No API server can be had here: these checks are what stands for it."""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -227,3 +231,56 @@ def test_a_volume_without_a_claim_is_refused_with_the_fix() -> None:
     check(manifest)
     assert manifest["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] == [
         {"name": "volume-0", "mountPath": "/data", "readOnly": True}]
+
+
+# Layer 3: the pod template really run, by `podman kube play` (Podman 4.3 has no Job kind, hence the Pod).
+# What it shows: the image, args, env, limits and labels of the generated pod are what a container runtime
+# takes, and the exit code comes back; not Job semantics (deadline, TTL, backoff), nor secretKeyRef, which
+# Podman 4.3 cannot resolve from a Kubernetes Secret.
+
+TEST_IMAGE = "localhost/jobgraph-test:latest"
+
+
+def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    if shutil.which("podman") is None:
+        pytest.fail("podman is not installed: run `bash scripts/setup-podman.sh`", pytrace=False)
+    result = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=120)
+    assert not check or result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_the_pod_template_runs_under_podman_kube_play_with_its_env_limits_labels_and_exit_code(
+        tmp_path: Path) -> None:
+    if podman("image", "exists", TEST_IMAGE, check=False).returncode != 0:
+        pytest.fail(f"image {TEST_IMAGE} is missing: run `bash scripts/build-images.sh`", pytrace=False)
+    script = ("echo task=$JOBGRAPH_TASK greeting=$GREETING; "
+              "echo memory=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes); "
+              "echo quota=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us); "
+              "echo returned > $JOBGRAPH_RETURN_VALUE_FILE; echo return=$JOBGRAPH_RETURN_VALUE_FILE:$(cat "
+              "$JOBGRAPH_RETURN_VALUE_FILE); exit 3")
+    attempt = spec(task="Über_Job", run_id=str(uuid.uuid4()), image=TEST_IMAGE, args=("/bin/sh", "-c", script),
+                   env={"JOBGRAPH_TASK": "Über_Job", "GREETING": "grüße, 名前 'quoted' $HOME"},
+                   cpu=0.5, memory_bytes=64 << 20, timeout=60)
+    settings = KubernetesSettings(image_pull_policy="Never", cpu_limits=True)
+    manifest = pod_manifest(attempt, settings, OWNER)
+    check(manifest)
+    path = tmp_path / "pod.yaml"
+    path.write_text(yaml.safe_dump(manifest, allow_unicode=True), encoding="utf-8")
+    pod = manifest["metadata"]["name"]
+    listed = ("ps", "-a", "--filter", f"label=jobgraph.io/run={attempt.run_id}", "--format", "{{.Names}}")
+    try:
+        podman("kube", "play", str(path))
+        assert podman("wait", f"{pod}-main").stdout.strip() == "3"
+        state = json.loads(podman("inspect", f"{pod}-main").stdout)[0]["State"]
+        assert state["ExitCode"] == 3
+        out = podman("logs", f"{pod}-main").stdout.splitlines()
+        assert out == ["task=Über_Job greeting=grüße, 名前 'quoted' $HOME", f"memory={64 << 20}", "quota=50000",
+                       f"return={TERMINATION_MESSAGE_PATH}:returned"]
+        labels = json.loads(podman("pod", "inspect", pod).stdout)["Labels"]
+        assert {key: labels[key] for key in manifest["metadata"]["labels"]} == manifest["metadata"]["labels"]
+        assert labels["jobgraph.io/job"] == label_value("Über_Job") and labels["jobgraph.io/attempt"] == "1"
+        assert f"{pod}-main" in podman(*listed).stdout.split()  # the check below sees the pod's containers
+    finally:
+        podman("kube", "down", str(path), check=False)
+    assert podman("pod", "exists", pod, check=False).returncode == 1
+    assert podman(*listed).stdout.strip() == ""
