@@ -136,6 +136,19 @@ def test_secrets_are_passed_by_reference_and_their_value_is_in_no_manifest() -> 
         assert pod["containers"][0]["args"] == ["--password", "***"]
 
 
+def test_the_engines_spec_of_a_job_with_secrets_gives_references_only(
+        tmp_path: Path, write_pipeline: Any) -> None:
+    path = write_pipeline({"defaults": {"runner": "kubernetes"}, "jobs": [
+        {"name": "uses", "image": "busybox", "secrets": ["DB_PW"]}, {"name": "other", "image": "busybox"}]})
+    pipeline = load(path)
+    draft = GraphRun.draft(pipeline, tmp_path / "logs", RUN_ID, secrets={"DB_PW": SECRET})
+    uses, other = (job_manifest(draft.spec_for(job, 1), KubernetesSettings(), OWNER) for job in pipeline.jobs)
+    assert SECRET not in repr(uses) and SECRET not in repr(other)
+    assert uses["spec"]["template"]["spec"]["containers"][0]["env"][-1] == {
+        "name": "DB_PW", "valueFrom": {"secretKeyRef": {"name": "jobgraph", "key": "DB_PW"}}}
+    assert "DB_PW" not in repr(other)
+
+
 def test_a_secret_whose_name_cannot_be_a_secret_key_is_refused_unless_mapped() -> None:
     from jobgraph.errors import RunnerError
 
