@@ -127,7 +127,8 @@ def test_plan_refuses_what_a_cluster_cannot_run_and_bad_kubernetes_settings(
     path = write_pipeline({"jobs": [job]})
     result = plan(tmp_path, str(path), "--runner", "kubernetes")
     assert result.returncode == 2 and result.stdout == ""
-    assert "volume '.' has no PersistentVolumeClaim" in result.stderr and "Traceback" not in result.stderr
+    assert "job 'a', field 'volumes': volume '.' has no PersistentVolumeClaim" in result.stderr
+    assert "Traceback" not in result.stderr
     path = write_pipeline({"jobs": [job], "runners": {"kubernetes": {"volume_claim": {".": "data"}}}})
     result = plan(tmp_path, str(path), "--runner", "kubernetes")
     assert result.returncode == 2 and "field 'runners.kubernetes.volume_claim': unknown field" in result.stderr

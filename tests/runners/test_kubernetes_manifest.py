@@ -235,6 +235,22 @@ def test_a_typo_in_the_settings_is_refused_by_validate_naming_file_runner_and_fi
     assert "Traceback" not in result.stderr
 
 
+def test_validate_refuses_what_no_job_manifest_can_hold_before_anything_runs(
+        tmp_path: Path, write_pipeline: Any, cli: Any) -> None:
+    path = write_pipeline({"jobs": [{"name": "a", "image": "busybox", "volumes": {"./in": "/in"},
+                                     "secrets": ["PW$1", "OK_PW"]}]})
+    result = cli("validate", str(path), "--runner", "kubernetes", check=2)
+    assert "job 'a', field 'volumes': volume './in' has no PersistentVolumeClaim" in result.stderr
+    assert "job 'a', field 'secrets': secret PW$1: 'PW$1' cannot be a Kubernetes Secret key" in result.stderr
+    assert "OK_PW" not in result.stderr
+    cli("validate", str(path), "--runner", "podman", check=0)  # a container runner takes them as they are
+    path = write_pipeline({"jobs": [{"name": "a", "image": "busybox", "volumes": {"./in": "/in"},
+                                     "secrets": ["PW$1"]}],
+                           "runners": {"kubernetes": {"volume_claims": {"./in": "in"},
+                                                      "secret_refs": {"PW$1": {"key": "pw1"}}}}})
+    cli("validate", str(path), "--runner", "kubernetes", check=0)
+
+
 def test_a_volume_without_a_claim_is_refused_with_the_fix() -> None:
     from jobgraph.errors import RunnerError
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -215,11 +215,33 @@ def quantity_memory(size: int) -> str:
 def secret_ref(name: str, settings: KubernetesSettings) -> dict[str, str]:
     """Where a job secret is read from: `secret_refs`, else the key of its own name in `secret_name`."""
     ref = settings.secret_refs.get(name)
-    key = ref.key if ref else name
-    if not _SECRET_KEY.match(key):
-        raise RunnerError(f"secret {name}: {key!r} cannot be a Kubernetes Secret key (letters, digits, '-', '_', "
-                          f"'.'); map it in runners.kubernetes.secret_refs, e.g. {name}: {{key: db-password}}")
-    return {"name": (ref.name if ref and ref.name else settings.secret_name), "key": key}
+    problem = _secret_problem(name, settings)
+    if problem:
+        raise RunnerError(problem)
+    return {"name": (ref.name if ref and ref.name else settings.secret_name), "key": ref.key if ref else name}
+
+
+def _secret_problem(name: str, settings: KubernetesSettings) -> str | None:
+    if name in settings.secret_refs or _SECRET_KEY.match(name):
+        return None
+    return (f"secret {name}: {name!r} cannot be a Kubernetes Secret key (letters, digits, '-', '_', '.'); "
+            f"map it in runners.kubernetes.secret_refs, e.g. {name}: {{key: db-password}}")
+
+
+def _volume_problem(host: str, settings: KubernetesSettings) -> str | None:
+    if host in settings.volume_claims:
+        return None
+    return (f"volume {host!r} has no PersistentVolumeClaim: a host path means nothing on a cluster node; map "
+            f"it in runners.kubernetes.volume_claims, e.g. {{{host!r}: my-claim}}")
+
+
+def job_problems(volumes: Mapping[str, str], secrets: Iterable[str],
+                 settings: KubernetesSettings) -> list[tuple[str, str]]:
+    """(field, message) for what of a job these settings cannot turn into a Job, for `jobgraph validate`:
+    a volume with no claim, a secret whose name cannot be a Secret key."""
+    found = [("volumes", _volume_problem(host, settings)) for host in volumes]
+    found += [("secrets", _secret_problem(name, settings)) for name in secrets]
+    return [(field, message) for field, message in found if message]
 
 
 def _env(spec: JobSpec, settings: KubernetesSettings) -> list[dict[str, Any]]:
@@ -253,11 +275,10 @@ def _volumes(spec: JobSpec, settings: KubernetesSettings) -> tuple[list[dict[str
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     for index, (host, target) in enumerate(spec.volumes.items()):
-        claim = settings.volume_claims.get(host)
-        if claim is None:
-            raise RunnerError(f"job {spec.task}: volume {host!r} has no PersistentVolumeClaim: a host path means "
-                              f"nothing on a cluster node; map it in runners.kubernetes.volume_claims, e.g. "
-                              f"{{{host!r}: my-claim}}")
+        problem = _volume_problem(host, settings)
+        if problem:
+            raise RunnerError(f"job {spec.task}: {problem}")
+        claim = settings.volume_claims[host]
         path, _, mode = target.partition(":")
         volumes.append({"name": f"volume-{index}", "persistentVolumeClaim": {"claimName": claim}})
         mounts.append({"name": f"volume-{index}", "mountPath": path, **({"readOnly": True} if mode == "ro" else {})})
