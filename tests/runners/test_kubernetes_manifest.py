@@ -216,7 +216,10 @@ def test_long_unicode_and_uppercase_names_give_distinct_valid_stable_names() -> 
     ({"node_selector": {"disk type": "ssd"}}, "node_selector"),
     ({"tolerations": [{"key": "a", "efect": "NoSchedule"}]}, "efect"),
     ({"tolerations": [{"effect": "NoSchedule", "tolerationSeconds": 5}]}, "tolerationSeconds"),
+    ({"tolerations": [{"operator": "Exists", "value": "x"}]}, "takes no value"),
+    ({"tolerations": [{"value": "x"}]}, "needs operator Exists"),
     ({"image_pull_secrets": "regcred"}, "image_pull_secrets"),
+    ({"pending_limit_secs": "5m"}, "pending_limit_secs"),
     ({"secret_refs": {"DB_PW": {"key": "a/b"}}}, "key"),
 ])
 def test_bad_settings_are_refused_naming_the_field(section: dict[str, Any], field: str) -> None:

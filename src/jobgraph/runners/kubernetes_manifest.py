@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from jobgraph.errors import RunnerError
 from jobgraph.runners.base import JobSpec
@@ -90,6 +90,14 @@ class Toleration(_Section):
         if seconds is not None and info.data.get("effect") != "NoExecute":
             raise ValueError("tolerationSeconds applies to effect NoExecute only")
         return seconds
+
+    @model_validator(mode="after")
+    def _as_the_api_server_checks(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists takes no value")
+        if self.operator == "Equal" and not self.key:
+            raise ValueError("a toleration without a key needs operator Exists (it then tolerates every taint)")
+        return self
 
     def manifest(self) -> dict[str, Any]:
         """The toleration as the pod spec holds it."""
