@@ -46,6 +46,8 @@ BACKENDS: dict[str, Backend] = {
     "docker": Backend("jobgraph.runners.container:build", clean_up="jobgraph.runners.container:clean_up_lost_run"),
     "slurm": Backend("jobgraph.runners.slurm:build", "jobgraph.runners.slurm_batch:SlurmSettings",
                      host_commands=True, remote=True),
+    "kubernetes": Backend("jobgraph.runners.kubernetes:build",
+                          "jobgraph.runners.kubernetes_manifest:KubernetesSettings", remote=True),
 }
 
 RUNNER_NAMES: tuple[str, ...] = tuple(BACKENDS)
