@@ -126,13 +126,12 @@ class KubernetesRunner:
         try:
             async for _ in self._client.list(Job, namespace=self._settings.namespace, chunk_size=1):
                 break
-        except ApiError as exc:
-            await self.aclose()
-            raise RunnerError(f"the Kubernetes API at {server} refused to list Jobs in namespace "
-                              f"{self._settings.namespace}: {exc.status.message}") from None
         except httpx2.HTTPError as exc:
             await self.aclose()
-            raise RunnerError(f"the Kubernetes API at {server} does not answer: {exc}") from None
+            if _code(exc) is None:
+                raise RunnerError(f"the Kubernetes API at {server} does not answer: {exc}") from None
+            raise RunnerError(f"the Kubernetes API at {server} refused to list Jobs in namespace "
+                              f"{self._settings.namespace}: {_reason(exc)}") from None
 
     def describe(self, spec: JobSpec) -> dict[str, object]:
         """The Job `start` would create, secrets shown as references."""
@@ -190,11 +189,9 @@ class KubernetesRunner:
         namespace = self._settings.namespace
         try:
             await client.delete(Job, handle.name, namespace=namespace, cascade=CascadeType.BACKGROUND)
-        except ApiError as exc:
-            if exc.status.code != 404:
-                raise RunnerError(f"Kubernetes refused to delete Job {handle.name}: {exc.status.message}") from None
         except httpx2.HTTPError as exc:
-            raise RunnerError(f"the Kubernetes API did not answer the delete of Job {handle.name}: {exc}") from None
+            if _code(exc) != 404:
+                raise RunnerError(f"Kubernetes did not delete Job {handle.name}: {_reason(exc)}") from None
         loop = asyncio.get_running_loop()
         deadline, pause = loop.time() + CANCEL_TIMEOUT, 0.05
         while await self._job_exists(handle.name) or await self._pods_of(handle.name):
@@ -234,17 +231,15 @@ class KubernetesRunner:
         name = manifest["metadata"]["name"]
         try:
             await client.create(cast(Job, Job.from_dict(manifest)))
-        except ApiError as exc:
-            if exc.status.code != 409:
-                raise RunnerError(f"Kubernetes refused Job {name}: {exc.status.message}") from None
+        except httpx2.HTTPError as exc:
+            if _code(exc) != 409:
+                raise RunnerError(f"Kubernetes did not create Job {name}: {_reason(exc)}") from None
             existing = (await client.get(Job, name, namespace=self._settings.namespace)).to_dict()
             labels = existing.get("metadata", {}).get("labels") or {}
             if labels.get("jobgraph.io/run") != label_value(spec.run_id) or \
                     labels.get("jobgraph.io/attempt") != str(spec.attempt):
                 raise RunnerError(f"a Job named {name} already exists in namespace {self._settings.namespace} "
                                   "and is not this attempt's") from None
-        except httpx2.HTTPError as exc:
-            raise RunnerError(f"the Kubernetes API did not answer the creation of Job {name}: {exc}") from None
 
     def _watch(self, name: str, spec: JobSpec) -> KubernetesHandle:
         handle = self._watched.get(name)
@@ -365,7 +360,9 @@ class KubernetesRunner:
                       None)
         if handle is None or event == "DELETED":
             return
-        handle.pod = latest_pod([p for p in (handle.pod, pod) if p is not None])
+        if handle.pod is None or handle.pod["metadata"].get("name") == pod["metadata"].get("name") or \
+                latest_pod([handle.pod, pod]) is pod:
+            handle.pod = pod  # the newer state of the same pod, or a newer pod (one replaced after a disruption)
         reason = stuck_reason(handle.pod)
         if reason is None:
             handle.stuck_since = handle.stuck = None
@@ -429,12 +426,10 @@ class KubernetesRunner:
     async def _job_exists(self, name: str) -> bool:
         try:
             await self._api().get(Job, name, namespace=self._settings.namespace)
-        except ApiError as exc:
-            if exc.status.code == 404:
-                return False
-            raise RunnerError(f"Kubernetes refused to read Job {name}: {exc.status.message}") from None
         except httpx2.HTTPError as exc:
-            raise RunnerError(f"the Kubernetes API did not answer about Job {name}: {exc}") from None
+            if _code(exc) == 404:
+                return False
+            raise RunnerError(f"Kubernetes did not say whether Job {name} is there: {_reason(exc)}") from None
         return True
 
     async def _pods_of(self, name: str) -> list[dict[str, Any]]:
@@ -468,9 +463,20 @@ class KubernetesRunner:
 
 def _gone(exc: BaseException) -> bool:
     """True for HTTP 410 Gone: the watch's resourceVersion is too old (as a status or an ERROR event)."""
-    if isinstance(exc, ApiError):
-        return exc.status.code == 410
-    return isinstance(exc, httpx2.HTTPStatusError) and exc.response.status_code == 410
+    return isinstance(exc, httpx2.HTTPError) and _code(exc) == 410
+
+
+def _code(exc: httpx2.HTTPError) -> int | None:
+    """The HTTP status of an API error (a Status object, or a bare error response), None if none came back."""
+    if isinstance(exc, ApiError) and exc.status is not None:
+        return exc.status.code
+    return exc.response.status_code if isinstance(exc, httpx2.HTTPStatusError) else None
+
+
+def _reason(exc: httpx2.HTTPError) -> str:
+    """The API's own words for an error (its Status message), else the HTTP error."""
+    message = exc.status.message if isinstance(exc, ApiError) and exc.status is not None else None
+    return message or str(exc).splitlines()[0]
 
 
 def _limits(spec: JobSpec) -> str:

@@ -58,7 +58,12 @@ def terminated(pod: dict[str, Any] | None) -> dict[str, Any]:
 
 def latest_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The Job's newest pod (with backoffLimit 0 there is one; a pod replaced after a disruption, more)."""
-    return max(pods, key=lambda pod: pod.get("metadata", {}).get("creationTimestamp") or "", default=None)
+    newest: dict[str, Any] | None = None
+    for pod in pods:  # the last of equals wins: lists and events come oldest first
+        stamp = pod.get("metadata", {}).get("creationTimestamp") or ""
+        if newest is None or stamp >= (newest.get("metadata", {}).get("creationTimestamp") or ""):
+            newest = pod
+    return newest
 
 
 def stuck_reason(pod: dict[str, Any] | None) -> str | None:
