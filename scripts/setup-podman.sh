@@ -12,6 +12,8 @@
 #           rlimits podman sets by default (nofile=1048576 ...) cannot be applied:
 #           "error setting rlimits for ready process: error setting rlimit type 7: operation not permitted"
 #     [engine] runtime = "runc"
+#   catatonit  the pause binary of a pod's infra container: `podman kube play` (the Kubernetes
+#           runner's pod test) fails without it: 'finding pause binary: exec: "catatonit"'
 #   uidmap is NOT needed (rootful only).
 #   curl is needed by podman-service.sh (installed only if missing).
 set -euo pipefail
@@ -28,7 +30,7 @@ die() { say "ERROR: $*"; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root"
 
 # ---------------------------------------------------------------- packages
-pkgs=(podman runc)
+pkgs=(podman runc catatonit)
 command -v curl >/dev/null 2>&1 || pkgs+=(curl)
 
 missing=()

@@ -9,6 +9,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+import kubernetes_validate
 import yaml
 
 from tests.conftest import WritePipeline, sh
@@ -61,3 +62,73 @@ def test_plan_of_a_bad_file_runs_nothing(tmp_path: Path, write_pipeline: WritePi
     path = write_pipeline({"jobs": [sh("a", "true", runner="slurm", after=["nope"])]})
     result = plan(tmp_path, str(path))
     assert result.returncode == 2 and "unknown predecessor 'nope'" in result.stderr
+
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed" / "pipeline-containers.yaml"
+
+
+def test_plan_prints_the_seeds_kubernetes_jobs_as_one_yaml_stream_kubectl_takes(tmp_path: Path) -> None:
+    result = plan(tmp_path, str(SEED), "--runner", "kubernetes", "--format", "yaml")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.startswith("# jobgraph plan: pipeline root_task")
+    documents = list(yaml.safe_load_all(result.stdout))
+    assert len(documents) == 6 and all(d["kind"] == "Job" and d["apiVersion"] == "batch/v1" for d in documents)
+    for document in documents:
+        kubernetes_validate.validate(document, "1.33", strict=True)
+        assert document["metadata"]["namespace"] == "default" and document["spec"]["backoffLimit"] == 0
+    assert [d["metadata"]["annotations"]["jobgraph.io/job"] for d in documents] == [
+        "t_myjob_1", "t_myjob_2", "t_myjob_3", "t_myjob_4", "t_myjob_5", "t_myjob_6"]
+    assert len({d["metadata"]["name"] for d in documents}) == 6
+    assert not (tmp_path / ".jobgraph").exists()
+
+
+def test_plan_shows_kubernetes_secrets_as_references_in_yaml_and_json(
+        tmp_path: Path, write_pipeline: WritePipeline) -> None:
+    path = write_pipeline({
+        "defaults": {"runner": "kubernetes", "timeout": "90s"},
+        "runners": {"kubernetes": {"namespace": "batch", "secret_name": "app-secrets"}},
+        "pools": {"small": {"max_parallel": 1, "cpu": 0.25, "memory": "64m"}},
+        "jobs": [{"name": "use_token", "image": "busybox", "args": ["sh", "-c", "echo $API_TOKEN"],
+                  "secrets": ["API_TOKEN"], "pool": "small"}]})
+    result = plan(tmp_path, str(path))  # yaml is the default format
+    assert result.returncode == 0, result.stderr
+    assert SECRET not in result.stdout
+    (job,) = yaml.safe_load_all(result.stdout)
+    kubernetes_validate.validate(job, "1.33", strict=True)
+    assert job["metadata"]["namespace"] == "batch" and job["spec"]["activeDeadlineSeconds"] == 90
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["API_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "app-secrets", "key": "API_TOKEN"}}
+    assert container["resources"] == {"requests": {"cpu": "250m", "memory": "64Mi"}, "limits": {"memory": "64Mi"}}
+    as_json = plan(tmp_path, str(path), "--format", "json")
+    assert as_json.returncode == 0 and SECRET not in as_json.stdout
+    (planned,) = json.loads(as_json.stdout)["jobs"]
+    assert planned["runner"] == "kubernetes"
+    for manifest in (planned["manifest"], job):  # the one value that differs: when each plan was made
+        manifest["spec"]["template"]["spec"]["containers"][0]["env"] = [
+            item for item in manifest["spec"]["template"]["spec"]["containers"][0]["env"]
+            if item["name"] != "JOBGRAPH_SCHEDULED_TIME"]
+    assert planned["manifest"] == job
+
+
+def test_plan_of_a_pipeline_with_other_runners_keeps_its_yaml_document(
+        tmp_path: Path, write_pipeline: WritePipeline) -> None:
+    path = write_pipeline({"jobs": [sh("here", "true"),
+                                     {"name": "there", "image": "busybox", "runner": "kubernetes", "after": ["here"]}]})
+    result = plan(tmp_path, str(path))
+    assert result.returncode == 0, result.stderr
+    here, there = yaml.safe_load(result.stdout)["jobs"]
+    assert here["runner"] == "local" and there["manifest"]["kind"] == "Job"
+
+
+def test_plan_refuses_what_a_cluster_cannot_run_and_bad_kubernetes_settings(
+        tmp_path: Path, write_pipeline: WritePipeline) -> None:
+    job = {"name": "a", "image": "busybox", "volumes": {".": "/data"}}
+    path = write_pipeline({"jobs": [job]})
+    result = plan(tmp_path, str(path), "--runner", "kubernetes")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "job 'a', field 'volumes': volume '.' has no PersistentVolumeClaim" in result.stderr
+    assert "Traceback" not in result.stderr
+    path = write_pipeline({"jobs": [job], "runners": {"kubernetes": {"volume_claim": {".": "data"}}}})
+    result = plan(tmp_path, str(path), "--runner", "kubernetes")
+    assert result.returncode == 2 and "field 'runners.kubernetes.volume_claim': unknown field" in result.stderr

@@ -1,7 +1,13 @@
 """`jobgraph plan`: what each job's first attempt would submit, runner by runner, and when the schedule fires.
 
 Nothing runs and nothing is written: no store is opened, no backend is contacted, and secrets are
-never read, only shown as `${NAME}` references.
+never read, only shown as `${NAME}` references (Kubernetes: `secretKeyRef`s).
+
+When every job runs on Kubernetes, `--format yaml` prints the Job manifests alone, one YAML document
+per job, ready for `kubectl apply --dry-run=server -f -` or a schema checker; the plan document (with
+each Job under `manifest`) stays one `--format json` away. A pipeline with other runners gets the plan
+document in YAML, as always. The Kubernetes manifests are built here from the settings (through
+kubernetes_manifest, as the runner builds them): no cluster is contacted.
 """
 
 from __future__ import annotations
@@ -18,11 +24,16 @@ from jobgraph.cli.commands import PlanFormat
 from jobgraph.cli.common import home, reported, write_plain
 from jobgraph.config import Pipeline, load
 from jobgraph.engine.run import GraphRun
-from jobgraph.runners import AnyRunner, make_runner
+from jobgraph.runners import AnyRunner, JobSpec, make_runner
+from jobgraph.runners import kubernetes_manifest as kubernetes
+from jobgraph.runners.registry import settings_for
 from jobgraph.schedule import parse_schedule
 
 PLAN_RUN_ID = "<run id>"
 """What stands for the run id, which exists only once a run starts."""
+
+PLAN_OWNER = "<owner>"
+"""What stands for the jobgraph process that will own the run's Kubernetes Jobs."""
 
 FIRES_SHOWN = 5
 
@@ -31,6 +42,9 @@ FIRES_SHOWN = 5
 def plan(file: Path, runner: str | None = None, output: PlanFormat = PlanFormat.yaml) -> None:
     """Print the plan: the next fire times, then each job's first attempt as its runner would submit it."""
     pipeline = load(file, runner)
+    if output == PlanFormat.yaml and all((runner or job.runner) == "kubernetes" for job in pipeline.all_jobs()):
+        write_plain(_manifest_stream(pipeline))
+        return
     document = {"pipeline": pipeline.name, "schedule": _fires(pipeline), "jobs": _jobs(pipeline, runner)}
     if output == PlanFormat.json:
         write_plain(json.dumps(document, indent=2))
@@ -38,21 +52,48 @@ def plan(file: Path, runner: str | None = None, output: PlanFormat = PlanFormat.
         write_plain(yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000).rstrip())
 
 
+def _specs(pipeline: Pipeline) -> list[JobSpec]:
+    """Each job's first attempt, in the order the DAG runs them; secrets as placeholders, never read."""
+    placeholders = {name: f"<secret {name}>" for job in pipeline.all_jobs() for name in job.secrets}
+    draft = GraphRun.draft(pipeline, home() / "logs", PLAN_RUN_ID, secrets=placeholders)
+    return [draft.spec_for(job, 1) for job in pipeline.all_jobs()]
+
+
 def _jobs(pipeline: Pipeline, runner_override: str | None) -> list[dict[str, Any]]:
     """Each job's first attempt as its runner would submit it, in the order the DAG runs them."""
     runners: dict[str, AnyRunner] = {}
-    placeholders = {name: f"<secret {name}>" for job in pipeline.all_jobs() for name in job.secrets}
-    draft = GraphRun.draft(pipeline, home() / "logs", PLAN_RUN_ID, secrets=placeholders)
     planned = []
-    for job in pipeline.all_jobs():
+    for job, spec in zip(pipeline.all_jobs(), _specs(pipeline), strict=True):
         name = runner_override or job.runner or "local"
-        if name not in runners:
-            runners[name] = make_runner(name, pipeline, home(), cwd=Path.cwd())
-        spec = draft.spec_for(job, 1)
+        if name == "kubernetes":
+            described = kubernetes.describe(spec, _kubernetes_settings(pipeline), PLAN_OWNER)
+        else:
+            if name not in runners:
+                runners[name] = make_runner(name, pipeline, home(), cwd=Path.cwd())
+            described = runners[name].describe(spec)
         planned.append({"job": job.name, "after": list(job.after), "pool": job.pool or "default",
-                        "retries": job.retries, "timeout_secs": job.timeout, **runners[name].describe(spec)})
+                        "retries": job.retries, "timeout_secs": job.timeout, **described})
     return planned
 
+
+def _kubernetes_settings(pipeline: Pipeline) -> kubernetes.KubernetesSettings:
+    settings = settings_for("kubernetes", pipeline)
+    assert isinstance(settings, kubernetes.KubernetesSettings)
+    return kubernetes.with_pipeline_images(settings, pipeline.container_images)
+
+
+def _manifest_stream(pipeline: Pipeline) -> str:
+    """Every job's first-attempt Job as one multi-document YAML stream, a comment saying what it is first."""
+    settings = _kubernetes_settings(pipeline)
+    manifests = [kubernetes.job_manifest(spec, settings, PLAN_OWNER) for spec in _specs(pipeline)]
+    fires = _fires(pipeline)
+    header = [f"# jobgraph plan: pipeline {pipeline.name}, the first attempt of each of its {len(manifests)} jobs "
+              f"as a Kubernetes Job ({PLAN_RUN_ID} and {PLAN_OWNER} stand for what a run fills in)"]
+    if fires is not None:
+        header.append(f"# schedule {fires['text']!r}: next {', '.join(fires['next'][:3])}")
+    body = yaml.dump_all(manifests, Dumper=_Stream, sort_keys=False, allow_unicode=True, width=1000,
+                         explicit_start=True)
+    return "\n".join(header) + "\n" + body.rstrip()
 
 
 def _fires(pipeline: Pipeline) -> dict[str, Any] | None:
@@ -77,3 +118,10 @@ def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 
 
 _Dumper.add_representer(str, _text)
+
+
+class _Stream(_Dumper):
+    """Manifests for kubectl: each written out in full, never as a YAML alias of another part."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True

@@ -67,6 +67,7 @@ def check_pipeline(pipeline: Pipeline, file: str, runner: str | None = None) -> 
                 f"command that stands for it, e.g. images: {{'{image}': [python, -m, jobgraph.jobs.sql]}}{others}",
                 job=users[0], field="image"))
     problems.extend(runner_settings_problems(pipeline))
+    problems.extend(_kubernetes_problems(pipeline, runner))
     if problems:
         raise ConfigError(file, problems)
 
@@ -96,6 +97,21 @@ def runner_settings_problems(pipeline: Pipeline) -> list[Problem]:
                 message = "unknown field" if error["type"] == "extra_forbidden" else str(error["msg"])
                 problems.append(Problem(message.removeprefix("Value error, "), field=where))
     return problems
+
+
+def _kubernetes_problems(pipeline: Pipeline, runner: str | None) -> list[Problem]:
+    """What of the jobs that run on Kubernetes cannot become a Job (a volume with no claim...), before anything runs."""
+    jobs = [job for job in pipeline.all_jobs() if (runner or job.runner) == "kubernetes"]
+    if not jobs:
+        return []
+    from jobgraph.runners.kubernetes_manifest import KubernetesSettings, job_problems
+
+    try:
+        settings = KubernetesSettings.model_validate(pipeline.runners.get("kubernetes", {}))
+    except ValidationError:  # reported field by field by runner_settings_problems
+        return []
+    return [Problem(message, job=job.name, field=field)
+            for job in jobs for field, message in job_problems(job.volumes, job.secrets, settings)]
 
 
 def find_cycle(jobs: list[Job]) -> list[str]:

@@ -324,6 +324,7 @@ class GraphRun:
                        pool=job.pool or "default", cpu=cpu, memory_bytes=memory, container_name=job.container_name,
                        volumes=job.volumes, workdir=job.workdir, network=job.network,
                        secret_values=self._secret_values, withheld_env=frozenset(self._secrets) - set(job.secrets),
+                       secret_names=frozenset(job.secrets),
                        return_value_path=self._return_value_path(job, attempt),
                        log_limit=job.log_limit or DEFAULT_LOG_LIMIT, timeout=job.timeout)
 

@@ -23,7 +23,8 @@ class JobSpec:
     """Everything a runner needs to run one attempt of one job.
 
     `secret_values` are replaced by `***` in whatever the runner writes; `withheld_env` names secrets
-    of other jobs, which a runner that inherits jobgraph's environment must not pass on;
+    of other jobs, which a runner that inherits jobgraph's environment must not pass on; `secret_names`
+    are this job's own `secrets` (their values are in `env`), which a remote runner passes by reference;
     `return_value_path` is where the engine reads the return value once the attempt ended: a runner
     whose jobs write it elsewhere (a container's own out folder) brings it there; `log_limit` caps
     the bytes of output stored.
@@ -46,6 +47,7 @@ class JobSpec:
     network: str | None = None
     secret_values: frozenset[str] = field(default_factory=frozenset)
     withheld_env: frozenset[str] = field(default_factory=frozenset)
+    secret_names: frozenset[str] = field(default_factory=frozenset)
     return_value_path: Path | None = None
     log_limit: int = DEFAULT_LOG_LIMIT
     timeout: float | None = None

@@ -86,5 +86,9 @@ def clean_up_lost_run(name: str, run_id: str, folder: Path) -> int:
 
 def make_runner(name: str, pipeline: Pipeline, folder: Path, cwd: Path | None = None) -> AnyRunner:
     """The runner called `name`, set up for this pipeline; `folder` is jobgraph's own (sockets, state)."""
-    build = _load(backend(name).build)
+    try:
+        build = _load(backend(name).build)
+    except ModuleNotFoundError as exc:  # an optional extra not installed (lightkube for kubernetes)
+        raise RunnerError(f"the {name} runner cannot be loaded: {exc}; install it with "
+                          f"pip install 'jobgraph[{name}]'") from None
     return build(name, pipeline, settings_for(name, pipeline), folder, cwd)  # type: ignore[no-any-return]
