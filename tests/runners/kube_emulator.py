@@ -190,3 +190,51 @@ async def watch_lost_then_gone(lost: threading.Event) -> AsyncIterator[Any]:
         await asyncio.sleep(0.01)
     yield {"type": "ERROR", "object": {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 410,
                                        "reason": "Expired", "message": "too old resource version: 1 (2)"}}
+
+
+Decide = Callable[[dict[str, Any]], tuple[int, str | None, str]]
+"""For a Job the runner created: (exit code, termination message, log) its pod ends with."""
+
+
+class AutoController:
+    """Plays the Job controller in a thread of its own for a whole `jobgraph` process: each new Job gets a pod
+    that ends as `decide` says, then the Job's condition (Complete, or Failed with BackoffLimitExceeded)."""
+
+    def __init__(self, server: KubeServer, decide: Decide) -> None:
+        self._server = server
+        self._decide = decide
+        self._stop = threading.Event()
+        self.seen: list[str] = []
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=asyncio.run, args=(self._play(),), daemon=True)
+
+    def __enter__(self) -> AutoController:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    async def _play(self) -> None:
+        controller = Controller(self._server)
+        try:
+            while not self._stop.is_set():
+                for job in [job.to_dict() async for job in controller.client.list(Job, namespace=NAMESPACE)]:
+                    name = job["metadata"]["name"]
+                    if name not in self.seen:
+                        self.seen.append(name)
+                        code, message, log = self._decide(job)
+                        pod = await controller.start_pod(job)
+                        self._server.serve_log(pod, log)
+                        await controller.end(pod, code, message=message)
+                        if code == 0:
+                            await controller.finish(name)
+                        else:
+                            await controller.finish(name, "Failed", "BackoffLimitExceeded")
+                await asyncio.sleep(0.02)
+        except BaseException as exc:
+            self.error = exc
+            raise
+        finally:
+            await controller.close()
