@@ -34,14 +34,16 @@ def make_spec(tmp_path: Path, task: str = "load", attempt: int = 1, **fields: An
                    tmp_path / "logs" / task / f"attempt-{attempt}.log", **fields)
 
 
-def play(kube: KubeServer, scenario: Scenario[T], **settings: Any) -> T:
-    """Run a scenario with an opened runner and a controller, both closed after it (and their watch streams)."""
+def play(kube: KubeServer, scenario: Scenario[T], opened: bool = True, **settings: Any) -> T:
+    """Run a scenario with a runner (opened, as the engine does) and a controller, both closed after it (and their
+    watch streams)."""
 
     async def main() -> T:
         runner = KubernetesRunner(KubernetesSettings(namespace=NAMESPACE, **settings))
         controller = Controller(kube)
         try:
-            await runner.open()
+            if opened:
+                await runner.open()
             return await asyncio.wait_for(scenario(runner, controller), 30)
         finally:
             await runner.aclose()
@@ -261,6 +263,35 @@ def test_a_new_runner_adopts_a_job_by_its_name_and_gets_the_end_it_had_while_nob
     assert outcome.ended_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert spec.log_path.read_text() == "finished alone\n"
     assert len(kube.requests("create", JOBS)) == 1  # adopted, never created again
+
+
+def test_recovery_cancels_with_a_runner_it_did_not_open_and_a_job_that_had_ended_keeps_its_end(
+        kube: KubeServer, tmp_path: Path) -> None:
+    spec = make_spec(tmp_path)
+
+    async def lost(runner: KubernetesRunner, ctl: Controller) -> str:
+        handle = await runner.start(spec)
+        pod = await ctl.start_pod(await ctl.job())
+        kube.serve_log(pod, "ended alone\n")
+        await ctl.end(pod, 4)
+        await ctl.finish(handle.name, "Failed", "BackoffLimitExceeded")
+        return runner.handle_ref(handle)
+
+    async def recover(runner: KubernetesRunner, ctl: Controller) -> tuple[Any, ...]:
+        handle = await runner.adopt(reference, spec)
+        cancelling = asyncio.create_task(runner.cancel(handle))
+        while not kube.requests("delete", JOBS):
+            await asyncio.sleep(0.01)
+        await ctl.collect_garbage(reference)
+        await cancelling
+        return await runner.wait(handle), await ctl.pods_of(reference)
+
+    reference = play(kube, lost, pending_limit_secs=60)
+    outcome, pods = play(kube, recover, opened=False)
+    assert (outcome.status, outcome.exit_code, outcome.error) == (AttemptStatus.FAILED, 4, "exit code 4")
+    assert spec.log_path.read_text() == "ended alone\n" and pods == []
+    [delete] = kube.requests("delete", JOBS)
+    assert dict(delete.params) == {"propagationPolicy": "Background"}
 
 
 def test_adopting_a_job_that_is_gone_or_another_attempts_is_an_error(kube: KubeServer, tmp_path: Path) -> None:

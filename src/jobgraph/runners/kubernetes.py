@@ -42,7 +42,7 @@ from jobgraph.runners.kubernetes_manifest import (
     job_name,
     label_value,
 )
-from jobgraph.runners.kubernetes_states import latest_pod, outcome_of, stuck_reason, terminated
+from jobgraph.runners.kubernetes_states import is_finished, latest_pod, outcome_of, stuck_reason, terminated
 from jobgraph.runners.output import LogWriter, redactor_for, tail
 from jobgraph.states import AttemptStatus
 
@@ -146,6 +146,7 @@ class KubernetesRunner:
         while the Job is created does not lose it: the Job is deleted, then the cancel goes on."""
         manifest = job_manifest(spec, self._settings, self._owner)
         name = str(manifest["metadata"]["name"])
+        await self.open()
         creating = asyncio.ensure_future(self._create(manifest, spec))
         try:
             await asyncio.shield(creating)
@@ -162,6 +163,7 @@ class KubernetesRunner:
         expected = job_name(spec)
         if reference != expected:
             raise RunnerError(f"{reference!r} is not the Job of {spec.task} attempt {spec.attempt} ({expected})")
+        await self.open()  # recovery adopts (and cancels) with a runner it did not open
         return self._watch(reference, spec)
 
     async def wait(self, handle: KubernetesHandle) -> Outcome:
@@ -183,10 +185,16 @@ class KubernetesRunner:
         return None if value is None else value[:max_bytes]
 
     async def cancel(self, handle: KubernetesHandle) -> None:
-        """Delete the Job with propagationPolicy Background, then return once it and its pods are gone."""
+        """Delete the Job with propagationPolicy Background, then return once it and its pods are gone. A Job
+        that had already ended keeps its real end (read before it goes), as recovery records it."""
         handle.cancelled = True
+        await self.open()
         client = self._api()
         namespace = self._settings.namespace
+        job = await self._job(handle.name)
+        if job is not None and is_finished(job) and not handle.outcome.done():
+            handle.finishing = True
+            await self._finish(handle, job)
         try:
             await client.delete(Job, handle.name, namespace=namespace, cascade=CascadeType.BACKGROUND)
         except httpx2.HTTPError as exc:
@@ -424,13 +432,16 @@ class KubernetesRunner:
         return b"".join(lines)[-max_bytes:]
 
     async def _job_exists(self, name: str) -> bool:
+        return await self._job(name) is not None
+
+    async def _job(self, name: str) -> dict[str, Any] | None:
+        """The Job as the API has it now, None if it has none by that name."""
         try:
-            await self._api().get(Job, name, namespace=self._settings.namespace)
+            return (await self._api().get(Job, name, namespace=self._settings.namespace)).to_dict()
         except httpx2.HTTPError as exc:
             if _code(exc) == 404:
-                return False
+                return None
             raise RunnerError(f"Kubernetes did not say whether Job {name} is there: {_reason(exc)}") from None
-        return True
 
     async def _pods_of(self, name: str) -> list[dict[str, Any]]:
         """The Job's pods, by the label the Job controller gives them (checked here too)."""
