@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from lightkube import AsyncClient, KubeConfig
 from lightkube.resources.core_v1 import Pod
 
 from jobgraph.errors import RunnerError
@@ -104,8 +105,11 @@ def test_cancel_leaves_no_job_and_no_pod(cluster: KubernetesSettings, tmp_path: 
         handle = await runner.start(long)
         await asyncio.sleep(5)
         await runner.cancel(handle)
-        client = runner._api()
-        pods = [p async for p in client.list(Pod, namespace=cluster.namespace, labels={"job-name": handle.name})]
+        client = AsyncClient(KubeConfig.from_env(), namespace=cluster.namespace)
+        try:
+            pods = [p async for p in client.list(Pod, namespace=cluster.namespace, labels={"job-name": handle.name})]
+        finally:
+            await client.close()
         return await runner.wait(handle), pods
 
     outcome, pods = run(cluster, body)

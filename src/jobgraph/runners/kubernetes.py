@@ -1,7 +1,8 @@
-"""Run each attempt as one Kubernetes `batch/v1` Job, through lightkube's async client; one watch follows them all.
+"""Run each attempt as one Kubernetes `batch/v1` Job; one list-then-watch follows them all.
 
-Why lightkube (the optional extra `jobgraph[kubernetes]`): typed, async, 0.13 s to import and ~4 MB
-installed, where the official client is ~120 MB. It is imported here only.
+The API calls (lightkube's async client, the optional extra `jobgraph[kubernetes]`) are in
+kubernetes_api.py, the manifest in kubernetes_manifest.py, how a Job and its pod become an Outcome in
+kubernetes_states.py; this module is the state machine between them.
 
 - One attempt = one Job (kubernetes_manifest.py writes it: backoffLimit 0, the deadline from the
   timeout, labels for the run, job, attempt and owner, secrets by reference). `handle_ref` is the Job's
@@ -24,18 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from jobgraph.errors import RunnerError
 from jobgraph.owner import owner_label
 from jobgraph.runners.base import JobSpec, Outcome
+from jobgraph.runners.kubernetes_api import MISSING_EXTRA, ApiFailure, Kind, KubeApi, job_of
 from jobgraph.runners.kubernetes_manifest import (
-    CONTAINER,
     KubernetesSettings,
     describe,
     job_manifest,
@@ -45,18 +44,6 @@ from jobgraph.runners.kubernetes_manifest import (
 from jobgraph.runners.kubernetes_states import is_finished, latest_pod, outcome_of, stuck_reason, terminated
 from jobgraph.runners.output import LogWriter, redactor_for, tail
 from jobgraph.states import AttemptStatus
-
-try:
-    import httpx2
-    from lightkube import ApiError, AsyncClient, ConfigError, KubeConfig
-    from lightkube.operators import in_
-    from lightkube.resources.batch_v1 import Job
-    from lightkube.resources.core_v1 import Pod
-    from lightkube.types import CascadeType
-except ImportError:  # the optional extra is not installed: build() says how to install it
-    MISSING_EXTRA = True
-else:
-    MISSING_EXTRA = False
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -68,11 +55,6 @@ API_TIMEOUT = 120.0
 
 CANCEL_TIMEOUT = 90.0
 """How long a deleted Job's pods may take to go: their grace period (30 s by default), and more."""
-
-JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
-"""The labels the Job controller gives a Job's pods (the second one on every version)."""
-
-MANAGED_BY = {"app.kubernetes.io/managed-by": "jobgraph"}
 
 
 @dataclass(eq=False)
@@ -99,7 +81,7 @@ class KubernetesRunner:
     def __init__(self, settings: KubernetesSettings) -> None:
         self._settings = settings
         self._owner = owner_label()
-        self._client: AsyncClient | None = None
+        self._api = KubeApi(settings)
         self._watched: dict[str, KubernetesHandle] = {}
         self._follower: asyncio.Task[None] | None = None
         self._changed: asyncio.Event | None = None
@@ -114,24 +96,7 @@ class KubernetesRunner:
 
     async def open(self) -> None:
         """Load the kubeconfig and check that the API answers and lets us list Jobs in the namespace."""
-        if self._client is not None:
-            return
-        config = _kubeconfig(self._settings)
-        try:
-            single = config.get(context_name=self._settings.context)
-        except ConfigError as exc:
-            raise RunnerError(f"runners.kubernetes: {exc}") from None
-        self._client = AsyncClient(single, namespace=self._settings.namespace, field_manager="jobgraph")
-        server = single.cluster.server if single is not None else "?"
-        try:
-            async for _ in self._client.list(Job, namespace=self._settings.namespace, chunk_size=1):
-                break
-        except httpx2.HTTPError as exc:
-            await self.aclose()
-            if _code(exc) is None:
-                raise RunnerError(f"the Kubernetes API at {server} does not answer: {exc}") from None
-            raise RunnerError(f"the Kubernetes API at {server} refused to list Jobs in namespace "
-                              f"{self._settings.namespace}: {_reason(exc)}") from None
+        await self._api.open()
 
     def describe(self, spec: JobSpec) -> dict[str, object]:
         """The Job `start` would create, secrets shown as references."""
@@ -176,7 +141,7 @@ class KubernetesRunner:
             text = await asyncio.to_thread(tail, handle.spec.log_path, tail_bytes)
         else:
             pod = handle.pod["metadata"]["name"] if handle.pod else None
-            text = (await self._log_tail(pod, tail_bytes)).decode(errors="replace") if pod else ""
+            text = (await self._api.log_tail(pod, tail_bytes)).decode(errors="replace") if pod else ""
         return redactor_for(handle.spec.secret_values).text(text)[-tail_bytes:]
 
     async def read_return_value(self, handle: KubernetesHandle, max_bytes: int) -> str | None:
@@ -189,20 +154,17 @@ class KubernetesRunner:
         that had already ended keeps its real end (read before it goes), as recovery records it."""
         handle.cancelled = True
         await self.open()
-        client = self._api()
-        namespace = self._settings.namespace
-        job = await self._job(handle.name)
-        if job is not None and is_finished(job) and not handle.outcome.done():
+        job = await self._api.job(handle.name)
+        if handle.finishing:  # the watch is reading how it ended: let it, before the Job and its log go
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(handle.outcome), CANCEL_TIMEOUT)
+        elif job is not None and is_finished(job):
             handle.finishing = True
             await self._finish(handle, job)
-        try:
-            await client.delete(Job, handle.name, namespace=namespace, cascade=CascadeType.BACKGROUND)
-        except httpx2.HTTPError as exc:
-            if _code(exc) != 404:
-                raise RunnerError(f"Kubernetes did not delete Job {handle.name}: {_reason(exc)}") from None
+        await self._api.delete_job(handle.name)
         loop = asyncio.get_running_loop()
         deadline, pause = loop.time() + CANCEL_TIMEOUT, 0.05
-        while await self._job_exists(handle.name) or await self._pods_of(handle.name):
+        while await self._api.job(handle.name) is not None or await self._api.pods_of(handle.name):
             if loop.time() > deadline:
                 raise RunnerError(f"Job {handle.name} or its pods are still there {CANCEL_TIMEOUT:g}s after "
                                   "it was deleted")
@@ -223,26 +185,18 @@ class KubernetesRunner:
                 handle.outcome.set_exception(RunnerError("the Kubernetes runner was closed; the Job goes on"))
                 handle.outcome.exception()  # retrieved: nobody may be waiting
         self._watched.clear()
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
-
-    def _api(self) -> AsyncClient:
-        if self._client is None:
-            raise RunnerError("the Kubernetes runner was not opened")
-        return self._client
+        await self._api.close()
 
     async def _create(self, manifest: dict[str, Any], spec: JobSpec) -> None:
         """Create the Job; one of the same name (an earlier try whose answer was lost) is taken if it is this
         attempt's, by its labels."""
-        client = self._api()
         name = manifest["metadata"]["name"]
         try:
-            await client.create(cast(Job, Job.from_dict(manifest)))
-        except httpx2.HTTPError as exc:
-            if _code(exc) != 409:
-                raise RunnerError(f"Kubernetes did not create Job {name}: {_reason(exc)}") from None
-            existing = (await client.get(Job, name, namespace=self._settings.namespace)).to_dict()
+            await self._api.create_job(manifest)
+        except ApiFailure as exc:
+            if exc.code != 409:
+                raise
+            existing = await self._api.job(name) or {}
             labels = existing.get("metadata", {}).get("labels") or {}
             if labels.get("jobgraph.io/run") != label_value(spec.run_id) or \
                     labels.get("jobgraph.io/attempt") != str(spec.attempt):
@@ -274,9 +228,9 @@ class KubernetesRunner:
                 try:
                     await self._list_then_watch()
                     failing_since, pause = None, 0.1
-                except (httpx2.HTTPError, httpx2.StreamError, OSError) as exc:
+                except ApiFailure as exc:
                     self.relists += 1
-                    if _gone(exc):
+                    if exc.code == 410:
                         continue  # the version is too old: a fresh list at once
                     failing_since = loop.time() if failing_since is None else failing_since
                     if loop.time() - failing_since >= API_TIMEOUT:
@@ -293,24 +247,21 @@ class KubernetesRunner:
 
     async def _list_then_watch(self) -> None:
         """One list of the runs' Jobs and pods, then watches from its version until the runs change."""
-        client = self._api()
-        namespace = self._settings.namespace
         self._changed = asyncio.Event()
-        selector: dict[str, Any] = {**MANAGED_BY, "jobgraph.io/run": in_(sorted(self._runs()))}
+        runs = self._runs()
         known = set(self._watched)  # each of these was created before the list below: unlisted means gone
-        pods = client.list(Pod, namespace=namespace, labels=selector)
-        async for pod in pods:
-            self._on_pod("ADDED", pod.to_dict())
-        jobs = client.list(Job, namespace=namespace, labels=selector)
-        listed: set[str] = set()
-        async for job in jobs:
-            listed.add(job.metadata.name if job.metadata and job.metadata.name else "")
-            self._on_job("ADDED", job.to_dict())
+        pods, pods_version = await self._api.list("pods", runs)
+        for pod in pods:
+            self._on_pod("ADDED", pod)
+        jobs, jobs_version = await self._api.list("jobs", runs)
+        for job in jobs:
+            self._on_job("ADDED", job)
+        listed = {job.get("metadata", {}).get("name") for job in jobs}
         for handle in [h for name, h in self._watched.items() if name in known and name not in listed]:
             self._gone_job(handle)
         streams = [
-            asyncio.ensure_future(self._stream_jobs(selector, jobs.resourceVersion)),
-            asyncio.ensure_future(self._stream_pods(selector, pods.resourceVersion)),
+            asyncio.ensure_future(self._stream("jobs", runs, jobs_version)),
+            asyncio.ensure_future(self._stream("pods", runs, pods_version)),
             asyncio.ensure_future(self._tick()),
         ]
         try:
@@ -322,17 +273,9 @@ class KubernetesRunner:
         for finished in done:
             finished.result()  # a stream's error: the caller lists again
 
-    async def _stream_jobs(self, selector: dict[str, Any], version: str) -> None:
-        async for event, job in self._api().watch(Job, namespace=self._settings.namespace, labels=selector,
-                                                  resource_version=version):
-            self._on_job(event, job.to_dict())
-            if not self._watched:
-                return
-
-    async def _stream_pods(self, selector: dict[str, Any], version: str) -> None:
-        async for event, pod in self._api().watch(Pod, namespace=self._settings.namespace, labels=selector,
-                                                  resource_version=version):
-            self._on_pod(event, pod.to_dict())
+    async def _stream(self, kind: Kind, runs: frozenset[str], version: str) -> None:
+        async for event, item in self._api.watch(kind, runs, version):
+            (self._on_job if kind == "jobs" else self._on_pod)(event, item)
             if not self._watched:
                 return
 
@@ -363,9 +306,7 @@ class KubernetesRunner:
             self._spawn(handle, self._finish(handle, job))
 
     def _on_pod(self, event: str, pod: dict[str, Any]) -> None:
-        labels = pod.get("metadata", {}).get("labels") or {}
-        handle = next((self._watched[labels[key]] for key in JOB_NAME_LABELS if labels.get(key) in self._watched),
-                      None)
+        handle = self._watched.get(job_of(pod) or "")
         if handle is None or event == "DELETED":
             return
         if handle.pod is None or handle.pod["metadata"].get("name") == pod["metadata"].get("name") or \
@@ -388,7 +329,7 @@ class KubernetesRunner:
     async def _finish(self, handle: KubernetesHandle, job: dict[str, Any]) -> None:
         """Read the ended Job's pod (fresh: its last event may still be on the way) and its log, then resolve."""
         try:
-            pod = latest_pod(await self._pods_of(handle.name)) or handle.pod
+            pod = latest_pod(await self._api.pods_of(handle.name)) or handle.pod
         except RunnerError:
             pod = handle.pod
         outcome = outcome_of(job, pod, handle.limits)
@@ -401,9 +342,8 @@ class KubernetesRunner:
 
     async def _give_up(self, handle: KubernetesHandle) -> None:
         """End an attempt whose pod could not start within the pending limit, and delete its Job."""
-        with contextlib.suppress(ApiError, httpx2.HTTPError):
-            await self._api().delete(Job, handle.name, namespace=self._settings.namespace,
-                                     cascade=CascadeType.BACKGROUND)
+        with contextlib.suppress(RunnerError):
+            await self._api.delete_job(handle.name)
         self._resolve(handle, Outcome(AttemptStatus.ERROR, None, f"the pod could not start for "
                                       f"{self._settings.pending_limit_secs:g}s: {handle.stuck}; deleted Job "
                                       f"{handle.name}"))
@@ -411,47 +351,12 @@ class KubernetesRunner:
     async def _save_log(self, handle: KubernetesHandle, pod: str) -> None:
         """The tail of the pod's log, once, into the attempt's log (redacted, capped); a log the API no longer
         has (the node is gone) leaves it empty."""
-        data = await self._log_tail(pod, self._settings.log_tail_bytes)
+        data = await self._api.log_tail(pod, self._settings.log_tail_bytes)
         writer = LogWriter(handle.spec.log_path, redactor_for(handle.spec.secret_values), handle.spec.log_limit)
         try:
             writer.write(data)
         finally:
             writer.close()
-
-    async def _log_tail(self, pod: str, max_bytes: int) -> bytes:
-        """At most the last `max_bytes` of the `main` container's log, kept bounded while it is read."""
-        lines: deque[bytes] = deque()
-        size = 0
-        with contextlib.suppress(ApiError, httpx2.HTTPError):
-            async for line in self._api().log(pod, namespace=self._settings.namespace, container=CONTAINER,
-                                              tail_lines=max(1, max_bytes // 16)):
-                lines.append(line.encode())
-                size += len(lines[-1])
-                while size > max_bytes and lines:
-                    size -= len(lines.popleft())
-        return b"".join(lines)[-max_bytes:]
-
-    async def _job_exists(self, name: str) -> bool:
-        return await self._job(name) is not None
-
-    async def _job(self, name: str) -> dict[str, Any] | None:
-        """The Job as the API has it now, None if it has none by that name."""
-        try:
-            return (await self._api().get(Job, name, namespace=self._settings.namespace)).to_dict()
-        except httpx2.HTTPError as exc:
-            if _code(exc) == 404:
-                return None
-            raise RunnerError(f"Kubernetes did not say whether Job {name} is there: {_reason(exc)}") from None
-
-    async def _pods_of(self, name: str) -> list[dict[str, Any]]:
-        """The Job's pods, by the label the Job controller gives them (checked here too)."""
-        try:
-            pods = [pod.to_dict() async for pod in self._api().list(Pod, namespace=self._settings.namespace,
-                                                                     labels={"job-name": name})]
-        except (ApiError, httpx2.HTTPError) as exc:
-            raise RunnerError(f"the Kubernetes API did not list the pods of Job {name}: {exc}") from None
-        return [pod for pod in pods if any((pod.get("metadata", {}).get("labels") or {}).get(key) == name
-                                           for key in JOB_NAME_LABELS)]
 
     def _spawn(self, handle: KubernetesHandle, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(self._settle(handle, work))
@@ -472,44 +377,10 @@ class KubernetesRunner:
             handle.outcome.set_result(outcome)
 
 
-def _gone(exc: BaseException) -> bool:
-    """True for HTTP 410 Gone: the watch's resourceVersion is too old (as a status or an ERROR event)."""
-    return isinstance(exc, httpx2.HTTPError) and _code(exc) == 410
-
-
-def _code(exc: httpx2.HTTPError) -> int | None:
-    """The HTTP status of an API error (a Status object, or a bare error response), None if none came back."""
-    if isinstance(exc, ApiError) and exc.status is not None:
-        return exc.status.code
-    return exc.response.status_code if isinstance(exc, httpx2.HTTPStatusError) else None
-
-
-def _reason(exc: httpx2.HTTPError) -> str:
-    """The API's own words for an error (its Status message), else the HTTP error."""
-    message = exc.status.message if isinstance(exc, ApiError) and exc.status is not None else None
-    return message or str(exc).splitlines()[0]
-
-
 def _limits(spec: JobSpec) -> str:
     parts = [f"memory limit {spec.memory_bytes >> 20} MiB"] if spec.memory_bytes else []
     parts += [f"deadline {spec.timeout:g}s"] if spec.timeout else []
     return ", ".join(parts)
-
-
-def _kubeconfig(settings: KubernetesSettings) -> KubeConfig:
-    """The kubeconfig: the settings' path, else $KUBECONFIG (its first file), else ~/.kube/config, else the
-    in-cluster service account."""
-    paths = [settings.kubeconfig] if settings.kubeconfig else \
-        [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p] or [str(Path("~/.kube/config"))]
-    path = Path(paths[0]).expanduser()
-    try:
-        if settings.kubeconfig or path.is_file():
-            return KubeConfig.from_file(path)
-        return KubeConfig.from_service_account()
-    except (ConfigError, OSError, ValueError, KeyError) as exc:
-        where = path if settings.kubeconfig or path.is_file() else "the in-cluster service account"
-        raise RunnerError(f"cannot load the Kubernetes configuration from {where}: {exc}; set KUBECONFIG or "
-                          "runners.kubernetes.kubeconfig") from None
 
 
 def build(_name: str, pipeline: Pipeline, settings: BaseModel | None, _folder: Path,
