@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from lightkube.resources.batch_v1 import Job
+from lightkube.types import PatchType
 
 from jobgraph.errors import RunnerError
 from jobgraph.runners.base import JobSpec
@@ -232,6 +234,43 @@ def test_cancel_deletes_the_job_in_the_background_and_returns_once_its_pod_is_go
     assert dict(delete.params) == {"propagationPolicy": "Background"} and str(delete.url).split("?")[0].endswith(
         f"/namespaces/{NAMESPACE}/jobs/{name}")
     assert kube.call(lambda e: [key for key in e.objects if not e.objects[key].deleted]) == []
+
+
+def test_a_job_whose_creation_answer_was_lost_is_taken_not_created_twice_and_another_attempts_is_refused(
+        kube: KubeServer, tmp_path: Path) -> None:
+    spec = make_spec(tmp_path)
+
+    async def scenario(runner: KubernetesRunner, ctl: Controller) -> Any:
+        first = await runner.start(spec)
+        again = await runner.start(spec)  # as after a create whose answer never came back: 409, and it is ours
+        job = await ctl.job()
+        await ctl.client.patch(Job, job["metadata"]["name"], {"metadata": {"labels": {"jobgraph.io/attempt": "9"}}},
+                               namespace=NAMESPACE, patch_type=PatchType.MERGE)
+        with pytest.raises(RunnerError, match=r"a Job named .* already exists in namespace jg-test and is not this "
+                                              r"attempt's"):
+            await runner.start(spec)
+        return first is again
+
+    assert play(kube, scenario)
+    assert len(kube.requests("create", JOBS)) == 3
+    assert kube.call(lambda e: len([key for key in e.objects if not e.objects[key].deleted])) == 1
+
+
+def test_one_runner_follows_attempts_of_two_runs_with_one_watch_that_takes_the_second_run_in(
+        kube: KubeServer, tmp_path: Path) -> None:
+    async def scenario(runner: KubernetesRunner, ctl: Controller) -> Any:
+        first = await runner.start(make_spec(tmp_path, "a"))
+        await asyncio.sleep(0.2)  # the watch runs, selecting run-1 only
+        second = await runner.start(JobSpec("run-2", "p", "b", 1, "busybox:1.36", (), {}, tmp_path / "b.log"))
+        for handle in (second, first):
+            job = await ctl.job(handle.name)
+            await ctl.end(await ctl.start_pod(job), 0)
+            await ctl.finish(handle.name)
+        return [(await runner.wait(h)).status for h in (first, second)]
+
+    assert play(kube, scenario) == [AttemptStatus.DONE, AttemptStatus.DONE]
+    selectors = [dict(r.params).get("labelSelector", "") for r in kube.requests("list", JOBS)]
+    assert any("jobgraph.io/run in (run-1,run-2)" in selector for selector in selectors), selectors
 
 
 def test_a_new_runner_adopts_a_job_by_its_name_and_gets_the_end_it_had_while_nobody_watched(
