@@ -154,18 +154,15 @@ def _run_args(request: Request) -> tuple[str, int, str, str | None]:
 
 def run_page(request: Request) -> Response:
     """One run: its graph, the Gantt of its attempts, its jobs with their attempts, the log panel, the actions."""
-    run_id, page, order, job = _run_args(request)
-    try:
-        view = run_view(_records(request), run_id, page, order, job)
-    except StoreFault as exc:
-        return _trouble(request, exc)
-    except StoreError as exc:
-        return _render(request, "error.html", status=404, heading="No such run", message=str(exc))
-    return _render(request, "run.html", view=view)
+    return _run_template(request, "run.html")
 
 
 def run_parts(request: Request) -> Response:
     """The parts of the run page that change as it runs (graph, Gantt, jobs list), for the page's script."""
+    return _run_template(request, "run_parts.html")
+
+
+def _run_template(request: Request, template: str) -> Response:
     run_id, page, order, job = _run_args(request)
     try:
         view = run_view(_records(request), run_id, page, order, job)
@@ -173,7 +170,7 @@ def run_parts(request: Request) -> Response:
         return _trouble(request, exc)
     except StoreError as exc:
         return _render(request, "error.html", status=404, heading="No such run", message=str(exc))
-    return _render(request, "run_parts.html", view=view)
+    return _render(request, template, view=view)
 
 
 def login_page(request: Request) -> Response:
