@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from jobgraph.states import AttemptStatus, RunState
 from jobgraph.store import AttemptRecord, Store
 from tests.cli.test_service import start_jobgraph, wait_until
@@ -126,3 +128,43 @@ def test_follow_stops_quietly_on_ctrl_c(tmp_path: Path, write_pipeline: WritePip
     _, err = follow.communicate(timeout=30)
     assert follow.returncode == 130 and b"Traceback" not in err and b"Aborted" not in err
     assert run.wait(timeout=60) == 0  # the run is not the follower's to stop
+
+
+@pytest.mark.usefixtures("slurm")
+def test_follow_of_a_slurm_attempt_says_once_that_its_output_comes_at_its_end_then_prints_it(
+        tmp_path: Path, write_pipeline: WritePipeline) -> None:
+    path = write_pipeline({"runners": {"slurm": {"poll_interval": 0.2}},
+                           "jobs": [sh("remote", TICKING.replace("0.2", "0.5"), runner="slurm")]})  # 5 s
+    run = start_jobgraph(tmp_path, "run", str(path))
+
+    def submitted() -> bool:
+        with Store(store_url(tmp_path)) as records:
+            tried = [a for r in records.runs(1) for a in records.attempts(r.run_id, "remote")]
+        return bool(tried) and tried[0].backend_ref is not None and tried[0].status == AttemptStatus.RUNNING
+
+    wait_until(submitted, 60)
+    run_id = Store(store_url(tmp_path)).runs(1)[0].run_id
+    follow = follower(tmp_path, run_id, "remote")
+    out, err = follow.communicate(timeout=120)
+    assert run.wait(timeout=60) == 0
+    assert follow.returncode == 0, err
+    with Store(store_url(tmp_path)) as records:
+        [done] = records.attempts(run_id, "remote")
+    assert done.status == AttemptStatus.DONE
+    told = err.decode()
+    assert told.count("its output is stored here when it ends") == 1 and f"({done.backend_ref})" in told
+    assert out.decode().splitlines()[1:] == [f"line {i}" for i in range(1, 11)]
+
+
+def test_follow_read_by_a_reader_that_leaves_early_ends_quietly(tmp_path: Path, write_pipeline: WritePipeline) -> None:
+    run = start_jobgraph(tmp_path, "run", str(write_pipeline({"jobs": [sh("talks", "seq 1 300000; sleep 5")]})))
+    run_id, _ = running_attempt(tmp_path, "talks")
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph")}
+    env.pop("JOBGRAPH_STORE", None)
+    script = f"set -o pipefail; {sys.executable} -m jobgraph logs {run_id} talks --follow | head -2"
+    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1] == "1" and result.stderr == ""
+    assert attempt_status(tmp_path, run_id, "talks", 1) == AttemptStatus.RUNNING  # it left before the job ended
+    assert run.wait(timeout=60) == 0
