@@ -3,6 +3,7 @@ and stopped once the attempt has ended; never a log a job replaced by a link."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -168,3 +169,21 @@ def test_follow_read_by_a_reader_that_leaves_early_ends_quietly(tmp_path: Path, 
     assert result.stdout.splitlines()[1] == "1" and result.stderr == ""
     assert attempt_status(tmp_path, run_id, "talks", 1) == AttemptStatus.RUNNING  # it left before the job ended
     assert run.wait(timeout=60) == 0
+
+
+def test_follow_stops_when_the_process_running_the_run_is_killed(tmp_path: Path,
+                                                                  write_pipeline: WritePipeline) -> None:
+    job = sh("ticks", f"echo $$ > {tmp_path}/pid; {TICKING}; exec sleep 30")
+    run = start_jobgraph(tmp_path, "run", str(write_pipeline({"jobs": [job]})))
+    run_id, _ = running_attempt(tmp_path, "ticks")
+    follow = follower(tmp_path, run_id, "ticks")
+    assert follow.stdout is not None
+    follow.stdout.readline()
+    run.kill()
+    run.wait(timeout=30)
+    _, err = follow.communicate(timeout=30)
+    with contextlib.suppress(ProcessLookupError, ValueError, FileNotFoundError):
+        os.kill(int((tmp_path / "pid").read_text()), signal.SIGKILL)  # whatever the killed run left
+    assert follow.returncode == 1
+    assert b"is gone" in err and b"stopped following" in err and b"Traceback" not in err
+    assert attempt_status(tmp_path, run_id, "ticks", 1) == AttemptStatus.RUNNING  # as the lost run left it

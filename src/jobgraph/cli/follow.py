@@ -15,8 +15,9 @@ from typing import BinaryIO
 import typer
 
 from jobgraph.app.queries import MAX_LOG_CHUNK, Refused, read_log
-from jobgraph.cli.common import EXIT_CANCELLED, console, errors, silence
+from jobgraph.cli.common import EXIT_CANCELLED, EXIT_FAILED, console, errors, silence
 from jobgraph.errors import StoreError
+from jobgraph.owner import owner_is_gone
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState
 from jobgraph.store import AttemptRecord, Store
 
@@ -27,7 +28,8 @@ POLL_SECS = 0.2
 def follow(records: Store, run_id: str, chosen: AttemptRecord, next_attempts: bool) -> None:
     """Print `chosen`'s log until it has ended; then, if `next_attempts`, each later attempt of its job in turn.
 
-    Ctrl-C stops quietly (exit 130); a reader that leaves (`| head`) stops it quietly too (exit 0).
+    Ctrl-C stops quietly (exit 130); a reader that leaves (`| head`) stops it quietly too (exit 0); a run
+    whose jobgraph process is gone (kill -9) stops it with a note (exit 1), since its attempts never end.
     """
     try:
         current: AttemptRecord | None = chosen
@@ -69,6 +71,7 @@ def _print_attempt(records: Store, run_id: str, attempt: AttemptRecord, out: Bin
             return
         if not told and not os.path.lexists(attempt.log_path):
             told = _tell_if_remote(records, run_id, attempt)
+        _stop_if_lost(records, run_id)
         time.sleep(POLL_SECS)
 
 
@@ -82,6 +85,17 @@ def _tell_if_remote(records: Store, run_id: str, attempt: AttemptRecord) -> bool
     return True
 
 
+def _stop_if_lost(records: Store, run_id: str) -> None:
+    """End with exit 1 if the process running the run is gone (kill -9): its attempts will not end by themselves."""
+    run = records.run(run_id)
+    if run.state == RunState.RUNNING and run.owner and owner_is_gone(run.owner):
+        errors.print(f"the jobgraph process running run {run.run_id} ({run.owner}) is gone: its attempts "
+                     "stay RUNNING until the next `jobgraph run`, `retry` or `serve` finds the lost run; "
+                     "stopped following",
+                     markup=False)
+        raise typer.Exit(EXIT_FAILED)
+
+
 def _next_attempt(records: Store, run_id: str, ended: AttemptRecord) -> AttemptRecord | None:
     """The job's next attempt once it starts, or None once the job (or the run) will run it no more."""
     while True:
@@ -93,6 +107,7 @@ def _next_attempt(records: Store, run_id: str, ended: AttemptRecord) -> AttemptR
         job = next((t for t in records.tasks(run_id) if t.task == ended.task), None)
         if job is None or job.state in TERMINAL_TASK_STATES:
             return _after(records.attempts(run_id, ended.task), ended)
+        _stop_if_lost(records, run_id)
         time.sleep(POLL_SECS)
 
 
