@@ -17,6 +17,7 @@ from jobgraph.states import AttemptStatus, RunState
 from jobgraph.store import AttemptRecord, Store
 from tests.cli.test_service import start_jobgraph, wait_until
 from tests.conftest import Cli, WritePipeline, sh, store_url
+from tests.runners.conftest import TEST_IMAGE, engine, no_leftovers  # noqa: F401 (the Podman test's fixtures)
 
 TICKING = "for i in $(seq 1 10); do echo line $i; sleep 0.2; done"
 """A job that prints a numbered line every 0.2 s for 2 s."""
@@ -187,3 +188,21 @@ def test_follow_stops_when_the_process_running_the_run_is_killed(tmp_path: Path,
     assert follow.returncode == 1
     assert b"is gone" in err and b"stopped following" in err and b"Traceback" not in err
     assert attempt_status(tmp_path, run_id, "ticks", 1) == AttemptStatus.RUNNING  # as the lost run left it
+
+
+@pytest.mark.usefixtures("no_leftovers")
+def test_follow_streams_a_podman_attempt_as_it_runs(tmp_path: Path, write_pipeline: WritePipeline) -> None:
+    boxed = {"name": "boxed", "image": TEST_IMAGE, "args": ["sh", "-c", TICKING], "runner": "podman",
+             "network": "none"}
+    run = start_jobgraph(tmp_path, "run", str(write_pipeline({"jobs": [boxed]})))
+    run_id, _ = running_attempt(tmp_path, "boxed")
+    follow = follower(tmp_path, run_id, "boxed")
+    assert follow.stdout is not None
+    follow.stdout.readline()
+    first = follow.stdout.readline().decode()
+    assert first.startswith("line ") and attempt_status(tmp_path, run_id, "boxed", 1) == AttemptStatus.RUNNING
+    out, err = follow.communicate(timeout=60)
+    assert run.wait(timeout=60) == 0
+    assert follow.returncode == 0 and err == b""
+    assert [first.strip(), *out.decode().splitlines()] == [f"line {i}" for i in range(1, 11)]
+    assert attempt_status(tmp_path, run_id, "boxed", 1) == AttemptStatus.DONE
