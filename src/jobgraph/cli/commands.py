@@ -149,12 +149,14 @@ def logs(
     run_id: RunIdArgument,
     job: Annotated[str, typer.Argument(help="The job's name")],
     attempt: Annotated[int | None, typer.Option(help="Which attempt [default: the last]")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing what a running attempt appends "
+                                         "until it ends (and, without --attempt, the job's retries)")] = False,
     store: StoreOption = None,
 ) -> None:
     """Print the full output of one attempt of a job, as it is stored (streamed: any size)."""
     from jobgraph.cli import show
 
-    show.logs(run_id, job, attempt=attempt, store=store)
+    show.logs(run_id, job, attempt=attempt, store=store, follow=follow)
 
 
 def stats(

@@ -66,8 +66,12 @@ def show(run_id: str, store: str | None = None) -> None:
 
 
 @reported
-def logs(run_id: str, job: str, attempt: int | None = None, store: str | None = None) -> None:
-    """Copy an attempt's log file to stdout, refusing one that is not a regular file (a job may have replaced it)."""
+def logs(run_id: str, job: str, attempt: int | None = None, store: str | None = None, follow: bool = False) -> None:
+    """Copy an attempt's log file to stdout, refusing one that is not a regular file (a job may have replaced it).
+
+    With `follow`, go on printing what the attempt appends until it ends (cli/follow.py); without an
+    `attempt`, then each later attempt of the job too, as it is retried.
+    """
     with Store(store_url(store)) as records:
         run = records.run(run_id)
         attempts = [a for a in records.attempts(run.run_id) if a.task.casefold() == job.strip().casefold()]
@@ -78,6 +82,11 @@ def logs(run_id: str, job: str, attempt: int | None = None, store: str | None = 
         if chosen is None:
             numbers = ", ".join(str(a.attempt) for a in attempts)
             raise StoreError(f"job {attempts[0].task} has no attempt {attempt} (it has {numbers})")
+        if follow:
+            from jobgraph.cli.follow import follow as follow_log
+
+            follow_log(records, run.run_id, chosen, next_attempts=attempt is None)
+            return
     try:
         fd = open_regular(chosen.log_path)
     except FileNotFoundError:
