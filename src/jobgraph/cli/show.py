@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from datetime import UTC, datetime
@@ -9,7 +10,9 @@ from datetime import UTC, datetime
 from rich.markup import escape
 from rich.table import Table
 
-from jobgraph.cli.common import console, reported, store_url
+from jobgraph.app import queries
+from jobgraph.cli.commands import OutputFormat
+from jobgraph.cli.common import console, reported, store_url, write_plain
 from jobgraph.cli.render import duration, styled
 from jobgraph.errors import StoreError, did_you_mean
 from jobgraph.runners.output import UnsafeFile, copy_out, open_regular
@@ -31,9 +34,17 @@ def tasks_table(tasks: list[TaskRecord], title: str) -> Table:
 
 
 @reported
-def history(limit: int = 20, pipeline: str | None = None, store: str | None = None) -> None:
-    """The latest runs as a table, newest first, with how many of their jobs ended in each state."""
+def history(limit: int = 20, pipeline: str | None = None, store: str | None = None,
+            output: OutputFormat = OutputFormat.table) -> None:
+    """The latest runs as a table, newest first, with how many of their jobs ended in each state.
+
+    As JSON: `{"runs": [...]}`, each run as GET /api/v1/runs lists it (queries.run_page), so a script
+    reads the same fields from the command line and the API.
+    """
     with Store(store_url(store)) as records:
+        if output == OutputFormat.json:
+            write_plain(json.dumps({"runs": _runs(records, limit, pipeline)}, indent=2))
+            return
         table = Table(title="runs", title_justify="left")
         for column in ("run id", "pipeline", "state", "attempt", "started (UTC)", "duration", "jobs"):
             table.add_column(column)
@@ -45,11 +56,32 @@ def history(limit: int = 20, pipeline: str | None = None, store: str | None = No
         console.print(table)
 
 
+def _runs(records: Store, limit: int, pipeline: str | None) -> list[queries.Json]:
+    """The newest `limit` runs as the API lists them, read a page of at most MAX_PAGE at a time."""
+    if limit < 1:
+        raise StoreError(f"--limit must be 1 or more, not {limit}")
+    found: list[queries.Json] = []
+    cursor: str | None = None
+    while len(found) < limit:
+        page, cursor = queries.run_page(records, pipeline=pipeline, limit=min(limit - len(found), queries.MAX_PAGE),
+                                        cursor=cursor)
+        found.extend(page)
+        if cursor is None:
+            break
+    return found
+
+
 @reported
-def show(run_id: str, store: str | None = None) -> None:
-    """Two tables: the run's jobs, then every attempt of them."""
+def show(run_id: str, store: str | None = None, output: OutputFormat = OutputFormat.table) -> None:
+    """Two tables: the run's jobs, then every attempt of them.
+
+    As JSON: `{"run", "jobs", "attempts"}` as GET /api/v1/runs/RUN_ID gives them (queries.run_detail).
+    """
     with Store(store_url(store)) as records:
         run = records.run(run_id)
+        if output == OutputFormat.json:
+            write_plain(json.dumps(queries.run_detail(records, run.run_id), indent=2))
+            return
         console.print(tasks_table(records.tasks(run.run_id),
                                   title=f"run {run.run_id} of {run.pipeline}: {run.state}"
                                   + (f" (after {run.run_attempt - 1} retry)" if run.run_attempt == 2 else
