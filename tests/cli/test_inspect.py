@@ -60,15 +60,18 @@ def test_validate_as_json_says_valid_with_what_the_file_holds(tmp_path: Path) ->
 def test_validate_as_json_lists_every_problem_with_its_job_and_field_and_exits_2(
         tmp_path: Path, write_pipeline: WritePipeline) -> None:
     path = write_pipeline({"jobs": [{"name": "a", "image": "sh", "retries": -1},
-                                    {"name": "b", "image": "sh", "after": ["nope"]}]})
+                                    {"name": "b", "image": "sh", "timeout": "soon"}]})
     result = validate(tmp_path, path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     document = json.loads(result.stdout)
     assert document["valid"] is False and document["file"] == str(path)
     by_job = {(e["job"], e["field"]): e for e in document["errors"]}
-    assert ("a", "retries") in by_job and ("b", "after") in by_job
+    assert set(by_job) == {("a", "retries"), ("b", "timeout")}
     assert all(e["file"] == str(path) and e["message"] for e in document["errors"])
-    assert "nope" in by_job[("b", "after")]["message"]
+    assert "'soon' is not a duration" in by_job[("b", "timeout")]["message"]
+    path = write_pipeline({"jobs": [{"name": "a", "image": "sh", "after": ["nope"]}]})
+    errors = json.loads(validate(tmp_path, path).stdout)["errors"]
+    assert [(e["job"], e["field"]) for e in errors] == [("a", "after")] and "'nope'" in errors[0]["message"]
 
 
 def test_graph_as_json_names_the_apis_fields_and_the_finalizer(tmp_path: Path, write_pipeline: WritePipeline) -> None:

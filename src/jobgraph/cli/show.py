@@ -6,11 +6,11 @@ import json
 import os
 import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.table import Table
 
-from jobgraph.app import queries
 from jobgraph.cli.commands import OutputFormat
 from jobgraph.cli.common import console, reported, store_url, write_plain
 from jobgraph.cli.render import duration, styled
@@ -18,6 +18,9 @@ from jobgraph.errors import StoreError, did_you_mean
 from jobgraph.runners.output import UnsafeFile, copy_out, open_regular
 from jobgraph.store import Store, TaskRecord
 from jobgraph.store.records import VIEW_ORDER
+
+if TYPE_CHECKING:
+    from jobgraph.app.queries import Json
 
 
 def tasks_table(tasks: list[TaskRecord], title: str) -> Table:
@@ -56,11 +59,17 @@ def history(limit: int = 20, pipeline: str | None = None, store: str | None = No
         console.print(table)
 
 
-def _runs(records: Store, limit: int, pipeline: str | None) -> list[queries.Json]:
-    """The newest `limit` runs as the API lists them, read a page of at most MAX_PAGE at a time."""
+def _runs(records: Store, limit: int, pipeline: str | None) -> list[Json]:
+    """The newest `limit` runs as the API lists them, read a page of at most MAX_PAGE at a time.
+
+    queries (and SQLAlchemy) is imported here, not above: `jobgraph run` imports this module for its
+    tables and records through sqlite3 alone.
+    """
+    from jobgraph.app import queries
+
     if limit < 1:
         raise StoreError(f"--limit must be 1 or more, not {limit}")
-    found: list[queries.Json] = []
+    found: list[Json] = []
     cursor: str | None = None
     while len(found) < limit:
         page, cursor = queries.run_page(records, pipeline=pipeline, limit=min(limit - len(found), queries.MAX_PAGE),
@@ -80,6 +89,8 @@ def show(run_id: str, store: str | None = None, output: OutputFormat = OutputFor
     with Store(store_url(store)) as records:
         run = records.run(run_id)
         if output == OutputFormat.json:
+            from jobgraph.app import queries  # not above: see _runs
+
             write_plain(json.dumps(queries.run_detail(records, run.run_id), indent=2))
             return
         console.print(tasks_table(records.tasks(run.run_id),
