@@ -83,6 +83,7 @@ def test_each_commands_help_loads_only_the_command_line(tmp_path: Path, command:
 @pytest.mark.parametrize("args", [
     ["validate", str(SEED / "jobconfig.json"), "--runner", "podman"],  # a container pipeline: no Docker SDK
     ["validate", str(SEED / "pipeline.yaml")],  # an interval schedule: no cron to compute
+    ["validate", str(SEED / "pipeline.yaml"), "--format", "json"],
     ["graph", str(SEED / "jobconfig.json"), "--runner", "podman"],
     ["graph", str(SEED / "pipeline.yaml"), "--format", "json"],
     ["plan", str(SEED / "pipeline.yaml")],
@@ -91,7 +92,7 @@ def test_each_commands_help_loads_only_the_command_line(tmp_path: Path, command:
 def test_reading_a_pipeline_never_loads_the_store_an_engine_or_cron(tmp_path: Path, args: list[str]) -> None:
     result, modules = loaded_modules(tmp_path, *args)
     assert result.returncode == 0, result.stderr
-    assert "t_myjob_1" in result.stdout or ": ok: pipeline '" in result.stdout
+    assert "t_myjob_1" in result.stdout or ": ok: pipeline '" in result.stdout or '"valid": true' in result.stdout
     assert among(modules, (*STORE_AND_ENGINES, *SCHEDULES, *WEB)) == []
     assert not (tmp_path / ".jobgraph").exists()
 
@@ -120,9 +121,14 @@ def test_a_bad_file_is_reported_without_loading_the_store(tmp_path: Path) -> Non
     assert result.returncode == 2 and result.stdout == ""
     assert "bad.yaml" in result.stderr and "retries" in result.stderr and "Traceback" not in result.stderr
     assert among(modules, STORE_AND_ENGINES) == []
+    result, modules = loaded_modules(tmp_path, "validate", str(path), "--format", "json")
+    assert result.returncode == 2 and result.stderr == ""
+    assert [(e["job"], e["field"]) for e in json.loads(result.stdout)["errors"]] == [("a", "retries")]
+    assert among(modules, STORE_AND_ENGINES) == []
 
 
-@pytest.mark.parametrize("args", [["history"], ["stats", "jobs_run_stats"]], ids=" ".join)
+@pytest.mark.parametrize("args", [["history"], ["history", "--format", "json"], ["stats", "jobs_run_stats"]],
+                         ids=" ".join)
 def test_reading_the_store_never_loads_the_config_models_the_engine_or_an_engine_sdk(tmp_path: Path,
                                                                                     args: list[str]) -> None:
     result, modules = loaded_modules(tmp_path, *args)

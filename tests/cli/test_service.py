@@ -3,6 +3,7 @@ live service), schedules refused at deploy, SIGTERM, kill -9, and a standby serv
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -339,3 +340,29 @@ def test_a_misspelled_pipeline_name_suggests_the_deployed_one(cli: Cli, write_pi
     write_pipeline({"name": "nightly", "jobs": [sh("a", "true")]})
     cli("deploy", "pipeline.yaml", check=0)
     assert "no deployed pipeline named 'nighty' (did you mean 'nightly'?)" in cli("suspend", "nighty", check=2).stderr
+
+
+def test_pipelines_as_json_gives_the_apis_fields(tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
+    write_pipeline({"name": "nightly", "schedule": "USING CRON 0 9 * * * UTC", "jobs": [sh("a", "true")]})
+    cli("deploy", "pipeline.yaml", check=0)
+    write_pipeline({"name": "hourly", "schedule": "60 MINUTE", "jobs": [sh("a", "true")]})
+    cli("deploy", "pipeline.yaml", check=0)
+    cli("suspend", "hourly", check=0)
+    cli("trigger", "nightly", check=0)
+    store = Store(store_url(tmp_path))
+    deployments = Deployments(store)
+    listed = json.loads(cli("pipelines", "--format", "json", check=0).stdout)["pipelines"]
+    by_name = {p["name"]: p for p in listed}
+    assert set(by_name) == {"nightly", "hourly"}
+    assert all(set(p) == {"name", "state", "version", "schedule", "last_run", "next_fire_at"} for p in listed)
+    nightly, hourly = deployments.get("nightly"), deployments.get("hourly")
+    assert (by_name["nightly"]["state"], by_name["nightly"]["version"]) == ("ACTIVE", nightly.version)
+    assert nightly.next_fire_at is not None
+    assert by_name["nightly"]["next_fire_at"] == nightly.next_fire_at.astimezone(UTC).isoformat().replace(
+        "+00:00", "Z")
+    run = store.runs(1, "nightly")[0]
+    assert by_name["nightly"]["last_run"]["run_id"] == run.run_id and by_name["nightly"]["last_run"]["state"] == \
+        "SUCCEEDED"
+    assert (by_name["hourly"]["state"], by_name["hourly"]["version"]) == ("SUSPENDED", hourly.version)
+    assert by_name["hourly"]["next_fire_at"] is None and by_name["hourly"]["last_run"] is None
+    store.close()

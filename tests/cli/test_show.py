@@ -3,7 +3,10 @@ so), any size of log streamed, and a reader that leaves early."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from jobgraph.store import Store
-from tests.conftest import Cli, WritePipeline, sh, store_url
+from tests.conftest import SEED, Cli, WritePipeline, sh, store_url
 
 LOG_BYTES = 1 << 30
 
@@ -95,3 +98,46 @@ def test_logs_of_a_misspelled_job_suggests_the_right_one(tmp_path: Path, cli: Cl
     cli("run", str(write_pipeline({"jobs": [sh("extract", "true")]})), check=0)
     run_id = Store(store_url(tmp_path)).runs(1)[0].run_id
     assert "(did you mean 'extract'?)" in cli("logs", run_id, "extrct", check=2).stderr
+
+
+def test_history_and_show_as_json_give_the_apis_fields_for_the_seeds_failing_run(tmp_path: Path, cli: Cli) -> None:
+    for name in ("jobconfig.json", "pipeline.yaml"):
+        shutil.copy(SEED / name, tmp_path / name)
+    cli("run", "pipeline.yaml", check=0)
+    with sqlite3.connect(tmp_path / "results.db") as db:
+        db.execute("""ALTER TABLE results_3 DROP COLUMN "'hello'" """)
+    cli("run", "pipeline.yaml", check=1)
+    store = Store(store_url(tmp_path))
+    failed, succeeded = store.runs(2)
+
+    listed = json.loads(cli("history", "--format", "json", check=0).stdout)
+    assert [run["run_id"] for run in listed["runs"]] == [failed.run_id, succeeded.run_id]
+    newest = listed["runs"][0]
+    assert set(newest) == {"run_id", "pipeline", "state", "run_attempt", "started_at", "finished_at", "trigger",
+                           "version", "job_counts"}
+    assert (newest["pipeline"], newest["state"], newest["run_attempt"]) == ("root_task", "FAILED", 1)
+    assert newest["job_counts"] == failed.task_counts == {"SUCCEEDED": 4, "FAILED": 1, "SKIPPED": 1}
+    assert newest["started_at"] == failed.started_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    one = json.loads(cli("history", "--limit", "1", "-f", "json", check=0).stdout)
+    assert [run["run_id"] for run in one["runs"]] == [failed.run_id]
+
+    shown = json.loads(cli("show", failed.run_id[:8], "--format", "json", check=0).stdout)
+    assert set(shown) == {"run", "jobs", "attempts"} and shown["run"]["run_id"] == failed.run_id
+    jobs = {job["name"]: job for job in shown["jobs"]}
+    assert {name: job["state"] for name, job in jobs.items()} == {t.task: t.state for t in store.tasks(failed.run_id)}
+    assert jobs["t_myjob_3"]["attempts"] == 3 and "no column named 'hello'" in jobs["t_myjob_3"]["error"]
+    tried = [a for a in shown["attempts"] if a["job"] == "t_myjob_3"]
+    stored = store.attempts(failed.run_id, "t_myjob_3")
+    assert [(a["attempt"], a["status"], a["exit_code"], a["error"]) for a in tried] == [
+        (a.attempt, "FAILED", 1, a.error) for a in stored]
+    assert all("table results_3 has no column named 'hello'" in a["error"] for a in tried)
+    assert jobs["t_myjob_6"]["state"] == "SKIPPED"
+    store.close()
+
+
+def test_an_unknown_format_is_refused_clearly(cli: Cli) -> None:
+    for command in (["history"], ["show", "abc"], ["pipelines"]):
+        result = cli(*command, "--format", "xml", check=2)
+        assert "Invalid value for '--format'" in result.stderr and "'xml'" in result.stderr
+        assert "table" in result.stderr and "json" in result.stderr
+        assert result.stdout == "" and "Traceback" not in result.stderr

@@ -37,6 +37,17 @@ class GraphFormat(StrEnum):
     json = "json"
 
 
+class OutputFormat(StrEnum):
+    """Ways to print what a command reports: a table to read, or one JSON document for scripts."""
+
+    table = "table"
+    json = "json"
+
+
+FormatOption = Annotated[OutputFormat, typer.Option(
+    "--format", "-f", help="table (to read) or json (one document on stdout, for scripts; fields in the README)")]
+
+
 class PlanFormat(StrEnum):
     """Ways to print a plan."""
 
@@ -44,11 +55,14 @@ class PlanFormat(StrEnum):
     json = "json"
 
 
-def validate(file: FileArgument, runner: RunnerOption = None) -> None:
-    """Check a pipeline file; print every problem with its file, job and field. Runs nothing."""
+def validate(file: FileArgument, runner: RunnerOption = None, output: FormatOption = OutputFormat.table) -> None:
+    """Check a pipeline file; print every problem with its file, job and field. Runs nothing.
+
+    With --format json an invalid file is `{"valid": false, "errors": [...]}` on stdout, still exit 2.
+    """
     from jobgraph.cli import inspect
 
-    inspect.validate(file, runner=runner)
+    inspect.validate(file, runner=runner, output=output)
 
 
 def graph(
@@ -131,18 +145,19 @@ def history(
     limit: Annotated[int, typer.Option(help="How many runs")] = 20,
     pipeline: Annotated[str | None, typer.Option(help="Only this pipeline's runs")] = None,
     store: StoreOption = None,
+    output: FormatOption = OutputFormat.table,
 ) -> None:
     """List recent runs, newest first."""
     from jobgraph.cli import show
 
-    show.history(limit=limit, pipeline=pipeline, store=store)
+    show.history(limit=limit, pipeline=pipeline, store=store, output=output)
 
 
-def show(run_id: RunIdArgument, store: StoreOption = None) -> None:
+def show(run_id: RunIdArgument, store: StoreOption = None, output: FormatOption = OutputFormat.table) -> None:
     """Show one run: every job's state, and every attempt with its status and error."""
     from jobgraph.cli import show
 
-    show.show(run_id, store=store)
+    show.show(run_id, store=store, output=output)
 
 
 def logs(
@@ -189,11 +204,11 @@ def deploy(file: FileArgument, store: StoreOption = None, runner: RunnerOption =
     service.deploy(file, store=store, runner=runner)
 
 
-def pipelines(store: StoreOption = None) -> None:
+def pipelines(store: StoreOption = None, output: FormatOption = OutputFormat.table) -> None:
     """List deployed pipelines: schedule, state, version, last and next run."""
     from jobgraph.cli import service
 
-    service.pipelines(store=store)
+    service.pipelines(store=store, output=output)
 
 
 def suspend(name: NameArgument, store: StoreOption = None) -> None:

@@ -6,11 +6,12 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import typer
 from rich.markup import escape
 from rich.table import Table
 
-from jobgraph.cli.commands import GraphFormat
-from jobgraph.cli.common import console, reported, write_plain
+from jobgraph.cli.commands import GraphFormat, OutputFormat
+from jobgraph.cli.common import EXIT_INVALID, console, reported, write_plain
 from jobgraph.config import Pipeline, load
 from jobgraph.errors import ConfigError, Problem, did_you_mean
 from jobgraph.graph import Dag
@@ -19,8 +20,15 @@ from jobgraph.schedule import parse_schedule
 
 
 @reported
-def validate(file: Path, runner: str | None = None) -> None:
-    """Load the file, which checks all of it, and say what it holds and when its schedule fires next."""
+def validate(file: Path, runner: str | None = None, output: OutputFormat = OutputFormat.table) -> None:
+    """Load the file, which checks all of it, and say what it holds and when its schedule fires next.
+
+    As JSON, a valid file is `{"valid": true, ...}` and an invalid one `{"valid": false, "errors": [...]}`,
+    each problem with its file, job, field, line, column and message; an invalid file still exits 2.
+    """
+    if output == OutputFormat.json:
+        _validate_json(file, runner)
+        return
     pipeline = load(file, runner)
     pools = sorted({job.pool or "" for job in pipeline.jobs})
     final = f", finalizer '{pipeline.finalizer.name}'" if pipeline.finalizer else ""
@@ -31,6 +39,27 @@ def validate(file: Path, runner: str | None = None) -> None:
         fires = schedule.next_after(datetime.now(UTC))
         counted = " (counted from now: an interval counts from when it is deployed)" if schedule.minutes else ""
         console.print(f"schedule '{escape(pipeline.schedule)}': next fire {fires:%Y-%m-%d %H:%M:%S} UTC{counted}")
+
+
+def _validate_json(file: Path, runner: str | None) -> None:
+    """validate's one JSON document on stdout, for a valid file and an invalid one alike."""
+    try:
+        pipeline = load(file, runner)
+    except ConfigError as exc:
+        problems = [{"file": exc.file, "job": p.job, "field": p.field, "line": p.line, "column": p.column,
+                     "message": p.message} for p in exc.problems]
+        write_plain(json.dumps({"valid": False, "file": str(file), "errors": problems}, indent=2))
+        raise typer.Exit(EXIT_INVALID) from None
+    schedule = None
+    if pipeline.schedule:
+        fires = parse_schedule(pipeline.schedule).next_after(datetime.now(UTC))
+        schedule = {"text": pipeline.schedule,
+                    "next_fire_at": fires.astimezone(UTC).isoformat().replace("+00:00", "Z")}
+    write_plain(json.dumps({
+        "valid": True, "file": str(file), "pipeline": pipeline.name, "jobs": len(pipeline.jobs),
+        "pools": sorted({job.pool or "" for job in pipeline.jobs}),
+        "finalizer": pipeline.finalizer.name if pipeline.finalizer else None, "schedule": schedule,
+    }, indent=2))
 
 
 @reported
@@ -98,16 +127,20 @@ def _mermaid(pipeline: Pipeline, dag: Dag, names: list[str]) -> str:
 
 
 def _as_json(pipeline: Pipeline, dag: Dag, names: list[str]) -> dict[str, object]:
+    """The DAG with each job's fields as the API's graph names them (queries.graph_of), plus level and next."""
     jobs = {job.name: job for job in pipeline.jobs}
     level = _levels(dag)
-    return {
-        "pipeline": pipeline.name,
-        "jobs": [
-            {"name": n, "after": list(jobs[n].after), "pool": jobs[n].pool, "image": jobs[n].image,
-             "retries": jobs[n].retries, "level": level[n], "next": list(dag.successors[n])}
-            for n in names
-        ],
-    }
+    found: list[dict[str, object]] = [
+        {"name": n, "after": list(jobs[n].after), "runner": jobs[n].runner, "pool": jobs[n].pool,
+         "image": jobs[n].image, "finalizer": False, "retries": jobs[n].retries, "level": level[n],
+         "next": list(dag.successors[n])}
+        for n in names
+    ]
+    if pipeline.finalizer is not None and len(names) == len(dag.order):
+        f = pipeline.finalizer
+        found.append({"name": f.name, "after": [], "runner": f.runner, "pool": f.pool, "image": f.image,
+                      "finalizer": True, "retries": f.retries, "level": None, "next": []})
+    return {"pipeline": pipeline.name, "jobs": found}
 
 
 def schema() -> None:

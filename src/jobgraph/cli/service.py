@@ -6,6 +6,7 @@ lines printed and the exit codes.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
@@ -15,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from jobgraph.app import pipelines as deployed_pipelines
+from jobgraph.app import queries
 from jobgraph.app.lost_runs import resume_adopting
 from jobgraph.app.reports import Reports
 from jobgraph.app.runs import execute
@@ -30,7 +32,18 @@ from jobgraph.app.trigger import (
     outcome_of,
     request,
 )
-from jobgraph.cli.common import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, console, errors, reported, silence, store_url
+from jobgraph.cli.commands import OutputFormat
+from jobgraph.cli.common import (
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_OK,
+    console,
+    errors,
+    reported,
+    silence,
+    store_url,
+    write_plain,
+)
 from jobgraph.cli.render import RunView, styled, terminal_gone, write_line
 from jobgraph.cli.run import EXIT_CODES, terminal_reports
 from jobgraph.config import load
@@ -57,9 +70,15 @@ def deploy(file: Path, store: str | None = None, runner: str | None = None) -> N
 
 
 @reported
-def pipelines(store: str | None = None) -> None:
-    """A table of the deployed pipelines; a suspended one shows no next run."""
+def pipelines(store: str | None = None, output: OutputFormat = OutputFormat.table) -> None:
+    """A table of the deployed pipelines; a suspended one shows no next run.
+
+    As JSON: `{"pipelines": [...]}` as GET /api/v1/pipelines gives them (queries.pipelines).
+    """
     with Store(store_url(store)) as records:
+        if output == OutputFormat.json:
+            write_plain(json.dumps({"pipelines": queries.pipelines(records)}, indent=2))
+            return
         table = Table(title="deployed pipelines", title_justify="left")
         for column in ("pipeline", "state", "version", "schedule", "last run (UTC)", "next run (UTC)", "note"):
             table.add_column(column, overflow="fold")

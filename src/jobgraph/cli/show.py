@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.table import Table
 
-from jobgraph.cli.common import console, reported, store_url
+from jobgraph.cli.commands import OutputFormat
+from jobgraph.cli.common import console, reported, store_url, write_plain
 from jobgraph.cli.render import duration, styled
 from jobgraph.errors import StoreError, did_you_mean
 from jobgraph.runners.output import UnsafeFile, copy_out, open_regular
 from jobgraph.store import Store, TaskRecord
 from jobgraph.store.records import VIEW_ORDER
+
+if TYPE_CHECKING:
+    from jobgraph.app.queries import Json
 
 
 def tasks_table(tasks: list[TaskRecord], title: str) -> Table:
@@ -31,9 +37,17 @@ def tasks_table(tasks: list[TaskRecord], title: str) -> Table:
 
 
 @reported
-def history(limit: int = 20, pipeline: str | None = None, store: str | None = None) -> None:
-    """The latest runs as a table, newest first, with how many of their jobs ended in each state."""
+def history(limit: int = 20, pipeline: str | None = None, store: str | None = None,
+            output: OutputFormat = OutputFormat.table) -> None:
+    """The latest runs as a table, newest first, with how many of their jobs ended in each state.
+
+    As JSON: `{"runs": [...]}`, each run as GET /api/v1/runs lists it (queries.run_page), so a script
+    reads the same fields from the command line and the API.
+    """
     with Store(store_url(store)) as records:
+        if output == OutputFormat.json:
+            write_plain(json.dumps({"runs": _runs(records, limit, pipeline)}, indent=2))
+            return
         table = Table(title="runs", title_justify="left")
         for column in ("run id", "pipeline", "state", "attempt", "started (UTC)", "duration", "jobs"):
             table.add_column(column)
@@ -45,11 +59,40 @@ def history(limit: int = 20, pipeline: str | None = None, store: str | None = No
         console.print(table)
 
 
+def _runs(records: Store, limit: int, pipeline: str | None) -> list[Json]:
+    """The newest `limit` runs as the API lists them, read a page of at most MAX_PAGE at a time.
+
+    queries (and SQLAlchemy) is imported here, not above: `jobgraph run` imports this module for its
+    tables and records through sqlite3 alone.
+    """
+    from jobgraph.app import queries
+
+    if limit < 1:
+        raise StoreError(f"--limit must be 1 or more, not {limit}")
+    found: list[Json] = []
+    cursor: str | None = None
+    while len(found) < limit:
+        page, cursor = queries.run_page(records, pipeline=pipeline, limit=min(limit - len(found), queries.MAX_PAGE),
+                                        cursor=cursor)
+        found.extend(page)
+        if cursor is None:
+            break
+    return found
+
+
 @reported
-def show(run_id: str, store: str | None = None) -> None:
-    """Two tables: the run's jobs, then every attempt of them."""
+def show(run_id: str, store: str | None = None, output: OutputFormat = OutputFormat.table) -> None:
+    """Two tables: the run's jobs, then every attempt of them.
+
+    As JSON: `{"run", "jobs", "attempts"}` as GET /api/v1/runs/RUN_ID gives them (queries.run_detail).
+    """
     with Store(store_url(store)) as records:
         run = records.run(run_id)
+        if output == OutputFormat.json:
+            from jobgraph.app import queries  # not above: see _runs
+
+            write_plain(json.dumps(queries.run_detail(records, run.run_id), indent=2))
+            return
         console.print(tasks_table(records.tasks(run.run_id),
                                   title=f"run {run.run_id} of {run.pipeline}: {run.state}"
                                   + (f" (after {run.run_attempt - 1} retry)" if run.run_attempt == 2 else
