@@ -264,12 +264,15 @@ def test_a_retry_keeps_what_succeeded_and_numbers_attempts_on(tmp_path: Path) ->
 def _no_stray_children() -> None:
     """Every test here must leave no child process of the test runner behind, and no cgroup of its jobs.
 
-    Cgroups that other tests' runners left in this process (never closed, removed at exit) are not its own.
+    Cgroups that other tests' runners left in this process (never closed, removed at exit) are not its own,
+    nor are children that were there before it (a session's Podman service, started by an earlier test).
     """
     base = cgroup_base()
     before = set() if base is None else set(base.glob(f"{os.getpid()}-*/*"))
+    children_file = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+    already = set(children_file.read_text().split())
     yield  # type: ignore[misc]
-    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+    children = set(children_file.read_text().split()) - already
     assert [c for c in children if process_alive(int(c))] == []
     assert base is None or set(base.glob(f"{os.getpid()}-*/*")) - before == set()
 
