@@ -8,7 +8,6 @@ t_myjob_3's last attempt open. Run from the repository: `.venv/bin/python script
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import sys
 import tempfile
 from pathlib import Path
@@ -17,25 +16,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
-from tests.conftest import SEED  # noqa: E402
-from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS, folder_store, jobgraph, start_server  # noqa: E402
-
-from jobgraph.store import Store  # noqa: E402
+from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS, folder_store, seed_story, start_server  # noqa: E402
 
 
 def main(out: Path = REPO / "docs" / "run-page.png") -> None:
     """Run the seed's story, serve it, and save the failed run's page as a PNG."""
     folder = Path(tempfile.mkdtemp(prefix="jobgraph-screenshot-"))
     try:
-        for name in ("jobconfig.json", "pipeline.yaml"):
-            shutil.copy(SEED / name, folder / name)
-        jobgraph(folder, "run", "pipeline.yaml")
-        with sqlite3.connect(folder / "results.db") as db:
-            db.execute("""ALTER TABLE results_3 DROP COLUMN "'hello'" """)
-            db.execute("ALTER TABLE results_3 ADD COLUMN createdate DATETIME")
-        jobgraph(folder, "run", "pipeline.yaml", check=1)
-        with Store(folder_store(folder)) as records:
-            failed = records.runs(1)[0].run_id
+        failed, _ = seed_story(folder)
         server, stop = start_server(folder_store(folder))
         try:
             with sync_playwright() as playwright:

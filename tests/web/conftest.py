@@ -198,10 +198,8 @@ class Seed:
     failed: str
 
 
-@pytest.fixture(scope="session")
-def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seed]:
-    """`jobgraph run` of the seed, then its failure simulation, as scripts/demo.sh walks through them; served."""
-    folder = tmp_path_factory.mktemp("seed")
+def seed_story(folder: Path) -> tuple[str, str]:
+    """Run the seed in `folder`, then its failure simulation, as scripts/demo.sh does: (failed, succeeded) run ids."""
     for name in ("jobconfig.json", "pipeline.yaml"):
         shutil.copy(SEED / name, folder / name)
     jobgraph(folder, "run", "pipeline.yaml")
@@ -211,6 +209,14 @@ def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seed]:
     jobgraph(folder, "run", "pipeline.yaml", check=1)
     with Store(folder_store(folder)) as records:
         failed, succeeded = (run.run_id for run in records.runs(2))
+    return failed, succeeded
+
+
+@pytest.fixture(scope="session")
+def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seed]:
+    """`jobgraph run` of the seed, then its failure simulation, as scripts/demo.sh walks through them; served."""
+    folder = tmp_path_factory.mktemp("seed")
+    failed, succeeded = seed_story(folder)
     server, stop = start_server(folder_store(folder))
     yield Seed(folder=folder, server=server, succeeded=succeeded, failed=failed)
     stop()

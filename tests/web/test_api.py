@@ -207,11 +207,9 @@ def test_a_slow_read_never_holds_the_event_loop(ran: dict[str, Any], monkeypatch
     assert statuses == [200] * 13
 
 
-def test_log_chunks_and_tails_start_and_end_on_whole_characters(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'store.db'}"
+def _one_finished_attempt(url: str, log: Path) -> None:
+    """Run r1 of pipeline p: job a, whose one attempt ended DONE with `log` as its log."""
     at = datetime(2030, 1, 1, tzinfo=UTC)
-    log = tmp_path / "utf8.log"
-    log.write_text("é" * 10)  # 2 bytes each
     with Store(url) as records, records.engine.begin() as conn:
         conn.execute(insert(runs).values(run_id="r1", pipeline="p", state="SUCCEEDED", run_attempt=1,
                                          started_at=at, scheduled_time=at, snapshot="{}"))
@@ -219,6 +217,13 @@ def test_log_chunks_and_tails_start_and_end_on_whole_characters(tmp_path: Path) 
                                               pool="default", image="sh", predecessors="[]"))
         conn.execute(insert(attempts).values(run_id="r1", task="a", attempt=1, run_attempt=1, status="DONE",
                                              log_path=str(log), started_at=at, finished_at=at, created_date=at))
+
+
+def test_log_chunks_and_tails_start_and_end_on_whole_characters(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    log = tmp_path / "utf8.log"
+    log.write_text("é" * 10)  # 2 bytes each
+    _one_finished_attempt(url, log)
     with served(url) as app:
         head = get(app, "/api/v1/runs/r1/jobs/a/attempts/1/log", params={"limit": 5})
         tail = get(app, "/api/v1/runs/r1/jobs/a/attempts/1/log", params={"offset": -5})
@@ -232,16 +237,9 @@ def test_a_tail_of_a_log_that_is_not_utf8_costs_a_few_reads(tmp_path: Path, monk
     """A job can print megabytes of UTF-8 continuation bytes: finding where a tail starts looks at most 3 of them
     (one character's worth), not one system call per byte from the offset asked for to the end."""
     url = f"sqlite:///{tmp_path / 'store.db'}"
-    at = datetime(2030, 1, 1, tzinfo=UTC)
     log = tmp_path / "binary.log"
     log.write_bytes(b"\x80" * 2_000_000 + "é".encode())
-    with Store(url) as records, records.engine.begin() as conn:
-        conn.execute(insert(runs).values(run_id="r1", pipeline="p", state="SUCCEEDED", run_attempt=1,
-                                         started_at=at, scheduled_time=at, snapshot="{}"))
-        conn.execute(insert(task_runs).values(run_id="r1", task="a", run_attempt=1, state="SUCCEEDED", attempts=1,
-                                              pool="default", image="sh", predecessors="[]"))
-        conn.execute(insert(attempts).values(run_id="r1", task="a", attempt=1, run_attempt=1, status="DONE",
-                                             log_path=str(log), started_at=at, finished_at=at, created_date=at))
+    _one_finished_attempt(url, log)
     reads = 0
     pread = os.pread
 
