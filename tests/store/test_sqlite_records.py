@@ -174,7 +174,7 @@ def test_an_older_sqlite_store_is_migrated_before_a_run_records_into_it(tmp_path
         write(store, FIRST_ATTEMPT)
         assert [t.state for t in store.tasks("r")] == ["SUCCEEDED", "FAILED", "SKIPPED"]
     engine = create_engine(url)
-    assert schema_version(engine) == "0005"
+    assert schema_version(engine) == "0006"
     engine.dispose()
     with Store(url) as store:
         assert store._sql is None  # current: nothing to migrate, no SQLAlchemy

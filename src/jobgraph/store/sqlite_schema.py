@@ -1,4 +1,4 @@
-"""The SQLite schema at version 0005, exactly as the migrations leave it: a new SQLite store is made from it.
+"""The SQLite schema at version 0006, exactly as the migrations leave it: a new SQLite store is made from it.
 
 Running every migration on a new store costs a first run about 0.2 s (Alembic's import, and a table
 rebuild per batch migration); these statements make the same tables, indexes and views in one
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-SQLITE_SCHEMA_VERSION = "0005"
+SQLITE_SCHEMA_VERSION = "0006"
 """The migration these statements stand for."""
 
 SQLITE_SCHEMA = (
@@ -32,7 +32,8 @@ SQLITE_SCHEMA = (
         '\tfinished_at DATETIME, \n'
         '\tsnapshot TEXT NOT NULL, \n'
         '\towner VARCHAR(300), "trigger" VARCHAR(16), pipeline_version VARCHAR(64), '
-        'cancel_requested_at DATETIME, cancel_requested_by VARCHAR(300), \n'
+        'cancel_requested_at DATETIME, cancel_requested_by VARCHAR(300), params TEXT, selection '
+        'TEXT, \n'
         '\tPRIMARY KEY (run_id)\n'
         ')'
     ),
@@ -98,7 +99,7 @@ SQLITE_SCHEMA = (
         '\tfinished_at DATETIME, \n'
         '\tduration_secs FLOAT, \n'
         '\treturn_value TEXT, \n'
-        '\terror_message TEXT, \n'
+        '\terror_message TEXT, item TEXT, \n'
         '\tCONSTRAINT pk_task_runs PRIMARY KEY (run_id, task, run_attempt), \n'
         '\tCONSTRAINT fk_task_runs_run FOREIGN KEY(run_id) REFERENCES runs (run_id) ON DELETE '
         'CASCADE\n'
@@ -181,6 +182,27 @@ SQLITE_SCHEMA = (
         '\tPRIMARY KEY (token_id), \n'
         '\tUNIQUE (token_hash)\n'
         ')'
+    ),
+    (
+        'CREATE TABLE notifications (\n'
+        '\tid INTEGER NOT NULL, \n'
+        '\trun_id VARCHAR(36) NOT NULL, \n'
+        '\tpipeline VARCHAR(255) NOT NULL, \n'
+        '\tevent VARCHAR(32) NOT NULL, \n'
+        '\ttask VARCHAR(255), \n'
+        '\ttarget VARCHAR(255) NOT NULL, \n'
+        '\tstate VARCHAR(16) NOT NULL, \n'
+        '\ttries INTEGER NOT NULL, \n'
+        '\terror TEXT, \n'
+        '\tcreated_at DATETIME NOT NULL, \n'
+        '\tfinished_at DATETIME, \n'
+        '\tPRIMARY KEY (id), \n'
+        '\tCONSTRAINT fk_notifications_run FOREIGN KEY(run_id) REFERENCES runs (run_id) ON DELETE '
+        'CASCADE\n'
+        ')'
+    ),
+    (
+        'CREATE INDEX ix_notifications_run ON notifications (run_id)'
     ),
 )
 """Each CREATE statement, in the order the migrations ran them (sqlite_master's text, verbatim)."""

@@ -45,6 +45,8 @@ runs = Table(
     Column("pipeline_version", String(64)),
     Column("cancel_requested_at", Timestamp),
     Column("cancel_requested_by", String(300)),
+    Column("params", Text),
+    Column("selection", Text),
     Index("ix_runs_started_at", "started_at", "run_id"),
     Index("ix_runs_pipeline_started_at", "pipeline", "started_at", "run_id"),
     Index("ix_runs_state_started_at", "state", "started_at", "run_id"),
@@ -66,6 +68,7 @@ task_runs = Table(
     Column("duration_secs", Float),
     Column("return_value", Text),
     Column("error_message", Text),
+    Column("item", Text),
     PrimaryKeyConstraint("run_id", "task", "run_attempt", name="pk_task_runs"),
     ForeignKeyConstraint(["run_id"], ["runs.run_id"], ondelete="CASCADE", name="fk_task_runs_run"),
 )
@@ -146,5 +149,22 @@ api_tokens = Table(
     Column("revoked_at", Timestamp),
 )
 
-SCHEMA_VERSION = "0005"
+notifications = Table(
+    "notifications", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(36), nullable=False),
+    Column("pipeline", String(255), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("task", String(255)),
+    Column("target", String(255), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("tries", Integer, nullable=False),
+    Column("error", Text),
+    Column("created_at", Timestamp, nullable=False),
+    Column("finished_at", Timestamp),
+    Index("ix_notifications_run", "run_id"),
+    ForeignKeyConstraint(["run_id"], ["runs.run_id"], ondelete="CASCADE", name="fk_notifications_run"),
+)
+
+SCHEMA_VERSION = "0006"
 """The newest migration (store/migrations/versions); a store at another version is migrated on open."""
