@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
+    JsonValue,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -26,6 +27,12 @@ MAX_RETRIES = 100
 """More retries than this is almost always a typo; Snowflake caps task retries at 10."""
 
 MAX_DURATION_SECS = 7 * 24 * 3600.0
+
+DEFAULT_MAX_FAN_OUT = 1_000
+"""How many copies a `for_each` job may have unless it sets `max_fan_out` (Airflow's max_map_length is 1,024)."""
+
+MAX_FAN_OUT = 10_000
+"""The hard cap on `max_fan_out`: every copy is a row, a log folder and a slot in the live view."""
 
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,254}\Z")
@@ -95,6 +102,15 @@ def parse_log_limit(value: Any) -> int:
     return size
 
 
+def _for_each_from(value: Any) -> Any:
+    """`for_each: {from: JOB}` is the same as `for_each: "{{ JOB.return_value }}"`, and stored so."""
+    if isinstance(value, dict):
+        if set(value) != {"from"} or not isinstance(value["from"], str):
+            raise ValueError("expected a list, '{{ params.NAME }}', '{{ JOB.return_value }}' or {from: JOB}")
+        return f"{{{{ {value['from'].strip()}.return_value }}}}"
+    return value
+
+
 def _check_schedule(text: str) -> str:
     from jobgraph.schedule import parse_schedule  # only a pipeline with a schedule needs cron's parser
 
@@ -123,6 +139,7 @@ Retries = Annotated[int, Field(strict=True, ge=0, le=MAX_RETRIES)]
 Text = Annotated[str, AfterValidator(no_nul)]
 Command = Annotated[tuple[Annotated[str, Field(min_length=1), AfterValidator(no_nul)], ...], Field(min_length=1)]
 LogLimit = Annotated[int, BeforeValidator(parse_log_limit)]
+ForEach = Annotated[tuple[JsonValue, ...] | Text, BeforeValidator(_for_each_from)]
 
 
 INSTANCE_FAMILIES: dict[str, tuple[float, int]] = {
@@ -234,6 +251,13 @@ class Job(_Model):
         default=None, description="Container runners: 'none' (fastest start, no network), 'bridge' or 'host'")
     log_limit: LogLimit | None = Field(
         default=None, description="The most output stored per attempt (e.g. 100m, 1g) [default: defaults.log_limit]")
+    for_each: ForEach | None = Field(
+        default=None, description="Run the job once per item, as copies JOB[0], JOB[1], ... ({{ item }} in args and "
+        "env): a list, '{{ params.NAME }}' (a list parameter) or '{{ JOB.return_value }}' / {from: JOB} (a "
+        "predecessor's return value, a JSON list)")
+    max_fan_out: int | None = Field(
+        default=None, strict=True, ge=1, le=MAX_FAN_OUT,
+        description=f"The most copies for_each may make [default: {DEFAULT_MAX_FAN_OUT}]; a wider list fails the job")
 
 
 def validated_job(fields: dict[str, Any]) -> Job:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from jobgraph.config.model import Finalizer, Job, Pipeline, TriggerRule
+from jobgraph.engine import fan_out
 from jobgraph.engine.delivery import Delivery
 from jobgraph.engine.events import (
     AttemptAdopted,
@@ -25,6 +26,7 @@ from jobgraph.engine.events import (
     AttemptStarted,
     AttemptSubmitted,
     Event,
+    JobsExpanded,
     Listener,
     RetryWaiting,
     RunEnded,
@@ -37,6 +39,7 @@ from jobgraph.graph import Dag
 from jobgraph.runners.base import DEFAULT_LOG_LIMIT, AnyRunner, JobSpec, Outcome
 from jobgraph.runners.output import redactor_for, scrub_return_file, stored_text
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
+from jobgraph.template import TemplateError, has_placeholders, render, render_all
 
 LOG_TAIL_BYTES = 4096
 """How much of a failed attempt's output is stored with it, like SYSTEM$GET_SERVICE_LOGS."""
@@ -52,6 +55,8 @@ class PriorTask:
     state: TaskState
     attempts: int
     return_value: str | None = None
+    item: str | None = None
+    """A fanned-out job's copy: its item's JSON (a retry keeps the copy only for the same item)."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,8 @@ class GraphRun:
         self._dag = Dag.build((job.name, job.after) for job in pipeline.jobs)
         self._states: dict[str, TaskState] = {}
         self._values: dict[str, str] = {}
+        self._expansions: dict[str, fan_out.Expansion] = {}
+        self._copy_of: dict[str, tuple[fan_out.Expansion, int]] = {}
         self._pools: dict[str, _Pool] = {}
         self._running: dict[asyncio.Task[TaskState], str] = {}
         self._told_to_stop: set[asyncio.Task[TaskState]] = set()
@@ -192,7 +199,7 @@ class GraphRun:
                 else:
                     self._finished(name, task.result())
 
-        for name in self._dag.order:
+        for name in [*self._copy_of, *self._dag.order]:
             if name not in self._states:
                 self._set_state(name, TaskState.CANCELLED, reason="the run was cancelled")
         state = self._final_state()
@@ -229,15 +236,68 @@ class GraphRun:
                 self._set_state(current, TaskState.SKIPPED, reason=f"predecessor not succeeded: {why}")
                 stack.extend(self._release_successors(current))
                 continue
-            pool = self._pools.get(self._pool_key(job))
-            if pool is None:
-                pool = self._pools[self._pool_key(job)] = _Pool(self.pipeline.pool_size(job.pool or ""))
-            self._sequence += 1
-            heapq.heappush(pool.ready, (-self._dag.rank[current], self._sequence, current))
-            self._set_state(current, TaskState.QUEUED)
+            if job.for_each is not None:
+                stack.extend(self._fan_out(job))
+                continue
+            self._queue(current, job, self._dag.rank[current])
+
+    def _queue(self, name: str, job: Job, rank: int) -> None:
+        """Put a job (or a copy) in its pool's ready heap, highest rank first."""
+        pool = self._pools.get(self._pool_key(job))
+        if pool is None:
+            pool = self._pools[self._pool_key(job)] = _Pool(self.pipeline.pool_size(job.pool or ""))
+        self._sequence += 1
+        heapq.heappush(pool.ready, (-rank, self._sequence, name))
+        self._set_state(name, TaskState.QUEUED)
+
+    def _fan_out(self, job: Job) -> list[str]:
+        """Expand a ready job with `for_each` into its copies, queued in its pool; the successors this releases
+        (when the job ends at once: its list failed, was empty, or every copy is kept from before)."""
+        try:
+            params = self._template_values(job, 0)["params"]
+            items = fan_out.items_of(job, params if isinstance(params, Mapping) else {}, self._values)
+        except fan_out.FanOutError as exc:
+            self._set_state(job.name, TaskState.FAILED, reason=str(exc))
+            return self._release_successors(job.name)
+        kept = {name: fan_out.Kept(p.state, p.item, p.return_value) for name, p in self._prior.items()
+                if p.item is not None and p.state in self._keep}
+        expansion = self._expansions[job.name] = fan_out.expand(job, items, kept)
+        running = [(i, copy) for i, copy in enumerate(expansion.copies) if copy.name not in expansion.kept]
+        self._emit(JobsExpanded(
+            self.run_id, job.name, tuple(TaskInfo(c.name, c.pool or "", c.image, c.after) for _, c in running),
+            tuple(expansion.items[i] for i, _ in running), self._run_attempt,
+            tuple(p.attempts if (p := self._prior.get(c.name)) else 0 for _, c in running)))
+        for name, earlier in expansion.kept.items():
+            self._states[name] = earlier.state
+            if earlier.return_value is not None:
+                self._values[name] = earlier.return_value
+        if expansion.left == 0:
+            self._end_fan_out(expansion)
+            return self._release_successors(job.name)
+        self._set_state(job.name, TaskState.RUNNING)
+        rank = self._dag.rank[job.name]
+        for index, copy in running:
+            self._jobs[copy.name] = copy
+            self._copy_of[copy.name] = (expansion, index)
+            self._queue(copy.name, copy, rank)
+        return []
+
+    def _end_fan_out(self, expansion: fan_out.Expansion) -> TaskState:
+        state, reason, value = fan_out.outcome(expansion, self._values, RETURN_VALUE_MAX_BYTES)
+        if value is not None:
+            self._values[expansion.job] = value
+        self._set_state(expansion.job, state, reason=reason, return_value=value)
+        return state
 
     def _finished(self, name: str, state: TaskState) -> None:
         self._states[name] = state
+        if name in self._copy_of:  # a copy: its job ends with its last copy
+            expansion, _ = self._copy_of[name]
+            expansion.states[name] = state
+            expansion.left -= 1
+            if expansion.left > 0:
+                return
+            name, state = expansion.job, self._end_fan_out(expansion)
         for successor in self._release_successors(name):
             if self._cancelled:
                 continue
@@ -319,8 +379,11 @@ class GraphRun:
     def spec_for(self, job: Job, attempt: int) -> JobSpec:
         """Everything a runner gets for one attempt of a job (`jobgraph plan` shows it for attempt 1)."""
         cpu, memory = self._limits.get(self._pool_key(job), (None, None))
-        return JobSpec(self.run_id, self.pipeline.name, job.name, attempt, job.image, job.args,
-                       self._env(job, attempt), self._log_dir / job.name / f"attempt-{attempt}.log",
+        args, env = job.args, self._env(job, attempt)
+        if any(has_placeholders(text) for text in (*args, *job.env.values())):  # most jobs have none
+            args, env = self._rendered(job, attempt, env)
+        return JobSpec(self.run_id, self.pipeline.name, job.name, attempt, job.image, args,
+                       env, self._log_dir / job.name / f"attempt-{attempt}.log",
                        pool=job.pool or "default", cpu=cpu, memory_bytes=memory, container_name=job.container_name,
                        volumes=job.volumes, workdir=job.workdir, network=job.network,
                        secret_values=self._secret_values, withheld_env=frozenset(self._secrets) - set(job.secrets),
@@ -328,16 +391,43 @@ class GraphRun:
                        return_value_path=self._return_value_path(job, attempt),
                        log_limit=job.log_limit or DEFAULT_LOG_LIMIT, timeout=job.timeout)
 
+    def _template_values(self, job: Job, attempt: int) -> dict[str, object]:
+        """What a placeholder in a job's args and env may name (template.py); a copy's `item` too."""
+        values: dict[str, object] = {
+            "params": {}, "scheduled_time": self.scheduled_time.isoformat(), "run_id": self.run_id,
+            "pipeline": self.pipeline.name, "job": job.name, "attempt": attempt}
+        copy = self._copy_of.get(job.name)
+        if copy is not None:
+            values["item"] = copy[0].values[copy[1]]
+        return values
+
+    def _rendered(self, job: Job, attempt: int, env: dict[str, str]) -> tuple[tuple[str, ...], dict[str, str]]:
+        """The job's args and own env with their placeholders filled; TemplateError if one has no value here."""
+        values = self._template_values(job, attempt)
+        args = tuple(render_all(job.args, values))
+        own = {name: render(text, values) for name, text in job.env.items() if has_placeholders(text)}
+        if any("\x00" in text for text in (*args, *own.values())):
+            raise TemplateError("a placeholder's value holds a NUL byte, which no command line or environment can carry")
+        return args, {**env, **own}
+
     async def _attempt(self, job: Job, attempt: int, adoption: Adoption | None = None) -> Outcome:
         """One execution: start (or adopt), wait (bounded by the timeout), and record how it ended, whatever happens.
 
         An adopted attempt is already recorded as started, with its handle: it is only waited for.
         """
         runner = self._runner_for(job)
-        spec = self.spec_for(job, attempt)
-        log_path = spec.log_path
         return_path = self._return_value_path(job, attempt)
         started = adoption.started_at if adoption else now()
+        try:
+            spec = self.spec_for(job, attempt)
+        except TemplateError as exc:  # a placeholder with no value for this job: the attempt cannot start
+            log_path = self._log_dir / job.name / f"attempt-{attempt}.log"
+            self._emit(AttemptStarted(self.run_id, job.name, attempt, started, log_path))
+            error = stored_text(f"cannot fill in the job's args and env: {exc}", self._redactor)
+            self._emit(AttemptEnded(self.run_id, job.name, attempt, AttemptStatus.ERROR, started, now(), None, error,
+                                    log_path))
+            return Outcome(AttemptStatus.ERROR, None, error)
+        log_path = spec.log_path
         if adoption is None:
             self._emit(AttemptStarted(self.run_id, job.name, attempt, started, log_path))
         handle = None
@@ -388,6 +478,9 @@ class GraphRun:
             "JOBGRAPH_SCHEDULED_TIME": self.scheduled_time.isoformat(),
             "JOBGRAPH_RETURN_VALUE_FILE": str(self._return_value_path(job, attempt)),
         }
+        copy = self._copy_of.get(job.name)
+        if copy is not None:
+            env["JOBGRAPH_ITEM"] = fan_out.as_env(copy[0].values[copy[1]])
         values = {p: self._values[p] for p in job.after if p in self._values}
         if values:
             env["JOBGRAPH_PREDECESSOR_VALUES"] = json.dumps(values)

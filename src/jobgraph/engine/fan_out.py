@@ -1,0 +1,155 @@
+"""Dynamic fan-out: a job with `for_each` runs once per item, as copies `job[0]`, `job[1]`, ...
+
+Argo's withItems/withParam and Airflow's dynamic task mapping, in jobgraph's terms. When the job
+becomes ready its list is read (the literal, the run's parameter, or a predecessor's return value,
+a JSON list) and each item becomes a copy: a job of its own for the pool, the retries, the log and
+the store (a task_runs row whose `item` holds the item's JSON), with `{{ item }}` in its args and
+env. The job itself is RUNNING while its copies run and ends SUCCEEDED once all of them did (its
+return value: the copies' values as a JSON list), FAILED if any did not, so its dependents wait for
+every copy and follow their trigger rule. A list that cannot be read, is not a list or is wider
+than `max_fan_out` fails the job with the reason; an empty list succeeds with no copies.
+
+A retry (or a lost run resumed) expands the job again and keeps each copy whose earlier state is
+kept and whose item at the same index is the same: a retry reruns the failed copies, and a list that
+changed meanwhile (a predecessor ran again) reruns what changed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobgraph.config.for_each import max_fan_out, source_of
+from jobgraph.config.model import MAX_FAN_OUT, Job
+from jobgraph.states import TaskState
+
+SHOWN_FAILURES = 5
+"""How many copies that did not succeed the job's reason names."""
+
+
+class FanOutError(ValueError):
+    """The job's list cannot be had: why, as its FAILED reason says it."""
+
+
+@dataclass(frozen=True)
+class Kept:
+    """An earlier state of a copy, as a retry sees it."""
+
+    state: TaskState
+    item: str | None
+    return_value: str | None
+
+
+@dataclass
+class Expansion:
+    """One fanned-out job's copies in this run, and how many are still to end."""
+
+    job: str
+    copies: list[Job]
+    items: list[str]
+    """Each copy's item as JSON text (what task_runs.item holds)."""
+    values: list[Any]
+    kept: dict[str, Kept] = field(default_factory=dict)
+    left: int = 0
+    states: dict[str, TaskState] = field(default_factory=dict)
+
+
+def copy_name(job: str, index: int) -> str:
+    """The name of a job's copy: `extract[3]`."""
+    return f"{job}[{index}]"
+
+
+def item_text(value: Any) -> str:
+    """An item as the store keeps it: its JSON, compact."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def as_env(value: Any) -> str:
+    """An item as `{{ item }}` and JOBGRAPH_ITEM give it: a string as it is, anything else as JSON."""
+    return value if isinstance(value, str) else item_text(value)
+
+
+def items_of(job: Job, params: Mapping[str, Any], values: Mapping[str, str]) -> list[Any]:
+    """The job's list: its literal, the run's parameter, or a predecessor's return value (`values`, by job).
+
+    FanOutError says why there is none: a value that is missing, not JSON, not a list, or too long.
+    """
+    assert job.for_each is not None
+    source = source_of(job.for_each)
+    if source.literal is not None:
+        items = list(source.literal)
+    elif source.param is not None:
+        items = _as_list(params.get(source.param), f"parameter {source.param}", missing="the run has no value for it")
+    else:
+        name = next((p for p in job.after if p.casefold() == (source.predecessor or "").casefold()), "")
+        items = _as_list(values.get(name), f"the return value of {name}",
+                         missing=f"{name} returned no value (it writes a JSON list to $JOBGRAPH_RETURN_VALUE_FILE)")
+    limit = max_fan_out(job)
+    if len(items) > limit:
+        raise FanOutError(f"for_each has {len(items)} items, more than max_fan_out {limit}"
+                          + (f" (set max_fan_out, at most {MAX_FAN_OUT})" if limit < MAX_FAN_OUT else ""))
+    return items
+
+
+def _as_list(value: Any, what: str, missing: str) -> list[Any]:
+    if value is None:
+        raise FanOutError(f"for_each: {missing}")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            shown = value if len(value) <= 60 else value[:57] + "..."
+            raise FanOutError(f"for_each: {what} is not JSON ({exc.msg}): {shown!r}") from None
+    if not isinstance(value, list | tuple):
+        raise FanOutError(f"for_each: {what} is {_kind(value)}, not a list")
+    return list(value)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a JSON object"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "null" if value is None else type(value).__name__
+
+
+def expand(job: Job, items: list[Any], prior: Mapping[str, Kept]) -> Expansion:
+    """The copies of `job` for `items`; those `prior` keeps (same index, same item) are not run again."""
+    texts = [item_text(item) for item in items]
+    copies = [job.model_copy(update={"name": copy_name(job.name, i), "for_each": None, "max_fan_out": None})
+              for i in range(len(items))]
+    kept = {copy.name: prior[copy.name] for copy, text in zip(copies, texts, strict=True)
+            if copy.name in prior and prior[copy.name].item == text}
+    expansion = Expansion(job.name, copies, texts, items, kept)
+    expansion.left = len(copies) - len(kept)
+    expansion.states = {name: k.state for name, k in kept.items()}
+    return expansion
+
+
+def outcome(expansion: Expansion, values: Mapping[str, str], limit: int) -> tuple[TaskState, str | None, str | None]:
+    """How the fanned-out job ends once every copy has: its state, reason and return value.
+
+    The return value is the copies' values as a JSON list (null for a copy that returned none), when
+    any returned one and the list fits in `limit` bytes (the cap of every return value).
+    """
+    names = [copy.name for copy in expansion.copies]
+    if not names:
+        return TaskState.SUCCEEDED, "for_each gave an empty list: no copies ran", None
+    bad = [name for name in names if expansion.states.get(name) != TaskState.SUCCEEDED]
+    if bad:
+        states = [expansion.states.get(name, TaskState.CANCELLED) for name in bad]
+        state = TaskState.CANCELLED if all(s == TaskState.CANCELLED for s in states) else TaskState.FAILED
+        shown = ", ".join(f"{name} {s}" for name, s in zip(bad[:SHOWN_FAILURES], states, strict=False))
+        more = f", and {len(bad) - SHOWN_FAILURES} more" if len(bad) > SHOWN_FAILURES else ""
+        return state, f"{len(bad)} of {len(names)} copies did not succeed: {shown}{more}", None
+    returned = [values.get(name) for name in names]
+    if all(value is None for value in returned):
+        return TaskState.SUCCEEDED, None, None
+    joined = json.dumps(returned, ensure_ascii=False)
+    return TaskState.SUCCEEDED, None, joined if len(joined.encode()) <= limit else None
