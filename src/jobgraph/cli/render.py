@@ -129,7 +129,7 @@ class RunView:
             again = f" (attempt {event.run_attempt} of this run)" if event.run_attempt > 1 else ""
             self._line(f"run {event.run_id} of {event.pipeline} started{again}: {len(event.tasks)} jobs")
         elif isinstance(event, JobsExpanded):
-            self._line(f"{event.job} fans out: {len(event.copies)} copies")
+            self._line(f"{event.job} fans out: {len(event.copies)} {'copy' if len(event.copies) == 1 else 'copies'}")
         elif isinstance(event, RetryWaiting):
             self._line(f"{event.task} waiting {duration(event.delay)} before attempt {event.next_attempt}")
         elif isinstance(event, TaskChanged):
