@@ -140,7 +140,7 @@ def test_a_retry_reruns_only_the_copies_that_did_not_succeed_for_the_same_item(t
     result, events = execute(pipeline, tmp_path, prior=prior, run_attempt=2)
     assert result.state == RunState.SUCCEEDED
     assert sorted(ran.read_text().split()) == ["b", "c"]
-    expanded = [e for e in events if isinstance(e, JobsExpanded)][0]
+    expanded = next(e for e in events if isinstance(e, JobsExpanded))
     assert [c.name for c in expanded.copies] == ["each[1]", "each[2]"]
     assert expanded.attempts == (2, 1) and expanded.run_attempt == 2
     assert final(events, "each[1]").attempt == 3  # attempt numbers go on

@@ -23,6 +23,7 @@ from typing import Any
 
 from jobgraph.config.for_each import max_fan_out, source_of
 from jobgraph.config.model import MAX_FAN_OUT, Job
+from jobgraph.engine.events import JobsExpanded, TaskInfo
 from jobgraph.states import TaskState
 
 SHOWN_FAILURES = 5
@@ -54,6 +55,59 @@ class Expansion:
     kept: dict[str, Kept] = field(default_factory=dict)
     left: int = 0
     states: dict[str, TaskState] = field(default_factory=dict)
+
+    @property
+    def to_run(self) -> list[Job]:
+        """The copies this run runs: all but those kept from before."""
+        return [copy for copy in self.copies if copy.name not in self.kept]
+
+
+class FanOuts:
+    """The fanned-out jobs of one run: which job and item each copy has, and how many of each job's copies are
+    still to end. `kept`: the copies an earlier attempt of the run left in a state this one keeps."""
+
+    def __init__(self, run_id: str, run_attempt: int, kept: Mapping[str, Kept]) -> None:
+        self._run_id = run_id
+        self._run_attempt = run_attempt
+        self._kept = kept
+        self._copy_of: dict[str, tuple[Expansion, int]] = {}
+
+    def expand(self, job: Job, items: list[Any], attempts: Mapping[str, int]) -> tuple[Expansion, JobsExpanded]:
+        """The job's copies for `items` and the event that records those to run (`attempts`: how often each ran)."""
+        expansion = expand(job, items, self._kept)
+        running = expansion.to_run
+        for index, copy in enumerate(expansion.copies):
+            if copy.name not in expansion.kept:
+                self._copy_of[copy.name] = (expansion, index)
+        indexes = [self._copy_of[copy.name][1] for copy in running]
+        return expansion, JobsExpanded(
+            self._run_id, job.name, tuple(TaskInfo(c.name, c.pool or "", c.image, c.after) for c in running),
+            tuple(expansion.items[i] for i in indexes), self._run_attempt,
+            tuple(attempts.get(copy.name, 0) for copy in running))
+
+    @property
+    def copies(self) -> list[str]:
+        """Every copy this run runs."""
+        return list(self._copy_of)
+
+    def item(self, name: str) -> tuple[bool, Any]:
+        """(True, its item) for a copy; (False, None) for any other job."""
+        found = self._copy_of.get(name)
+        return (False, None) if found is None else (True, found[0].values[found[1]])
+
+    def copy_ended(self, name: str, state: TaskState) -> Expansion | None:
+        """Note how a job ended; the expansion of its job when it was that job's last copy to end."""
+        found = self._copy_of.get(name)
+        if found is None:
+            return None
+        expansion = found[0]
+        expansion.states[name] = state
+        expansion.left -= 1
+        return expansion if expansion.left == 0 else None
+
+    def is_copy(self, name: str) -> bool:
+        """Whether `name` is a copy this run runs."""
+        return name in self._copy_of
 
 
 def copy_name(job: str, index: int) -> str:
@@ -99,7 +153,7 @@ def _as_list(value: Any, what: str, missing: str) -> list[Any]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             shown = value if len(value) <= 60 else value[:57] + "..."
             raise FanOutError(f"for_each: {what} is not JSON ({exc.msg}): {shown!r}") from None
     if not isinstance(value, list | tuple):

@@ -26,7 +26,6 @@ from jobgraph.engine.events import (
     AttemptStarted,
     AttemptSubmitted,
     Event,
-    JobsExpanded,
     Listener,
     RetryWaiting,
     RunEnded,
@@ -125,8 +124,9 @@ class GraphRun:
         self._dag = Dag.build((job.name, job.after) for job in pipeline.jobs)
         self._states: dict[str, TaskState] = {}
         self._values: dict[str, str] = {}
-        self._expansions: dict[str, fan_out.Expansion] = {}
-        self._copy_of: dict[str, tuple[fan_out.Expansion, int]] = {}
+        self._fan_outs = fan_out.FanOuts(self.run_id, run_attempt, {
+            name: fan_out.Kept(p.state, p.item, p.return_value) for name, p in self._prior.items()
+            if p.item is not None and p.state in keep})
         self._pools: dict[str, _Pool] = {}
         self._running: dict[asyncio.Task[TaskState], str] = {}
         self._told_to_stop: set[asyncio.Task[TaskState]] = set()
@@ -199,7 +199,7 @@ class GraphRun:
                 else:
                     self._finished(name, task.result())
 
-        for name in [*self._copy_of, *self._dag.order]:
+        for name in [*self._fan_outs.copies, *self._dag.order]:
             if name not in self._states:
                 self._set_state(name, TaskState.CANCELLED, reason="the run was cancelled")
         state = self._final_state()
@@ -259,14 +259,8 @@ class GraphRun:
         except fan_out.FanOutError as exc:
             self._set_state(job.name, TaskState.FAILED, reason=str(exc))
             return self._release_successors(job.name)
-        kept = {name: fan_out.Kept(p.state, p.item, p.return_value) for name, p in self._prior.items()
-                if p.item is not None and p.state in self._keep}
-        expansion = self._expansions[job.name] = fan_out.expand(job, items, kept)
-        running = [(i, copy) for i, copy in enumerate(expansion.copies) if copy.name not in expansion.kept]
-        self._emit(JobsExpanded(
-            self.run_id, job.name, tuple(TaskInfo(c.name, c.pool or "", c.image, c.after) for _, c in running),
-            tuple(expansion.items[i] for i, _ in running), self._run_attempt,
-            tuple(p.attempts if (p := self._prior.get(c.name)) else 0 for _, c in running)))
+        expansion, expanded = self._fan_outs.expand(job, items, {n: p.attempts for n, p in self._prior.items()})
+        self._emit(expanded)
         for name, earlier in expansion.kept.items():
             self._states[name] = earlier.state
             if earlier.return_value is not None:
@@ -275,11 +269,9 @@ class GraphRun:
             self._end_fan_out(expansion)
             return self._release_successors(job.name)
         self._set_state(job.name, TaskState.RUNNING)
-        rank = self._dag.rank[job.name]
-        for index, copy in running:
+        for copy in expansion.to_run:
             self._jobs[copy.name] = copy
-            self._copy_of[copy.name] = (expansion, index)
-            self._queue(copy.name, copy, rank)
+            self._queue(copy.name, copy, self._dag.rank[job.name])
         return []
 
     def _end_fan_out(self, expansion: fan_out.Expansion) -> TaskState:
@@ -291,11 +283,9 @@ class GraphRun:
 
     def _finished(self, name: str, state: TaskState) -> None:
         self._states[name] = state
-        if name in self._copy_of:  # a copy: its job ends with its last copy
-            expansion, _ = self._copy_of[name]
-            expansion.states[name] = state
-            expansion.left -= 1
-            if expansion.left > 0:
+        if self._fan_outs.is_copy(name):  # a copy: its job ends with its last copy
+            expansion = self._fan_outs.copy_ended(name, state)
+            if expansion is None:
                 return
             name, state = expansion.job, self._end_fan_out(expansion)
         for successor in self._release_successors(name):
@@ -396,9 +386,9 @@ class GraphRun:
         values: dict[str, object] = {
             "params": {}, "scheduled_time": self.scheduled_time.isoformat(), "run_id": self.run_id,
             "pipeline": self.pipeline.name, "job": job.name, "attempt": attempt}
-        copy = self._copy_of.get(job.name)
-        if copy is not None:
-            values["item"] = copy[0].values[copy[1]]
+        is_copy, item = self._fan_outs.item(job.name)
+        if is_copy:
+            values["item"] = item
         return values
 
     def _rendered(self, job: Job, attempt: int, env: dict[str, str]) -> tuple[tuple[str, ...], dict[str, str]]:
@@ -407,7 +397,7 @@ class GraphRun:
         args = tuple(render_all(job.args, values))
         own = {name: render(text, values) for name, text in job.env.items() if has_placeholders(text)}
         if any("\x00" in text for text in (*args, *own.values())):
-            raise TemplateError("a placeholder's value holds a NUL byte, which no command line or environment can carry")
+            raise TemplateError("a placeholder's value holds a NUL byte, which no command line or environment holds")
         return args, {**env, **own}
 
     async def _attempt(self, job: Job, attempt: int, adoption: Adoption | None = None) -> Outcome:
@@ -423,10 +413,10 @@ class GraphRun:
         except TemplateError as exc:  # a placeholder with no value for this job: the attempt cannot start
             log_path = self._log_dir / job.name / f"attempt-{attempt}.log"
             self._emit(AttemptStarted(self.run_id, job.name, attempt, started, log_path))
-            error = stored_text(f"cannot fill in the job's args and env: {exc}", self._redactor)
-            self._emit(AttemptEnded(self.run_id, job.name, attempt, AttemptStatus.ERROR, started, now(), None, error,
+            why = stored_text(f"cannot fill in the job's args and env: {exc}", self._redactor)
+            self._emit(AttemptEnded(self.run_id, job.name, attempt, AttemptStatus.ERROR, started, now(), None, why,
                                     log_path))
-            return Outcome(AttemptStatus.ERROR, None, error)
+            return Outcome(AttemptStatus.ERROR, None, why)
         log_path = spec.log_path
         if adoption is None:
             self._emit(AttemptStarted(self.run_id, job.name, attempt, started, log_path))
@@ -478,9 +468,9 @@ class GraphRun:
             "JOBGRAPH_SCHEDULED_TIME": self.scheduled_time.isoformat(),
             "JOBGRAPH_RETURN_VALUE_FILE": str(self._return_value_path(job, attempt)),
         }
-        copy = self._copy_of.get(job.name)
-        if copy is not None:
-            env["JOBGRAPH_ITEM"] = fan_out.as_env(copy[0].values[copy[1]])
+        is_copy, item = self._fan_outs.item(job.name)
+        if is_copy:
+            env["JOBGRAPH_ITEM"] = fan_out.as_env(item)
         values = {p: self._values[p] for p in job.after if p in self._values}
         if values:
             env["JOBGRAPH_PREDECESSOR_VALUES"] = json.dumps(values)

@@ -158,7 +158,7 @@ class EventWriter:
             self._execute_many("insert_tasks", rows)
 
     def _jobs_expanded(self, event: JobsExpanded) -> None:
-        """A fanned-out job's copies get rows of their own, in the graph run attempt that runs them, each with its item."""
+        """A fanned-out job's copies get rows of their own, in the graph run attempt that runs them, with items."""
         counts = event.attempts or (0,) * len(event.copies)
         rows = [
             {"run_id": event.run_id, "task": t.name, "run_attempt": event.run_attempt, "state": TaskState.PENDING.value,
