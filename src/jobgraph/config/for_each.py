@@ -42,8 +42,7 @@ def source_of(for_each: tuple[Any, ...] | str) -> ForEachSource:
     if not isinstance(for_each, str):
         return ForEachSource(literal=tuple(for_each))
     text = for_each.strip()
-    match = PLACEHOLDER.fullmatch(text)
-    if match is None:
+    if len(PLACEHOLDER.findall(text)) != 1 or PLACEHOLDER.fullmatch(text) is None:
         raise ValueError(f"{_shown(for_each)} is not a list, '{{{{ params.NAME }}}}' or '{{{{ JOB.return_value }}}}'")
     try:
         found = references(text)

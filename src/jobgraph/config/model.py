@@ -102,13 +102,43 @@ def parse_log_limit(value: Any) -> int:
     return size
 
 
+_FOR_EACH_FORMS = "expected a list, '{{ params.NAME }}', '{{ JOB.return_value }}' or {from: JOB}"
+
+
 def _for_each_from(value: Any) -> Any:
-    """`for_each: {from: JOB}` is the same as `for_each: "{{ JOB.return_value }}"`, and stored so."""
+    """`for_each: {from: JOB}` is the same as `for_each: "{{ JOB.return_value }}"`, and stored so; a list's items
+    must be JSON values (YAML reads `2024-01-01` as a date: quoted, it is a string)."""
     if isinstance(value, dict):
         if set(value) != {"from"} or not isinstance(value["from"], str):
-            raise ValueError("expected a list, '{{ params.NAME }}', '{{ JOB.return_value }}' or {from: JOB}")
+            raise ValueError(_FOR_EACH_FORMS)
         return f"{{{{ {value['from'].strip()}.return_value }}}}"
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            bad = _not_json(item)
+            if bad is not None:
+                raise ValueError(f"item {index} holds a {bad}, which is not a JSON value (quote it to make it a string)")
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"{_FOR_EACH_FORMS}, got {type(value).__name__}")
     return value
+
+
+def _not_json(value: Any) -> str | None:
+    """The type name of the first thing in `value` that is not a JSON value, or None if it all is."""
+    stack = [value]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, dict):
+            if not all(isinstance(key, str) for key in current):
+                return "mapping with a key that is not a string"
+            stack.extend(current.values())
+        elif isinstance(current, list | tuple):
+            stack.extend(current)
+        elif not (current is None or isinstance(current, str | int | float | bool)):
+            return type(current).__name__
+        elif isinstance(current, float) and current != current:
+            return "NaN"
+    return None
 
 
 def _check_schedule(text: str) -> str:
