@@ -116,7 +116,7 @@ def _for_each_from(value: Any) -> Any:
         for index, item in enumerate(value):
             bad = _not_json(item)
             if bad is not None:
-                raise ValueError(f"item {index} holds a {bad}, which is not a JSON value (quote it to make it a string)")
+                raise ValueError(f"item {index} holds a {bad}, which is not a JSON value (quote it: a string)")
         return value
     if not isinstance(value, str):
         raise ValueError(f"{_FOR_EACH_FORMS}, got {type(value).__name__}")
