@@ -1,0 +1,32 @@
+"""A fanned-out job on the run page: one node for the job and its copies, counted by state; each copy listed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from jobgraph.store import Store
+from tests.conftest import Cli, WritePipeline, sh, store_url
+from tests.web.conftest import get, served
+
+
+def test_the_copies_are_folded_into_their_jobs_node_and_listed_after_it(
+        cli: Cli, write_pipeline: WritePipeline, tmp_path: Path) -> None:
+    write_pipeline({"jobs": [
+        sh("extract", "printf '[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]' > \"$JOBGRAPH_RETURN_VALUE_FILE\""),
+        sh("load", "[ {{ item }} != 10 ]", after=["extract"], for_each={"from": "extract"}),
+        sh("report", "true", after=["load"], trigger_rule="all_done")]})
+    cli("run", "pipeline.yaml", check=1)
+    url = store_url(tmp_path)
+    with Store(url) as records:
+        run_id = records.runs()[0].run_id
+    with served(url) as app:
+        page = get(app, f"/runs/{run_id}").text
+    nodes = re.findall(r'<g class="node([^"]*)" data-job="([^"]+)"', page)
+    assert [job for _, job in nodes] == ["extract", "load", "report"]
+    fanned = re.search(r'<g class="node fanned s-FAILED" data-job="load".*?</g>', page)
+    assert fanned is not None
+    assert "load [11]" in fanned.group(0) and "1 failed, 10 succeeded" in fanned.group(0)
+    assert len(re.findall(r'class="edge"', page)) == 2
+    listed = re.findall(r'<tbody class="job[^"]*" data-job="([^"]+)"', page)
+    assert listed == ["extract", "load", *(f"load[{i}]" for i in range(11)), "report"]
