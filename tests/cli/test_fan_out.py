@@ -146,3 +146,17 @@ def test_a_wide_fan_out_records_every_copy(cli: Cli, write_pipeline: WritePipeli
     copies = sorted(int(row["item"]) for row in rows.values() if row["item"] is not None)
     assert copies == list(range(width))
     assert all(row["state"] == "SUCCEEDED" for row in rows.values())
+
+
+def test_graph_shows_what_a_job_fans_out_over(cli: Cli, write_pipeline: WritePipeline) -> None:
+    write_pipeline({"jobs": [sh("extract", "true"), sh("load", "true", after=["extract"], for_each={"from": "extract"},
+                                                       max_fan_out=50),
+                             sh("months", "true", for_each=["jan", "feb"])]})
+    document = json.loads(cli("graph", "pipeline.yaml", "--format", "json", check=0).stdout)
+    jobs = {job["name"]: job for job in document["jobs"]}
+    assert jobs["load"]["for_each"] == "{{ extract.return_value }}" and jobs["load"]["max_fan_out"] == 50
+    assert jobs["months"]["for_each"] == ["jan", "feb"] and jobs["months"]["max_fan_out"] == 1000
+    assert jobs["extract"]["for_each"] is None and jobs["extract"]["max_fan_out"] is None
+    table = cli("graph", "pipeline.yaml", check=0).stdout
+    assert "for each" in table and "extract.return_value" in table and "2 items" in table
+    assert '"load" [label="load[…]", shape=box3d];' in cli("graph", "pipeline.yaml", "--format", "dot", check=0).stdout

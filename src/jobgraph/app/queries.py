@@ -127,9 +127,10 @@ def pipeline(records: Store, name: str) -> Json:
 
 
 def graph_of(snapshot: str) -> Json:
-    """The jobs of a stored pipeline snapshot: name, predecessors, runner, pool, image and whether it is the finalizer.
+    """The jobs of a stored pipeline snapshot: name, predecessors, runner, pool, image, whether it is the finalizer,
+    and whether it fans out (`for_each`: its copies are the run's jobs named `JOB[i]`).
 
-    Only the structure: a job's args and env stay out, whatever they hold.
+    Only the structure: a job's args, env and for_each list stay out, whatever they hold.
     """
     document = json.loads(snapshot)
     defaults = document.get("defaults") or {}
@@ -138,7 +139,7 @@ def graph_of(snapshot: str) -> Json:
         return {"name": fields["name"], "after": list(fields.get("after") or ()),
                 "runner": fields.get("runner") or defaults.get("runner"),
                 "pool": fields.get("pool") or defaults.get("pool"), "image": fields.get("image"),
-                "finalizer": finalizer}
+                "finalizer": finalizer, "fans_out": fields.get("for_each") is not None}
 
     found = [job(fields, False) for fields in document.get("jobs") or ()]
     if document.get("finalizer"):
