@@ -4,6 +4,10 @@ the copies that failed; on both ways of writing a store (SQLite's fast path, Pos
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +164,30 @@ def test_graph_shows_what_a_job_fans_out_over(cli: Cli, write_pipeline: WritePip
     table = cli("graph", "pipeline.yaml", check=0).stdout
     assert "for each" in table and "extract.return_value" in table and "2 items" in table
     assert '"load" [label="load[…]", shape=box3d];' in cli("graph", "pipeline.yaml", "--format", "dot", check=0).stdout
+
+
+def test_a_run_killed_mid_fan_out_is_resumed_by_retry_keeping_the_copies_that_ended(
+        write_pipeline: WritePipeline, tmp_path: Path, cli: Cli) -> None:
+    ran, gate = tmp_path / "ran", tmp_path / "gate"
+    write_pipeline({"pools": {"one": {"max_parallel": 1}}, "jobs": [
+        sh("each", f"echo {{{{ item }}}} >> {ran}; while [ {{{{ item }}}} = 2 ] && [ ! -e {gate} ]; do sleep 0.05; "
+                   "done", for_each=[1, 2, 3], pool="one"),
+        sh("after_all", f"echo after >> {ran}", after=["each"])]})
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph")}
+    process = subprocess.Popen([sys.executable, "-m", "jobgraph", "run", "pipeline.yaml"], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while (not ran.exists() or ran.read_text().split() != ["1", "2"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.kill()  # kill -9 while each[1] runs and each[2] waits for the pool
+    process.wait()
+    gate.touch()
+    ran.unlink()
+    url = store_url(tmp_path)
+    run_id = only_run(url)
+    cli("retry", run_id, check=0)
+    assert ran.read_text().split() == ["2", "3", "after"]
+    rows = task_rows(url, run_id)
+    assert rows[("each[0]", 1)]["state"] == "SUCCEEDED" and ("each[0]", 2) not in rows
+    assert rows[("each[1]", 2)]["attempts"] == 2 and rows[("each[2]", 2)]["state"] == "SUCCEEDED"
+    assert rows[("each", 2)]["state"] == "SUCCEEDED"

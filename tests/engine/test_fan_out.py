@@ -171,3 +171,19 @@ def test_cancel_while_copies_wait_for_the_pool_cancels_every_copy_and_leaves_no_
             continue
         os.kill(int(pid), signal.SIGKILL)
         raise AssertionError(f"process {pid} of a cancelled copy is still alive")
+
+
+def test_a_retry_whose_list_got_shorter_records_the_copies_past_its_end_as_skipped(tmp_path: Path) -> None:
+    pipeline = make([sh("list", returns('["a"]')), sh("each", "true", after=["list"], for_each={"from": "list"})])
+    prior = {"list": PriorTask(TaskState.FAILED, 1), "each": PriorTask(TaskState.SKIPPED, 0),
+             "each[0]": PriorTask(TaskState.SUCCEEDED, 1, None, '"x"'),
+             "each[1]": PriorTask(TaskState.FAILED, 1, None, '"y"'),
+             "each[2]": PriorTask(TaskState.SKIPPED, 0, None, '"z"')}  # already dropped once: left as it is
+    result, events = execute(pipeline, tmp_path, prior=prior, run_attempt=2)
+    assert result.state == RunState.SUCCEEDED and "each[1]" not in result.tasks
+    expanded = next(e for e in events if isinstance(e, JobsExpanded))
+    assert [c.name for c in expanded.copies] == ["each[0]", "each[1]"] and expanded.items == ('"a"', '"y"')
+    assert final(events, "each[0]").state == TaskState.SUCCEEDED  # another item: ran again
+    assert final(events, "each[1]").state == TaskState.SKIPPED
+    assert final(events, "each[1]").reason == "not in the list of each any more (its length is 1 now)"
+    assert not [e for e in events if isinstance(e, TaskChanged) and e.task == "each[2]"]

@@ -55,6 +55,8 @@ class Expansion:
     kept: dict[str, Kept] = field(default_factory=dict)
     left: int = 0
     states: dict[str, TaskState] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+    """Copies an earlier attempt of the run had beyond this list's end (it got shorter): recorded SKIPPED."""
 
     @property
     def to_run(self) -> list[Job]:
@@ -64,26 +66,35 @@ class Expansion:
 
 class FanOuts:
     """The fanned-out jobs of one run: which job and item each copy has, and how many of each job's copies are
-    still to end. `kept`: the copies an earlier attempt of the run left in a state this one keeps."""
+    still to end. `earlier`: the copies of an earlier attempt of the run, of which those in a state in `keep`
+    are kept (for the same item)."""
 
-    def __init__(self, run_id: str, run_attempt: int, kept: Mapping[str, Kept]) -> None:
+    def __init__(self, run_id: str, run_attempt: int, earlier: Mapping[str, Kept], keep: frozenset[TaskState]) -> None:
         self._run_id = run_id
         self._run_attempt = run_attempt
-        self._kept = kept
+        self._earlier = earlier
+        self._kept = {name: copy for name, copy in earlier.items() if copy.state in keep}
         self._copy_of: dict[str, tuple[Expansion, int]] = {}
 
     def expand(self, job: Job, items: list[Any], attempts: Mapping[str, int]) -> tuple[Expansion, JobsExpanded]:
-        """The job's copies for `items` and the event that records those to run (`attempts`: how often each ran)."""
+        """The job's copies for `items` and the event that records those to run (`attempts`: how often each ran),
+        and those an earlier attempt had past the list's end (the `dropped`, to be recorded SKIPPED)."""
         expansion = expand(job, items, self._kept)
         running = expansion.to_run
         for index, copy in enumerate(expansion.copies):
             if copy.name not in expansion.kept:
                 self._copy_of[copy.name] = (expansion, index)
-        indexes = [self._copy_of[copy.name][1] for copy in running]
+        index = len(items)
+        while (name := copy_name(job.name, index)) in self._earlier:
+            if self._earlier[name].state != TaskState.SKIPPED:
+                expansion.dropped.append(name)
+            index += 1
+        shown = [*running, *(job.model_copy(update={"name": name}) for name in expansion.dropped)]
+        texts = [*(expansion.items[self._copy_of[copy.name][1]] for copy in running),
+                 *(self._earlier[name].item or "null" for name in expansion.dropped)]
         return expansion, JobsExpanded(
-            self._run_id, job.name, tuple(TaskInfo(c.name, c.pool or "", c.image, c.after) for c in running),
-            tuple(expansion.items[i] for i in indexes), self._run_attempt,
-            tuple(attempts.get(copy.name, 0) for copy in running))
+            self._run_id, job.name, tuple(TaskInfo(c.name, c.pool or "", c.image, c.after) for c in shown),
+            tuple(texts), self._run_attempt, tuple(attempts.get(copy.name, 0) for copy in shown))
 
     @property
     def copies(self) -> list[str]:

@@ -126,7 +126,7 @@ class GraphRun:
         self._values: dict[str, str] = {}
         self._fan_outs = fan_out.FanOuts(self.run_id, run_attempt, {
             name: fan_out.Kept(p.state, p.item, p.return_value) for name, p in self._prior.items()
-            if p.item is not None and p.state in keep})
+            if p.item is not None}, keep)
         self._pools: dict[str, _Pool] = {}
         self._running: dict[asyncio.Task[TaskState], str] = {}
         self._told_to_stop: set[asyncio.Task[TaskState]] = set()
@@ -261,6 +261,9 @@ class GraphRun:
             return self._release_successors(job.name)
         expansion, expanded = self._fan_outs.expand(job, items, {n: p.attempts for n, p in self._prior.items()})
         self._emit(expanded)
+        for name in expansion.dropped:  # recorded, but no job of this run: the run's state ignores it
+            self._emit(TaskChanged(self.run_id, name, TaskState.SKIPPED, now(),
+                                   reason=f"not in the list of {job.name} any more (its length is {len(items)} now)"))
         for name, earlier in expansion.kept.items():
             self._states[name] = earlier.state
             if earlier.return_value is not None:
