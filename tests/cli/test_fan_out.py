@@ -191,3 +191,14 @@ def test_a_run_killed_mid_fan_out_is_resumed_by_retry_keeping_the_copies_that_en
     assert rows[("each[0]", 1)]["state"] == "SUCCEEDED" and ("each[0]", 2) not in rows
     assert rows[("each[1]", 2)]["attempts"] == 2 and rows[("each[2]", 2)]["state"] == "SUCCEEDED"
     assert rows[("each", 2)]["state"] == "SUCCEEDED"
+
+
+def test_plan_shows_a_fanned_out_job_as_its_first_copy(cli: Cli, write_pipeline: WritePipeline) -> None:
+    write_pipeline({"jobs": [
+        sh("extract", "true"),
+        sh("load", "echo {{ item }} {{ item.path }}", after=["extract"], for_each={"from": "extract"}),
+        sh("months", "echo {{ item.name }}", for_each=[{"name": "jan"}, {"name": "feb"}])]})
+    planned = json.loads(cli("plan", "pipeline.yaml", "--format", "json", check=0).stdout)
+    argv = {job["job"]: job["argv"] for job in planned["jobs"]}
+    assert argv["load"][-1] == "echo <item> <item.path>"
+    assert argv["months"][-1] == "echo jan"

@@ -121,6 +121,36 @@ class FanOuts:
         return name in self._copy_of
 
 
+class Unknown(str):
+    """An item not known before the run, as `jobgraph plan` shows a fanned-out job: `<item>`, `<item.path>`.
+
+    A text that also answers every key (template.py walks it as a mapping), so any `{{ item.x.y }}` renders.
+    """
+
+    path: str
+
+    def __new__(cls, path: str) -> Unknown:
+        made = super().__new__(cls, f"<{path}>")
+        made.path = path
+        return made
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __getitem__(self, key: object) -> Unknown:
+        return Unknown(f"{self.path}.{key}")
+
+
+Mapping.register(Unknown)
+
+
+def planned_item(job: Job) -> Any:
+    """The item a fanned-out job's first copy would get, as far as it is known before the run."""
+    if isinstance(job.for_each, tuple) and job.for_each:
+        return job.for_each[0]
+    return Unknown("item")
+
+
 def copy_name(job: str, index: int) -> str:
     """The name of a job's copy: `extract[3]`."""
     return f"{job}[{index}]"

@@ -385,13 +385,15 @@ class GraphRun:
                        log_limit=job.log_limit or DEFAULT_LOG_LIMIT, timeout=job.timeout)
 
     def _template_values(self, job: Job, attempt: int) -> dict[str, object]:
-        """What a placeholder in a job's args and env may name (template.py); a copy's `item` too."""
+        """What a placeholder in the job's command, args and env may name, for this attempt (a copy: its item)."""
         values: dict[str, object] = {
             "params": {}, "scheduled_time": self.scheduled_time.isoformat(), "run_id": self.run_id,
             "pipeline": self.pipeline.name, "job": job.name, "attempt": attempt}
         is_copy, item = self._fan_outs.item(job.name)
         if is_copy:
             values["item"] = item
+        elif job.for_each is not None:  # the job itself never runs, but `plan` shows it as its first copy
+            values["item"] = fan_out.planned_item(job)
         return values
 
     def _rendered(self, job: Job, attempt: int, env: dict[str, str]) -> tuple[tuple[str, ...], dict[str, str]]:
@@ -409,18 +411,9 @@ class GraphRun:
         An adopted attempt is already recorded as started, with its handle: it is only waited for.
         """
         runner = self._runner_for(job)
+        log_path = self._log_dir / job.name / f"attempt-{attempt}.log"
         return_path = self._return_value_path(job, attempt)
         started = adoption.started_at if adoption else now()
-        try:
-            spec = self.spec_for(job, attempt)
-        except TemplateError as exc:  # a placeholder with no value for this job: the attempt cannot start
-            log_path = self._log_dir / job.name / f"attempt-{attempt}.log"
-            self._emit(AttemptStarted(self.run_id, job.name, attempt, started, log_path))
-            why = stored_text(f"cannot fill in the job's args and env: {exc}", self._redactor)
-            self._emit(AttemptEnded(self.run_id, job.name, attempt, AttemptStatus.ERROR, started, now(), None, why,
-                                    log_path))
-            return Outcome(AttemptStatus.ERROR, None, why)
-        log_path = spec.log_path
         if adoption is None:
             self._emit(AttemptStarted(self.run_id, job.name, attempt, started, log_path))
         handle = None
@@ -429,6 +422,7 @@ class GraphRun:
         try:
             try:
                 self._delivery.flush()  # the run and the attempt are recorded before the job exists
+                spec = self.spec_for(job, attempt)
                 if adoption is not None:
                     handle = await runner.adopt(adoption.reference, spec)
                 else:
@@ -445,6 +439,8 @@ class GraphRun:
                     await self._take_return_value(job, runner, handle)
             except RunnerError as exc:
                 outcome = Outcome(AttemptStatus.ERROR, None, str(exc))
+            except TemplateError as exc:
+                outcome = Outcome(AttemptStatus.ERROR, None, f"cannot fill in the job's placeholders: {exc}")
             except TimeoutError:
                 outcome = Outcome(AttemptStatus.TIMEOUT, None, f"timed out after {job.timeout:g}s")
             except Exception as exc:
