@@ -151,6 +151,19 @@ def planned_item(job: Job) -> Any:
     return Unknown("item")
 
 
+def job_named(jobs: Mapping[str, Job], task: str) -> Job | None:
+    """A job of a pipeline by name, or a fanned-out job's copy (`load[3]`) as its job under the copy's name
+    (recovery finds a lost run's remote attempts by name; a copy's item is not known there)."""
+    found = jobs.get(task)
+    if found is not None or not task.endswith("]"):
+        return found
+    base, _, index = task[:-1].rpartition("[")
+    job = jobs.get(base)
+    if job is None or job.for_each is None or not index.isdigit():
+        return None
+    return job.model_copy(update={"name": task})
+
+
 def copy_name(job: str, index: int) -> str:
     """The name of a job's copy: `extract[3]`."""
     return f"{job}[{index}]"
