@@ -187,3 +187,14 @@ def test_a_retry_whose_list_got_shorter_records_the_copies_past_its_end_as_skipp
     assert final(events, "each[1]").state == TaskState.SKIPPED
     assert final(events, "each[1]").reason == "not in the list of each any more (its length is 1 now)"
     assert not [e for e in events if isinstance(e, TaskChanged) and e.task == "each[2]"]
+
+
+def test_a_job_rerun_although_it_succeeded_reruns_every_copy(tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    pipeline = make([sh("each", f"echo {{{{ item }}}} >> {ran}", for_each=["a", "b"])])
+    prior = {"each[0]": PriorTask(TaskState.SUCCEEDED, 1, None, '"a"'),  # `each` itself left out: cleared
+             "each[1]": PriorTask(TaskState.SUCCEEDED, 1, None, '"b"')}
+    result, events = execute(pipeline, tmp_path, prior=prior, run_attempt=2)
+    assert result.state == RunState.SUCCEEDED
+    assert sorted(ran.read_text().split()) == ["a", "b"]
+    assert final(events, "each[0]").attempt == 2

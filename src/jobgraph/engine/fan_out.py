@@ -76,10 +76,14 @@ class FanOuts:
         self._kept = {name: copy for name, copy in earlier.items() if copy.state in keep}
         self._copy_of: dict[str, tuple[Expansion, int]] = {}
 
-    def expand(self, job: Job, items: list[Any], attempts: Mapping[str, int]) -> tuple[Expansion, JobsExpanded]:
+    def expand(self, job: Job, items: list[Any], attempts: Mapping[str, int],
+               keep: bool = True) -> tuple[Expansion, JobsExpanded]:
         """The job's copies for `items` and the event that records those to run (`attempts`: how often each ran),
-        and those an earlier attempt had past the list's end (the `dropped`, to be recorded SKIPPED)."""
-        expansion = expand(job, items, self._kept)
+        and those an earlier attempt had past the list's end (the `dropped`, to be recorded SKIPPED).
+
+        `keep`: whether copies may be kept from before at all; not when the job is rerun although it had
+        succeeded (`retry --job`, like Airflow's clear: all of it runs again)."""
+        expansion = expand(job, items, self._kept if keep else {})
         running = expansion.to_run
         for index, copy in enumerate(expansion.copies):
             if copy.name not in expansion.kept:

@@ -259,7 +259,9 @@ class GraphRun:
         except fan_out.FanOutError as exc:
             self._set_state(job.name, TaskState.FAILED, reason=str(exc))
             return self._release_successors(job.name)
-        expansion, expanded = self._fan_outs.expand(job, items, {n: p.attempts for n, p in self._prior.items()})
+        before = self._prior.get(job.name)  # rerun although it ended as kept (`retry --job`): every copy runs
+        expansion, expanded = self._fan_outs.expand(job, items, {n: p.attempts for n, p in self._prior.items()},
+                                                    keep=before is not None and before.state not in self._keep)
         self._emit(expanded)
         for name in expansion.dropped:  # recorded, but no job of this run: the run's state ignores it
             self._emit(TaskChanged(self.run_id, name, TaskState.SKIPPED, now(),
