@@ -16,6 +16,7 @@ from pydantic import (
     JsonValue,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -169,7 +170,10 @@ Retries = Annotated[int, Field(strict=True, ge=0, le=MAX_RETRIES)]
 Text = Annotated[str, AfterValidator(no_nul)]
 Command = Annotated[tuple[Annotated[str, Field(min_length=1), AfterValidator(no_nul)], ...], Field(min_length=1)]
 LogLimit = Annotated[int, BeforeValidator(parse_log_limit)]
-ForEach = Annotated[tuple[JsonValue, ...] | Text, BeforeValidator(_for_each_from)]
+ForEach = Annotated[tuple[JsonValue, ...] | Text, BeforeValidator(_for_each_from), WithJsonSchema({"anyOf": [
+    {"type": "array"}, {"type": "string", "pattern": r"^\s*\{\{.*\}\}\s*$"},
+    {"type": "object", "properties": {"from": {"type": "string"}}, "required": ["from"],
+     "additionalProperties": False}]})]
 
 
 INSTANCE_FAMILIES: dict[str, tuple[float, int]] = {
