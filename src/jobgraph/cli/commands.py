@@ -45,7 +45,7 @@ class OutputFormat(StrEnum):
 
 
 FormatOption = Annotated[OutputFormat, typer.Option(
-    "--format", "-f", help="table (to read) or json (one document on stdout, for scripts; fields in the README)")]
+    "--format", "-f", "-o", help="table (to read) or json (one document on stdout, for scripts; fields in the README)")]
 
 
 class PlanFormat(StrEnum):
@@ -67,7 +67,7 @@ def validate(file: FileArgument, runner: RunnerOption = None, output: FormatOpti
 
 def graph(
     file: FileArgument,
-    output: Annotated[GraphFormat, typer.Option("--format", "-f", help="table, dot, mermaid or json")] = (
+    output: Annotated[GraphFormat, typer.Option("--format", "-f", "-o", help="table, dot, mermaid or json")] = (
         GraphFormat.table
     ),
     dependents: Annotated[str | None, typer.Option(
@@ -90,7 +90,7 @@ def schema() -> None:
 def plan(
     file: FileArgument,
     runner: RunnerOption = None,
-    output: Annotated[PlanFormat, typer.Option("--format", "-f", help="yaml (to read) or json (for tools)")] = (
+    output: Annotated[PlanFormat, typer.Option("--format", "-f", "-o", help="yaml (to read) or json (for tools)")] = (
         PlanFormat.yaml
     ),
 ) -> None:
