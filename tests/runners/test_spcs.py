@@ -33,6 +33,7 @@ from jobgraph.states import AttemptStatus
 T = TypeVar("T")
 RUN_ID = "0b5e3c1e-6f1a-4a3e-9a55-1d2f3e4a5b6c"
 SECRET = "hunter2-the-real-value"
+IMAGE = "/tutorial_db/data_schema/tutorial_repository/my_job_image:latest"
 
 
 @dataclass
@@ -43,6 +44,8 @@ class Service:
     status: str = "PENDING"
     message: str = ""
     log: str = ""
+    exit_code: int | None = None
+    """LAST_EXIT_CODE, which SHOW SERVICE CONTAINERS has since bundle 2024_08 (None: an account without it)."""
 
 
 @dataclass
@@ -90,8 +93,11 @@ class Account:
             name = statements.service_name_of(statements.Statement(sql, params))
             assert name is not None and params == ()
             service = self.services[name]
-            return [{"service_name": name, "instance_id": "0", "container_name": "main", "status": service.status,
-                     "message": service.message}]
+            row: dict[str, object] = {"service_name": name, "instance_id": "0", "container_name": "main",
+                                      "status": service.status, "message": service.message}
+            if service.exit_code is not None:
+                row["last_exit_code"] = service.exit_code
+            return [row]
         if sql == statements.SERVICE_LOGS:
             name, instance, container, lines = params
             assert (instance, container) == ("0", "main") and isinstance(lines, int)
@@ -118,12 +124,12 @@ class Session:
 @pytest.fixture
 def account(monkeypatch: pytest.MonkeyPatch) -> Account:
     account = Account()
-    monkeypatch.setattr(spcs_module, "connect", lambda settings, images: Session(account))
+    monkeypatch.setattr(spcs_module, "connect", lambda settings, images, pools, folder: Session(account))
     return account
 
 
 def make_spec(tmp_path: Path, task: str = "t_myjob_1", attempt: int = 1, **fields: Any) -> JobSpec:
-    return JobSpec(RUN_ID, "root_task", task, attempt, "/tutorial_db/data_schema/tutorial_repository/my_job_image:latest",
+    return JobSpec(RUN_ID, "root_task", task, attempt, IMAGE,
                    ("--query=select 1", f"--result_table=results_{task[-1]}"), {"JOBGRAPH_TASK": task},
                    tmp_path / "logs" / task / f"attempt-{attempt}.log", pool=fields.pop("pool", "PR_STD_POOL_XS"),
                    **fields)
@@ -154,7 +160,7 @@ async def until(condition: Callable[[], bool]) -> None:
         await asyncio.sleep(0.01)
 
 
-def test_a_done_job_service_is_done_with_no_exit_code_its_log_read_and_dropped(account: Account,
+def test_a_done_job_service_is_done_with_its_exit_code_its_log_read_and_dropped(account: Account,
                                                                                tmp_path: Path) -> None:
     spec = make_spec(tmp_path, secret_values=frozenset({SECRET}))
 
@@ -164,37 +170,53 @@ def test_a_done_job_service_is_done_with_no_exit_code_its_log_read_and_dropped(a
         service.status = "RUNNING"
         await until(lambda: len(account.statements(statements.SHOW_JOB_SERVICES)) >= 2)
         service.log = f"2026-01-01T00:00:00Z loading\n2026-01-01T00:00:01Z password {SECRET}\nloaded 42 rows\n"
-        service.status = "DONE"
+        service.status, service.exit_code = "DONE", 0
         return handle, service, await runner.wait(handle), await runner.read_return_value(handle, 100)
 
     handle, service, outcome, value = play(scenario)
-    assert (outcome.status, outcome.exit_code, outcome.error) == (AttemptStatus.DONE, None, None)
+    assert (outcome.status, outcome.exit_code, outcome.error) == (AttemptStatus.DONE, 0, None)
     assert value is None
     assert handle.name == service_name(spec) == "JG_0B5E3C1E_T_MYJOB_1_1"
     assert service.pool == "PR_STD_POOL_XS" and service.comment == comment_for(spec)
     assert service.spec["spec"]["containers"][0]["args"] == ["--query=select 1", "--result_table=results_1"]
-    assert spec.log_path.read_text() == "2026-01-01T00:00:00Z loading\n2026-01-01T00:00:01Z password ***\nloaded 42 rows\n"
+    assert spec.log_path.read_text() == ("2026-01-01T00:00:00Z loading\n2026-01-01T00:00:01Z password ***\n"
+                                         "loaded 42 rows\n")
     assert handle.name not in account.services  # a DONE service is dropped once read
     assert account.statements(statements.DROP_SERVICE) == [(handle.name,)]
     assert threading.main_thread().ident not in account.threads  # never a statement on the event loop's thread
 
 
-def test_a_failed_job_service_is_failed_with_the_containers_message_and_kept(account: Account, tmp_path: Path) -> None:
+def test_a_failed_job_service_is_failed_with_the_containers_message_and_exit_code(account: Account,
+                                                                                  tmp_path: Path) -> None:
     spec = make_spec(tmp_path)
 
     async def scenario(runner: SpcsRunner) -> Any:
         handle = await runner.start(spec)
         service = account.services[handle.name]
         service.log = "Traceback (most recent call last):\nValueError: table results_1 is locked\n"
-        service.status, service.message = "FAILED", "Container exited with code 1"
+        service.status, service.message, service.exit_code = "FAILED", "Container exited with code 1", 1
         return handle, await runner.wait(handle)
 
     handle, outcome = play(scenario)
-    assert (outcome.status, outcome.exit_code) == (AttemptStatus.FAILED, None)
-    assert outcome.error == (f"job service {handle.name} FAILED: main FAILED: Container exited with code 1; kept for "
-                             f"inspection (DROP SERVICE {handle.name} removes it)")
+    assert (outcome.status, outcome.exit_code) == (AttemptStatus.FAILED, 1)
+    assert outcome.error == f"job service {handle.name} FAILED: main FAILED: Container exited with code 1"
     assert "ValueError: table results_1 is locked" in spec.log_path.read_text()
-    assert handle.name in account.services and not account.statements(statements.DROP_SERVICE)
+    assert handle.name not in account.services  # read, recorded, dropped
+    assert account.statements(statements.DROP_SERVICE) == [(handle.name,)]
+
+
+def test_an_account_without_last_exit_code_records_none_never_a_made_up_one(account: Account,
+                                                                           tmp_path: Path) -> None:
+    async def scenario(runner: SpcsRunner) -> Any:
+        done = await runner.start(make_spec(tmp_path, "t_myjob_1"))
+        failed = await runner.start(make_spec(tmp_path, "t_myjob_2"))
+        account.services[done.name].status = "DONE"
+        account.services[failed.name].status, account.services[failed.name].message = "FAILED", "exit 1"
+        return await runner.wait(done), await runner.wait(failed)
+
+    done, failed = play(scenario)
+    assert (done.status, done.exit_code) == (AttemptStatus.DONE, None)
+    assert (failed.status, failed.exit_code) == (AttemptStatus.FAILED, None)
 
 
 @pytest.mark.parametrize(("status", "expected", "words"), [
