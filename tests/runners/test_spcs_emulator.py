@@ -15,6 +15,7 @@ import yaml
 
 from jobgraph.config.model import Pool
 from jobgraph.runners import spcs_statements as sql
+from jobgraph.runners.base import JobSpec
 from jobgraph.runners.spcs_emulator import (
     LABEL,
     LOG_LIMIT_BYTES,
@@ -25,7 +26,7 @@ from jobgraph.runners.spcs_emulator import (
     resolve_identifier,
 )
 from jobgraph.runners.spcs_emulator_spec import SpecError, parse_spec
-from jobgraph.runners.spcs_spec import SpcsSettings
+from jobgraph.runners.spcs_spec import SpcsSettings, job_spec, service_name, spec_yaml
 from tests.runners.conftest import SQL_IMAGE, TEST_IMAGE
 
 SEED_IMAGE = "/tutorial_db/data_schema/tutorial_repository/my_job_image:latest"
@@ -132,12 +133,20 @@ def test_a_failing_container_is_failed_with_its_exit_code_in_the_message_and_its
     run(session, sql.drop_service(name))
 
 
-def test_the_seed_image_path_runs_the_local_sql_job_image_with_the_seed_args(
-        session: EmulatorSession, names: list[str]) -> None:
-    name = new_name(names, "T_MYJOB_1")
-    args = ["--query=select current_time() as time,'hello'", "--result_table=results_1"]
-    submit(session, name, spec(args, image=SEED_IMAGE, resources={"requests": {"cpu": 1, "memory": "6Gi"},
-                                                                  "limits": {"cpu": 1, "memory": "6Gi"}}))
+def test_the_runners_own_spec_of_a_seed_job_runs_the_local_sql_job_image_with_the_seed_args(
+        session: EmulatorSession, names: list[str], tmp_path: Path, engine: docker.DockerClient) -> None:
+    job = JobSpec(run_id=uuid.uuid4().hex, pipeline="root_task", task="t_myjob_1", attempt=1, image=SEED_IMAGE,
+                  args=("--query=select current_time() as time,'hello'", "--result_table=results_1"),
+                  env={"JOBGRAPH_TASK": "t_myjob_1"}, log_path=tmp_path / "log", pool="PR_STD_POOL_XS")
+    name = service_name(job)
+    names.append(name)
+    settings = SpcsSettings.model_validate({"emulator": True})
+    text = spec_yaml(job_spec(job, settings, Pool(max_parallel=1, cpu=1, memory="512m")))
+    submit(session, name, text, settings=settings)
+    [container] = engine.containers.list(all=True, filters={"label": f"{LABEL}.name={name}"})
+    limits = container.attrs["HostConfig"]
+    assert (limits["Memory"], limits["NanoCpus"], limits["NetworkMode"]) == (512 << 20, 10**9, "none")
+    assert container.attrs["Config"]["Env"].count("JOBGRAPH_TASK=t_myjob_1") == 1
     wait_for(session, name, "DONE")
     assert logs(session, name) == "1 row(s) appended to results_1\n"
     run(session, sql.drop_service(name))
