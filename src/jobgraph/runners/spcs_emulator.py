@@ -17,7 +17,8 @@ the statement's clauses, so a jobgraph killed with -9 and started again finds it
   RUNNING, exit 0 DONE, other exits FAILED with "container exited with code N", being removed
   DELETING; a removed container is a service that does not exist.
 - `SYSTEM$GET_SERVICE_LOGS`: the container's last N lines (at most 100 KB, as Snowflake caps them).
-- `DROP SERVICE IF EXISTS`: kills and removes the container.
+- `DROP SERVICE IF EXISTS`: renames the container (DELETING from then on, in every session), kills and
+  removes it.
 - `SHOW COMPUTE POOLS`: the pipeline's pools, or those of JOBGRAPH_SPCS_EMULATOR_POOLS
   (`NAME[:STATE],...`, e.g. `PR_STD_POOL_XS,PR_STD_POOL_S:SUSPENDED`).
 Errors carry `errno` and `sqlstate` as the connector's do (2003 does not exist, 2002 already exists).
@@ -25,6 +26,7 @@ Errors carry `errno` and `sqlstate` as the connector's do (2003 does not exist, 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -56,6 +58,9 @@ POOLS_VARIABLE = "JOBGRAPH_SPCS_EMULATOR_POOLS"
 
 LOG_LIMIT_BYTES = 100 << 10
 """SYSTEM$GET_SERVICE_LOGS returns at most this much, the end of it (Snowflake's documented 100 KB)."""
+
+DROPPING = ".dropping"
+"""Appended to the container's name when DROP SERVICE begins: it is DELETING until it is gone."""
 
 OWNER = "JOBGRAPH_SPCS_EMULATOR"
 """The owner shown for emulated services and pools: never a Snowflake role."""
@@ -351,6 +356,9 @@ class EmulatorSession:
         client = self._podman()
         for entry in found:
             container = client.containers.prepare_model({"Id": entry["Id"]})
+            with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+                # renamed first: every session sees it DELETING, never as a job that exited (killed) on its own
+                client.api.rename(entry["Id"], f"{resolved}{DROPPING}")
             kill(container)
             remove(container)
         if found and self._containers(resolved):
@@ -396,6 +404,8 @@ def _stored_name(name: str) -> str:
 def _status(entry: Mapping[str, Any], pools: Mapping[str, str | None]) -> tuple[str, str, str]:
     """(service status, container status, container message) of an emulated service from Podman's state."""
     state = str(entry.get("State", "")).lower()
+    if state == "removing" or any(str(name).endswith(DROPPING) for name in entry.get("Names") or ()):
+        return "DELETING", "UNKNOWN", "being dropped"
     if state in _PENDING_STATES:
         pool = _labels(entry).get(f"{LABEL}.pool", "")
         if pools.get(pool) == "SUSPENDED":
@@ -408,8 +418,6 @@ def _status(entry: Mapping[str, Any], pools: Mapping[str, str | None]) -> tuple[
         if code == 0:
             return "DONE", "DONE", "Completed successfully"
         return "FAILED", "FAILED", f"container exited with code {code}"
-    if state == "removing":
-        return "DELETING", "UNKNOWN", "being dropped"
     return "INTERNAL_ERROR", "UNKNOWN", f"Podman reports the container as {state or 'nothing'}"
 
 
