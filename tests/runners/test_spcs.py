@@ -15,6 +15,7 @@ import re
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ from jobgraph.states import AttemptStatus
 T = TypeVar("T")
 RUN_ID = "0b5e3c1e-6f1a-4a3e-9a55-1d2f3e4a5b6c"
 SECRET = "hunter2-the-real-value"
+CREATED = datetime(2026, 1, 2, 3, 0, 0, tzinfo=UTC)
 IMAGE = "/tutorial_db/data_schema/tutorial_repository/my_job_image:latest"
 
 
@@ -44,6 +46,7 @@ class Service:
     status: str = "PENDING"
     message: str = ""
     log: str = ""
+    updated_on: datetime | None = None
     exit_code: int | None = None
     """LAST_EXIT_CODE, which SHOW SERVICE CONTAINERS has since bundle 2024_08 (None: an account without it)."""
 
@@ -81,7 +84,7 @@ class Account:
         if sql == statements.SHOW_JOB_SERVICES:
             like = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in str(params[0]))
             return [{"name": name, "status": service.status, "compute_pool": service.pool,
-                     "comment": service.comment}
+                     "comment": service.comment, "created_on": CREATED, "updated_on": service.updated_on}
                     for name, service in self.services.items() if re.fullmatch(like, name, re.IGNORECASE)]
         if sql == statements.DESCRIBE_SERVICE:
             service = self.services.get(str(params[0]))
@@ -389,3 +392,28 @@ def test_logs_while_running_and_after(account: Account, tmp_path: Path) -> None:
 
     running, ended = play(scenario)
     assert running == "step 1 ***" and ended == "step 1 ***\n"
+
+
+def test_an_adopted_service_found_ended_keeps_its_real_end_one_seen_running_ends_now(account: Account,
+                                                                                   tmp_path: Path) -> None:
+    ended_early, seen_running = make_spec(tmp_path, "t_myjob_1"), make_spec(tmp_path, "t_myjob_2")
+    end = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+    async def first(runner: SpcsRunner) -> list[str]:
+        return [runner.handle_ref(await runner.start(spec)) for spec in (ended_early, seen_running)]
+
+    early, running = play(first)
+    account.services[early].status, account.services[early].updated_on = "DONE", end  # while no jobgraph watched
+    account.services[running].status, account.services[running].updated_on = "RUNNING", CREATED
+
+    async def second(runner: SpcsRunner) -> Any:
+        first_handle = await runner.adopt(early, ended_early)
+        second_handle = await runner.adopt(running, seen_running)
+        done_early = await runner.wait(first_handle)
+        await until(lambda: not second_handle.adopted)
+        account.services[running].status, account.services[running].updated_on = "DONE", end
+        return done_early, await runner.wait(second_handle)
+
+    done_early, done_later = play(second, opened=False)
+    assert done_early.ended_at == end
+    assert done_later.ended_at is None  # the engine records "now": it was seen running a poll ago
