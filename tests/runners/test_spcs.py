@@ -96,6 +96,9 @@ class Account:
             name = statements.service_name_of(statements.Statement(sql, params))
             assert name is not None and params == ()
             service = self.services[name]
+            if service.status in ("PENDING", "SUSPENDED"):  # as Snowflake documents: no instance, no container
+                return [{"service_name": name, "service_status": service.status, "instance_id": None,
+                         "container_name": None, "status": None, "message": None}]
             row: dict[str, object] = {"service_name": name, "instance_id": "0", "container_name": "main",
                                       "status": service.status, "message": service.message}
             if service.exit_code is not None:
@@ -238,6 +241,10 @@ def test_every_other_end_is_mapped_truly(account: Account, tmp_path: Path, statu
     outcome = play(scenario)
     assert outcome.status == expected and outcome.exit_code is None
     assert words in str(outcome.error)
+    assert all(params[1] == "0" for params in account.statements(statements.SERVICE_LOGS))  # never 'None'
+    if status == "SUSPENDED":  # it never got a node: nothing to read a log from, and the error says so
+        assert not account.statements(statements.SERVICE_LOGS)
+        assert "its log could not be read: Snowflake listed no container" in str(outcome.error)
 
 
 def test_a_service_dropped_behind_jobgraphs_back_is_an_error_naming_it(account: Account, tmp_path: Path) -> None:

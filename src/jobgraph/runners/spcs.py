@@ -362,9 +362,11 @@ class SpcsRunner:
         texts: list[str] = []
         problem: str | None = None
         for container in containers:
+            instance, name = container.get("instance_id"), container.get("container_name")
+            if instance is None or name is None:  # a service that never got a node (PENDING, SUSPENDED): no log
+                continue
             try:
-                texts.append(await self._log_text(handle.name, str(container.get("instance_id", "0")),
-                                                  str(container.get("container_name") or "main")))
+                texts.append(await self._log_text(handle.name, str(instance), str(name)))
             except RunnerError as exc:
                 problem = str(exc)
         if not texts:
