@@ -27,8 +27,8 @@ from jobgraph.errors import RunnerError
 from jobgraph.runners import spcs as spcs_module
 from jobgraph.runners import spcs_statements as statements
 from jobgraph.runners.base import JobSpec
-from jobgraph.runners.spcs import SpcsRunner, comment_for
-from jobgraph.runners.spcs_spec import SpcsSettings, service_name
+from jobgraph.runners.spcs import SpcsRunner
+from jobgraph.runners.spcs_spec import SpcsSettings, comment_for, service_name
 from jobgraph.states import AttemptStatus
 
 T = TypeVar("T")
