@@ -8,7 +8,6 @@ cancel, adopt after kill -9, a pool that does not exist), not Snowflake's own be
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
