@@ -74,8 +74,8 @@ _EXECUTE = re.compile(
     r"(?P<warehouse> QUERY_WAREHOUSE = IDENTIFIER\(%s\))?(?P<comment> COMMENT = %s)?"
     r"(?: EXTERNAL_ACCESS_INTEGRATIONS = \((?P<integrations>IDENTIFIER\(%s\)(?: ?, ?IDENTIFIER\(%s\))*)\))?"
     r" FROM SPECIFICATION %s")
-_SHOW_CONTAINERS = re.compile(r'SHOW SERVICE CONTAINERS IN SERVICE ("(?:[^"]|"")+")')
-"""The one statement with its service name inline (quoted by snowflake_sql.quote_identifier), not bound."""
+_SHOW_CONTAINERS = re.compile(r"SHOW SERVICE CONTAINERS IN SERVICE ([A-Za-z_][A-Za-z0-9_$]*)")
+"""The one statement with its service name inline (checked, unquoted: Snowflake takes no quoted name there)."""
 _PENDING_STATES = frozenset({"created", "configured", "initialized"})
 _RUNNING_STATES = frozenset({"running", "paused", "stopping"})
 _ENDED_STATES = frozenset({"exited", "stopped"})
