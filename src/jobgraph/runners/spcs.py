@@ -21,6 +21,9 @@ the state machine between them.
   into the attempt's log, redacted and capped, and the service is dropped: its status, message, exit code
   and log are in jobgraph's store (an ended job service otherwise stays, listed, until dropped).
   `cancel` drops the service (`DROP SERVICE IF EXISTS`).
+- An adopted service found already ended is recorded as ending at its last change (`updated_on`, when
+  Snowflake gives one after `created_on`), not when the new jobgraph saw it; one seen running ends "now",
+  within a poll of its end.
 - `open` checks with `SHOW COMPUTE POOLS` that every compute pool the jobs use exists, before anything runs.
 """
 
@@ -30,7 +33,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Coroutine, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +53,7 @@ from jobgraph.runners.spcs_statements import (
     show_job_services,
     show_service_containers,
 )
-from jobgraph.runners.spcs_states import GONE, TERMINAL, outcome_of
+from jobgraph.runners.spcs_states import GONE, TERMINAL, WAITING, last_change, outcome_of
 from jobgraph.states import AttemptStatus
 
 if TYPE_CHECKING:
@@ -74,6 +77,8 @@ class SpcsHandle:
     outcome: asyncio.Future[Outcome]
     cancelled: bool = False
     finishing: bool = False
+    adopted: bool = False
+    """Submitted by an earlier jobgraph: it may have ended long before this one saw it."""
 
 
 def comment_for(spec: JobSpec) -> str:
@@ -172,7 +177,9 @@ class SpcsRunner:
             raise RunnerError(f"{reference!r} is not the job service of {spec.task} attempt {spec.attempt} "
                               f"({expected})")
         await self._connect()  # recovery adopts (and cancels) with a runner it did not open
-        return self._watch(reference, spec)
+        handle = self._watch(reference, spec)
+        handle.adopted = True
+        return handle
 
     async def find(self, spec: JobSpec) -> str | None:
         """The attempt's service if Snowflake has it (submitted, but jobgraph died before recording its name)."""
@@ -311,7 +318,10 @@ class SpcsRunner:
             row = listed.get(handle.name)
             if row is None:
                 row = await self._status(handle.name) or {"name": handle.name, "status": "DELETED"}
-            if str(row.get("status", "")).upper() in TERMINAL:
+            status = str(row.get("status", "")).upper()
+            if status in WAITING:
+                handle.adopted = False  # seen running: its end is seen within a poll, "now" is right
+            elif status in TERMINAL:
                 handle.finishing = True
                 self._spawn(handle, self._finish(handle, row, drop=True))
 
@@ -335,6 +345,8 @@ class SpcsRunner:
         unread = await self._save_log(handle, containers)
         pool = str(row.get("compute_pool") or handle.spec.pool).upper()
         outcome = outcome_of(handle.name, status, containers, pool, by_jobgraph=handle.cancelled, unread=unread)
+        if handle.adopted and outcome.status != AttemptStatus.CANCELLED:
+            outcome = replace(outcome, ended_at=last_change(row))
         if drop and status not in GONE and not handle.cancelled:  # all it had to say is in jobgraph's store now
             with contextlib.suppress(RunnerError):
                 await self._run(drop_service(handle.name))

@@ -12,6 +12,7 @@ says why a job failed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 
 from jobgraph.runners.base import Outcome
 from jobgraph.states import AttemptStatus
@@ -51,6 +52,16 @@ def exit_code(containers: Iterable[Mapping[str, object]]) -> int | None:
     if isinstance(code, str) and code.strip().lstrip("-").isdigit():
         return int(code)
     return None
+
+
+def last_change(row: Mapping[str, object]) -> datetime | None:
+    """When a service last changed (`updated_on`), if Snowflake says so and it is after its `created_on`."""
+    updated, created = row.get("updated_on"), row.get("created_on")
+    if not isinstance(updated, datetime) or updated.tzinfo is None:
+        return None
+    if isinstance(created, datetime) and created.tzinfo is not None and updated <= created:
+        return None
+    return updated
 
 
 def outcome_of(name: str, status: str, containers: Iterable[Mapping[str, object]], pool: str,
