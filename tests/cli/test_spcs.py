@@ -227,7 +227,6 @@ def test_a_job_service_that_ended_while_jobgraph_was_down_is_recorded_with_its_r
         assert quick.log_path.read_text() == "failing\n"
         # the end is the service's updated_on; Podman's list gives ExitedAt in whole seconds, so up to 1 s early
         assert quick.duration_secs is not None and 1 <= quick.duration_secs < 6, quick.duration_secs
-    remove(podman, [service])  # kept for inspection, as a failed service is
 
 
 def test_a_job_service_dropped_by_someone_else_is_an_error_that_says_so(
@@ -264,8 +263,6 @@ def test_a_job_in_a_suspended_compute_pool_is_an_error_naming_the_pool_and_never
         [summary] = records.runs()
         [attempt] = records.attempts(summary.run_id)
         assert attempt.status == "ERROR" and "compute pool PR_STD_POOL_XS was suspended" in (attempt.error or "")
-        refs = [str(attempt.backend_ref)]
-    remove(podman, services(podman, refs))  # never started; kept as a failed service is
     assert not marker.exists()
 
 
@@ -285,3 +282,21 @@ def test_a_pool_that_does_not_exist_is_a_clear_error_and_nothing_runs(
     if (tmp_path / ".jobgraph" / "jobgraph.db").exists():
         with Store(store_url(tmp_path)) as records:
             assert [a for run in records.runs() for a in records.attempts(run.run_id)] == []
+
+
+def test_a_secret_goes_by_reference_reaches_the_job_and_never_the_log_the_error_or_the_store(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline, podman: docker.DockerClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_TOKEN", "s3cr3t-value")  # what the emulator stands in for Snowflake's secret with
+    document = emulated("secret", [box("t_uses", 'echo "token is $API_TOKEN"; exit 1', secrets=["API_TOKEN"])])
+    document["runners"] = {"spcs": {**SETTINGS["spcs"], "secrets": {"API_TOKEN": "tutorial_db.data_schema.api_token"}}}
+    write_pipeline(document, with_sh=False)
+    plan = cli("plan", "pipeline.yaml", "--runner", "spcs", check=0)
+    assert "TUTORIAL_DB.DATA_SCHEMA.API_TOKEN" in plan.stdout.upper() and "s3cr3t" not in plan.stdout
+    cli("run", "pipeline.yaml", check=1, timeout=120)
+    with Store(store_url(tmp_path)) as records:
+        [summary] = records.runs()
+        [attempt] = records.attempts(summary.run_id)
+        assert attempt.log_path.read_text() == "token is ***\n"
+        assert attempt.error is not None and "token is ***" in attempt.error and "s3cr3t" not in attempt.error
+    assert b"s3cr3t" not in (tmp_path / ".jobgraph" / "jobgraph.db").read_bytes()

@@ -326,7 +326,8 @@ def test_concurrent_submits_from_worker_threads_each_get_their_service(
 
 @pytest.mark.parametrize("statement", [
     "SELECT 1", "DROP SERVICE IDENTIFIER(%s)", "SHOW JOB SERVICES", "describe service identifier(%s)",
-    'SHOW SERVICE CONTAINERS IN SERVICE "X"; DROP SERVICE "Y"', "SHOW SERVICE CONTAINERS IN SERVICE X--",
+    "SHOW SERVICE CONTAINERS IN SERVICE X; DROP SERVICE Y", 'SHOW SERVICE CONTAINERS IN SERVICE "X"',
+    "SHOW SERVICE CONTAINERS IN SERVICE IDENTIFIER(%s)", "SHOW SERVICE CONTAINERS IN SERVICE X--",
 ])
 def test_any_other_statement_is_an_error_naming_it(session: EmulatorSession, statement: str) -> None:
     params: tuple[object, ...] = ("X",) * statement.count("%s")

@@ -13,9 +13,9 @@ the statement's clauses, so a jobgraph killed with -9 and started again finds it
   no network unless the statement names external access integrations). A pool that is not listed is
   Snowflake's "does not exist" error, a service name taken its "already exists".
 - `SHOW JOB SERVICES LIKE`, `DESCRIBE SERVICE`, `SHOW SERVICE CONTAINERS IN SERVICE`: Podman's state
-  as SPCS statuses (one list call each): not started PENDING (SUSPENDED in a suspended pool), running
-  RUNNING, exit 0 DONE, other exits FAILED with "container exited with code N", being removed
-  DELETING; a removed container is a service that does not exist.
+  as SPCS's rows (one list call each; spcs_emulator_rows.py): not started PENDING (SUSPENDED in a
+  suspended pool), running RUNNING, exit 0 DONE, other exits FAILED with "container exited with code
+  N", being dropped DELETING; a removed container is a service that does not exist.
 - `SYSTEM$GET_SERVICE_LOGS`: the container's last N lines (at most 100 KB, as Snowflake caps them).
 - `DROP SERVICE IF EXISTS`: renames the container (DELETING from then on, in every session), kills and
   removes it.
@@ -33,7 +33,6 @@ import os
 import re
 import threading
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,14 +43,24 @@ import requests.exceptions
 from jobgraph.errors import RunnerError
 from jobgraph.runners.engine_api import connect, create_container, explain, kill, output_chunks, remove
 from jobgraph.runners.service import EngineService, find_or_start
+from jobgraph.runners.spcs_emulator_rows import (
+    DROPPING,
+    LABEL,
+    UNQUOTED,
+    Row,
+    container_row,
+    label,
+    labels_of,
+    pool_rows,
+    service_row,
+    stored_name,
+)
 from jobgraph.runners.spcs_emulator_spec import SpecError, parse_spec
+from jobgraph.runners.spcs_statements import escape_value
 
 if TYPE_CHECKING:
     from jobgraph.config.model import Pool
     from jobgraph.runners.spcs_spec import SpcsSettings
-
-LABEL = "jobgraph.spcs-emulator"
-"""The label every emulated service's container carries (=1); its other labels are `LABEL.<what>`."""
 
 POOLS_VARIABLE = "JOBGRAPH_SPCS_EMULATOR_POOLS"
 """Overrides the pools SHOW COMPUTE POOLS lists: `NAME[:STATE],...` (a missing pool, a suspended one)."""
@@ -59,26 +68,14 @@ POOLS_VARIABLE = "JOBGRAPH_SPCS_EMULATOR_POOLS"
 LOG_LIMIT_BYTES = 100 << 10
 """SYSTEM$GET_SERVICE_LOGS returns at most this much, the end of it (Snowflake's documented 100 KB)."""
 
-DROPPING = ".dropping"
-"""Appended to the container's name when DROP SERVICE begins: it is DELETING until it is gone."""
-
-OWNER = "JOBGRAPH_SPCS_EMULATOR"
-"""The owner shown for emulated services and pools: never a Snowflake role."""
-
-Row = dict[str, object]
-
-_UNQUOTED = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 _CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 _EXECUTE = re.compile(
     r"EXECUTE JOB SERVICE IN COMPUTE POOL IDENTIFIER\(%s\) NAME = IDENTIFIER\(%s\) ASYNC = TRUE"
     r"(?P<warehouse> QUERY_WAREHOUSE = IDENTIFIER\(%s\))?(?P<comment> COMMENT = %s)?"
     r"(?: EXTERNAL_ACCESS_INTEGRATIONS = \((?P<integrations>IDENTIFIER\(%s\)(?: ?, ?IDENTIFIER\(%s\))*)\))?"
     r" FROM SPECIFICATION %s")
-_SHOW_CONTAINERS = re.compile(r'SHOW SERVICE CONTAINERS IN SERVICE ("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)')
-"""The one statement with its service name inline (checked, unquoted, by spcs_statements), not bound."""
-_PENDING_STATES = frozenset({"created", "configured", "initialized"})
-_RUNNING_STATES = frozenset({"running", "paused", "stopping"})
-_ENDED_STATES = frozenset({"exited", "stopped"})
+_SHOW_CONTAINERS = re.compile(r"SHOW SERVICE CONTAINERS IN SERVICE ([A-Za-z_][A-Za-z0-9_$]*)")
+"""The one statement with its service name inline (checked, unquoted: Snowflake takes no quoted name there)."""
 
 
 class EmulatorError(RunnerError):
@@ -103,7 +100,7 @@ def resolve_identifier(value: object) -> str:
     text = value.strip()
     if len(text) >= 2 and text.startswith('"') and text.endswith('"') and '"' not in text[1:-1].replace('""', ""):
         return text[1:-1].replace('""', '"')
-    if _UNQUOTED.fullmatch(text) and len(text) <= 255:
+    if UNQUOTED.fullmatch(text) and len(text) <= 255:
         return text.upper()
     raise EmulatorError(1003, "42000", f"SQL compilation error: invalid identifier {value!r}")
 
@@ -200,7 +197,7 @@ class EmulatorSession:
             listed = response.json() or []
         except (docker.errors.DockerException, requests.exceptions.RequestException, ValueError) as exc:
             raise RunnerError(f"the SPCS emulator's Podman did not answer: {exc}") from None
-        return [entry for entry in listed if name is None or _labels(entry).get(f"{LABEL}.name") == name]
+        return [entry for entry in listed if name is None or labels_of(entry).get(f"{LABEL}.name") == name]
 
     def _one(self, name: object) -> dict[str, Any]:
         resolved = resolve_identifier(name)
@@ -213,11 +210,11 @@ class EmulatorSession:
         """Pool name -> the state it was given (None: IDLE or ACTIVE by what runs in it)."""
         configured = os.environ.get(POOLS_VARIABLE)
         if configured is None:
-            return {_stored_name(name): None for name in self._pools}
+            return {stored_name(name): None for name in self._pools}
         states: dict[str, str | None] = {}
         for entry in filter(None, (part.strip() for part in configured.split(","))):
             name, _, state = entry.partition(":")
-            states[_stored_name(name.strip())] = state.strip().upper() or None
+            states[stored_name(name.strip())] = state.strip().upper() or None
         return states
 
     def _execute_job_service(self, match: re.Match[str], params: tuple[object, ...]) -> list[Row]:
@@ -242,8 +239,8 @@ class EmulatorSession:
             raise EmulatorError(395018, "22023", f"Invalid spec: {exc}") from None
         labels = {
             LABEL: "1", f"{LABEL}.name": name, f"{LABEL}.pool": pool, f"{LABEL}.container": plan.container_name,
-            f"{LABEL}.image": plan.spec_image, f"{LABEL}.database": _stored_name(self._settings.database or ""),
-            f"{LABEL}.schema": _stored_name(self._settings.schema_name or ""),
+            f"{LABEL}.image": plan.spec_image, f"{LABEL}.database": stored_name(self._settings.database or ""),
+            f"{LABEL}.schema": stored_name(self._settings.schema_name or ""),
             f"{LABEL}.comment": comment or "", f"{LABEL}.query_warehouse": warehouse or "",
             f"{LABEL}.external_access_integrations": json.dumps(integrations),
             f"{LABEL}.spec_digest": hashlib.sha256(spec_text.encode()).hexdigest(),
@@ -280,63 +277,23 @@ class EmulatorSession:
     def _show_job_services(self, pattern: object) -> list[Row]:
         wanted = like(pattern)
         states = self._pool_states()
-        rows = [self._service_row(entry, states) for entry in self._containers()]
+        rows = [service_row(entry, states) for entry in self._containers()]
         return sorted((row for row in rows if wanted.fullmatch(str(row["name"]))), key=lambda row: str(row["name"]))
 
     def _describe_service(self, name: object) -> list[Row]:
-        entry = self._one(name)
-        row = self._service_row(entry, self._pool_states())
-        return [row]
-
-    def _service_row(self, entry: dict[str, Any], pools: Mapping[str, str | None]) -> Row:
-        labels = _labels(entry)
-        status, _, _ = _status(entry, pools)
-        running = status == "RUNNING"
-        return {
-            "name": labels.get(f"{LABEL}.name"), "status": status,
-            "database_name": labels.get(f"{LABEL}.database") or None,
-            "schema_name": labels.get(f"{LABEL}.schema") or None, "owner": OWNER,
-            "compute_pool": labels.get(f"{LABEL}.pool"), "dns_name": None,
-            "current_instances": 1 if running else 0, "target_instances": 1, "min_ready_instances": 1,
-            "min_instances": 1, "max_instances": 1, "auto_resume": False,
-            "external_access_integrations": labels.get(f"{LABEL}.external_access_integrations"),
-            "created_on": _created(entry), "updated_on": _updated(entry), "resumed_on": None, "suspended_on": None,
-            "auto_suspend_secs": 0, "comment": labels.get(f"{LABEL}.comment") or None, "owner_role_type": "ROLE",
-            "query_warehouse": labels.get(f"{LABEL}.query_warehouse") or None, "is_job": True,
-            "is_async_job": True, "spec_digest": labels.get(f"{LABEL}.spec_digest"), "is_upgrading": False,
-        }
+        return [service_row(self._one(name), self._pool_states())]
 
     def _show_service_containers(self, name: object) -> list[Row]:
-        entry = self._one(name)
-        labels = _labels(entry)
-        status, container_status, message = _status(entry, self._pool_states())
-        row: Row = {
-            "database_name": labels.get(f"{LABEL}.database") or None,
-            "schema_name": labels.get(f"{LABEL}.schema") or None, "service_name": labels.get(f"{LABEL}.name"),
-            "service_status": status, "instance_id": None, "instance_status": None, "container_name": None,
-            "status": None, "message": None, "image_name": None, "image_digest": None, "restart_count": None,
-            "start_time": None, "last_exit_code": None, "last_restart_time": None,
-        }
-        if status not in ("PENDING", "SUSPENDED"):  # as Snowflake: no instance yet, no container fields
-            instance = {"RUNNING": "READY", "DONE": "SUCCEEDED", "FAILED": "FAILED"}.get(status, "TERMINATING")
-            row.update({
-                "instance_id": "0", "instance_status": instance, "container_name": labels.get(f"{LABEL}.container"),
-                "status": container_status, "message": message, "image_name": labels.get(f"{LABEL}.image"),
-                "image_digest": entry.get("ImageID"), "restart_count": 0, "start_time": _epoch(entry.get("StartedAt")),
-                "last_exit_code": int(entry.get("ExitCode", 0)) if status in ("DONE", "FAILED") else None,
-            })
-        return [row]
+        return [container_row(self._one(name), self._pool_states())]
 
     def _service_logs(self, name: object, instance_id: object, container_name: object, lines: object) -> list[Row]:
         entry = self._one(name)
-        labels = _labels(entry)
-        column = "system$get_service_logs(" + ", ".join(map(_literal, (name, instance_id, container_name, lines)))
+        service = label(entry, "name")
+        column = "system$get_service_logs(" + ", ".join(map(escape_value, (name, instance_id, container_name, lines)))
         if str(instance_id) != "0":
-            raise EmulatorError(395017, "22023", f"instance {instance_id!r} of service "
-                                                 f"{labels.get(f'{LABEL}.name')} does not exist")
-        if container_name != labels.get(f"{LABEL}.container"):
-            raise EmulatorError(395017, "22023", f"container {container_name!r} of service "
-                                                 f"{labels.get(f'{LABEL}.name')} does not exist")
+            raise EmulatorError(395017, "22023", f"instance {instance_id!r} of service {service} does not exist")
+        if container_name != label(entry, "container"):
+            raise EmulatorError(395017, "22023", f"container {container_name!r} of service {service} does not exist")
         if isinstance(lines, bool) or not isinstance(lines, int | str) or not str(lines).isdigit():
             raise EmulatorError(1003, "42000", f"the number of log lines must be a whole number, not {lines!r}")
         container = self._podman().containers.prepare_model({"Id": entry["Id"]})
@@ -346,8 +303,7 @@ class EmulatorSession:
                 text += chunk
                 del text[:-LOG_LIMIT_BYTES]
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise RunnerError(f"the SPCS emulator could not read the logs of {labels.get(f'{LABEL}.name')}: "
-                              f"{explain(exc)}") from None
+            raise RunnerError(f"the SPCS emulator could not read the logs of {service}: {explain(exc)}") from None
         return [{column.lower() + ")": text.decode(errors="replace")}]
 
     def _drop_service(self, name: object) -> list[Row]:
@@ -368,79 +324,5 @@ class EmulatorSession:
         return [{"status": f"{resolved} successfully dropped."}]
 
     def _show_compute_pools(self) -> list[Row]:
-        states = self._pool_states()
-        jobs: dict[str, int] = {}
-        for entry in self._containers():
-            if _status(entry, states)[0] in ("PENDING", "RUNNING"):
-                in_pool = _labels(entry).get(f"{LABEL}.pool", "")
-                jobs[in_pool] = jobs.get(in_pool, 0) + 1
-        configured = {_stored_name(name): pool for name, pool in self._pools.items()}
-        rows: list[Row] = []
-        for name, state in sorted(states.items()):
-            pool = configured.get(name)
-            running = jobs.get(name, 0)
-            nodes = pool.max_parallel if pool is not None else 1
-            rows.append({
-                "name": name, "state": state or ("ACTIVE" if running else "IDLE"), "min_nodes": 1,
-                "max_nodes": nodes, "active_nodes": min(running, nodes), "idle_nodes": max(nodes - running, 0),
-                "target_nodes": nodes, "num_services": 0, "num_jobs": running, "auto_suspend_secs": 0,
-                "auto_resume": False, "instance_family": pool.instance_family if pool is not None else None,
-                "created_on": None, "resumed_on": None, "updated_on": None, "owner": OWNER,
-                "comment": "a pool of jobgraph's SPCS emulator (Podman on this machine), not Snowflake",
-                "is_exclusive": False, "application": None,
-            })
-        return rows
-
-
-def _labels(entry: Mapping[str, Any]) -> dict[str, str]:
-    return dict(entry.get("Labels") or {})
-
-
-def _stored_name(name: str) -> str:
-    """A name as Snowflake stores it: an unquoted identifier upper-cased, anything else as written."""
-    return name.upper() if _UNQUOTED.fullmatch(name) else name
-
-
-def _status(entry: Mapping[str, Any], pools: Mapping[str, str | None]) -> tuple[str, str, str]:
-    """(service status, container status, container message) of an emulated service from Podman's state."""
-    state = str(entry.get("State", "")).lower()
-    if state == "removing" or any(str(name).endswith(DROPPING) for name in entry.get("Names") or ()):
-        return "DELETING", "UNKNOWN", "being dropped"
-    if state in _PENDING_STATES:
-        pool = _labels(entry).get(f"{LABEL}.pool", "")
-        if pools.get(pool) == "SUSPENDED":
-            return "SUSPENDED", "PENDING", f"compute pool {pool} is suspended"
-        return "PENDING", "PENDING", "Waiting to start"
-    if state in _RUNNING_STATES:
-        return "RUNNING", "READY", "Running"
-    if state in _ENDED_STATES:
-        code = int(entry.get("ExitCode", 0))
-        if code == 0:
-            return "DONE", "DONE", "Completed successfully"
-        return "FAILED", "FAILED", f"container exited with code {code}"
-    return "INTERNAL_ERROR", "UNKNOWN", f"Podman reports the container as {state or 'nothing'}"
-
-
-def _epoch(value: object) -> datetime | None:
-    return datetime.fromtimestamp(value, UTC) if isinstance(value, int | float) and value > 0 else None
-
-
-def _created(entry: Mapping[str, Any]) -> datetime | None:
-    """Podman's RFC 3339 creation time (nanoseconds cut to what datetime holds)."""
-    text = re.sub(r"(\.\d{6})\d*", r"\1", str(entry.get("Created", ""))).replace("Z", "+00:00")
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None
-
-
-def _updated(entry: Mapping[str, Any]) -> datetime | None:
-    """When the service last changed: its end, else its start, else its creation."""
-    return _epoch(entry.get("ExitedAt")) if entry.get("Exited") else _epoch(entry.get("StartedAt")) or _created(entry)
-
-
-def _literal(value: object) -> str:
-    """A bind value as the connector renders it into the statement (and so into a column's name)."""
-    if isinstance(value, str):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return str(value)
+        return pool_rows(self._pool_states(), {stored_name(name): pool for name, pool in self._pools.items()},
+                         self._containers())
