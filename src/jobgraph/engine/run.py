@@ -464,4 +464,4 @@ async def _with_log_tail(runner: AnyRunner, handle: object, outcome: Outcome) ->
     except Exception:
         return outcome
     error = f"{outcome.error}\n{tail}" if tail else outcome.error
-    return Outcome(outcome.status, outcome.exit_code, error)
+    return Outcome(outcome.status, outcome.exit_code, error, outcome.ended_at)
