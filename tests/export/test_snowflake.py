@@ -3,6 +3,7 @@ token by token where sqlglot only knows a Command), in order, with every name qu
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +244,21 @@ def test_the_teardown_drops_dependents_first_and_keeps_the_tables() -> None:
     assert sql.index('DROP TASK IF EXISTS "T_MYJOB_6"') < sql.index('DROP TASK IF EXISTS "T_MYJOB_3"')
     assert sql.index('DROP TASK IF EXISTS "T_MYJOB_5"') < sql.index('DROP TASK IF EXISTS "T_MYJOB_1"')
     assert not any("TABLE" in statement for statement in sql)
+
+
+def test_a_large_graph_exports_in_order_in_reasonable_time_and_warns_past_snowflakes_limits(
+        write_pipeline: WritePipeline) -> None:
+    """3,000 jobs in a chain written last-first, and one job after 150 others."""
+    jobs: list[dict[str, Any]] = [{"name": f"j{n}", "image": "/db/s/r/i:1", "pool": "p",
+                                   **({"after": [f"j{n - 1}"]} if n else {})} for n in range(3000)]
+    jobs.reverse()
+    jobs.append({"name": "wide", "image": "/db/s/r/i:1", "pool": "p", "after": [f"j{n}" for n in range(150)]})
+    path = write_pipeline({"jobs": jobs})
+    started = time.monotonic()
+    result = export(load(path, "podman"), SpcsSettings(), "root_task", str(path))
+    assert time.monotonic() - started < 30
+    names = [read_task(s.sql).name for s in result.statements() if s.sql.startswith("CREATE OR REPLACE TASK")]
+    assert names[1:4] == ["J0", "J1", "J2"] and names.index("J2999") < names.index(FINALIZE_TASK)
+    assert names.index("WIDE") > names.index("J149")
+    assert any("3003 tasks" in warning for warning in result.warnings)
+    assert any("more than 100 predecessors" in warning and "wide" in warning for warning in result.warnings)

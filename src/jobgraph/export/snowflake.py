@@ -12,6 +12,7 @@ overlap) is said in a comment where it applies and returned as a warning.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,9 @@ MAX_AUTO_RETRIES = 30
 
 MAX_TIMEOUT_MS = 86_400_000
 """Snowflake's largest USER_TASK_TIMEOUT_MS (one day), as documented when this was written."""
+
+MAX_GRAPH_TASKS, MAX_PREDECESSORS = 1000, 100
+"""Snowflake's limits: tasks in one task graph, predecessors of one task."""
 
 SERVERLESS_SIZE = "XSMALL"
 """The root task and the finalizer are serverless, as the seed's root task is; job tasks only wait for SPCS."""
@@ -106,6 +110,7 @@ def export(pipeline: Pipeline, settings: SpcsSettings, root_task: str, file: str
     if problems:
         raise ConfigError(file, problems)
     warnings: list[str] = []
+    _limit_warnings(pipeline, warnings)
     root = quote_identifier(root_task)
     sections = []
     if settings.database:
@@ -152,15 +157,37 @@ def _name_problems(pipeline: Pipeline, root_task: str) -> list[Problem]:
 
 
 def _in_order(jobs: Iterable[Job]) -> list[Job]:
-    """The jobs, each after its predecessors (Snowflake's AFTER names an existing task), in file order otherwise."""
-    pending, placed, ordered = list(jobs), set[str](), []
-    while pending:
-        ready = [job for job in pending if all(p.casefold() in placed for p in job.after)]
-        for job in ready:
-            placed.add(job.name.casefold())
-            ordered.append(job)
-        pending = [job for job in pending if job.name.casefold() not in placed]
+    """The jobs, each after its predecessors (Snowflake's AFTER names an existing task), else in file order."""
+    listed = list(jobs)
+    index = {job.name.casefold(): position for position, job in enumerate(listed)}
+    waiting = [len(job.after) for job in listed]
+    followers: list[list[int]] = [[] for _ in listed]
+    for position, job in enumerate(listed):
+        for predecessor in job.after:
+            followers[index[predecessor.casefold()]].append(position)
+    ready = [position for position, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    ordered = []
+    while ready:
+        position = heapq.heappop(ready)
+        ordered.append(listed[position])
+        for follower in followers[position]:
+            waiting[follower] -= 1
+            if waiting[follower] == 0:
+                heapq.heappush(ready, follower)
     return ordered
+
+
+def _limit_warnings(pipeline: Pipeline, warnings: list[str]) -> None:
+    """Snowflake's task-graph limits: 1,000 tasks per graph, 100 predecessors per task."""
+    tasks = len(pipeline.jobs) + 2
+    if tasks > MAX_GRAPH_TASKS:
+        warnings.append(f"{tasks} tasks (the jobs, the root and the finalizer) is more than Snowflake's "
+                        f"{MAX_GRAPH_TASKS} per task graph: Snowflake will refuse the graph")
+    crowded = [job.name for job in pipeline.jobs if len(job.after) > MAX_PREDECESSORS]
+    if crowded:
+        warnings.append(f"more than {MAX_PREDECESSORS} predecessors, Snowflake's limit per task: "
+                        f"{', '.join(crowded[:5])}{' ...' if len(crowded) > 5 else ''}")
 
 
 def snowflake_schedule(text: str) -> str:
