@@ -113,3 +113,19 @@ def test_export_loads_no_store_engine_web_or_sql_parser(tmp_path: Path) -> None:
     result, modules = loaded_modules(tmp_path, "export", "snowflake", str(SEED / "pipeline.yaml"))
     assert result.returncode == 0, result.stderr
     assert among(modules, (*STORE_AND_ENGINES, *WEB, "sqlglot", "snowflake", "croniter")) == []
+
+
+def test_runner_settings_come_from_the_file_and_bad_ones_are_refused(write_pipeline: WritePipeline,
+                                                                     tmp_path: Path) -> None:
+    job = {"name": "a", "image": "/db/s/r/i:1", "pool": "p"}
+    path = write_pipeline({"name": "root_task", "jobs": [job], "runners": {"spcs": {
+        "database": "PR_Container_Orchestration", "schema": "PUBLIC", "warehouse": "small_warehouse"}}})
+    result = export(tmp_path, str(path))
+    assert result.returncode == 0, result.stderr
+    assert 'USE SCHEMA "PR_CONTAINER_ORCHESTRATION"."PUBLIC";' in result.stdout
+    assert 'QUERY_WAREHOUSE = "SMALL_WAREHOUSE"' in result.stdout
+    path = write_pipeline({"name": "root_task", "jobs": [job],
+                           "runners": {"spcs": {"warehouse": "small wh; DROP TABLE x"}}})
+    result = export(tmp_path, str(path))
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert "warehouse" in result.stderr and "not a valid Snowflake identifier" in result.stderr

@@ -26,7 +26,7 @@ HOSTILE = "x'; DROP TABLE jobs_run_stats; --\\' \" */ \n-- $ {{ }} \\\\"
 
 
 def seed_export(name: str = "jobconfig.json", **settings: Any) -> SnowflakeExport:
-    return export(load(SEED / name, "podman"), SpcsSettings.model_validate(settings), "root_task", name)
+    return export(load(SEED / name, "spcs"), SpcsSettings.model_validate(settings), "root_task", name)
 
 
 def parsed(sql: str) -> exp.Expression:
@@ -122,7 +122,7 @@ def test_schedules_are_written_in_snowflakes_syntax(schedule: str, expected: str
                                                     tmp_path: Path) -> None:
     assert snowflake_schedule(schedule) == expected
     path = write_pipeline({"schedule": schedule, "jobs": [{"name": "a", "image": "/db/s/r/img:1", "pool": "p"}]})
-    root = by_task(export(load(path, "podman"), SpcsSettings(), "root_task", str(path)))["ROOT_TASK"]
+    root = by_task(export(load(path, "spcs"), SpcsSettings(), "root_task", str(path)))["ROOT_TASK"]
     assert root.clauses["SCHEDULE"].token_type == TokenType.STRING and root.clauses["SCHEDULE"].text == expected
 
 
@@ -134,7 +134,7 @@ def test_overlap_suspension_timeouts_and_settings_come_from_the_file(write_pipel
                  {"name": "b", "image": "/db/s/r/img:1", "pool": "p", "after": ["a"], "timeout": "1.5s"}]})
     settings = SpcsSettings.model_validate({"database": "Analytics", "schema": "jobs", "warehouse": "small_wh",
                                             "external_access_integrations": ["pypi_access", "s3_access"]})
-    result = export(load(path, "podman"), settings, "nightly", str(path))
+    result = export(load(path, "spcs"), settings, "nightly", str(path))
     assert parsed(result.statements()[0].sql).sql(dialect="snowflake") == 'USE SCHEMA "ANALYTICS"."JOBS"'
     tasks = by_task(result)
     root = tasks["NIGHTLY"]
@@ -156,7 +156,7 @@ def test_what_snowflake_cannot_express_is_warned_and_said_where_it_applies(write
                   "retry_backoff": 2},
                  {"name": "b", "image": "/db/s/r/img:1", "after": ["a"], "trigger_rule": "all_done",
                   "timeout": "3d"}]})
-    result = export(load(path, "podman"), SpcsSettings(), "root_task", str(path))
+    result = export(load(path, "spcs"), SpcsSettings(), "root_task", str(path))
     warnings = "\n".join(result.warnings)
     assert "per-job retry counts (0, 3)" in warnings and "retry delay and backoff" in warnings
     assert "overlap 'queue'" in warnings and "job b: trigger_rule all_done" in warnings
@@ -174,7 +174,7 @@ def test_hostile_text_stays_inside_its_literal(write_pipeline: WritePipeline) ->
         {"name": "a", "image": f"/db/s/r/img:{HOSTILE}", "pool": "p", "args": [HOSTILE, "--x=$y"],
          "env": {"MODE": HOSTILE}}],
         "finalizer": {"image": "/db/s/r/fin:1", "pool": "p", "args": [HOSTILE]}})
-    result = export(load(path, "podman"), SpcsSettings(), "root_task", str(path))
+    result = export(load(path, "spcs"), SpcsSettings(), "root_task", str(path))
     script = result.script(f"{path}\nDROP TABLE x;")  # even a file name with a line break stays in the comment
     assert len(statements_in(script)) == len(result.statements())
     tasks = by_task(result)
@@ -200,7 +200,7 @@ def test_text_that_would_end_the_dollar_constant_is_refused_naming_the_job_and_f
         job: dict[str, Any], field: str, write_pipeline: WritePipeline) -> None:
     path = write_pipeline({"jobs": [{"name": "a", "image": "/db/s/r/img:1", "pool": "p", **job}]})
     with pytest.raises(ConfigError) as error:
-        export(load(path, "podman"), SpcsSettings(), "root_task", str(path))
+        export(load(path, "spcs"), SpcsSettings(), "root_task", str(path))
     (problem,) = error.value.problems
     assert problem.job == "a" and problem.field == field and "$$" in problem.message
 
@@ -209,22 +209,29 @@ def test_text_that_would_end_the_dollar_constant_is_refused_naming_the_job_and_f
 def test_a_job_may_not_take_the_root_or_finalizer_tasks_name(name: str, write_pipeline: WritePipeline) -> None:
     path = write_pipeline({"jobs": [{"name": name, "image": "/db/s/r/img:1", "pool": "p"}]})
     with pytest.raises(ConfigError) as error:
-        export(load(path, "podman"), SpcsSettings(), "root_task", str(path))
+        export(load(path, "spcs"), SpcsSettings(), "root_task", str(path))
     (problem,) = error.value.problems
     assert problem.job == name and problem.field == "name" and "rename the job" in problem.message
 
 
 def test_a_volume_or_an_unmapped_secret_is_refused_as_the_spcs_runner_refuses_it(
         write_pipeline: WritePipeline) -> None:
+    """Refused when the file is loaded for SPCS (what the command does), and by the export itself for a
+    pipeline loaded for another runner."""
     path = write_pipeline({"jobs": [{"name": "a", "image": "/db/s/r/img:1", "pool": "p", "volumes": {".": "/data"},
                                      "secrets": ["DB_PASSWORD"]}]})
+    with pytest.raises(ConfigError) as error:
+        load(path, "spcs")
+    assert {(p.job, p.field) for p in error.value.problems} == {("a", "volumes"), ("a", "secrets")}
     pipeline: Pipeline = load(path, "podman")
     with pytest.raises(ConfigError) as error:
         export(pipeline, SpcsSettings(), "root_task", str(path))
     assert {(p.job, p.field) for p in error.value.problems} == {("a", "volumes"), ("a", "secrets")}
-    mapped = SpcsSettings.model_validate({"secrets": {"DB_PASSWORD": "tutorial_db.data_schema.db_password"}})
-    path = write_pipeline({"jobs": [{"name": "a", "image": "/db/s/r/img:1", "pool": "p", "secrets": ["DB_PASSWORD"]}]})
-    service = read_job_service(by_task(export(load(path, "podman"), mapped, "root_task", str(path)))["A"].body)
+    secrets = {"DB_PASSWORD": "tutorial_db.data_schema.db_password"}
+    path = write_pipeline({"runners": {"spcs": {"secrets": secrets}},
+                           "jobs": [{"name": "a", "image": "/db/s/r/img:1", "pool": "p", "secrets": ["DB_PASSWORD"]}]})
+    mapped = SpcsSettings.model_validate({"secrets": secrets})
+    service = read_job_service(by_task(export(load(path, "spcs"), mapped, "root_task", str(path)))["A"].body)
     assert service.specification is not None
     (container,) = yaml.safe_load(service.specification.text)["spec"]["containers"]
     assert container["secrets"] == [{"snowflakeSecret": {"objectName": "tutorial_db.data_schema.db_password"},
@@ -255,7 +262,7 @@ def test_a_large_graph_exports_in_order_in_reasonable_time_and_warns_past_snowfl
     jobs.append({"name": "wide", "image": "/db/s/r/i:1", "pool": "p", "after": [f"j{n}" for n in range(150)]})
     path = write_pipeline({"jobs": jobs})
     started = time.monotonic()
-    result = export(load(path, "podman"), SpcsSettings(), "root_task", str(path))
+    result = export(load(path, "spcs"), SpcsSettings(), "root_task", str(path))
     assert time.monotonic() - started < 30
     names = [read_task(s.sql).name for s in result.statements() if s.sql.startswith("CREATE OR REPLACE TASK")]
     assert names[1:4] == ["J0", "J1", "J2"] and names.index("J2999") < names.index(FINALIZE_TASK)

@@ -19,7 +19,6 @@ from jobgraph.config.load import read_document
 from jobgraph.config.seed import ROOT_TASK
 from jobgraph.errors import ConfigError, JobgraphError, Problem
 from jobgraph.export.snowflake import export
-from jobgraph.runners.registry import RUNNER_NAMES
 from jobgraph.runners.snowflake_sql import check_identifier
 from jobgraph.runners.spcs_spec import SpcsSettings
 
@@ -30,7 +29,7 @@ EXPORT_RUNNER = "spcs"
 @reported
 def snowflake(file: Path, output: Path | None = None, teardown: bool = False, root_task: str | None = None) -> None:
     """Export; the warnings (what Snowflake cannot express) go to stderr, the script to stdout or `output`."""
-    pipeline = load(file, EXPORT_RUNNER if EXPORT_RUNNER in RUNNER_NAMES else "podman")
+    pipeline = load(file, EXPORT_RUNNER)
     settings = _settings(pipeline.runners.get("spcs", {}), file)
     root = _root_task(file, pipeline.name, root_task)
     result = export(pipeline, settings, root, str(file))
