@@ -269,3 +269,27 @@ def test_a_large_graph_exports_in_order_in_reasonable_time_and_warns_past_snowfl
     assert names.index("WIDE") > names.index("J149")
     assert any("3003 tasks" in warning for warning in result.warnings)
     assert any("more than 100 predecessors" in warning and "wide" in warning for warning in result.warnings)
+
+
+@pytest.mark.parametrize(("document", "root", "where"), [
+    ({"name": "p$$q"}, "root_task", (None, "name")),
+    ({}, "root$$x", (None, "root task")),
+    ({}, "get_graph_stats", (None, "root task")),
+    ({"jobs": [{"name": "a$$b", "image": "/db/s/r/i:1", "pool": "p"}]}, "root_task", ("a$$b", "name")),
+    ({"jobs": [{"name": "a", "image": "/db/s/r/i:1", "pool": "p$$q"}]}, "root_task", ("a", "pool")),
+])
+def test_names_snowflake_would_take_but_the_script_cannot_hold_are_refused(
+        document: dict[str, Any], root: str, where: tuple[str | None, str], write_pipeline: WritePipeline) -> None:
+    path = write_pipeline({"jobs": [{"name": "a", "image": "/db/s/r/i:1", "pool": "p"}], **document})
+    with pytest.raises(ConfigError) as error:
+        export(load(path, "spcs"), SpcsSettings(), root, str(path))
+    assert [(p.job, p.field) for p in error.value.problems] == [where]
+
+
+def test_a_dollar_in_a_name_is_fine(write_pipeline: WritePipeline) -> None:
+    path = write_pipeline({"name": "p$", "jobs": [{"name": "a$", "image": "/db/s/r/i:1", "pool": "p$1"},
+                                                  {"name": "b", "image": "/db/s/r/i:1", "pool": "p", "after": ["a$"]}]})
+    result = export(load(path, "spcs"), SpcsSettings(), "r$", str(path))
+    assert len(statements_in(result.script(str(path)))) == len(result.statements())
+    tasks = by_task(result)
+    assert tasks["B"].after == ["A$"] and read_job_service(tasks["A$"].body).pool == "P$1"

@@ -30,6 +30,8 @@ MAX_AUTO_RETRIES = 30
 MAX_TIMEOUT_MS = 86_400_000
 """Snowflake's largest USER_TASK_TIMEOUT_MS (one day), as documented when this was written."""
 
+DOLLARS = "'$$' cannot be in a name exported to Snowflake: names are written into $$-quoted text, which it ends"
+
 MAX_GRAPH_TASKS, MAX_PREDECESSORS = 1000, 100
 """Snowflake's limits: tasks in one task graph, predecessors of one task."""
 
@@ -140,17 +142,25 @@ def export(pipeline: Pipeline, settings: SpcsSettings, root_task: str, file: str
 
 
 def _name_problems(pipeline: Pipeline, root_task: str) -> list[Problem]:
-    """Every name becomes a Snowflake identifier: the config's rule already is Snowflake's; a job may not take
-    the root task's or the finalizer task's name (case-insensitively, as Snowflake resolves them)."""
+    """Every name becomes a Snowflake identifier: the config's rule already is Snowflake's, but `$$` (which it
+    allows) would end the `$$` constants names are written into; a job may not take the root task's or the
+    finalizer task's name (case-insensitively, as Snowflake resolves them), nor may the root."""
     problems = []
+    if "$$" in pipeline.name:
+        problems.append(Problem(DOLLARS, field="name"))
+    if "$$" in root_task or root_task.upper() == FINALIZE_TASK:
+        problems.append(Problem(DOLLARS if "$$" in root_task else f"the root task may not be the finalizer task "
+                                f"{FINALIZE_TASK}: use --root-task", field="root task"))
     taken = {root_task.upper(): "the root task", FINALIZE_TASK: "the finalizer task"}
-    for job in pipeline.jobs:
+    for job in pipeline.all_jobs():
         for value, field_name in ((job.name, "name"), (job.pool or "default", "pool")):
             try:
                 check_identifier(value)
             except ValueError as exc:
                 problems.append(Problem(str(exc), job=job.name, field=field_name))
-        if job.name.upper() in taken:
+            if "$$" in value:
+                problems.append(Problem(DOLLARS, job=job.name, field=field_name))
+        if job.name.upper() in taken and job is not pipeline.finalizer:
             problems.append(Problem(f"the task {quote_identifier(job.name)} would be {taken[job.name.upper()]}'s "
                                     "name in Snowflake: rename the job", job=job.name, field="name"))
     return problems
