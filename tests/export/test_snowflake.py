@@ -117,6 +117,9 @@ def test_the_finalizers_inserts_parse_as_inserts_from_this_runs_history() -> Non
     ("*/5 * * * *", "USING CRON */5 * * * * UTC"),
     ("USING CRON 0 9 * * MON America/Los_Angeles", "USING CRON 0 9 * * MON America/Los_Angeles"),
     ("0  9 * * 1-5   Europe/Paris", "USING CRON 0 9 * * 1-5 Europe/Paris"),
+    ("0 9 * * 5-7", "USING CRON 0 9 * * 0,5,6 UTC"),  # Snowflake's days are 0-6: Sunday is never 7
+    ("0 9 * * 7", "USING CRON 0 9 * * 0 UTC"),
+    ("0 9 7,17 * SUN", "USING CRON 0 9 7,17 * SUN UTC"),  # a 7 elsewhere is a 7
 ])
 def test_schedules_are_written_in_snowflakes_syntax(schedule: str, expected: str, write_pipeline: WritePipeline,
                                                     tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ overlap) is said in a comment where it applies and returned as a warning.
 from __future__ import annotations
 
 import heapq
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,13 +202,23 @@ def _limit_warnings(pipeline: Pipeline, warnings: list[str]) -> None:
 
 
 def snowflake_schedule(text: str) -> str:
-    """A jobgraph schedule in Snowflake's own syntax: `N MINUTE`, or `USING CRON <five fields> <zone>`."""
+    """A jobgraph schedule in Snowflake's own syntax: `N MINUTE`, or `USING CRON <five fields> <zone>`.
+
+    Snowflake's day of week is 0-6 (SUN-SAT): a field naming Sunday as 7, as standard cron may, is written
+    as the days it means (`5-7` -> `0,5,6`).
+    """
     from jobgraph.schedule import parse_schedule
 
     schedule = parse_schedule(text)
     if schedule.minutes is not None:
         return f"{schedule.minutes} MINUTE"
-    return f"USING CRON {schedule.cron} {schedule.zone}"
+    assert schedule.cron is not None
+    fields = schedule.cron.split(" ")
+    if re.search(r"(?<!\d)7(?!\d)", fields[4]):
+        from croniter import croniter
+
+        fields[4] = ",".join(str(day) for day in croniter.expand(schedule.cron)[0][4])
+    return f"USING CRON {' '.join(fields)} {schedule.zone}"
 
 
 def _root_task(pipeline: Pipeline, root_task: str, warnings: list[str]) -> Statement:

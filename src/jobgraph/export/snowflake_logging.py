@@ -44,9 +44,11 @@ def table_statements() -> list[str]:
 
 
 def history_source() -> str:
-    """This graph run's task history, as the finalizer reads it (on its Snowflake Scripting variables)."""
+    """This graph's task history since the run was scheduled, as the finalizer reads it (on its Snowflake
+    Scripting variables); up to now only, so no future scheduled run is read (the seed's range)."""
     return (f"TABLE(INFORMATION_SCHEMA.TASK_HISTORY(SCHEDULED_TIME_RANGE_START => :{GRAPH_START_VAR}, "
-            f"RESULT_LIMIT => {HISTORY_ROWS}, ROOT_TASK_ID => :{ROOT_ID_VAR}))")
+            f"SCHEDULED_TIME_RANGE_END => CURRENT_TIMESTAMP(), RESULT_LIMIT => {HISTORY_ROWS}, "
+            f"ROOT_TASK_ID => :{ROOT_ID_VAR}))")
 
 
 def logging_inserts(root_task: str, source: str, run_group: str, graph_start: str) -> list[str]:
