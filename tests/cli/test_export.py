@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.test_imports import STORE_AND_ENGINES, WEB, among, loaded_modules
+from tests.cli.test_imports import EVERYTHING_BUT_THE_COMMAND_LINE, STORE_AND_ENGINES, WEB, among, loaded_modules
 from tests.conftest import SEED, WritePipeline
 
 GOLDEN = Path(__file__).parents[1] / "export" / "golden"
@@ -98,6 +98,11 @@ def test_a_bad_root_task_name_or_output_folder_is_refused(tmp_path: Path) -> Non
     assert "field '--root-task'" in result.stderr and "not a valid Snowflake identifier" in result.stderr
     result = export(SEED, "jobconfig.json", "-o", str(tmp_path / "missing" / "graph.sql"))
     assert result.returncode == 2 and "cannot write" in result.stderr and "Traceback" not in result.stderr
+    copy = tmp_path / "jobconfig.json"
+    copy.write_text((SEED / "jobconfig.json").read_text())
+    result = export(tmp_path, "jobconfig.json", "-o", str(copy))
+    assert result.returncode == 2 and "is the pipeline file itself" in result.stderr
+    assert copy.read_text() == (SEED / "jobconfig.json").read_text()
     result = export(SEED, "nothing-here.json")
     assert result.returncode == 2 and "nothing-here.json: no such file" in result.stderr
 
@@ -129,3 +134,11 @@ def test_runner_settings_come_from_the_file_and_bad_ones_are_refused(write_pipel
     result = export(tmp_path, str(path))
     assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
     assert "warehouse" in result.stderr and "not a valid Snowflake identifier" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["export", "--help"], ["export", "snowflake", "--help"]], ids=" ".join)
+def test_exports_help_loads_only_the_command_line(tmp_path: Path, args: list[str]) -> None:
+    result, modules = loaded_modules(tmp_path, *args)
+    assert result.returncode == 0, result.stderr
+    assert "Usage: jobgraph export" in result.stdout
+    assert among(modules, EVERYTHING_BUT_THE_COMMAND_LINE) == []

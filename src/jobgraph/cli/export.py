@@ -29,6 +29,8 @@ EXPORT_RUNNER = "spcs"
 @reported
 def snowflake(file: Path, output: Path | None = None, teardown: bool = False, root_task: str | None = None) -> None:
     """Export; the warnings (what Snowflake cannot express) go to stderr, the script to stdout or `output`."""
+    if output is not None and output.exists() and file.exists() and os.path.samefile(output, file):
+        raise JobgraphError(f"-o {output} is the pipeline file itself: write the script elsewhere")
     pipeline = load(file, EXPORT_RUNNER)
     settings = _settings(pipeline.runners.get("spcs", {}), file)
     root = _root_task(file, pipeline.name, root_task)
