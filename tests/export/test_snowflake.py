@@ -176,7 +176,7 @@ def test_hostile_text_stays_inside_its_literal(write_pipeline: WritePipeline) ->
     path = write_pipeline({"jobs": [
         {"name": "a", "image": f"/db/s/r/img:{HOSTILE}", "pool": "p", "args": [HOSTILE, "--x=$y"],
          "env": {"MODE": HOSTILE}}],
-        "finalizer": {"image": "/db/s/r/fin:1", "pool": "p", "args": [HOSTILE]}})
+        "finalizer": {"image": "/db/s/r/fin:1", "pool": "p", "args": [HOSTILE], "timeout": "10m"}})
     result = export(load(path, "spcs"), SpcsSettings(), "root_task", str(path))
     script = result.script(f"{path}\nDROP TABLE x;")  # even a file name with a line break stays in the comment
     assert len(statements_in(script)) == len(result.statements())
@@ -186,6 +186,7 @@ def test_hostile_text_stays_inside_its_literal(write_pipeline: WritePipeline) ->
     (container,) = yaml.safe_load(service.specification.text)["spec"]["containers"]
     assert container["args"] == [HOSTILE, "--x=$y"] and container["env"]["MODE"] == HOSTILE
     assert container["image"] == f"/db/s/r/img:{HOSTILE}"
+    assert tasks[FINALIZE_TASK].clauses["USER_TASK_TIMEOUT_MS"].text == "600000"  # the finalizer job's timeout
     block = tokens(tasks[FINALIZE_TASK].body)[2].text  # the finalizer's job: a string literal inside the $$ block
     job_line = block[block.index("EXECUTE JOB SERVICE"):block.rindex(";\n  RETURN")]
     inner = read_job_service(job_line)

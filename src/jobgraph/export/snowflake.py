@@ -137,7 +137,7 @@ def export(pipeline: Pipeline, settings: SpcsSettings, root_task: str, file: str
     sections.append(Section("Resume the graph (the root task last): it runs on its schedule, or by EXECUTE TASK",
                             (Statement(f"ALTER TASK {quote_identifier(FINALIZE_TASK)} RESUME"),
                              Statement(f"SELECT SYSTEM$TASK_DEPENDENTS_ENABLE({string_literal(root)})",
-                                       (f"Run it now: EXECUTE TASK {root};",)))))
+                                       (f"Then, to run it at once: EXECUTE TASK {root};",)))))
     return SnowflakeExport(pipeline.name, root_task, tuple(sections), _teardown(pipeline, root_task),
                            tuple(warnings))
 
@@ -271,18 +271,23 @@ def _create_task(name: str, clauses: list[str], body: str, after: Iterable[str] 
 
 def _job_task(pipeline: Pipeline, job: Job, settings: SpcsSettings, root_task: str, warnings: list[str],
               file: str) -> Statement:
-    notes, clauses = _job_notes(job, warnings), []
-    if job.timeout is not None:
-        milliseconds = min(round(job.timeout * 1000), MAX_TIMEOUT_MS)
-        clauses.append(f"USER_TASK_TIMEOUT_MS = {milliseconds}")
-        if round(job.timeout * 1000) > MAX_TIMEOUT_MS:
-            warnings.append(f"job {job.name}: a timeout of {job.timeout:g} s is more than Snowflake's one day: capped")
-    else:
-        notes.append("No timeout in the file: Snowflake's default task timeout (USER_TASK_TIMEOUT_MS, one hour) "
-                     "applies.")
+    notes = _job_notes(job, warnings)
+    clauses = _timeout_clauses(job, notes, warnings)
     clauses.append(f"COMMENT = {string_literal(f'jobgraph pipeline {pipeline.name}, job {job.name}')}")
     body = _execute_job_service(pipeline, job, settings, file, dollar_quoted)
     return Statement(_create_task(job.name, clauses, body, job.after or (root_task,)), tuple(notes))
+
+
+def _timeout_clauses(job: Job, notes: list[str], warnings: list[str]) -> list[str]:
+    """The job's timeout as the task's USER_TASK_TIMEOUT_MS: the task's end cancels its synchronous job service."""
+    if job.timeout is None:
+        notes.append("No timeout in the file: Snowflake's default task timeout (USER_TASK_TIMEOUT_MS, one hour) "
+                     "applies.")
+        return []
+    milliseconds = round(job.timeout * 1000)
+    if milliseconds > MAX_TIMEOUT_MS:
+        warnings.append(f"job {job.name}: a timeout of {job.timeout:g} s is more than Snowflake's one day: capped")
+    return [f"USER_TASK_TIMEOUT_MS = {min(milliseconds, MAX_TIMEOUT_MS)}"]
 
 
 def _job_notes(job: Job, warnings: list[str]) -> list[str]:
@@ -353,14 +358,14 @@ def _finalize_task(pipeline: Pipeline, settings: SpcsSettings, root_task: str, w
                    file: str) -> Statement:
     """GET_GRAPH_STATS, FINALIZE = the root: it runs after every run, however the run ended (the seed's)."""
     notes = ["Snowflake Scripting in EXECUTE IMMEDIATE, so SnowSQL and Snowsight both read it as one statement."]
-    job_statement = None
+    job_statement, clauses = None, [f"USER_TASK_MANAGED_INITIAL_WAREHOUSE_SIZE = {string_literal(SERVERLESS_SIZE)}"]
     if pipeline.finalizer is not None:
         finalizer: Finalizer = pipeline.finalizer
         notes.append(f"It also runs the pipeline's finalizer job {finalizer.name} (a root has one finalizer task).")
         notes.extend(_job_notes(finalizer, warnings))
+        clauses += _timeout_clauses(finalizer, notes, warnings)
         job_statement = _execute_job_service(pipeline, finalizer, settings, file, string_literal)
-    clauses = [f"USER_TASK_MANAGED_INITIAL_WAREHOUSE_SIZE = {string_literal(SERVERLESS_SIZE)}",
-               f"COMMENT = {string_literal(f'jobgraph pipeline {pipeline.name}: logs every task of the run')}",
+    clauses += [f"COMMENT = {string_literal(f'jobgraph pipeline {pipeline.name}: logs every task of the run')}",
                f"FINALIZE = {quote_identifier(root_task)}"]
     body = "EXECUTE IMMEDIATE " + _dollar_block(finalizer_block(root_task, job_statement), file)
     return Statement(_create_task(FINALIZE_TASK, clauses, body), tuple(notes))

@@ -177,7 +177,7 @@ $$;
 
 -- ---- Resume the graph (the root task last): it runs on its schedule, or by EXECUTE TASK
 ALTER TASK "GET_GRAPH_STATS" RESUME;
--- Run it now: EXECUTE TASK "ROOT_TASK";
+-- Then, to run it at once: EXECUTE TASK "ROOT_TASK";
 SELECT SYSTEM$TASK_DEPENDENTS_ENABLE('"ROOT_TASK"');
 
 -- Teardown (the seed's drop_job_tasks()): `jobgraph export snowflake --teardown` prints it to run.
