@@ -11,14 +11,16 @@ the state machine between them.
   the runs it watches; one that is not listed is looked up once more (`DESCRIBE SERVICE`) before it is
   taken as gone. The connector blocks: every statement runs in a worker thread, one at a time on the one
   session of the runner, never on the event loop.
-- How a status becomes an Outcome (SPCS reports no exit code: none is recorded): DONE -> DONE; FAILED ->
-  FAILED with the container's status message; INTERNAL_ERROR -> ERROR (Snowflake's doing: it may be
-  retried); SUSPENDING/SUSPENDED -> ERROR (the compute pool was suspended under the job);
+- How a status becomes an Outcome (spcs_states.py; the exit code is the container's `last_exit_code` where
+  Snowflake gives one, else none): DONE -> DONE; FAILED -> FAILED with the container's status message;
+  INTERNAL_ERROR -> ERROR (Snowflake's doing: it may be retried); SUSPENDING/SUSPENDED -> ERROR (the
+  compute pool was suspended under the job);
   CANCELLING/CANCELLED/DELETING/DELETED or gone -> CANCELLED when jobgraph cancelled it, else an ERROR
   saying someone else did; PENDING/RUNNING -> keep waiting.
 - Once a service ended its log is read once (`SYSTEM$GET_SERVICE_LOGS`, `log_lines` lines per container)
-  into the attempt's log, redacted and capped. A DONE service is then dropped; a failed one is kept for
-  inspection (its error names it). `cancel` drops the service (`DROP SERVICE IF EXISTS`).
+  into the attempt's log, redacted and capped, and the service is dropped: its status, message, exit code
+  and log are in jobgraph's store (an ended job service otherwise stays, listed, until dropped).
+  `cancel` drops the service (`DROP SERVICE IF EXISTS`).
 - `open` checks with `SHOW COMPUTE POOLS` that every compute pool the jobs use exists, before anything runs.
 """
 
@@ -48,7 +50,7 @@ from jobgraph.runners.spcs_statements import (
     show_job_services,
     show_service_containers,
 )
-from jobgraph.runners.spcs_states import TERMINAL, outcome_of
+from jobgraph.runners.spcs_states import GONE, TERMINAL, outcome_of
 from jobgraph.states import AttemptStatus
 
 if TYPE_CHECKING:
@@ -85,8 +87,10 @@ class SpcsRunner:
     name = "spcs"
 
     def __init__(self, settings: SpcsSettings, pools: Mapping[str, Pool], needed: Mapping[str, list[str]],
-                 container_images: Mapping[str, str] | None = None) -> None:
+                 container_images: Mapping[str, str] | None = None, folder: Path | None = None) -> None:
         self._settings = settings
+        self._pipeline_pools = dict(pools)
+        self._folder = folder
         self._pools = {name.upper(): pool for name, pool in pools.items()}
         self._needed = {name.upper(): jobs for name, jobs in needed.items()}
         self._images = dict(container_images or {})
@@ -239,7 +243,8 @@ class SpcsRunner:
     async def _connect(self) -> SqlSession:
         async with self._connecting:
             if self._session is None:
-                self._session = await asyncio.to_thread(connect, self._settings, self._images)
+                self._session = await asyncio.to_thread(connect, self._settings, self._images,
+                                                        self._pipeline_pools, self._folder)
                 if self._settings.emulator:
                     sys.stderr.write(EMULATOR_NOTE)
             return self._session
@@ -330,7 +335,7 @@ class SpcsRunner:
         unread = await self._save_log(handle, containers)
         pool = str(row.get("compute_pool") or handle.spec.pool).upper()
         outcome = outcome_of(handle.name, status, containers, pool, by_jobgraph=handle.cancelled, unread=unread)
-        if drop and outcome.status == AttemptStatus.DONE and not handle.cancelled:
+        if drop and status not in GONE and not handle.cancelled:  # all it had to say is in jobgraph's store now
             with contextlib.suppress(RunnerError):
                 await self._run(drop_service(handle.name))
         self._resolve(handle, outcome)
@@ -392,9 +397,9 @@ def needed_pools(pipeline: Pipeline) -> dict[str, list[str]]:
     return needed
 
 
-def build(_name: str, pipeline: Pipeline, settings: BaseModel | None, _folder: Path,
+def build(_name: str, pipeline: Pipeline, settings: BaseModel | None, folder: Path,
           _cwd: Path | None) -> SpcsRunner:
     """The registry's constructor, with the pipeline's `runners.spcs` settings. Nothing is contacted (and the
     connector is not imported) until the runner is opened, so `jobgraph plan` builds it freely."""
     chosen = settings if isinstance(settings, SpcsSettings) else SpcsSettings()
-    return SpcsRunner(chosen, pipeline.pools, needed_pools(pipeline), pipeline.container_images)
+    return SpcsRunner(chosen, pipeline.pools, needed_pools(pipeline), pipeline.container_images, folder)

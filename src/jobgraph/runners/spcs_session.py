@@ -20,10 +20,14 @@ import importlib
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, Protocol, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from jobgraph.errors import RunnerError
 from jobgraph.runners.spcs_spec import SpcsSettings
+
+if TYPE_CHECKING:
+    from jobgraph.config.model import Pool
 
 MISSING_EXTRA = "the spcs runner needs the Snowflake connector: pip install 'jobgraph[snowflake]'"
 
@@ -104,13 +108,16 @@ def shown_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
     return {key: ("***" if key in SECRET_ARGUMENTS else value) for key, value in arguments.items()}
 
 
-def connect(settings: SpcsSettings, container_images: Mapping[str, str] | None = None) -> SqlSession:
+def connect(settings: SpcsSettings, container_images: Mapping[str, str] | None = None,
+            pools: Mapping[str, Pool] | None = None, folder: Path | None = None) -> SqlSession:
     """A session for the settings: the emulator's when `settings.emulator` (with the pipeline's
-    `container_images`, which map the spec's image to a local one), else Snowflake's through the connector.
-    A RunnerError says why it cannot connect (never with a secret in it)."""
+    `container_images`, which map the spec's image to a local one, its `pools`, which SHOW COMPUTE POOLS
+    lists there, and jobgraph's folder, where it may start a Podman service), else Snowflake's through the
+    connector. A RunnerError says why it cannot connect (never with a secret in it)."""
     if settings.emulator:
         emulator = importlib.import_module("jobgraph.runners.spcs_emulator")  # the spcs-emulator's own module
-        return cast(SqlSession, emulator.EmulatorSession(settings, dict(container_images or {})))
+        return cast(SqlSession, emulator.EmulatorSession(settings, dict(container_images or {}), pools=pools,
+                                                          folder=folder))
     try:
         import snowflake.connector
     except ModuleNotFoundError:

@@ -3,8 +3,10 @@
 The connector's default paramstyle (pyformat) fills each `%s` on the client with the value escaped and
 quoted; an identifier is bound the same way inside `IDENTIFIER(%s)` (as Prefect's SPCS worker does), and is
 first checked to be a valid unquoted identifier, so a name can never carry SQL. The one statement whose
-grammar takes no IDENTIFIER() for certain (`SHOW SERVICE CONTAINERS IN SERVICE`) gets the service name
-inline, checked by `check_identifier` and quoted by `quote_identifier`: only names jobgraph made reach it.
+grammar takes no IDENTIFIER() for certain (`SHOW SERVICE CONTAINERS IN SERVICE`, whose documentation also
+says quoted names are not supported there) gets the service name inline and unquoted, checked by
+`check_identifier` (letters, digits, `_` and `$`: nothing that can end a name): only names jobgraph made
+(`service_name`, upper-case) reach it.
 
 `render` fills the binds as the connector does, for `jobgraph plan` and the parse tests; the emulator
 recognises each statement by its text (the constants below) and reads the values from the binds.
@@ -17,7 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jobgraph.runners.snowflake_sql import check_identifier, quote_identifier
+from jobgraph.runners.snowflake_sql import check_identifier
 from jobgraph.runners.spcs_spec import SpcsSettings
 
 
@@ -35,7 +37,7 @@ EXECUTE_JOB_SERVICE = "EXECUTE JOB SERVICE IN COMPUTE POOL IDENTIFIER(%s) NAME =
 SHOW_JOB_SERVICES = "SHOW JOB SERVICES LIKE %s"
 DESCRIBE_SERVICE = "DESCRIBE SERVICE IDENTIFIER(%s)"
 SHOW_SERVICE_CONTAINERS = "SHOW SERVICE CONTAINERS IN SERVICE "
-"""Followed by the quoted service name (see the module's docstring)."""
+"""Followed by the service name, checked and unquoted (see the module's docstring)."""
 SERVICE_LOGS = "SELECT SYSTEM$GET_SERVICE_LOGS(%s, %s, %s, %s)"
 DROP_SERVICE = "DROP SERVICE IF EXISTS IDENTIFIER(%s)"
 SHOW_COMPUTE_POOLS = "SHOW COMPUTE POOLS"
@@ -75,7 +77,7 @@ def describe_service(name: str) -> Statement:
 
 def show_service_containers(name: str) -> Statement:
     """A service's containers: status, message, instance_id, container_name, ... (why a job FAILED)."""
-    return Statement(SHOW_SERVICE_CONTAINERS + quote_identifier(check_identifier(name)))
+    return Statement(SHOW_SERVICE_CONTAINERS + check_identifier(name))
 
 
 def service_logs(name: str, instance_id: str, container: str, lines: int) -> Statement:
@@ -95,8 +97,8 @@ def show_compute_pools() -> Statement:
 
 def service_name_of(statement: Statement) -> str | None:
     """The service a SHOW SERVICE CONTAINERS statement is about (for the emulator), else None."""
-    match = re.fullmatch(re.escape(SHOW_SERVICE_CONTAINERS) + r'"([A-Z_][A-Z0-9_$]*)"', statement.sql)
-    return match[1] if match else None
+    match = re.fullmatch(re.escape(SHOW_SERVICE_CONTAINERS) + r"([A-Za-z_][A-Za-z0-9_$]*)", statement.sql)
+    return match[1].upper() if match and not statement.params else None
 
 
 def escape_value(value: object) -> str:

@@ -3,8 +3,10 @@
 Plain rows in, as `SHOW JOB SERVICES` / `DESCRIBE SERVICE` and `SHOW SERVICE CONTAINERS IN SERVICE` give
 them (lower-case column names), so the mapping reads beside Snowflake's documentation of DESCRIBE SERVICE
 (PENDING, RUNNING, FAILED, DONE, SUSPENDING, SUSPENDED, DELETING, DELETED, INTERNAL_ERROR) and the
-CANCELLING/CANCELLED a cancelled job shows. SPCS exposes no container exit code: none is recorded, and the
-container's status message says why a job failed.
+CANCELLING/CANCELLED a cancelled job shows. The exit code is the `main` container's `last_exit_code`, a
+column of SHOW SERVICE CONTAINERS since Snowflake's 2024_08 bundle (release note bcr-1787); where an account
+does not have it, none is recorded (never made up from the status), and the container's status message
+says why a job failed.
 """
 
 from __future__ import annotations
@@ -37,24 +39,40 @@ def container_message(containers: Iterable[Mapping[str, object]]) -> str:
     return "; ".join(parts)
 
 
+def exit_code(containers: Iterable[Mapping[str, object]]) -> int | None:
+    """The `main` container's last exit code (the first container's if none is named main), or None."""
+    rows = list(containers)
+    main = [row for row in rows if row.get("container_name") == "main"] or rows[:1]
+    code = main[0].get("last_exit_code") if main else None
+    if isinstance(code, bool):
+        return None
+    if isinstance(code, int):
+        return code
+    if isinstance(code, str) and code.strip().lstrip("-").isdigit():
+        return int(code)
+    return None
+
+
 def outcome_of(name: str, status: str, containers: Iterable[Mapping[str, object]], pool: str,
                by_jobgraph: bool = False, unread: str | None = None) -> Outcome:
     """How an ended job service's attempt ended. `by_jobgraph` says jobgraph cancelled it; `unread` why its log
     could not be read (said in the error of a job that did not end DONE)."""
     status = status.upper()
+    containers = list(containers)
+    code = exit_code(containers)
     detail = container_message(containers)
     said = f" ({detail})" if detail else ""
     log = f"; its log could not be read: {unread}" if unread else ""
     if status == "DONE":
-        return Outcome(AttemptStatus.DONE, None)
+        return Outcome(AttemptStatus.DONE, code)
     if status == "FAILED":
-        return Outcome(AttemptStatus.FAILED, None, f"job service {name} FAILED: {detail or 'no message from SPCS'}"
-                       f"{log}; kept for inspection (DROP SERVICE {name} removes it)")
+        return Outcome(AttemptStatus.FAILED, code, f"job service {name} FAILED: {detail or 'no message from SPCS'}"
+                       f"{log}")
     if status == "INTERNAL_ERROR":
-        return Outcome(AttemptStatus.ERROR, None, f"Snowflake reported INTERNAL_ERROR for job service {name}{said}"
+        return Outcome(AttemptStatus.ERROR, code, f"Snowflake reported INTERNAL_ERROR for job service {name}{said}"
                        f"{log}: not the job's doing, so it may be retried")
     if status in ("SUSPENDING", "SUSPENDED"):
-        return Outcome(AttemptStatus.ERROR, None, f"compute pool {pool} was suspended under job service {name} "
+        return Outcome(AttemptStatus.ERROR, code, f"compute pool {pool} was suspended under job service {name} "
                        f"(status {status}){said}{log}: resume the pool (ALTER COMPUTE POOL {pool} RESUME)")
     if status in GONE:
         if by_jobgraph:
