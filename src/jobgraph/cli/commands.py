@@ -323,3 +323,27 @@ def token_revoke(
     from jobgraph.cli import web
 
     web.token_revoke(name, store=store)
+
+
+export = typer.Typer(name="export", help="Write a pipeline out for another engine to run natively.",
+                     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+
+
+@export.command("snowflake")
+def export_snowflake(
+    file: FileArgument,
+    output: Annotated[Path | None, typer.Option("--output", "-o", dir_okay=False,
+                                                help="Write the script to this file instead of stdout")] = None,
+    teardown: Annotated[bool, typer.Option("--teardown", help="Print only the statements that remove the task "
+                                           "graph (the seed's drop_job_tasks()), to run")] = False,
+    root_task: Annotated[str | None, typer.Option("--root-task", help="The root task's name [default: root_task "
+                                                  "for the seed's jobconfig.json, else the pipeline's name]")] = None,
+) -> None:
+    """Print the SQL that builds the pipeline as a native Snowflake task graph: the seed's logging tables, a
+    root task with the schedule, one task per job running its SPCS job service, the finalizer GET_GRAPH_STATS,
+    and the teardown (as comments). What Snowflake cannot express is said in the SQL and warned on stderr.
+    Nothing is run or contacted.
+    """
+    from jobgraph.cli import export as exporter
+
+    exporter.snowflake(file, output=output, teardown=teardown, root_task=root_task)
