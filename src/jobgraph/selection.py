@@ -105,7 +105,7 @@ def choose(pipeline: Pipeline, source: str, only: Sequence[str] = (), start: Seq
         raise ConfigError(source, [Problem(f"{_described(only, start, until)} picks no job of pipeline "
                                            f"{pipeline.name}", field=_options(only, start, until))])
     return {"only": list(only), "from": list(start), "until": list(until),
-            "jobs": [name for name in dag.order if name in jobs]}
+            "jobs": [job.name for job in pipeline.jobs if job.name in jobs]}
 
 
 def _options(only: Sequence[str], start: Sequence[str], until: Sequence[str]) -> str:
@@ -137,7 +137,7 @@ def restricted(pipeline: Pipeline, jobs: frozenset[str] | None) -> list[Job]:
 def rerun(pipeline: Pipeline, selection: Selection | None, asked: Sequence[str], downstream: bool,
           run_id: str) -> tuple[list[str], list[str]]:
     """The jobs of an ended run that `retry --job` names (as the pipeline spells them), and those it runs again:
-    the ones named and, with `downstream`, every job of the run that depends on them, in run order.
+    the ones named and, with `downstream`, every job of the run that depends on them, in file order.
     ConfigError for a name that is not one of the run's jobs."""
     chosen = selected_jobs(selection)
     jobs = restricted(pipeline, chosen)
@@ -150,7 +150,7 @@ def rerun(pipeline: Pipeline, selection: Selection | None, asked: Sequence[str],
     if downstream:
         for name in found:
             again.update(dag.descendants(name))
-    return found, [name for name in dag.order if name in again]
+    return found, [job.name for job in jobs if job.name in again]
 
 
 def with_retry(selection: Selection | None, run_attempt: int, asked: Sequence[str], downstream: bool,
