@@ -101,3 +101,15 @@ def test_each_targeted_retry_is_kept_in_the_selection() -> None:
     assert twice["retries"] == [{"run_attempt": 2, "jobs": ["b"], "downstream": True, "rerun": ["b", "c"]},
                                 {"run_attempt": 3, "jobs": ["a"], "downstream": False, "rerun": ["a"]}]
     assert summary(twice) == "attempt 2 reran b and downstream (2 jobs); attempt 3 reran a (1 job)"
+
+
+def test_thousands_of_unknown_names_are_answered_at_once_in_a_bounded_message() -> None:
+    wide = Pipeline.model_validate({"name": "wide", "images": {"sh": ["sh", "-c"]},
+                                    "jobs": [{"name": f"job_{i}", "image": "sh"} for i in range(5_000)]})
+    asked = [f"job_{i}" for i in range(5_000)] + [f"nope_{i}" for i in range(10_000)]
+    with pytest.raises(ConfigError) as caught:
+        choose(wide, "wide.yaml", only=asked)
+    problems = caught.value.problems
+    assert len(problems) == 21 and problems[-1].message == "and 9980 more names that are no job of pipeline wide"
+    chosen = choose(wide, "wide.yaml", only=[f"job_{i}" for i in range(0, 5_000, 2)], start=["job_0"])
+    assert chosen is not None and chosen["jobs"] == ["job_0"]

@@ -26,14 +26,17 @@ if TYPE_CHECKING:  # the store's readers (show, history) use this module without
 Selection = Mapping[str, Any]
 """A run's selection as stored (runs.selection), a JSON object."""
 
+MAX_NAMED = 20
+"""The most unknown names one option's error lists, each with its did-you-mean; the rest are counted."""
+
 
 def names(values: Iterable[str]) -> tuple[str, ...]:
     """The job names of repeatable, comma-separated options (`--only a,b --only c`), blanks dropped, in order."""
-    found: list[str] = []
+    found: dict[str, None] = {}
     for value in values:
         for name in value.split(","):
-            if name.strip() and name.strip() not in found:
-                found.append(name.strip())
+            if name.strip():
+                found[name.strip()] = None
     return tuple(found)
 
 
@@ -43,29 +46,35 @@ def _resolve(pipeline: Pipeline, asked: Sequence[str], option: str, among: Seque
 
     `among`: the jobs that may be named (a partial run's); the others are told apart from unknown names.
     """
-    known = [job.name for job in pipeline.jobs]
+    known = {job.name: None for job in pipeline.jobs}
     allowed = set(known if among is None else among)
     by_key: dict[str, list[str]] = {}
     for name in known:
         by_key.setdefault(name.casefold(), []).append(name)
-    found: list[str] = []
+    found: dict[str, None] = {}
     problems: list[Problem] = []
     finalizer = pipeline.finalizer.name if pipeline.finalizer else None
+    unknown = 0
     for name in asked:
         matches = [name] if name in known else by_key.get(name.casefold(), [])
         if len(matches) == 1 and matches[0] in allowed:
-            if matches[0] not in found:
-                found.append(matches[0])
+            found[matches[0]] = None
         elif len(matches) == 1:
-            problems.append(Problem(f"job {matches[0]!r} is not part of run {run_id}: it ran only "
-                                    f"{', '.join(among or ())}", field=option))
+            shown = ", ".join((among or [])[:20]) + (", ..." if len(among or ()) > 20 else "")
+            problems.append(Problem(f"job {matches[0]!r} is not part of run {run_id}: it ran only {shown}",
+                                    field=option))
         elif finalizer is not None and name.casefold() == finalizer.casefold():
             problems.append(Problem(f"{name!r} is the finalizer: it always runs and is not chosen", field=option))
         else:
-            shown = name if len(name) <= 80 else name[:80] + "..."
-            problems.append(Problem(f"no job named {shown!r} in pipeline {pipeline.name}"
-                                    f"{did_you_mean(name, known)}", field=option))
-    return found, problems
+            unknown += 1
+            if unknown <= MAX_NAMED:
+                shown = name if len(name) <= 80 else name[:80] + "..."
+                problems.append(Problem(f"no job named {shown!r} in pipeline {pipeline.name}"
+                                        f"{did_you_mean(name, known)}", field=option))
+    if unknown > MAX_NAMED:
+        problems.append(Problem(f"and {unknown - MAX_NAMED} more names that are no job of pipeline {pipeline.name}",
+                                field=option))
+    return list(found), problems
 
 
 def dag_of(pipeline: Pipeline) -> Dag:
