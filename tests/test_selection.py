@@ -80,6 +80,9 @@ def test_a_selected_job_does_not_wait_for_a_predecessor_left_out() -> None:
 
 def test_names_split_commas_and_repeats() -> None:
     assert names(["a,b", " c ", "a", ",,"]) == ("a", "b", "c")
+    assert names([]) == ()
+    with pytest.raises(ConfigError, match="field '--job': names no job"):
+        names(["", " ,"], "--job")  # given, but blank: never "every job"
 
 
 def test_a_retry_reruns_the_jobs_named_and_with_downstream_their_dependents_in_the_run() -> None:

@@ -30,13 +30,20 @@ MAX_NAMED = 20
 """The most unknown names one option's error lists, each with its did-you-mean; the rest are counted."""
 
 
-def names(values: Iterable[str]) -> tuple[str, ...]:
-    """The job names of repeatable, comma-separated options (`--only a,b --only c`), blanks dropped, in order."""
+def names(values: Iterable[str], option: str = "--only") -> tuple[str, ...]:
+    """The job names of a repeatable, comma-separated option (`--only a,b --only c`), blanks dropped, in order.
+
+    ConfigError when the option was given but names no job (`--only ""`): that must not mean "every job".
+    """
+    given = False
     found: dict[str, None] = {}
     for value in values:
+        given = True
         for name in value.split(","):
             if name.strip():
                 found[name.strip()] = None
+    if given and not found:
+        raise ConfigError("the command line", [Problem("names no job", field=option)])
     return tuple(found)
 
 

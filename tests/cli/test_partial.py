@@ -114,7 +114,9 @@ def test_only_runs_a_job_at_once_without_its_predecessor(
     (["--from", "t1", "--until", "tt6"], "field '--until': no job named 'tt6' in pipeline seed (did you mean 't6'?)"),
     (["--only", "stats"], "field '--only': 'stats' is the finalizer: it always runs and is not chosen"),
     (["--from", "t3", "--until", "t5"], "field '--from/--until': --from t3 --until t5 picks no job of pipeline seed"),
-], ids=["unknown-only", "unknown-until", "finalizer", "empty"])
+    (["--only", " , "], "the command line, field '--only': names no job"),
+    (["--from", ""], "the command line, field '--from': names no job"),
+], ids=["unknown-only", "unknown-until", "finalizer", "empty", "blank-only", "blank-from"])
 def test_a_bad_choice_is_exit_2_and_nothing_is_run_or_recorded(
         tmp_path: Path, cli: Cli, write_pipeline: WritePipeline, options: list[str], message: str) -> None:
     log = tmp_path / "log"
@@ -234,7 +236,8 @@ def test_a_bad_retry_changes_nothing(tmp_path: Path, cli: Cli, write_pipeline: W
     for args, message in (
             (["--job", "t66"], "field '--job': no job named 't66' in pipeline seed (did you mean 't6'?)"),
             (["--job", "stats"], "'stats' is the finalizer: it always runs and is not chosen"),
-            (["--downstream"], "--downstream goes with --job")):
+            (["--downstream"], "--downstream goes with --job"),
+            (["--job", ","], "the command line, field '--job': names no job")):
         refused = cli("retry", run_id, *args, check=2)
         assert message in refused.stderr and "nothing was run" in refused.stderr, refused.stderr
     assert "nothing to retry" in cli("retry", run_id, check=0).stdout  # a succeeded run, no --job: as before
@@ -296,3 +299,19 @@ def test_a_partial_run_killed_9_is_retried_within_its_jobs(
     with Store(url) as records:
         assert {t.task: t.state for t in records.tasks(run_id)} == dict.fromkeys(("t2", "t3", "t5", "stats"),
                                                                                  "SUCCEEDED")
+
+
+def test_a_cleared_job_gets_the_return_values_its_kept_predecessors_gave(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
+    log = tmp_path / "log"
+    write_pipeline({"name": "values", "jobs": [
+        sh("extract", "printf rows-42 > $JOBGRAPH_RETURN_VALUE_FILE"),
+        sh("load", f'echo "load $JOBGRAPH_PREDECESSOR_VALUES" >> {log}', after=["extract"]),
+    ]})
+    cli("run", "pipeline.yaml", check=0)
+    url = store_url(tmp_path)
+    run_id = only_run(url)
+    cli("retry", run_id, "--job", "load", check=0)
+    assert log.read_text().splitlines() == ['load {"extract": "rows-42"}'] * 2
+    assert rows(url, run_id) == [("extract", 1, "SUCCEEDED", 1), ("load", 1, "SUCCEEDED", 1),
+                                 ("load", 2, "SUCCEEDED", 2)]

@@ -59,7 +59,7 @@ def run(file: Path, store: str | None = None, runner: str | None = None, only: S
     """Resume what lost runs left running remotely, then run the pipeline (or the part of it chosen: an unknown
     job name stops it here, before the store is opened); the exit code says how it ended."""
     pipeline = load(file, runner)
-    selection = choose(pipeline, str(file), names(only), names(start), names(until))
+    selection = choose(pipeline, str(file), names(only), names(start, "--from"), names(until, "--until"))
     with Store(store_url(store)) as records:
         reports = terminal_reports(records)
         resume_adopting(records, reports)
@@ -75,7 +75,8 @@ def retry(run_id: str, store: str | None = None, runner: str | None = None, file
           jobs: Sequence[str] = (), downstream: bool = False) -> None:
     """Claim the run (so that of several retries exactly one runs it), then run what did not succeed, as the same
     run; a run whose jobgraph died is resumed instead."""
-    if downstream and not jobs:
+    asked = names(jobs, "--job")
+    if downstream and not asked:
         raise StoreError("--downstream goes with --job: name the jobs whose dependents run again; nothing was run")
     with Store(store_url(store)) as records:
         reports = terminal_reports(records)
@@ -83,10 +84,10 @@ def retry(run_id: str, store: str | None = None, runner: str | None = None, file
         previous = records.run(run_id)
         if previous.run_id in resumed:  # its jobgraph had died: going on with it was what this retry did
             raise typer.Exit(EXIT_CODES[resumed[previous.run_id].state])
-        if previous.state == RunState.SUCCEEDED and not jobs:
+        if previous.state == RunState.SUCCEEDED and not asked:
             console.print(f"run {previous.run_id} succeeded: nothing to retry")
             raise typer.Exit(EXIT_OK)
-        claimed = claim_retry(records, previous, file, runner, names(jobs), downstream)
+        claimed = claim_retry(records, previous, file, runner, asked, downstream)
         for line in claimed.announce():
             reports.say(line)
         result = run_retry(records, claimed, runner, reports)
