@@ -48,7 +48,7 @@ def rows(url: str, run_id: str) -> list[tuple[str, int, str, int]]:
         found = conn.execute(text("SELECT task, run_attempt, state, attempts FROM task_runs WHERE run_id = :r "
                                   "ORDER BY run_attempt, task"), {"r": run_id}).all()
         engine.dispose()
-    return [tuple(row) for row in found]  # type: ignore[misc]
+    return [(row[0], row[1], row[2], row[3]) for row in found]
 
 
 def stored_selection(url: str, run_id: str) -> Any:
