@@ -79,6 +79,9 @@ def test_retry_with_jobs_in_the_body_reruns_those_and_a_bad_body_changes_nothing
             ("first", 2)]
         assert {t.task: (t.state, t.run_attempt) for t in host_records.tasks(ran["run_id"])} == {
             "first": ("SUCCEEDED", 2), "flaky": ("FAILED", 1), "later": ("SKIPPED", 1)}
+    with served(ran["url"]) as app:
+        page = get(app, f"/runs/{ran['run_id']}").text
+    assert '<p class="facts" id="selection">attempt 2 reran first (1 job)</p>' in page
 
 
 def test_trigger_runs_the_deployed_version_and_suspend_resume_change_it(cli: Cli, write_pipeline: WritePipeline,
