@@ -101,11 +101,12 @@ def plan(
 
 
 OnlyOption = Annotated[list[str] | None, typer.Option(
-    "--only", help="Run only these jobs (comma-separated or repeated); a predecessor left out is not waited for")]
+    "--only", metavar="JOB[,JOB]",
+    help="Run only these jobs (comma-separated or repeated); a predecessor left out is not waited for")]
 FromOption = Annotated[list[str] | None, typer.Option(
-    "--from", help="Run this job and everything downstream of it (comma-separated or repeated)")]
+    "--from", metavar="JOB[,JOB]", help="Run this job and everything downstream of it (comma-separated or repeated)")]
 UntilOption = Annotated[list[str] | None, typer.Option(
-    "--until", help="Run this job and everything upstream of it (comma-separated or repeated)")]
+    "--until", metavar="JOB[,JOB]", help="Run this job and everything upstream of it (comma-separated or repeated)")]
 
 
 def run(file: FileArgument, store: StoreOption = None, runner: RunnerOption = None, only: OnlyOption = None,
@@ -128,7 +129,8 @@ def retry(
         "--file", exists=True, dir_okay=False,
         help="Rerun with this (repaired) pipeline file instead of the run's stored one; same jobs and edges")] = None,
     job: Annotated[list[str] | None, typer.Option(
-        "--job", help="Run again only this job, even if it succeeded (comma-separated or repeated)")] = None,
+        "--job", metavar="JOB[,JOB]",
+        help="Run again only this job, even if it succeeded (comma-separated or repeated)")] = None,
     downstream: Annotated[bool, typer.Option(
         "--downstream", help="With --job: also run again every job of the run that depends on it")] = False,
 ) -> None:
