@@ -100,11 +100,25 @@ def plan(
     plan.plan(file, runner=runner, output=output)
 
 
-def run(file: FileArgument, store: StoreOption = None, runner: RunnerOption = None) -> None:
-    """Run a pipeline once, now, with a live view; exit 0 if every job succeeded, 1 if not, 130 if cancelled."""
+OnlyOption = Annotated[list[str] | None, typer.Option(
+    "--only", metavar="JOB[,JOB]",
+    help="Run only these jobs (comma-separated or repeated); a predecessor left out is not waited for")]
+FromOption = Annotated[list[str] | None, typer.Option(
+    "--from", metavar="JOB[,JOB]", help="Run this job and everything downstream of it (comma-separated or repeated)")]
+UntilOption = Annotated[list[str] | None, typer.Option(
+    "--until", metavar="JOB[,JOB]", help="Run this job and everything upstream of it (comma-separated or repeated)")]
+
+
+def run(file: FileArgument, store: StoreOption = None, runner: RunnerOption = None, only: OnlyOption = None,
+        start: FromOption = None, until: UntilOption = None) -> None:
+    """Run a pipeline once, now, with a live view; exit 0 if every job succeeded, 1 if not, 130 if cancelled.
+
+    --only, --from and --until run part of it (given together: the jobs all of them pick); the finalizer
+    always runs. The run records which jobs it ran: `show` says so, `retry` keeps to them.
+    """
     from jobgraph.cli import run
 
-    run.run(file, store=store, runner=runner)
+    run.run(file, store=store, runner=runner, only=only or [], start=start or [], until=until or [])
 
 
 def retry(
@@ -114,14 +128,21 @@ def retry(
     file: Annotated[Path | None, typer.Option(
         "--file", exists=True, dir_okay=False,
         help="Rerun with this (repaired) pipeline file instead of the run's stored one; same jobs and edges")] = None,
+    job: Annotated[list[str] | None, typer.Option(
+        "--job", metavar="JOB[,JOB]",
+        help="Run again only this job, even if it succeeded (comma-separated or repeated)")] = None,
+    downstream: Annotated[bool, typer.Option(
+        "--downstream", help="With --job: also run again every job of the run that depends on it")] = False,
 ) -> None:
     """Run again a run's failed, skipped and cancelled jobs, keeping what succeeded (EXECUTE TASK ... RETRY LAST).
 
-    Of several retries of one run at once, exactly one runs it; the others say who does and exit 2.
+    With --job, run again the jobs named (and with --downstream what depends on them), whatever they ended as,
+    keeping every other job as it ended: Airflow's "clear". Of several retries of one run at once, exactly one
+    runs it; the others say who does and exit 2.
     """
     from jobgraph.cli import run
 
-    run.retry(run_id, store=store, runner=runner, file=file)
+    run.retry(run_id, store=store, runner=runner, file=file, jobs=job or [], downstream=downstream)
 
 
 def cancel(
