@@ -202,3 +202,19 @@ def test_plan_shows_a_fanned_out_job_as_its_first_copy(cli: Cli, write_pipeline:
     argv = {job["job"]: job["argv"] for job in planned["jobs"]}
     assert argv["load"][-1] == "echo <item> <item.path>"
     assert argv["months"][-1] == "echo jan"
+
+
+def test_retry_job_clears_a_fanned_out_job_and_every_copy_runs_again(
+        cli: Cli, write_pipeline: WritePipeline, tmp_path: Path) -> None:
+    ran = tmp_path / "ran"
+    write_pipeline({"jobs": [sh("each", f"echo {{{{ item }}}} >> {ran}", for_each=["a", "b"]),
+                             sh("other", "true")]})
+    cli("run", "pipeline.yaml", check=0)
+    url = store_url(tmp_path)
+    run_id = only_run(url)
+    ran.unlink()
+    cli("retry", run_id, "--job", "each", check=0)
+    assert sorted(ran.read_text().split()) == ["a", "b"]
+    rows = task_rows(url, run_id)
+    assert rows[("each[0]", 2)]["attempts"] == 2 and rows[("each[1]", 2)]["state"] == "SUCCEEDED"
+    assert ("other", 2) not in rows

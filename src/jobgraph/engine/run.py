@@ -262,9 +262,12 @@ class GraphRun:
         except fan_out.FanOutError as exc:
             self._set_state(job.name, TaskState.FAILED, reason=str(exc))
             return self._release_successors(job.name)
-        before = self._prior.get(job.name)  # rerun although it ended as kept (`retry --job`): every copy runs
+        # Copies that ended as kept stay when the job itself is retried for not succeeding; a job cleared by a
+        # targeted retry (`retry --job`: PENDING again) or rerun although it ended as kept runs every copy again.
+        before = self._prior.get(job.name)
+        again = before is None or before.state in self._keep or before.state == TaskState.PENDING
         expansion, expanded = self._fan_outs.expand(job, items, {n: p.attempts for n, p in self._prior.items()},
-                                                    keep=before is not None and before.state not in self._keep)
+                                                    keep=not again)
         self._emit(expanded)
         for name in expansion.dropped:  # recorded, but no job of this run: the run's state ignores it
             self._emit(TaskChanged(self.run_id, name, TaskState.SKIPPED, now(),
