@@ -11,7 +11,8 @@ than `max_fan_out` fails the job with the reason; an empty list succeeds with no
 
 A retry (or a lost run resumed) expands the job again and keeps each copy whose earlier state is
 kept and whose item at the same index is the same: a retry reruns the failed copies, and a list that
-changed meanwhile (a predecessor ran again) reruns what changed.
+changed meanwhile (a predecessor ran again) reruns what changed. A job cleared by `retry --job` runs
+every copy again.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Expansion:
     items: list[str]
     """Each copy's item as JSON text (what task_runs.item holds)."""
     values: list[Any]
+    """Each copy's item itself (what `{{ item }}` renders)."""
     kept: dict[str, Kept] = field(default_factory=dict)
     left: int = 0
     states: dict[str, TaskState] = field(default_factory=dict)
