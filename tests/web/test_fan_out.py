@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from starlette.testclient import TestClient
+
 from jobgraph.store import Store
 from tests.conftest import Cli, WritePipeline, sh, store_url
-from tests.web.conftest import get, served
+from tests.web.conftest import served
 
 
 def test_the_copies_are_folded_into_their_jobs_node_and_listed_after_it(
@@ -20,8 +22,8 @@ def test_the_copies_are_folded_into_their_jobs_node_and_listed_after_it(
     url = store_url(tmp_path)
     with Store(url) as records:
         run_id = records.runs()[0].run_id
-    with served(url) as app:
-        page = get(app, f"/runs/{run_id}").text
+    with served(url) as app, TestClient(app, base_url="http://127.0.0.1") as client:  # its own thread's loop:
+        page = client.get(f"/runs/{run_id}").text  # the browser tests' session leaves one running in this one
     nodes = re.findall(r'<g class="node([^"]*)" data-job="([^"]+)"', page)
     assert [job for _, job in nodes] == ["extract", "load", "report"]
     fanned = re.search(r'<g class="node fanned s-FAILED" data-job="load".*?</g>', page)
