@@ -30,5 +30,18 @@ def test_the_copies_are_folded_into_their_jobs_node_and_listed_after_it(
     assert fanned is not None
     assert "load [11]" in fanned.group(0) and "1 failed, 10 succeeded" in fanned.group(0)
     assert len(re.findall(r'class="edge"', page)) == 2
+    assert re.search(r'<td class="name">load\[2\] <span class="item" title="its item">3</span></td>', page)
     listed = re.findall(r'<tbody class="job[^"]*" data-job="([^"]+)"', page)
     assert listed == ["extract", "load", *(f"load[{i}]" for i in range(11)), "report"]
+
+
+def test_a_hostile_item_is_shown_as_text(cli: Cli, write_pipeline: WritePipeline, tmp_path: Path) -> None:
+    hostile = "<img src=x onerror=window.__pwned=1>"
+    write_pipeline({"jobs": [sh("each", "true # {{ item }}", for_each=[hostile, {"k": hostile}])]})
+    cli("run", "pipeline.yaml", check=0)
+    url = store_url(tmp_path)
+    with Store(url) as records:
+        run_id = records.runs()[0].run_id
+    with served(url) as app, TestClient(app, base_url="http://127.0.0.1") as client:
+        page = client.get(f"/runs/{run_id}").text
+    assert "<img" not in page and "&lt;img src=x onerror=window.__pwned=1&gt;" in page
