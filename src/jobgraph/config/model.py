@@ -124,6 +124,29 @@ Text = Annotated[str, AfterValidator(no_nul)]
 Command = Annotated[tuple[Annotated[str, Field(min_length=1), AfterValidator(no_nul)], ...], Field(min_length=1)]
 LogLimit = Annotated[int, BeforeValidator(parse_log_limit)]
 
+RETRY_WORDS = ("timeout", "error", "oom", "lost")
+"""What `retry_on` / `no_retry_on` name besides exit codes: a timeout, an attempt the runner could not start
+or follow, an out-of-memory kill (containers, Kubernetes, Slurm), a remote node lost or the pod evicted."""
+
+
+def _retry_condition(value: Any) -> int | str:
+    """An exit code (1-255) or one of RETRY_WORDS, lower-cased."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected an exit code (1-255) or one of {', '.join(RETRY_WORDS)}, got {value!r}")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, int):
+        if not 1 <= value <= 255:
+            raise ValueError(f"exit code {value} cannot fail an attempt: use 1-255")
+        return value
+    if isinstance(value, str) and value.strip().lower() in RETRY_WORDS:
+        return value.strip().lower()
+    raise ValueError(f"{value!r} is neither an exit code (1-255) nor one of {', '.join(RETRY_WORDS)}")
+
+
+RetryCondition = Annotated[int | str, BeforeValidator(_retry_condition)]
+RetryConditions = Annotated[tuple[RetryCondition, ...], Field(max_length=256)]
+
 
 INSTANCE_FAMILIES: dict[str, tuple[float, int]] = {
     "CPU_X64_XS": (1, 6 << 30),
@@ -192,6 +215,13 @@ class Defaults(_Model):
     retries: Retries = 0
     retry_delay: Duration = 0.0
     retry_backoff: float = Field(default=1.0, ge=1.0, le=10.0)
+    retry_on: RetryConditions | None = Field(
+        default=None, description="Retry only a failure named here: exit codes, timeout, error, oom, lost "
+        "[default: any failure]")
+    no_retry_on: RetryConditions = Field(
+        default=(), description="Never retry a failure named here (wins over retry_on)")
+    retry_for: Duration | None = Field(
+        default=None, gt=0, description="No retry starts once this long has passed since the first attempt began")
     timeout: Duration | None = Field(default=None, gt=0)
     trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
     pool: Name = "default"
@@ -217,6 +247,14 @@ class Job(_Model):
     retries: Retries | None = None
     retry_delay: Duration | None = None
     retry_backoff: float | None = Field(default=None, ge=1.0, le=10.0)
+    retry_on: RetryConditions | None = Field(
+        default=None, description="Retry only a failure named here: exit codes (1-255), timeout, error (the runner "
+        "could not start it), oom, lost (remote node lost, pod evicted) [default: defaults.retry_on, any failure]")
+    no_retry_on: RetryConditions | None = Field(
+        default=None, description="Never retry a failure named here; wins over retry_on [default: defaults.no_retry_on]")
+    retry_for: Duration | None = Field(
+        default=None, gt=0, description="No retry starts once this long has passed since the first attempt began "
+        "(its delay included) [default: defaults.retry_for]")
     timeout: Duration | None = Field(default=None, gt=0)
     trigger_rule: TriggerRule | None = None
     container_name: str | None = Field(
@@ -335,8 +373,8 @@ class Pipeline(_Model):
         return defined.max_parallel if defined else self.defaults.pool_size
 
 
-_DEFAULTED = ("retries", "retry_delay", "retry_backoff", "timeout", "trigger_rule", "pool", "runner", "workdir",
-              "network", "log_limit")
+_DEFAULTED = ("retries", "retry_delay", "retry_backoff", "retry_on", "no_retry_on", "retry_for", "timeout",
+              "trigger_rule", "pool", "runner", "workdir", "network", "log_limit")
 """A job's fields that, unset, take the value `defaults` has."""
 
 

@@ -36,7 +36,7 @@ from docker.models.containers import Container
 from jobgraph.errors import JobgraphError, RunnerError
 from jobgraph.owner import owner_label
 from jobgraph.runners.attach import AttachedOutput, AttachError, attach
-from jobgraph.runners.base import JobSpec, Outcome
+from jobgraph.runners.base import Cause, JobSpec, Outcome
 from jobgraph.runners.engine_api import (
     LABEL,
     connect,
@@ -426,10 +426,11 @@ def _outcome(spec: JobSpec, code: int, state: Mapping[str, Any]) -> Outcome:
     limit = f"memory limit {spec.memory_bytes // (1 << 20)} MiB" if spec.memory_bytes else ""
     if state.get("OOMKilled"):
         reason = f"OOMKilled: out of memory ({limit or 'no limit'}), exit code {code}"
-        return Outcome(AttemptStatus.FAILED, code, reason)
+        return Outcome(AttemptStatus.FAILED, code, reason, cause=Cause.OOM)
     if code == 137 and limit:
         # Podman 4.3 never sets OOMKilled here: a SIGKILL under a memory limit is the kernel's OOM killer.
-        return Outcome(AttemptStatus.FAILED, code, f"killed (exit code 137) under a {limit}: out of memory")
+        return Outcome(AttemptStatus.FAILED, code, f"killed (exit code 137) under a {limit}: out of memory",
+                       cause=Cause.OOM)
     return Outcome(AttemptStatus.FAILED, code, f"exit code {code}")
 
 
