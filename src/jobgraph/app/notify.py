@@ -18,6 +18,8 @@ import contextlib
 import json
 import os
 import signal
+import socket
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -258,7 +260,7 @@ async def post(url: str, payload: bytes) -> None:
     try:
         reader, writer = await asyncio.open_connection(host, port, ssl=context)
     except OSError as exc:
-        raise SendError(f"cannot connect: {exc.strerror or type(exc).__name__}") from None
+        raise SendError(f"cannot connect: {_why(exc)}") from None
     try:
         path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~") + (
             "?" + quote(parts.query, safe="/%:@!$&'()*+,;=-._~?") if parts.query else "")
@@ -271,17 +273,32 @@ async def post(url: str, payload: bytes) -> None:
         await writer.drain()
         status = await reader.readline()
     except OSError as exc:
-        raise SendError(f"the connection failed: {exc.strerror or type(exc).__name__}") from None
+        raise SendError(f"the connection failed: {_why(exc)}") from None
     finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer.wait_closed(), 1.0)
+        writer.close()  # not awaited: an await here would meet the timeout's cancel a second time
     words = status.decode("latin-1").split()
     if len(words) < 2 or not words[0].startswith("HTTP/") or not words[1].isdigit():
         raise SendError("the server's answer is not HTTP" if status else "the server closed without answering")
     code = int(words[1])
     if not 200 <= code < 300:
         raise SendError(f"HTTP {code}" + (f" {' '.join(words[2:])[:60]}" if len(words) > 2 else ""))
+
+
+def _why(exc: OSError) -> str:
+    """An OS error in words that name no address (asyncio's own messages carry the host and port)."""
+    if isinstance(exc, socket.gaierror):
+        return f"the host name does not resolve ({exc.strerror})"
+    if isinstance(exc, ssl_errors()):
+        return f"TLS failed ({getattr(exc, 'reason', None) or type(exc).__name__})"
+    if exc.errno:
+        return os.strerror(exc.errno)
+    return type(exc).__name__
+
+
+def ssl_errors() -> tuple[type[Exception], ...]:
+    """ssl's errors if an https webhook loaded ssl, else none to match."""
+    ssl = sys.modules.get("ssl")
+    return (ssl.SSLError, ssl.CertificateError) if ssl is not None else ()
 
 
 async def run_hook(argv: tuple[str, ...], payload: bytes) -> None:
