@@ -43,6 +43,10 @@ ERROR_CHARS = 1000
 MAX_LISTED_JOBS = 50
 """The most failed jobs one notification lists (a 10,000-job run that failed whole stays a short message)."""
 
+MAX_JOB_FAILED_SENDS = 100
+"""The most job_failed notifications one entry sends per run: a run whose 10,000 jobs fail tells of the first
+hundred one by one (then says so once, as a warning), and run_failed counts them all."""
+
 HOOK_STDERR_BYTES = 2048
 """How much of a failing hook's stderr (its end) is kept as the send's error."""
 
@@ -135,7 +139,11 @@ class Notifier:
             self._run = _Run(event.run_id, event.pipeline, event.run_attempt, event.trigger, event.at)
         elif isinstance(event, TaskChanged) and event.state == TaskState.FAILED:
             self._failed[event.task] = event.reason or ""
-            self._start("job_failed", event.at, job=event.task)
+            if len(self._failed) <= MAX_JOB_FAILED_SENDS:
+                self._start("job_failed", event.at, job=event.task)
+            elif len(self._failed) == MAX_JOB_FAILED_SENDS + 1 and any("job_failed" in e.on for e in self._entries):
+                self._warn(f"notify: more than {MAX_JOB_FAILED_SENDS} jobs failed; no job_failed notification is sent "
+                           "for the others (run_failed counts them all)")
         elif isinstance(event, RunEnded) and event.state in (RunState.FAILED, RunState.SUCCEEDED):
             kind = "run_failed" if event.state == RunState.FAILED else "run_succeeded"
             self._start(kind, event.at, state=event.state)
