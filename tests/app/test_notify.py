@@ -29,6 +29,10 @@ TOKEN = "T0KEN-s3cret-path-9f8e7d"
 """Part of the secret webhook URL: it must appear nowhere jobgraph writes or prints."""
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # a hundred sends at once are all taken, none left to the kernel's SYN retries
+
+
 class Hooks:
     """The test's HTTP server: what each path received, and how each path answers."""
 
@@ -56,7 +60,7 @@ class Hooks:
             def log_message(self, *_args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
 
@@ -181,6 +185,21 @@ def test_a_silent_server_and_an_unreachable_port_never_hold_up_the_run(
     (key,) = [k for k in rows if k[0] == "run_failed" and k[1] != f"{hooks.port}/..."]
     state, tries, error = rows[key]
     assert (state, tries, error) == ("FAILED", 3, "cannot connect: Connection refused")
+
+
+def test_a_run_whose_many_jobs_fail_sends_a_bounded_number_of_job_failed(
+        tmp_path: Path, write_pipeline: WritePipeline, hooks: Hooks) -> None:
+    write_pipeline({"notify": [{"on": ["job_failed", "run_failed"], "webhook": hooks.url("/ok"), "timeout": 30}],
+                    "jobs": [sh(f"j{i}", "exit 1") for i in range(105)]})
+    result = jobgraph(tmp_path, "run", "pipeline.yaml", check=1)
+    assert "more than 100 jobs failed; no job_failed notification is sent for the others" in result.stdout + \
+        result.stderr
+    bodies = hooks.bodies["/ok"]
+    assert sum(b["event"] == "job_failed" for b in bodies) == 100
+    (run_failed,) = [b for b in bodies if b["event"] == "run_failed"]
+    assert run_failed["failed_count"] == 105 and len(run_failed["failed_jobs"]) == 50
+    assert run_failed["text"].count("\n- ") == 11 and run_failed["text"].endswith("- and 95 more")
+    assert [row[3] for row in stored(tmp_path)] == ["SENT"] * 101
 
 
 def test_command_hooks_get_the_json_on_stdin_and_one_that_overruns_is_killed_with_its_group(
