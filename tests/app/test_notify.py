@@ -117,7 +117,9 @@ def test_webhooks_json_and_slack_with_a_retry_recorded_and_shown(
     write_pipeline({
         "notify": [{"on": ["run_failed", "job_failed"], "webhook": hooks.url("/ok/hook?key=abc")},
                    {"on": ["run_failed"], "webhook_secret": "TEAM_WEBHOOK", "format": "slack", "retries": 2},
-                   {"on": ["run_succeeded"], "webhook": hooks.url("/never")}],
+                   {"on": ["run_succeeded"], "webhook": hooks.url("/never")},
+                   {"on": ["job_failed"], "command": ["sh", "-c", "echo posting to $TEAM_WEBHOOK failed >&2; exit 1"],
+                    "retries": 0}],
         "jobs": [sh("extract", "echo 'the table <raw> is missing' >&2; exit 3"), sh("load", "true"),
                  sh("report", "echo $TEAM_WEBHOOK; true", after=["load"])]})
     run = jobgraph(tmp_path, "run", "pipeline.yaml", env={"TEAM_WEBHOOK": secret_url}, check=1)
@@ -138,6 +140,7 @@ def test_webhooks_json_and_slack_with_a_retry_recorded_and_shown(
 
     rows = stored(tmp_path)
     assert sorted(rows, key=str) == [
+        ("job_failed", "extract", "command sh", "FAILED", 1, "sh exited with code 1: posting to *** failed"),
         ("job_failed", "extract", f"webhook http://127.0.0.1:{hooks.port}/...", "SENT", 1, None),
         ("run_failed", None, f"webhook http://127.0.0.1:{hooks.port}/...", "SENT", 1, None),
         ("run_failed", None, "webhook_secret TEAM_WEBHOOK", "SENT", 2, None)]
@@ -146,7 +149,8 @@ def test_webhooks_json_and_slack_with_a_retry_recorded_and_shown(
     assert "notifications" in show and "webhook_secret TEAM_WEBHOOK" in show and "job_failed" in show
     detail = json.loads(jobgraph(tmp_path, "show", run_failed["run_id"], "--format", "json", check=0).stdout)
     assert sorted(((n["event"], n["job"], n["state"], n["tries"]) for n in detail["notifications"]), key=str) == [
-        ("job_failed", "extract", "SENT", 1), ("run_failed", None, "SENT", 1), ("run_failed", None, "SENT", 2)]
+        ("job_failed", "extract", "FAILED", 1), ("job_failed", "extract", "SENT", 1), ("run_failed", None, "SENT", 1),
+        ("run_failed", None, "SENT", 2)]
     assert detail["notifications"][0]["finished_at"].endswith("Z")
 
     # the secret URL: withheld from the jobs, never stored, logged or printed

@@ -384,7 +384,7 @@ class GraphRun:
             error = stored_text(outcome.error, self._redactor) if outcome.error else None
             self._emit(AttemptEnded(self.run_id, job.name, attempt, outcome.status, started, outcome.ended_at or now(),
                                     outcome.exit_code, error, log_path))
-        return replace(outcome, error=error)
+        return Outcome(outcome.status, outcome.exit_code, error, outcome.ended_at, outcome.cause)
 
     def _env(self, job: Job, attempt: int) -> dict[str, str]:
         """The JOBGRAPH_* variables (Snowflake's SYSTEM$TASK_RUNTIME_INFO), then the job's own env."""
