@@ -4,6 +4,7 @@ command hooks, the store's rows, `show`, and a run never held up by a send beyon
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -53,7 +54,7 @@ class Hooks:
                     hooks.hang.wait(60)  # never answers while the test runs
                     return
                 fail = self.path.startswith("/flaky") and count == 1
-                self.send_response(500 if fail else 200)
+                self.send_response(301 if self.path == "/moved" else 500 if fail else 200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -204,6 +205,42 @@ def test_a_run_whose_many_jobs_fail_sends_a_bounded_number_of_job_failed(
     assert run_failed["failed_count"] == 105 and len(run_failed["failed_jobs"]) == 50
     assert run_failed["text"].count("\n- ") == 11 and run_failed["text"].endswith("- and 95 more")
     assert [row[3] for row in stored(tmp_path)] == ["SENT"] * 101
+
+
+def test_hostile_and_odd_servers_fail_the_send_never_the_run(
+        tmp_path: Path, write_pipeline: WritePipeline, hooks: Hooks) -> None:
+    flood = socket.socket()
+    flood.bind(("127.0.0.1", 0))
+    flood.listen(8)
+
+    def answer_forever() -> None:  # a first line that never ends (far past the stream's 64 KiB limit)
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = flood.accept()
+                with connection:
+                    connection.recv(65536)
+                    connection.sendall(b"H" * 200_000)
+
+    threading.Thread(target=answer_forever, daemon=True).start()
+    try:
+        endless = f"http://127.0.0.1:{flood.getsockname()[1]}/"
+        write_pipeline({
+            "notify": [{"on": ["run_succeeded"], "webhook": endless, "retries": 0},
+                       {"on": ["run_succeeded"], "webhook": f"https://127.0.0.1:{hooks.port}/ok", "retries": 0},
+                       {"on": ["run_succeeded"], "webhook": f"http://127.0.0.1:{hooks.port}/moved", "retries": 0},
+                       {"on": ["run_succeeded"], "webhook": "http://no-such-host.invalid/x", "retries": 0}],
+            "jobs": [sh("only", "true")]})
+        jobgraph(tmp_path, "run", "pipeline.yaml", check=0)
+    finally:
+        flood.close()
+    rows = stored(tmp_path)
+    assert len(rows) == 4 and all(state == "FAILED" for _, _, _, state, _, _ in rows)
+    messages = sorted(error for *_, error in rows)
+    assert messages[0] == "HTTP 301 Moved Permanently"  # a redirect is not followed
+    assert messages[1].startswith("cannot connect: TLS failed")
+    assert messages[2].startswith("cannot connect: the host name does not resolve")
+    assert messages[3] == "the server's answer is not HTTP"
+    assert "/moved" in hooks.bodies and "/ok" not in hooks.bodies
 
 
 def test_command_hooks_get_the_json_on_stdin_and_one_that_overruns_is_killed_with_its_group(

@@ -216,6 +216,8 @@ class Notifier:
                     error = f"no answer within the notify timeout of {entry.timeout:g}s"
                 except SendError as exc:
                     error = str(exc)
+                except Exception as exc:  # a bug, or a case not foreseen: a failed try, never a lost record
+                    error = f"internal error: {type(exc).__name__}"
                 pause = BACKOFF_SECS * 2 ** (tries - 1)
                 if tries > entry.retries or loop.time() + pause >= deadline:
                     break
@@ -272,7 +274,7 @@ async def post(url: str, payload: bytes) -> None:
     try:
         path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~") + (
             "?" + quote(parts.query, safe="/%:@!$&'()*+,;=-._~?") if parts.query else "")
-        shown_host = f"[{host}]" if ":" in host else host
+        shown_host = f"[{host}]" if ":" in host else host if host.isascii() else host.encode("idna").decode("ascii")
         if parts.port:
             shown_host += f":{parts.port}"
         head = (f"POST {path} HTTP/1.1\r\nHost: {shown_host}\r\nUser-Agent: jobgraph\r\n"
@@ -282,6 +284,8 @@ async def post(url: str, payload: bytes) -> None:
         status = await reader.readline()
     except OSError as exc:
         raise SendError(f"the connection failed: {_why(exc)}") from None
+    except ValueError:  # a first line longer than the stream's limit (64 KiB)
+        raise SendError("the server's answer is not HTTP") from None
     finally:
         writer.close()  # not awaited: an await here would meet the timeout's cancel a second time
     words = status.decode("latin-1").split()
