@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -160,7 +161,8 @@ def _retry_condition(value: Any) -> int | str:
     raise ValueError(f"{value!r} is neither an exit code (1-255) nor one of {', '.join(RETRY_WORDS)}")
 
 
-RetryCondition = Annotated[int | str, BeforeValidator(_retry_condition)]
+RetryCondition = Annotated[int | str, BeforeValidator(_retry_condition), WithJsonSchema(
+    {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 255}, {"enum": list(RETRY_WORDS)}]})]
 RetryConditions = Annotated[tuple[RetryCondition, ...], Field(max_length=256)]
 
 
