@@ -52,7 +52,7 @@ from jobgraph.runners.engine_api import (
     state_after_exit,
     timed_out,
 )
-from jobgraph.runners.oom_watch import OomWatch
+from jobgraph.runners.oom_watch import OomWatch, known_cgroup, memory_cgroup
 from jobgraph.runners.output import (
     LogWriter,
     collect_return_file,
@@ -216,11 +216,17 @@ class ContainerRunner:
         return handle
 
     async def _arm_oom_watch(self, container: Container) -> OomWatch | None:
-        """Watch the running container's memory cgroup for OOM kills; None if it cannot be (it already ended)."""
-        pid = (await self._call(inspect, container)).get("State", {}).get("Pid")
-        if not isinstance(pid, int) or pid <= 0:
-            return None
-        watch = await self._call(OomWatch.arm, pid)
+        """Watch the running container's memory cgroup for OOM kills; None if it cannot be (it already ended).
+
+        The cgroup is looked for where the engines put it first; only if it is elsewhere is the engine asked
+        for the container's main process."""
+        found = await self._call(known_cgroup, str(container.id))
+        if found is None:
+            pid = (await self._call(inspect, container)).get("State", {}).get("Pid")
+            if not isinstance(pid, int) or pid <= 0:
+                return None
+            found = await self._call(memory_cgroup, pid)
+        watch = await self._call(OomWatch.arm, found)
         if watch is not None:
             watch.listen(asyncio.get_running_loop())
         return watch

@@ -41,6 +41,18 @@ def memory_cgroup(pid: int) -> tuple[Path, int] | None:
     return None
 
 
+def known_cgroup(container_id: str) -> tuple[Path, int] | None:
+    """The memory cgroup where Podman (cgroupfs or systemd manager) or Docker puts a container, found without
+    asking the engine; None if it is in none of those places (then its main process tells: `memory_cgroup`)."""
+    places = (f"libpod_parent/libpod-{container_id}", f"machine.slice/libpod-{container_id}.scope",
+              f"docker/{container_id}", f"system.slice/docker-{container_id}.scope")
+    if (CGROUP_ROOT / "cgroup.controllers").exists():
+        found = [(CGROUP_ROOT / place, 2) for place in places]
+    else:
+        found = [(CGROUP_ROOT / "memory" / place, 1) for place in places]
+    return next(((folder, version) for folder, version in found if folder.is_dir()), None)
+
+
 def oom_kills(folder: Path, version: int) -> int | None:
     """How many processes the OOM killer killed in the cgroup so far; None if the cgroup (or the count) is gone."""
     name = "memory.oom_control" if version == 1 else "memory.events"
@@ -67,10 +79,9 @@ class OomWatch:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
-    def arm(cls, pid: int) -> OomWatch | None:
-        """Start watching the memory cgroup of the container whose main process is `pid` (blocking: call it in a
-        thread, then `listen` on the loop); None when its cgroup cannot be found or read."""
-        found = memory_cgroup(pid)
+    def arm(cls, found: tuple[Path, int] | None) -> OomWatch | None:
+        """Start watching a container's memory cgroup (`known_cgroup`, `memory_cgroup`: blocking, so call it in a
+        thread, then `listen` on the loop); None when there is none or it cannot be read."""
         if found is None or oom_kills(*found) is None:
             return None
         watch = cls(*found)
