@@ -26,11 +26,26 @@ shell exits 137, under a memory limit, with no OOM."""
 TINY = {"tiny": {"max_parallel": 2, "memory": "16m"}}
 
 
+def eventfds() -> int:
+    """How many eventfds this process holds (the OOM watches' on cgroup v1)."""
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if _link(fd) == "anon_inode:[eventfd]")
+
+
+def _link(path: Path) -> str:
+    try:
+        return str(path.readlink())
+    except OSError:
+        return ""
+
+
 def test_an_oom_kill_of_a_child_is_oom_and_a_kill_9_is_not(tmp_path: Path) -> None:
     jobs = [box("main", "sleep 1; exec tail /dev/zero", pool="tiny"),
             box("child", f"sleep 1; {HUNGRY}; echo tail ended $?; exit 1", pool="tiny"),
             box("killed", KILL_9, pool="tiny")]
+    before = eventfds()
     _, events = execute(tmp_path, jobs, pools=TINY)
+    assert eventfds() == before  # every watch let go of its cgroup
     main, child, killed = (attempts(events, name)[0] for name in ("main", "child", "killed"))
     assert (main.status, main.exit_code) == (AttemptStatus.FAILED, 137)
     assert main.error is not None and main.error.startswith(

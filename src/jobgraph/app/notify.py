@@ -28,7 +28,7 @@ from urllib.parse import quote, urlsplit
 
 from jobgraph.config.model import Notify, Pipeline
 from jobgraph.engine.events import Event, RunEnded, RunStarted, TaskChanged
-from jobgraph.errors import ConfigError, JobgraphError, Problem
+from jobgraph.errors import ConfigError, Problem
 from jobgraph.runners.output import redactor_for, stored_text
 from jobgraph.states import RunState, TaskState
 from jobgraph.store import Store
@@ -235,7 +235,7 @@ class Notifier:
     def _record(self, record: NotificationRecord) -> None:
         try:
             self._records.record_notification(record)
-        except JobgraphError as exc:
+        except Exception as exc:  # the store's fault, or a refused row: said, never raised into the loop
             self._warn(f"the {record.event} notification to {record.target} ({record.state}) could not be "
                        f"recorded: {exc}")
 

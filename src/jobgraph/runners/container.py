@@ -293,6 +293,12 @@ class ContainerRunner:
 
     async def wait(self, handle: ContainerHandle) -> Outcome:
         """Wait for the container to exit, save its output, note an OOM kill, and remove it."""
+        try:
+            return await self._wait(handle)
+        finally:  # however the wait ended, the OOM watch lets go of the cgroup's files
+            await self._oom_watch(handle)
+
+    async def _wait(self, handle: ContainerHandle) -> Outcome:
         container = handle.container
         if handle.attached is not None:
             ended = await self._wait_attached(handle)
