@@ -46,6 +46,8 @@ class RunRecord:
     """When someone asked (from another process) to cancel this attempt of the run; None if nobody did."""
     cancel_requested_by: str | None = None
     """Who asked to cancel it (`jobgraph cancel`, the web page's signed-in token)."""
+    selection: str | None = None
+    """A partial run's choice of jobs and its targeted retries (jobgraph.selection), as JSON; None: a whole run."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class RunSummary:
     finished_at: datetime | None
     scheduled_time: datetime
     task_counts: Mapping[str, int]
+    selection: str | None = None
+    """As RunRecord.selection: how a partial run chose its jobs, and its targeted retries."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,7 @@ def run_record(row: Any) -> RunRecord:
         finished_at=aware(row["finished_at"]), snapshot=row["snapshot"], owner=row["owner"],
         version=row["pipeline_version"], trigger=row["trigger"],
         cancel_requested_at=aware(row["cancel_requested_at"]), cancel_requested_by=row["cancel_requested_by"],
+        selection=row["selection"],
     )
 
 
