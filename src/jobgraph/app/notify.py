@@ -47,6 +47,10 @@ MAX_JOB_FAILED_SENDS = 100
 """The most job_failed notifications one entry sends per run: a run whose 10,000 jobs fail tells of the first
 hundred one by one (then says so once, as a warning), and run_failed counts them all."""
 
+SETTLE_GRACE_SECS = 0.5
+"""How long past the last send's own deadline the run's end waits for it to record how it ended (each send
+stops trying at its deadline by itself: this only covers writing its row)."""
+
 HOOK_STDERR_BYTES = 2048
 """How much of a failing hook's stderr (its end) is kept as the send's error."""
 
@@ -158,9 +162,10 @@ class Notifier:
             return
         body = self._body(kind, at, job, state)
         for index, entry in wanted:
-            send = loop.create_task(self._send(index, entry, kind, job, body), name=f"jobgraph notify {kind}")
+            deadline = loop.time() + entry.timeout
+            send = loop.create_task(self._send(index, entry, kind, job, body, deadline), name=f"jobgraph notify {kind}")
             self._sends.add(send)
-            self._deadlines[send] = loop.time() + entry.timeout
+            self._deadlines[send] = deadline
             send.add_done_callback(self._forget)
 
     def _forget(self, send: asyncio.Task[None]) -> None:
@@ -173,7 +178,7 @@ class Notifier:
         if not self._sends:
             return
         loop = asyncio.get_running_loop()
-        wait = max(self._deadlines.values()) - loop.time()
+        wait = max(self._deadlines.values()) + SETTLE_GRACE_SECS - loop.time()
         _, late = await asyncio.wait(set(self._sends), timeout=max(0.0, wait))
         for send in late:
             send.cancel()
@@ -193,11 +198,12 @@ class Notifier:
         body["text"] = _text(body)
         return body
 
-    async def _send(self, index: int, entry: Notify, kind: str, job: str | None, body: dict[str, Any]) -> None:
-        """Try, back off, try again, within the entry's timeout; record how it ended, whatever happens."""
+    async def _send(self, index: int, entry: Notify, kind: str, job: str | None, body: dict[str, Any],
+                    deadline: float) -> None:
+        """Try, back off, try again, until `deadline` (the loop's time): the entry's timeout from when the event
+        happened; record how it ended, whatever happens."""
         created = datetime.now(UTC)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + entry.timeout
         payload = json.dumps({"text": body["text"]} if entry.format == "slack" else body).encode()
         tries = 0
         error: str | None = None
