@@ -475,7 +475,7 @@ def _outcome(spec: JobSpec, code: int, state: Mapping[str, Any], oom: OomWatch |
     if state.get("OOMKilled"):
         reason = f"OOMKilled: out of memory ({limit or 'no limit'}), exit code {code}"
         return Outcome(AttemptStatus.FAILED, code, reason, cause=Cause.OOM)
-    if oom is not None:  # the cgroup was watched: its count is the answer, whatever the exit code
+    if oom is not None and (oom.killed or oom.conclusive):  # the cgroup's count is the answer, whatever the code
         if oom.killed:
             return Outcome(AttemptStatus.FAILED, code, f"OOMKilled: out of memory ({limit or 'no limit'}): the kernel "
                            f"killed a process of the job, exit code {code}", cause=Cause.OOM)

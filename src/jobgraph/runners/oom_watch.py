@@ -74,6 +74,9 @@ class OomWatch:
         self.folder = folder
         self.version = version
         self.killed = (oom_kills(folder, version) or 0) > 0
+        self.conclusive = False
+        """Whether "no OOM kill" can be believed: the kernel would have woken the watch (cgroup v1's eventfd),
+        or the counter was read once the container had ended (its cgroup was still there)."""
         self._eventfd: int | None = None
         self._control: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -103,6 +106,7 @@ class OomWatch:
         if self._eventfd is not None:
             self._loop = loop
             loop.add_reader(self._eventfd, self._woken)
+            self.conclusive = True
 
     def _woken(self) -> None:
         if self._eventfd is not None:
@@ -113,7 +117,9 @@ class OomWatch:
     def check(self) -> bool:
         """Whether an OOM kill happened, reading the counter once more if the cgroup still exists."""
         if not self.killed:
-            self.killed = (oom_kills(self.folder, self.version) or 0) > 0
+            count = oom_kills(self.folder, self.version)
+            self.killed = (count or 0) > 0
+            self.conclusive = self.conclusive or count is not None
         return self.killed
 
     def close(self) -> None:
