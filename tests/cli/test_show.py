@@ -124,7 +124,8 @@ def test_history_and_show_as_json_give_the_apis_fields_for_the_seeds_failing_run
     assert json.loads(cli("history", "--limit", "1", "-o", "json", check=0).stdout) == one  # as kubectl and argo
 
     shown = json.loads(cli("show", failed.run_id[:8], "--format", "json", check=0).stdout)
-    assert set(shown) == {"run", "jobs", "attempts"} and shown["run"]["run_id"] == failed.run_id
+    assert set(shown) == {"run", "jobs", "attempts", "notifications"} and shown["run"]["run_id"] == failed.run_id
+    assert shown["notifications"] == []  # the seed notifies nobody
     jobs = {job["name"]: job for job in shown["jobs"]}
     assert {name: job["state"] for name, job in jobs.items()} == {t.task: t.state for t in store.tasks(failed.run_id)}
     assert jobs["t_myjob_3"]["attempts"] == 3 and "no column named 'hello'" in jobs["t_myjob_3"]["error"]

@@ -29,7 +29,7 @@ from jobgraph.states import AttemptStatus, RunState
 from jobgraph.store import Store
 from jobgraph.store.deployments import ACTIVE, DeployedPipeline, Deployments
 from jobgraph.store.records import aware, utc
-from jobgraph.store.tables import attempts, pipeline_versions, runs, task_runs
+from jobgraph.store.tables import attempts, notifications, pipeline_versions, runs, task_runs
 
 Json = dict[str, Any]
 
@@ -286,11 +286,28 @@ def run_detail(records: Store, run_id: str) -> Json:
                                 .order_by(task_runs.c.task)).all()
         attempt_rows = conn.execute(select(*_attempt_columns(conn.dialect.name)).where(attempts.c.run_id == run_id)
                                     .order_by(attempts.c.id)).all()
+        notification_rows = conn.execute(select(*_notification_columns(conn.dialect.name))
+                                         .where(notifications.c.run_id == run_id).order_by(notifications.c.id)).all()
     jobs = [_job_json(job) for job in job_rows]
     counts = Counter(job["state"] for job in jobs)
     run = {**_run_json(row), "job_counts": dict(counts), "scheduled_time": iso(aware(row["scheduled_time"])),
            "owner": row["owner"], "cancel_requested_at": iso(aware(row["cancel_requested_at"]))}
-    return {"run": run, "jobs": jobs, "attempts": [_attempt_json(attempt) for attempt in attempt_rows]}
+    return {"run": run, "jobs": jobs, "attempts": [_attempt_json(attempt) for attempt in attempt_rows],
+            "notifications": [_notification_json(sent) for sent in notification_rows]}
+
+
+def _notification_columns(dialect: str) -> tuple[ColumnElement[Any], ...]:
+    """What the run detail shows of each notification, in _notification_json's order."""
+    return (notifications.c.event, notifications.c.task, notifications.c.target, notifications.c.state,
+            notifications.c.tries, notifications.c.error, raw_time(notifications.c.created_at, dialect),
+            raw_time(notifications.c.finished_at, dialect))
+
+
+def _notification_json(row: Sequence[Any]) -> Json:
+    """A notification as the API shows it: what it told (event, job), to whom (never a secret URL), how it went."""
+    event, job, target, state, tries, error, created_at, finished_at = row
+    return {"event": event, "job": job, "target": target, "state": state, "tries": tries, "error": error,
+            "created_at": stored_iso(created_at), "finished_at": stored_iso(finished_at)}
 
 
 def run_signature(records: Store, run_id: str) -> tuple[Any, ...]:

@@ -95,9 +95,10 @@ def _runs(records: Store, limit: int, pipeline: str | None) -> list[Json]:
 
 @reported
 def show(run_id: str, store: str | None = None, output: OutputFormat = OutputFormat.table) -> None:
-    """Two tables: the run's jobs, then every attempt of them.
+    """Two tables, the run's jobs then every attempt of them, and a third of its notifications if it sent any.
 
-    As JSON: `{"run", "jobs", "attempts"}` as GET /api/v1/runs/RUN_ID gives them (queries.run_detail).
+    As JSON: `{"run", "jobs", "attempts", "notifications"}` as GET /api/v1/runs/RUN_ID gives them
+    (queries.run_detail).
     """
     with Store(store_url(store)) as records:
         run = records.run(run_id)
@@ -122,6 +123,15 @@ def show(run_id: str, store: str | None = None, output: OutputFormat = OutputFor
                           "" if attempt.exit_code is None else str(attempt.exit_code),
                           _utc_text(attempt.started_at), duration(attempt.duration_secs), escape(error[-400:]))
         console.print(table)
+        sent = records.notifications(run.run_id)
+        if sent:
+            table = Table(title="notifications", title_justify="left")
+            for column in ("event", "job", "to", "state", "tries", "at (UTC)", "error"):
+                table.add_column(column, overflow="fold")
+            for each in sent:
+                table.add_row(each.event, each.task or "", escape(each.target), each.state, str(each.tries),
+                              _utc_text(each.finished_at or each.created_at), escape((each.error or "")[-400:]))
+            console.print(table)
 
 
 @reported

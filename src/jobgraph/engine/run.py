@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from jobgraph.config.model import Finalizer, Job, Pipeline, TriggerRule
-from jobgraph.engine import fan_out
+from jobgraph.engine import fan_out, retry_rules
 from jobgraph.engine.delivery import Delivery
 from jobgraph.engine.events import (
     AttemptAdopted,
@@ -343,6 +343,8 @@ class GraphRun:
         last = first + (job.retries or 0)
         outcome = Outcome(AttemptStatus.ERROR, error="not started")
         attempt = first
+        began = adoption.started_at if adoption else now()
+        refused: str | None = None
         try:
             for attempt in range(first, last + 1):
                 self._set_state(job.name, TaskState.RUNNING, attempt=attempt)
@@ -351,11 +353,13 @@ class GraphRun:
                     value = self._values.get(job.name)
                     self._set_state(job.name, TaskState.SUCCEEDED, attempt=attempt, return_value=value)
                     return TaskState.SUCCEEDED
-                if attempt < last:
-                    delay = (job.retry_delay or 0.0) * (job.retry_backoff or 1.0) ** (attempt - first)
-                    if delay > 0:
-                        self._emit(RetryWaiting(self.run_id, job.name, attempt + 1, now(), delay))
-                    await asyncio.sleep(delay)
+                delay = (job.retry_delay or 0.0) * (job.retry_backoff or 1.0) ** (attempt - first)
+                refused = retry_rules.refusal(job, outcome, last - attempt, (now() - began).total_seconds(), delay)
+                if refused is not None:
+                    break
+                if delay > 0:
+                    self._emit(RetryWaiting(self.run_id, job.name, attempt + 1, now(), delay))
+                await asyncio.sleep(delay)
         except asyncio.CancelledError:
             self._set_state(job.name, TaskState.CANCELLED, attempt=attempt, reason="the run was cancelled")
             return TaskState.CANCELLED
@@ -363,8 +367,11 @@ class GraphRun:
             self._set_state(job.name, TaskState.FAILED, attempt=attempt, reason=f"internal error: {exc!r}")
             return TaskState.FAILED
         allowed = last - first + 1
-        reason = f"attempt {attempt} {outcome.status}, the last of {allowed} allowed" + (
-            " in this retry" if first > 1 else "")
+        if refused is None or attempt == last:
+            reason = f"attempt {attempt} {outcome.status}, the last of {allowed} allowed" + (
+                " in this retry" if first > 1 else "")
+        else:
+            reason = f"attempt {attempt} {outcome.status}, not retried: {refused}"
         lines = [line.strip() for line in (outcome.error or "").splitlines() if line.strip()]
         if lines:
             reason += f" ({lines[0]})" + (f": {lines[-1]}" if len(lines) > 1 else "")
@@ -463,7 +470,7 @@ class GraphRun:
             error = stored_text(outcome.error, self._redactor) if outcome.error else None
             self._emit(AttemptEnded(self.run_id, job.name, attempt, outcome.status, started, outcome.ended_at or now(),
                                     outcome.exit_code, error, log_path))
-        return Outcome(outcome.status, outcome.exit_code, error)
+        return Outcome(outcome.status, outcome.exit_code, error, outcome.ended_at, outcome.cause)
 
     def _env(self, job: Job, attempt: int) -> dict[str, str]:
         """The JOBGRAPH_* variables (Snowflake's SYSTEM$TASK_RUNTIME_INFO), then the job's own env."""
@@ -554,4 +561,4 @@ async def _with_log_tail(runner: AnyRunner, handle: object, outcome: Outcome) ->
     except Exception:
         return outcome
     error = f"{outcome.error}\n{tail}" if tail else outcome.error
-    return Outcome(outcome.status, outcome.exit_code, error, outcome.ended_at)
+    return Outcome(outcome.status, outcome.exit_code, error, outcome.ended_at, outcome.cause)

@@ -105,6 +105,26 @@ class AttemptRecord:
     backend_ref: str | None = None
 
 
+@dataclass(frozen=True)
+class NotificationRecord:
+    """One notification a run sent (or failed to send): to whom (`target`, never a secret URL), about what."""
+
+    run_id: str
+    pipeline: str
+    event: str
+    task: str | None
+    target: str
+    state: str
+    tries: int
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+NOTIFICATION_SENT = "SENT"
+NOTIFICATION_FAILED = "FAILED"
+
+
 class RunBusy(StoreError):
     """Another process owns the run (it runs or is being retried), so this one must not touch it."""
 

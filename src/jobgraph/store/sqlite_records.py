@@ -77,6 +77,10 @@ _STATEMENTS = {
         "return_value = CASE WHEN :set_return_value THEN :return_value ELSE return_value END, "
         "duration_secs = CASE WHEN :set_duration_secs THEN :duration_secs ELSE duration_secs END "
         "WHERE run_id = :k_run AND task = :k_task AND run_attempt = " + _RUN_ATTEMPT),
+    "insert_notification": (
+        "INSERT INTO notifications (run_id, pipeline, event, task, target, state, tries, error, created_at, "
+        "finished_at) VALUES (:run_id, :pipeline, :event, :task, :target, :state, :tries, :error, :created_at, "
+        ":finished_at)"),
     "read_run": "SELECT * FROM runs WHERE run_id = :k_run",
     "running_runs": "SELECT * FROM runs WHERE state = :k_state",
     "tasks": "SELECT * FROM task_runs WHERE run_id = :k_run AND " + _LATEST + " ORDER BY task",

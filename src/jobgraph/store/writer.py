@@ -28,7 +28,7 @@ from jobgraph.engine.events import (
     TaskChanged,
 )
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
-from jobgraph.store.records import RunBusy, RunRecord, busy_reason, utc
+from jobgraph.store.records import NotificationRecord, RunBusy, RunRecord, busy_reason, utc
 
 Params = dict[str, Any]
 
@@ -90,6 +90,15 @@ class EventWriter:
                 self._task_started.pop(key, None)
             else:
                 self._task_started[key] = at
+
+    def record_notification(self, record: NotificationRecord) -> None:
+        """Record one notification's outcome, in a transaction of its own (app/notify.py writes it once it ended)."""
+        with self._transaction():
+            self._execute("insert_notification", {
+                "run_id": record.run_id, "pipeline": record.pipeline, "event": record.event, "task": record.task,
+                "target": record.target, "state": record.state, "tries": record.tries, "error": record.error,
+                "created_at": utc(record.created_at),
+                "finished_at": None if record.finished_at is None else utc(record.finished_at)})
 
     def _write(self, event: Event, started: dict[tuple[str, str], datetime | None]) -> None:
         """One event's statements, in the caller's transaction; `started` collects the jobs' start times."""

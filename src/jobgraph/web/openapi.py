@@ -40,8 +40,12 @@ _SCHEMAS: Json = {
     "Attempt": _object(job={"type": "string"}, attempt={"type": "integer"}, run_attempt={"type": "integer"},
                        status={"type": "string"}, exit_code=_INT, error=_TEXT, started_at=_TIME,
                        finished_at=_TIME, duration_secs=_NUMBER, runner=_TEXT),
+    "Notification": _object(event={"type": "string", "enum": ["run_failed", "run_succeeded", "job_failed"]},
+                            job=_TEXT, target={"type": "string"}, state={"type": "string", "enum": ["SENT", "FAILED"]},
+                            tries={"type": "integer"}, error=_TEXT, created_at=_TIME, finished_at=_TIME),
     "RunDetail": _object(run=_ref("Run"), jobs={"type": "array", "items": _ref("Job")},
-                         attempts={"type": "array", "items": _ref("Attempt")}),
+                         attempts={"type": "array", "items": _ref("Attempt")},
+                         notifications={"type": "array", "items": _ref("Notification")}),
     "Graph": _object(jobs={"type": "array", "items": _object(
         name={"type": "string"}, after={"type": "array", "items": {"type": "string"}}, runner=_TEXT, pool=_TEXT,
         image=_TEXT, finalizer={"type": "boolean"}, fans_out={"type": "boolean"})}),
