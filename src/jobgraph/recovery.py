@@ -24,6 +24,7 @@ from typing import Any
 
 from jobgraph.config import Pipeline
 from jobgraph.engine import AttemptEnded
+from jobgraph.engine.fan_out import job_named
 from jobgraph.engine.run import GraphRun
 from jobgraph.errors import JobgraphError, RunnerError
 from jobgraph.owner import owner_is_gone
@@ -118,7 +119,8 @@ def remote_attempts(store: Store, run_id: str, snapshot: str,
     for record in store.attempts(run_id):
         if record.status != AttemptStatus.RUNNING:
             continue
-        name = record.runner or (jobs[record.task].runner if record.task in jobs else None) or "local"
+        job = job_named(jobs, record.task)
+        name = record.runner or (job.runner if job is not None else None) or "local"
         if name not in BACKENDS or not BACKENDS[name].remote:
             continue
         if record.backend_ref:
@@ -177,11 +179,12 @@ def _in_backend(run_id: str, pipeline: Pipeline, folder: Path,
         done = []
         try:
             for task, attempt, name, started_at, *rest in attempts:
-                if task not in jobs:
+                job = job_named(jobs, task)
+                if job is None:
                     continue
                 runner = runners.setdefault(name, make_runner(name, pipeline, folder))
                 with contextlib.suppress(RunnerError):
-                    reference = await act(runner, draft.spec_for(jobs[task], attempt), *rest)
+                    reference = await act(runner, draft.spec_for(job, attempt), *rest)
                     if reference:
                         done.append(RemoteAttempt(task, attempt, name, reference, started_at))
         finally:

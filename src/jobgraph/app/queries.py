@@ -128,9 +128,10 @@ def pipeline(records: Store, name: str) -> Json:
 
 
 def graph_of(snapshot: str) -> Json:
-    """The jobs of a stored pipeline snapshot: name, predecessors, runner, pool, image and whether it is the finalizer.
+    """The jobs of a stored pipeline snapshot: name, predecessors, runner, pool, image, whether it is the finalizer,
+    and whether it fans out (`for_each`: its copies are the run's jobs named `JOB[i]`).
 
-    Only the structure: a job's args and env stay out, whatever they hold.
+    Only the structure: a job's args, env and for_each list stay out, whatever they hold.
     """
     document = json.loads(snapshot)
     defaults = document.get("defaults") or {}
@@ -139,7 +140,7 @@ def graph_of(snapshot: str) -> Json:
         return {"name": fields["name"], "after": list(fields.get("after") or ()),
                 "runner": fields.get("runner") or defaults.get("runner"),
                 "pool": fields.get("pool") or defaults.get("pool"), "image": fields.get("image"),
-                "finalizer": finalizer}
+                "finalizer": finalizer, "fans_out": fields.get("for_each") is not None}
 
     found = [job(fields, False) for fields in document.get("jobs") or ()]
     if document.get("finalizer"):
@@ -246,7 +247,7 @@ def _job_columns(dialect: str) -> tuple[ColumnElement[Any], ...]:
     """What the run detail shows of each job (times raw: see `stored_iso`), in _job_json's order."""
     return (task_runs.c.task, task_runs.c.state, task_runs.c.attempts, raw_time(task_runs.c.started_at, dialect),
             raw_time(task_runs.c.finished_at, dialect), task_runs.c.duration_secs, task_runs.c.return_value,
-            task_runs.c.error_message)
+            task_runs.c.error_message, task_runs.c.item)
 
 
 def _attempt_columns(dialect: str) -> tuple[ColumnElement[Any], ...]:
@@ -257,11 +258,16 @@ def _attempt_columns(dialect: str) -> tuple[ColumnElement[Any], ...]:
 
 
 def _job_json(row: Sequence[Any]) -> Json:
-    """A job as the API shows it, from a row of _job_columns (a tuple: mapping 5,000 rows by name costs more)."""
-    name, state, tried, started_at, finished_at, duration, value, error = row
+    """A job as the API shows it, from a row of _job_columns (a tuple: mapping 5,000 rows by name costs more).
+
+    A fanned-out job's copy (`extract[3]`) names its job in `copy_of` and has its `item` (any JSON value);
+    both are null for every other job.
+    """
+    name, state, tried, started_at, finished_at, duration, value, error, item = row
     return {"name": name, "state": state, "attempts": tried, "started_at": stored_iso(started_at),
             "finished_at": stored_iso(finished_at), "duration_secs": duration, "return_value": value,
-            "error": error}
+            "error": error, "copy_of": None if item is None else name[:name.rindex("[")],
+            "item": None if item is None else json.loads(item)}
 
 
 def _attempt_json(row: Sequence[Any]) -> Json:

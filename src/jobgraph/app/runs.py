@@ -133,7 +133,7 @@ async def close_runners(runners: dict[str, AnyRunner]) -> None:
 
 def prior_states(records: Store, run_id: str) -> dict[str, PriorTask]:
     """How each job of a run stands, as the next attempt of that run (a retry, a resumption) starts from it."""
-    return {t.task: PriorTask(t.state, t.attempts, t.return_value) for t in records.settled_tasks(run_id)}
+    return {t.task: PriorTask(t.state, t.attempts, t.return_value, t.item) for t in records.settled_tasks(run_id)}
 
 
 def recorded_run(records: Store, plan: RunPlan, runner_for: Callable[[Job], AnyRunner],

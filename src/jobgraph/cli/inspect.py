@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -12,7 +13,8 @@ from rich.table import Table
 
 from jobgraph.cli.commands import GraphFormat, OutputFormat
 from jobgraph.cli.common import EXIT_INVALID, console, reported, write_plain
-from jobgraph.config import Pipeline, load
+from jobgraph.config import Job, Pipeline, load
+from jobgraph.config.for_each import max_fan_out
 from jobgraph.errors import ConfigError, Problem, did_you_mean
 from jobgraph.graph import Dag
 from jobgraph.runners.registry import RUNNER_NAMES, settings_model
@@ -93,23 +95,35 @@ def _table(pipeline: Pipeline, dag: Dag, names: list[str]) -> Table:
     jobs = {job.name: job for job in pipeline.jobs}
     level = _levels(dag)
     table = Table(title=f"pipeline {pipeline.name}: {len(names)} jobs", title_justify="left")
-    for column in ("level", "job", "after", "pool", "image", "retries", "next"):
+    fans = any(job.for_each is not None for job in pipeline.jobs)
+    for column in ("level", "job", "after", "pool", "image", "retries", "next", *(("for each",) if fans else ())):
         table.add_column(column, overflow="fold")
     for name in sorted(names, key=lambda n: level[n]):
         job = jobs[name]
         table.add_row(str(level[name]), name, ", ".join(job.after) or "-", job.pool or "", escape(job.image),
-                      str(job.retries), ", ".join(dag.successors[name]) or "-")
+                      str(job.retries), ", ".join(dag.successors[name]) or "-",
+                      *((escape(_for_each_text(job)),) if fans else ()))
     if pipeline.finalizer is not None:
         f = pipeline.finalizer
         table.add_row("last", f.name, "(every job)", "", escape(f.image), str(f.retries), "-")
     return table
 
 
+def _for_each_text(job: Job) -> str:
+    """What a job fans out over, in a few words ('' when it does not): `3 items`, `extract.return_value`."""
+    if job.for_each is None:
+        return ""
+    if isinstance(job.for_each, str):
+        return job.for_each.strip().removeprefix("{{").removesuffix("}}").strip()
+    return f"{len(job.for_each)} item{'' if len(job.for_each) == 1 else 's'}"
+
+
 def _dot(pipeline: Pipeline, dag: Dag, names: list[str]) -> str:
     lines = [f'digraph "{pipeline.name}" {{', "  rankdir=LR;"]
     chosen = set(names)
+    fanned = {job.name for job in pipeline.jobs if job.for_each is not None}
     for name in names:
-        lines.append(f'  "{name}";')
+        lines.append(f'  "{name}" [label="{name}[…]", shape=box3d];' if name in fanned else f'  "{name}";')
         lines.extend(f'  "{p}" -> "{name}";' for p in dag.predecessors[name] if p in chosen)
     lines.append("}")
     return "\n".join(lines)
@@ -118,6 +132,8 @@ def _dot(pipeline: Pipeline, dag: Dag, names: list[str]) -> str:
 def _mermaid(pipeline: Pipeline, dag: Dag, names: list[str]) -> str:
     lines = ["flowchart LR"]
     chosen = set(names)
+    lines.extend(f'  {job.name}[["{job.name}[…]"]]' for job in pipeline.jobs if job.for_each is not None
+                 and job.name in chosen)
     for name in names:
         edges = [p for p in dag.predecessors[name] if p in chosen]
         lines.extend(f"  {p} --> {name}" for p in edges)
@@ -133,14 +149,21 @@ def _as_json(pipeline: Pipeline, dag: Dag, names: list[str]) -> dict[str, object
     found: list[dict[str, object]] = [
         {"name": n, "after": list(jobs[n].after), "runner": jobs[n].runner, "pool": jobs[n].pool,
          "image": jobs[n].image, "finalizer": False, "retries": jobs[n].retries, "level": level[n],
-         "next": list(dag.successors[n])}
+         "next": list(dag.successors[n]), "for_each": _for_each_json(jobs[n].for_each),
+         "max_fan_out": None if jobs[n].for_each is None else max_fan_out(jobs[n])}
         for n in names
     ]
     if pipeline.finalizer is not None and len(names) == len(dag.order):
         f = pipeline.finalizer
         found.append({"name": f.name, "after": [], "runner": f.runner, "pool": f.pool, "image": f.image,
-                      "finalizer": True, "retries": f.retries, "level": None, "next": []})
+                      "finalizer": True, "retries": f.retries, "level": None, "next": [], "for_each": None,
+                      "max_fan_out": None})
     return {"pipeline": pipeline.name, "jobs": found}
+
+
+def _for_each_json(for_each: tuple[Any, ...] | str | None) -> object:
+    """A job's for_each as its file gives it: a list, a text (`{{ extract.return_value }}`), or null."""
+    return list(for_each) if isinstance(for_each, tuple) else for_each
 
 
 def schema() -> None:

@@ -23,7 +23,7 @@ from rich.live import Live
 from rich.text import Text
 
 from jobgraph.cli.common import silence
-from jobgraph.engine.events import AttemptEnded, Event, RetryWaiting, RunEnded, RunStarted, TaskChanged
+from jobgraph.engine.events import AttemptEnded, Event, JobsExpanded, RetryWaiting, RunEnded, RunStarted, TaskChanged
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
 
 STYLES = {
@@ -128,6 +128,8 @@ class RunView:
         if isinstance(event, RunStarted):
             again = f" (attempt {event.run_attempt} of this run)" if event.run_attempt > 1 else ""
             self._line(f"run {event.run_id} of {event.pipeline} started{again}: {len(event.tasks)} jobs")
+        elif isinstance(event, JobsExpanded):
+            self._line(f"{event.job} fans out: {len(event.copies)} {'copy' if len(event.copies) == 1 else 'copies'}")
         elif isinstance(event, RetryWaiting):
             self._line(f"{event.task} waiting {duration(event.delay)} before attempt {event.next_attempt}")
         elif isinstance(event, TaskChanged):
@@ -149,6 +151,9 @@ class RunView:
             for name in event.resumed:
                 self._move(name, self.rows[name], TaskState.SUCCEEDED)
                 self.rows[name].note = "kept from the previous attempt"
+        elif isinstance(event, JobsExpanded):
+            for task in event.copies:
+                self._move(task.name, _Row(pool=task.pool), TaskState.PENDING)
         elif isinstance(event, RetryWaiting):
             row = self._row(event.task)
             row.retry_at, row.next_attempt = time.monotonic() + event.delay, event.next_attempt

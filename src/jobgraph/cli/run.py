@@ -29,7 +29,7 @@ from jobgraph.cli.common import (
     store_url,
 )
 from jobgraph.cli.render import RunView
-from jobgraph.cli.show import tasks_table
+from jobgraph.cli.show import job_order, tasks_table
 from jobgraph.config import load
 from jobgraph.engine.run import RunResult
 from jobgraph.errors import StoreError
@@ -104,7 +104,7 @@ def print_summary(records: Store, result: RunResult) -> None:
 
 def summary_table(records: Store, result: RunResult) -> Table:
     """The closing table; a big run shows the jobs that did not succeed first, then the others, up to a screen."""
-    tasks = records.tasks(result.run_id)
+    tasks = sorted(records.tasks(result.run_id), key=job_order)
     title = f"run {result.run_id}: {result.state}"
     if len(tasks) > SUMMARY_ROWS:
         counts = Counter(str(t.state).lower() for t in tasks)

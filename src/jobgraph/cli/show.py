@@ -37,6 +37,15 @@ def tasks_table(tasks: list[TaskRecord], title: str) -> Table:
     return table
 
 
+def job_order(task: TaskRecord) -> tuple[str, int]:
+    """Jobs by name, a fanned-out job's copies right after it in item order (`load[2]` before `load[10]`)."""
+    if task.item is not None and task.task.endswith("]"):
+        base, _, index = task.task[:-1].rpartition("[")
+        if index.isdigit():
+            return base, int(index) + 1
+    return task.task, 0
+
+
 @reported
 def history(limit: int = 20, pipeline: str | None = None, store: str | None = None,
             output: OutputFormat = OutputFormat.table) -> None:
@@ -98,7 +107,7 @@ def show(run_id: str, store: str | None = None, output: OutputFormat = OutputFor
 
             write_plain(json.dumps(queries.run_detail(records, run.run_id), indent=2))
             return
-        console.print(tasks_table(records.tasks(run.run_id),
+        console.print(tasks_table(sorted(records.tasks(run.run_id), key=job_order),
                                   title=f"run {run.run_id} of {run.pipeline}: {run.state}"
                                   + (f" (after {run.run_attempt - 1} retry)" if run.run_attempt == 2 else
                                      f" (after {run.run_attempt - 1} retries)" if run.run_attempt > 2 else "")))

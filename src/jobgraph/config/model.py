@@ -13,6 +13,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
     WithJsonSchema,
@@ -27,6 +28,12 @@ MAX_RETRIES = 100
 """More retries than this is almost always a typo; Snowflake caps task retries at 10."""
 
 MAX_DURATION_SECS = 7 * 24 * 3600.0
+
+DEFAULT_MAX_FAN_OUT = 1_000
+"""How many copies a `for_each` job may have unless it sets `max_fan_out` (Airflow's max_map_length is 1,024)."""
+
+MAX_FAN_OUT = 10_000
+"""The hard cap on `max_fan_out`: every copy is a row, a log folder and a slot in the live view."""
 
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,254}\Z")
@@ -96,6 +103,45 @@ def parse_log_limit(value: Any) -> int:
     return size
 
 
+_FOR_EACH_FORMS = "expected a list, '{{ params.NAME }}', '{{ JOB.return_value }}' or {from: JOB}"
+
+
+def _for_each_from(value: Any) -> Any:
+    """`for_each: {from: JOB}` is the same as `for_each: "{{ JOB.return_value }}"`, and stored so; a list's items
+    must be JSON values (YAML reads `2024-01-01` as a date: quoted, it is a string)."""
+    if isinstance(value, dict):
+        if set(value) != {"from"} or not isinstance(value["from"], str):
+            raise ValueError(_FOR_EACH_FORMS)
+        return f"{{{{ {value['from'].strip()}.return_value }}}}"
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            bad = _not_json(item)
+            if bad is not None:
+                raise ValueError(f"item {index} holds a {bad}, which is not a JSON value (quote it: a string)")
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"{_FOR_EACH_FORMS}, got {type(value).__name__}")
+    return value
+
+
+def _not_json(value: Any) -> str | None:
+    """The type name of the first thing in `value` that is not a JSON value, or None if it all is."""
+    stack = [value]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, dict):
+            if not all(isinstance(key, str) for key in current):
+                return "mapping with a key that is not a string"
+            stack.extend(current.values())
+        elif isinstance(current, list | tuple):
+            stack.extend(current)
+        elif not (current is None or isinstance(current, str | int | float | bool)):
+            return type(current).__name__
+        elif isinstance(current, float) and current != current:
+            return "NaN"
+    return None
+
+
 def _check_webhook(url: str) -> str:
     """A webhook is an absolute http(s) URL with a host; nothing else is ever fetched."""
     from urllib.parse import urlsplit  # only a pipeline with a webhook needs it
@@ -140,6 +186,10 @@ Retries = Annotated[int, Field(strict=True, ge=0, le=MAX_RETRIES)]
 Text = Annotated[str, AfterValidator(no_nul)]
 Command = Annotated[tuple[Annotated[str, Field(min_length=1), AfterValidator(no_nul)], ...], Field(min_length=1)]
 LogLimit = Annotated[int, BeforeValidator(parse_log_limit)]
+ForEach = Annotated[tuple[JsonValue, ...] | Text, BeforeValidator(_for_each_from), WithJsonSchema({"anyOf": [
+    {"type": "array"}, {"type": "string", "pattern": r"^\s*\{\{.*\}\}\s*$"},
+    {"type": "object", "properties": {"from": {"type": "string"}}, "required": ["from"],
+     "additionalProperties": False}]})]
 
 RETRY_WORDS = ("timeout", "error", "oom", "lost")
 """What `retry_on` / `no_retry_on` name besides exit codes: a timeout, an attempt the runner could not start
@@ -291,6 +341,13 @@ class Job(_Model):
         default=None, description="Container runners: 'none' (fastest start, no network), 'bridge' or 'host'")
     log_limit: LogLimit | None = Field(
         default=None, description="The most output stored per attempt (e.g. 100m, 1g) [default: defaults.log_limit]")
+    for_each: ForEach | None = Field(
+        default=None, description="Run the job once per item, as copies JOB[0], JOB[1], ... ({{ item }} in args and "
+        "env): a list, '{{ params.NAME }}' (a list parameter) or '{{ JOB.return_value }}' / {from: JOB} (a "
+        "predecessor's return value, a JSON list)")
+    max_fan_out: int | None = Field(
+        default=None, strict=True, ge=1, le=MAX_FAN_OUT,
+        description=f"The most copies for_each may make [default: {DEFAULT_MAX_FAN_OUT}]; a wider list fails the job")
 
 
 def validated_job(fields: dict[str, Any]) -> Job:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from jobgraph.config.for_each import for_each_problems
 from jobgraph.config.model import Job, Pipeline
 from jobgraph.errors import ConfigError, Problem, did_you_mean
 from jobgraph.runners.registry import BACKENDS, RUNNER_NAMES, settings_model
@@ -67,6 +68,7 @@ def check_pipeline(pipeline: Pipeline, file: str, runner: str | None = None) -> 
                 f"command that stands for it, e.g. images: {{'{image}': [python, -m, jobgraph.jobs.sql]}}{others}",
                 job=users[0], field="image"))
     problems.extend(runner_settings_problems(pipeline))
+    problems.extend(for_each_problems(pipeline, canonical))
     problems.extend(_kubernetes_problems(pipeline, runner))
     problems.extend(_spcs_problems(pipeline, runner))
     if problems:

@@ -121,6 +121,23 @@ class RetryWaiting:
 
 
 @dataclass(frozen=True)
+class JobsExpanded:
+    """A job with `for_each` read its list: its copies (`job[0]`, ...) join the run, each with its item's JSON.
+
+    `attempts` are the copies' attempt counts so far (a retry's numbers go on from them; empty: none
+    ran before), `run_attempt` the graph run attempt their rows belong to. A copy a retry keeps as it
+    ended is not among them: its earlier row stays its current one.
+    """
+
+    run_id: str
+    job: str
+    copies: tuple[TaskInfo, ...]
+    items: tuple[str, ...]
+    run_attempt: int = 1
+    attempts: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class RunEnded:
     """The graph run is over, finalizer included."""
 
@@ -130,7 +147,7 @@ class RunEnded:
 
 
 Event = (RunStarted | TaskChanged | AttemptStarted | AttemptSubmitted | AttemptAdopted | AttemptEnded | RetryWaiting
-         | RunEnded)
+         | JobsExpanded | RunEnded)
 Listener = Callable[[Event], None]
 
 

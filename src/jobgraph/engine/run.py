@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from jobgraph.config.model import Finalizer, Job, Pipeline, TriggerRule
-from jobgraph.engine import retry_rules
+from jobgraph.engine import fan_out, retry_rules
 from jobgraph.engine.delivery import Delivery
 from jobgraph.engine.events import (
     AttemptAdopted,
@@ -39,6 +39,7 @@ from jobgraph.runners.base import DEFAULT_LOG_LIMIT, AnyRunner, JobSpec, Outcome
 from jobgraph.runners.output import redactor_for, scrub_return_file, stored_text
 from jobgraph.selection import Selection, restricted, selected_jobs, stored
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
+from jobgraph.template import TemplateError, has_placeholders, render, render_all
 
 LOG_TAIL_BYTES = 4096
 """How much of a failed attempt's output is stored with it, like SYSTEM$GET_SERVICE_LOGS."""
@@ -54,6 +55,8 @@ class PriorTask:
     state: TaskState
     attempts: int
     return_value: str | None = None
+    item: str | None = None
+    """A fanned-out job's copy: its item's JSON (a retry keeps the copy only for the same item)."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,9 @@ class GraphRun:
         self._dag = Dag.build((job.name, job.after) for job in self._jobs.values())
         self._states: dict[str, TaskState] = {}
         self._values: dict[str, str] = {}
+        self._fan_outs = fan_out.FanOuts(self.run_id, run_attempt, {
+            name: fan_out.Kept(p.state, p.item, p.return_value) for name, p in self._prior.items()
+            if p.item is not None}, keep)
         self._pools: dict[str, _Pool] = {}
         self._running: dict[asyncio.Task[TaskState], str] = {}
         self._told_to_stop: set[asyncio.Task[TaskState]] = set()
@@ -196,7 +202,7 @@ class GraphRun:
                 else:
                     self._finished(name, task.result())
 
-        for name in self._dag.order:
+        for name in [*self._fan_outs.copies, *self._dag.order]:
             if name not in self._states:
                 self._set_state(name, TaskState.CANCELLED, reason="the run was cancelled")
         state = self._final_state()
@@ -233,15 +239,66 @@ class GraphRun:
                 self._set_state(current, TaskState.SKIPPED, reason=f"predecessor not succeeded: {why}")
                 stack.extend(self._release_successors(current))
                 continue
-            pool = self._pools.get(self._pool_key(job))
-            if pool is None:
-                pool = self._pools[self._pool_key(job)] = _Pool(self.pipeline.pool_size(job.pool or ""))
-            self._sequence += 1
-            heapq.heappush(pool.ready, (-self._dag.rank[current], self._sequence, current))
-            self._set_state(current, TaskState.QUEUED)
+            if job.for_each is not None:
+                stack.extend(self._fan_out(job))
+                continue
+            self._queue(current, job, self._dag.rank[current])
+
+    def _queue(self, name: str, job: Job, rank: int) -> None:
+        """Put a job (or a copy) in its pool's ready heap, highest rank first."""
+        pool = self._pools.get(self._pool_key(job))
+        if pool is None:
+            pool = self._pools[self._pool_key(job)] = _Pool(self.pipeline.pool_size(job.pool or ""))
+        self._sequence += 1
+        heapq.heappush(pool.ready, (-rank, self._sequence, name))
+        self._set_state(name, TaskState.QUEUED)
+
+    def _fan_out(self, job: Job) -> list[str]:
+        """Expand a ready job with `for_each` into its copies, queued in its pool; the successors this releases
+        (when the job ends at once: its list failed, was empty, or every copy is kept from before)."""
+        try:
+            params = self._template_values(job, 0)["params"]
+            items = fan_out.items_of(job, params if isinstance(params, Mapping) else {}, self._values)
+        except fan_out.FanOutError as exc:
+            self._set_state(job.name, TaskState.FAILED, reason=str(exc))
+            return self._release_successors(job.name)
+        # Copies that ended as kept stay when the job itself is retried for not succeeding; a job cleared by a
+        # targeted retry (`retry --job`: PENDING again) or rerun although it ended as kept runs every copy again.
+        before = self._prior.get(job.name)
+        again = before is None or before.state in self._keep or before.state == TaskState.PENDING
+        expansion, expanded = self._fan_outs.expand(job, items, {n: p.attempts for n, p in self._prior.items()},
+                                                    keep=not again)
+        self._emit(expanded)
+        for name in expansion.dropped:  # recorded, but no job of this run: the run's state ignores it
+            self._emit(TaskChanged(self.run_id, name, TaskState.SKIPPED, now(),
+                                   reason=f"not in the list of {job.name} any more (its length is {len(items)} now)"))
+        for name, earlier in expansion.kept.items():
+            self._states[name] = earlier.state
+            if earlier.return_value is not None:
+                self._values[name] = earlier.return_value
+        if expansion.left == 0:
+            self._end_fan_out(expansion)
+            return self._release_successors(job.name)
+        self._set_state(job.name, TaskState.RUNNING)
+        for copy in expansion.to_run:
+            self._jobs[copy.name] = copy
+            self._queue(copy.name, copy, self._dag.rank[job.name])
+        return []
+
+    def _end_fan_out(self, expansion: fan_out.Expansion) -> TaskState:
+        state, reason, value = fan_out.outcome(expansion, self._values, RETURN_VALUE_MAX_BYTES)
+        if value is not None:
+            self._values[expansion.job] = value
+        self._set_state(expansion.job, state, reason=reason, return_value=value)
+        return state
 
     def _finished(self, name: str, state: TaskState) -> None:
         self._states[name] = state
+        if self._fan_outs.is_copy(name):  # a copy: its job ends with its last copy
+            expansion = self._fan_outs.copy_ended(name, state)
+            if expansion is None:
+                return
+            name, state = expansion.job, self._end_fan_out(expansion)
         for successor in self._release_successors(name):
             if self._cancelled:
                 continue
@@ -330,8 +387,11 @@ class GraphRun:
     def spec_for(self, job: Job, attempt: int) -> JobSpec:
         """Everything a runner gets for one attempt of a job (`jobgraph plan` shows it for attempt 1)."""
         cpu, memory = self._limits.get(self._pool_key(job), (None, None))
-        return JobSpec(self.run_id, self.pipeline.name, job.name, attempt, job.image, job.args,
-                       self._env(job, attempt), self._log_dir / job.name / f"attempt-{attempt}.log",
+        args, env = job.args, self._env(job, attempt)
+        if any(has_placeholders(text) for text in (*args, *job.env.values())):  # most jobs have none
+            args, env = self._rendered(job, attempt, env)
+        return JobSpec(self.run_id, self.pipeline.name, job.name, attempt, job.image, args,
+                       env, self._log_dir / job.name / f"attempt-{attempt}.log",
                        pool=job.pool or "default", cpu=cpu, memory_bytes=memory, container_name=job.container_name,
                        volumes=job.volumes, workdir=job.workdir, network=job.network,
                        secret_values=self._secret_values, withheld_env=frozenset(self._secrets) - set(job.secrets),
@@ -339,14 +399,34 @@ class GraphRun:
                        return_value_path=self._return_value_path(job, attempt),
                        log_limit=job.log_limit or DEFAULT_LOG_LIMIT, timeout=job.timeout)
 
+    def _template_values(self, job: Job, attempt: int) -> dict[str, object]:
+        """What a placeholder in the job's command, args and env may name, for this attempt (a copy: its item)."""
+        values: dict[str, object] = {
+            "params": {}, "scheduled_time": self.scheduled_time.isoformat(), "run_id": self.run_id,
+            "pipeline": self.pipeline.name, "job": job.name, "attempt": attempt}
+        is_copy, item = self._fan_outs.item(job.name)
+        if is_copy:
+            values["item"] = item
+        elif job.for_each is not None:  # the job itself never runs, but `plan` shows it as its first copy
+            values["item"] = fan_out.planned_item(job)
+        return values
+
+    def _rendered(self, job: Job, attempt: int, env: dict[str, str]) -> tuple[tuple[str, ...], dict[str, str]]:
+        """The job's args and own env with their placeholders filled; TemplateError if one has no value here."""
+        values = self._template_values(job, attempt)
+        args = tuple(render_all(job.args, values))
+        own = {name: render(text, values) for name, text in job.env.items() if has_placeholders(text)}
+        if any("\x00" in text for text in (*args, *own.values())):
+            raise TemplateError("a placeholder's value holds a NUL byte, which no command line or environment holds")
+        return args, {**env, **own}
+
     async def _attempt(self, job: Job, attempt: int, adoption: Adoption | None = None) -> Outcome:
         """One execution: start (or adopt), wait (bounded by the timeout), and record how it ended, whatever happens.
 
         An adopted attempt is already recorded as started, with its handle: it is only waited for.
         """
         runner = self._runner_for(job)
-        spec = self.spec_for(job, attempt)
-        log_path = spec.log_path
+        log_path = self._log_dir / job.name / f"attempt-{attempt}.log"
         return_path = self._return_value_path(job, attempt)
         started = adoption.started_at if adoption else now()
         if adoption is None:
@@ -357,6 +437,7 @@ class GraphRun:
         try:
             try:
                 self._delivery.flush()  # the run and the attempt are recorded before the job exists
+                spec = self.spec_for(job, attempt)
                 if adoption is not None:
                     handle = await runner.adopt(adoption.reference, spec)
                 else:
@@ -373,6 +454,8 @@ class GraphRun:
                     await self._take_return_value(job, runner, handle)
             except RunnerError as exc:
                 outcome = Outcome(AttemptStatus.ERROR, None, str(exc))
+            except TemplateError as exc:
+                outcome = Outcome(AttemptStatus.ERROR, None, f"cannot fill in the job's placeholders: {exc}")
             except TimeoutError:
                 outcome = Outcome(AttemptStatus.TIMEOUT, None, f"timed out after {job.timeout:g}s")
             except Exception as exc:
@@ -399,6 +482,9 @@ class GraphRun:
             "JOBGRAPH_SCHEDULED_TIME": self.scheduled_time.isoformat(),
             "JOBGRAPH_RETURN_VALUE_FILE": str(self._return_value_path(job, attempt)),
         }
+        is_copy, item = self._fan_outs.item(job.name)
+        if is_copy:
+            env["JOBGRAPH_ITEM"] = fan_out.as_env(item)
         values = {p: self._values[p] for p in job.after if p in self._values}
         if values:
             env["JOBGRAPH_PREDECESSOR_VALUES"] = json.dumps(values)

@@ -83,6 +83,8 @@ class TaskRecord:
     return_value: str | None
     error_message: str | None
     run_attempt: int = 1
+    item: str | None = None
+    """A fanned-out job's copy (`extract[3]`): its item's JSON; None for any other job."""
 
 
 @dataclass(frozen=True)
@@ -179,4 +181,5 @@ def task_record(row: Any) -> TaskRecord:
         is_finalizer=bool(row["is_finalizer"]), started_at=aware(row["started_at"]),
         finished_at=aware(row["finished_at"]), duration_secs=row["duration_secs"],
         return_value=row["return_value"], error_message=row["error_message"], run_attempt=row["run_attempt"],
+        item=row["item"],
     )

@@ -81,7 +81,8 @@ _RESUME_SUCCEEDED = update(task_runs).where(and_(
     task_runs.c.state != TaskState.SUCCEEDED.value)).values(state=TaskState.SUCCEEDED.value, error_message=None)
 
 _STATEMENTS: dict[str, Any] = {
-    "insert_run": insert(runs), "insert_tasks": insert(task_runs), "check_claim": _CHECK_CLAIM,
+    "insert_run": insert(runs), "insert_tasks": insert(task_runs), "insert_copies": insert(task_runs),
+    "check_claim": _CHECK_CLAIM,
     "resume_succeeded": _RESUME_SUCCEEDED,
     "latest_attempts": select(task_runs.c.task, task_runs.c.attempts).where(
         task_runs.c.run_id == bindparam("k_run"), _LATEST),

@@ -47,6 +47,10 @@ _STATEMENTS = {
     "insert_tasks": (
         "INSERT INTO task_runs (run_id, task, run_attempt, state, attempts, pool, image, predecessors, is_finalizer) "
         "VALUES (:run_id, :task, :run_attempt, :state, :attempts, :pool, :image, :predecessors, :is_finalizer)"),
+    "insert_copies": (
+        "INSERT INTO task_runs (run_id, task, run_attempt, state, attempts, pool, image, predecessors, is_finalizer, "
+        "item) VALUES (:run_id, :task, :run_attempt, :state, :attempts, :pool, :image, :predecessors, :is_finalizer, "
+        ":item)"),
     "check_claim": (
         "UPDATE runs SET snapshot = :snapshot, pipeline_version = :pipeline_version, selection = :selection "
         "WHERE run_id = :k_run "

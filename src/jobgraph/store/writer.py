@@ -22,6 +22,7 @@ from jobgraph.engine.events import (
     AttemptStarted,
     AttemptSubmitted,
     Event,
+    JobsExpanded,
     RunEnded,
     RunStarted,
     TaskChanged,
@@ -105,6 +106,8 @@ class EventWriter:
             self._run_started(event)
         elif isinstance(event, TaskChanged):
             self._task_changed(event, started)
+        elif isinstance(event, JobsExpanded):
+            self._jobs_expanded(event)
         elif isinstance(event, AttemptStarted):
             self._execute("insert_attempt", {
                 "k_run": event.run_id, "run_id": event.run_id, "task": event.task, "attempt": event.attempt,
@@ -163,6 +166,18 @@ class EventWriter:
         ]
         if rows:
             self._execute_many("insert_tasks", rows)
+
+    def _jobs_expanded(self, event: JobsExpanded) -> None:
+        """A fanned-out job's copies get rows of their own, in the graph run attempt that runs them, with items."""
+        counts = event.attempts or (0,) * len(event.copies)
+        rows = [
+            {"run_id": event.run_id, "task": t.name, "run_attempt": event.run_attempt, "state": TaskState.PENDING.value,
+             "attempts": tried, "pool": t.pool, "image": t.image, "predecessors": json.dumps(list(t.predecessors)),
+             "is_finalizer": False, "item": item}
+            for t, item, tried in zip(event.copies, event.items, counts, strict=True)
+        ]
+        if rows:
+            self._execute_many("insert_copies", rows)
 
     def _task_changed(self, event: TaskChanged, started: dict[tuple[str, str], datetime | None]) -> None:
         """Write a job's new state and what changes with it (TASK_CHANGE_COLUMNS); note its start time in

@@ -35,7 +35,8 @@ _SCHEMAS: Json = {
         job_counts={"type": "object", "additionalProperties": {"type": "integer"}}),
     "Run": {"allOf": [_ref("RunSummary"), _object(scheduled_time=_TIME, owner=_TEXT, cancel_requested_at=_TIME)]},
     "Job": _object(name={"type": "string"}, state={"type": "string"}, attempts={"type": "integer"},
-                   started_at=_TIME, finished_at=_TIME, duration_secs=_NUMBER, return_value=_TEXT, error=_TEXT),
+                   started_at=_TIME, finished_at=_TIME, duration_secs=_NUMBER, return_value=_TEXT, error=_TEXT,
+                   copy_of=_TEXT, item={"nullable": True, "description": "A fanned-out job's copy: its item"}),
     "Attempt": _object(job={"type": "string"}, attempt={"type": "integer"}, run_attempt={"type": "integer"},
                        status={"type": "string"}, exit_code=_INT, error=_TEXT, started_at=_TIME,
                        finished_at=_TIME, duration_secs=_NUMBER, runner=_TEXT),
@@ -47,7 +48,7 @@ _SCHEMAS: Json = {
                          notifications={"type": "array", "items": _ref("Notification")}),
     "Graph": _object(jobs={"type": "array", "items": _object(
         name={"type": "string"}, after={"type": "array", "items": {"type": "string"}}, runner=_TEXT, pool=_TEXT,
-        image=_TEXT, finalizer={"type": "boolean"})}),
+        image=_TEXT, finalizer={"type": "boolean"}, fans_out={"type": "boolean"})}),
 }
 
 

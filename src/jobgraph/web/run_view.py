@@ -59,11 +59,16 @@ def run_view(records: Store, run_id: str, page: int = 1, order: str = "graph", j
     """The run (by id or unique prefix), its folded graph coloured by state, and one page of its jobs: the
     page that lists `job` when it is given (a click on a graph node whose job is on another page)."""
     run = records.run(run_id)
-    shapes = _job_shapes(records, run.run_id)
-    drawn = layout([(name, after) for name, (_, after) in shapes.items()])
+    shapes, copies = _job_shapes(records, run.run_id)
+    drawn = layout([(name, after) for name, (_, after) in shapes.items() if name not in copies])
     states = {name: state for name, (state, _) in shapes.items()}
-    place = {name: (drawn.nodes[i].layer, drawn.nodes[i].y, name) for name, i in drawn.node_of.items()}
-    names = sorted(states, key=lambda name: place[name])
+    place = {name: (drawn.nodes[i].layer, drawn.nodes[i].y, name, -1) for name, i in drawn.node_of.items()}
+    fanned: dict[str, list[str]] = {}
+    for name, (job, index) in copies.items():  # a copy is listed, and drawn, with its job
+        if job in place:
+            place[name] = (*place[job][:3], index)
+            fanned.setdefault(job, []).append(name)
+    names = sorted((name for name in states if name in place), key=lambda name: place[name])
     if order == "failed":
         names.sort(key=lambda name: _FAILURES_FIRST.get(states[name], 9))
     pages = max(1, -(-len(names) // PAGE_SIZE))
@@ -78,20 +83,30 @@ def run_view(records: Store, run_id: str, page: int = 1, order: str = "graph", j
     now = datetime.now(UTC)
     return RunView(
         run=run, counts=dict(sorted(Counter(states.values()).items())), total=len(names),
-        graph=graph_svg(drawn, states), gantt=gantt_svg(listed, attempts, now),
+        graph=graph_svg(drawn, states, fanned), gantt=gantt_svg(listed, attempts, now),
         rows=[JobRow(jobs[name], by_job[name]) for name in listed if name in jobs], page=page, pages=pages,
         order=order,
     )
 
 
-def _job_shapes(records: Store, run_id: str) -> dict[str, tuple[str, tuple[str, ...]]]:
+Shapes = dict[str, tuple[str, tuple[str, ...]]]
+"""Each job's state and predecessors."""
+
+
+def _job_shapes(records: Store, run_id: str) -> tuple[Shapes, dict[str, tuple[str, int]]]:
     """Every job's state and predecessors as they stand now (its row of the latest run attempt that ran it):
-    the three columns the graph needs, not the whole rows (a 5,000-job run reads in a fraction of the time)."""
-    query = select(task_runs.c.task, task_runs.c.run_attempt, task_runs.c.state, task_runs.c.predecessors).where(
-        task_runs.c.run_id == run_id).order_by(task_runs.c.run_attempt)
+    the columns the graph needs, not the whole rows (a 5,000-job run reads in a fraction of the time); and
+    each fanned-out job's copy (`load[3]`, a row with an item) with its job and index."""
+    query = select(task_runs.c.task, task_runs.c.run_attempt, task_runs.c.state, task_runs.c.predecessors,
+                   task_runs.c.item.is_not(None)).where(task_runs.c.run_id == run_id).order_by(task_runs.c.run_attempt)
     with records.engine.connect() as conn:  # the pool gives each of the server's threads its own connection
         rows = conn.execute(query).all()
-    return {task: (state, tuple(json.loads(after))) for task, _, state, after in rows}
+    copies: dict[str, tuple[str, int]] = {}
+    for task, _, _, _, is_copy in rows:
+        job, _, index = task[:-1].rpartition("[")
+        if is_copy and index.isdigit():
+            copies[task] = (job, int(index))
+    return {task: (state, tuple(json.loads(after))) for task, _, state, after, _ in rows}, copies
 
 
 def _page_records(records: Store, run_id: str,
