@@ -14,8 +14,8 @@ import math
 import time
 from collections.abc import Iterator, Mapping
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 from starlette.requests import Request
 from starlette.responses import Response
@@ -99,7 +99,11 @@ def registry_for(records: Store) -> CollectorRegistry:
 
 
 def metrics_endpoint(request: Request) -> Response:
-    """GET /metrics: plain, so Starlette runs it in its thread pool (the store is read at each scrape)."""
+    """GET /metrics: plain, so Starlette runs it in its thread pool (the store is read at each scrape).
+
+    The format is the one the scraper's Accept asks for, as the client's own exporters choose it: the
+    classic text format (0.0.4) by default, OpenMetrics for a Prometheus that prefers it.
+    """
     registry: CollectorRegistry = request.app.state.metrics
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST,
-                    headers={"Cache-Control": "no-store"})
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encode(registry), headers={"Content-Type": content_type, "Cache-Control": "no-store"})
