@@ -170,20 +170,25 @@ def test_the_reader_reads_the_past_again_when_it_changes(any_store_url: str, cli
     with Store(any_store_url) as records:
         reader = metrics.MetricsReader(records, settle_secs=0)
         assert_matches(reader.snapshot(), expected(any_store_url))
-        run_id = records.runs(1)[0].run_id
+        run_id, other = (run.run_id for run in records.runs(2))
+        cli("retry", other, "--store", any_store_url, check=1)  # fails again: only its attempts change
+        again = expected(any_store_url)
+        assert again.runs == {("flaky", "FAILED"): 2} and len(again.durations[("flaky", "FAILED")]) == 3
+        assert_matches(reader.snapshot(), again)
+        assert reader.full_reads == 2
         fixed = write_pipeline({"name": "flaky", "jobs": [sh("ok", "echo ok"), sh("bad", "echo fixed", after=["ok"])]},
                                name="fixed.yaml")
         cli("retry", run_id, "--file", str(fixed), "--store", any_store_url, check=0)  # a settled run changes
         after_retry = expected(any_store_url)
         assert after_retry.runs == {("flaky", "FAILED"): 1, ("flaky", "SUCCEEDED"): 1}
         assert_matches(reader.snapshot(), after_retry)
-        assert reader.full_reads == 2
+        assert reader.full_reads == 3
         _late_run(any_store_url, datetime.now(UTC) - timedelta(hours=5), tmp_path / "late.log")
         late = expected(any_store_url)
         assert late.runner_errors == {("late", "slurm"): 1} and len(late.scheduler_lag[("late", "schedule")]) == 1
         assert math.isclose(late.scheduler_lag[("late", "schedule")][0], 1.0, abs_tol=TOLERANCE)
         assert_matches(reader.snapshot(), late)
-        assert reader.full_reads == 3
+        assert reader.full_reads == 4
         cli("deploy", str(path), "--store", any_store_url, check=0)
         cli("drop", "flaky", "--purge", "--store", any_store_url, check=0)
         purged = expected(any_store_url)
@@ -191,4 +196,4 @@ def test_the_reader_reads_the_past_again_when_it_changes(any_store_url: str, cli
         assert_matches(reader.snapshot(), purged)
         cli("run", str(path), "--store", any_store_url, check=1)  # new runs only: the past is not read again
         assert_matches(reader.snapshot(), expected(any_store_url))
-        assert reader.full_reads == 4
+        assert reader.full_reads == 5

@@ -6,8 +6,9 @@ figure is one GROUP BY, each value put in its histogram bucket by the database, 
 a few hundred rows however long the history is. What settled runs contribute never changes, so a
 `MetricsReader` reads the whole history once, then at each scrape only the runs that started since
 its edge (the oldest running run, at most SETTLE_SECS ago), plus a cheap fingerprint of the settled
-runs (count, graph run attempts, ends): a retry, a purge or a late record among them changes it, and
-the history is read again. jobgraph.web.metrics turns the result into metric families.
+runs (their count by state, from an index; the newest attempts of a retry among them): a retry, a
+purge or a late record among them changes it, and the history is read again. jobgraph.web.metrics
+turns the result into metric families.
 
 What each figure means, honestly, from what the store records:
 - runs and jobs by state: as they stand now (a job's row of the latest graph run attempt that ran it);
@@ -288,6 +289,8 @@ class MetricsReader:
         self.edge: datetime | None = None
         """Runs that started before this had all ended when they were read (None: nothing read yet)."""
         self.fingerprint: tuple[Any, ...] = ()
+        self.since = 0
+        """Attempts numbered above this are looked at for a retry of a settled run."""
         self.full_reads = 0
         """How many times the whole history was read (once, then after each change to the settled past)."""
         self._lock = threading.Lock()
@@ -295,24 +298,38 @@ class MetricsReader:
     def snapshot(self) -> Snapshot:
         """Every figure of the store now."""
         with self._lock, self.records.engine.connect() as conn:
+            top = conn.execute(select(func.max(attempts.c.id))).scalar() or 0
             running = conn.execute(select(func.min(runs.c.started_at))
                                    .where(runs.c.state == RunState.RUNNING.value)).scalar()
             edge = datetime.now(UTC) - self.settle
             if running is not None:
                 edge = min(edge, aware(running))
-            if self.edge is not None and _fingerprint(conn, self.edge) != self.fingerprint:
+            if self.edge is not None and (edge < self.edge or
+                                          _fingerprint(conn, self.edge, self.since) != self.fingerprint):
                 self.settled, self.edge = Snapshot(), None  # a settled run changed (retried, purged, recorded late)
             if self.edge is None or edge > self.edge:
                 if self.edge is None:
                     self.full_reads += 1
-                fingerprint = _fingerprint(conn, edge)  # before the runs it covers: a change meanwhile shows next time
+                since = max(0, top - RECHECK_ATTEMPTS)
+                fingerprint = _fingerprint(conn, edge, since)  # before the runs it covers: a change shows next time
                 self.settled = self.settled.merged(read(conn, Span(self.edge, edge)))
-                self.edge, self.fingerprint = edge, fingerprint
+                self.edge, self.fingerprint, self.since = edge, fingerprint, since
             return self.settled.merged(read(conn, Span(self.edge)))
 
 
-def _fingerprint(conn: Connection, edge: datetime) -> tuple[Any, ...]:
-    """What changes when a run that started before `edge` is added, removed, retried or ends again."""
-    return tuple(conn.execute(select(func.count(), func.sum(runs.c.run_attempt), func.count(runs.c.finished_at),
-                                     func.max(runs.c.finished_at))
-                              .where(runs.c.started_at < utc(edge))).one())
+RECHECK_ATTEMPTS = 1_000
+"""How many of the latest attempts are looked at for a retry of a settled run: ids are given out in order, but
+PostgreSQL may commit them out of order, so a few before the newest the reader saw are looked at again."""
+
+
+def _fingerprint(conn: Connection, edge: datetime, since: int) -> tuple[Any, ...]:
+    """What changes when the runs that started before `edge` change: their count by state (an index's entries:
+    a run added late, purged, or ended otherwise after a retry), and the attempts numbered above `since` of
+    their later graph run attempts (a retry that began and ended between two scrapes)."""
+    before = runs.c.started_at < utc(edge)
+    states = conn.execute(select(runs.c.state, func.count()).where(before).group_by(runs.c.state)
+                          .order_by(runs.c.state)).all()
+    retried = conn.execute(select(attempts.c.id).select_from(attempts.join(runs, runs.c.run_id == attempts.c.run_id))
+                           .where(attempts.c.id > since, attempts.c.run_attempt > 1, before)
+                           .order_by(attempts.c.id)).scalars().all()
+    return tuple(tuple(row) for row in states), tuple(retried)
