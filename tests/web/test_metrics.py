@@ -13,7 +13,9 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -21,11 +23,14 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobgraph.app import metrics
+from jobgraph.engine import AttemptEnded, AttemptStarted, RunEnded, RunStarted, TaskChanged, TaskInfo
+from jobgraph.states import AttemptStatus, RunState, TaskState
 from jobgraph.store import Store
 from jobgraph.store.deployments import Deployments
 from jobgraph.store.records import aware
 from tests.app.test_metrics import SHOP, TOLERANCE, assert_matches, expected, records_scheduled
 from tests.conftest import Cli, WritePipeline, sh, store_url
+from tests.web.conftest import get, served
 
 HISTOGRAMS = {"jobgraph_attempt_duration_seconds": ("durations", metrics.DURATION_BUCKETS),
               "jobgraph_queue_wait_seconds": ("queue_waits", metrics.QUEUE_BUCKETS),
@@ -178,3 +183,29 @@ def test_metrics_off_loopback_need_a_read_token(cli: Cli, tmp_path: Path) -> Non
             assert httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {token}"},
                              timeout=60).status_code == 401
         assert scrape(base, Authorization=f"Bearer {reader}").runs == {}
+
+
+def test_hostile_names_reach_the_scraper_as_they_are(tmp_path: Path) -> None:
+    """A pipeline, pool or runner name with quotes, backslashes, a newline or braces is a label value, escaped by
+    the client and read back whole by the parser: it can never add a series or break the format."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    pipeline, pool, runner = 'shop"} evil{x="1\\', "pool\nnext_metric 1", 'run"ner'
+    run_id, at = str(uuid.uuid4()), datetime(2030, 1, 2, tzinfo=UTC)
+    log = tmp_path / "a.log"
+    with Store(url) as records:
+        records.record_all([
+            RunStarted(run_id, pipeline, at, at, (TaskInfo("a", pool, "sh", ()),), "{}"),
+            TaskChanged(run_id, "a", TaskState.RUNNING, at, attempt=1),
+            AttemptStarted(run_id, "a", 1, at, log, runner),
+            AttemptEnded(run_id, "a", 1, AttemptStatus.ERROR, at, at + timedelta(seconds=2), None, "no", log),
+            TaskChanged(run_id, "a", TaskState.FAILED, at + timedelta(seconds=2), attempt=1, reason="no"),
+            RunEnded(run_id, RunState.FAILED, at + timedelta(seconds=3))])
+    with served(url) as app:
+        response = get(app, "/metrics")
+    assert response.status_code == 200
+    families = {family.name: family for family in text_string_to_metric_families(response.text)}
+    assert "next_metric" not in families and "evil" not in families
+    [error] = families["jobgraph_runner_errors"].samples
+    assert error.labels == {"pipeline": pipeline, "runner": runner} and error.value == 1
+    waits = {sample.labels["pool"] for sample in families["jobgraph_queue_wait_seconds"].samples}
+    assert waits == {pool}
