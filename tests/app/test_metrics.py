@@ -26,8 +26,9 @@ from jobgraph.store.records import aware
 from jobgraph.store.tables import task_runs
 from tests.conftest import Cli, WritePipeline, sh
 
-TOLERANCE = 0.002
-"""Seconds: SQLite's julianday() keeps milliseconds of a time, so a computed wait may differ by that much."""
+TOLERANCE = 1e-5
+"""Seconds: the store keeps microseconds, and each backend computes a wait to the microsecond (a float's last
+digits aside)."""
 
 
 @dataclass
@@ -197,3 +198,31 @@ def test_the_reader_reads_the_past_again_when_it_changes(any_store_url: str, cli
         cli("run", str(path), "--store", any_store_url, check=1)  # new runs only: the past is not read again
         assert_matches(reader.snapshot(), expected(any_store_url))
         assert reader.full_reads == 5
+
+
+def test_lags_and_waits_are_exact_to_the_microsecond_on_both_backends(any_store_url: str, tmp_path: Path) -> None:
+    """SQLite's date functions keep milliseconds and round (0.9995 s after a second is the next second): a lag
+    of 0.9995 s must stay below 1 s, one of exactly 0.05 s in the 0.05 bucket, one of 0.049999 s too."""
+    fire = datetime(2030, 5, 6, 7, 8, 9, tzinfo=UTC)
+    for lag in (0.9995, 0.05, 0.049999):
+        run_id, began = str(uuid.uuid4()), fire + timedelta(seconds=lag)
+        with Store(any_store_url) as store:
+            store.record_all([RunStarted(run_id, "exact", fire, fire, (TaskInfo("a", "", "sh", ()),), "{}",
+                                         trigger="schedule"),
+                              TaskChanged(run_id, "a", TaskState.RUNNING, began, attempt=1),
+                              AttemptStarted(run_id, "a", 1, began, tmp_path / "a.log", "local"),
+                              AttemptEnded(run_id, "a", 1, AttemptStatus.DONE, began, began, 0, None,
+                                           tmp_path / "a.log"),
+                              TaskChanged(run_id, "a", TaskState.SUCCEEDED, began, attempt=1),
+                              RunEnded(run_id, RunState.SUCCEEDED, began)])
+    with Store(any_store_url) as records:
+        found = metrics.snapshot(records)
+    lag = found.scheduler_lag[("exact", "schedule")]
+    assert dict(zip(metrics.LAG_BUCKETS, lag.counts, strict=True))[0.05] == 2
+    assert dict(zip(metrics.LAG_BUCKETS, lag.counts, strict=True))[1.0] == 3
+    assert math.isclose(lag.total, 0.9995 + 0.05 + 0.049999, abs_tol=1e-9)
+    waits = found.queue_waits[("exact", "default")]  # the job was ready at its run's start, the fire time
+    assert dict(zip(metrics.QUEUE_BUCKETS, waits.counts, strict=True))[0.05] == 2
+    assert dict(zip(metrics.QUEUE_BUCKETS, waits.counts, strict=True))[1.0] == 3
+    assert math.isclose(waits.total, lag.total, abs_tol=1e-9)
+    assert_matches(found, expected(any_store_url))

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Connection, and_, case, cast, exists, false, func, literal, select, true
+from sqlalchemy import JSON, Connection, Integer, and_, case, cast, exists, false, func, literal, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from jobgraph.states import AttemptStatus, RunState, TaskState
@@ -138,10 +138,18 @@ def _observe(into: dict[Any, Histogram], key: Any, bounds: tuple[float, ...], bu
 
 
 def seconds_between(later: ColumnElement[Any], earlier: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
-    """`later - earlier` in seconds, computed by the database (SQLite keeps UTC text; PostgreSQL timestamptz)."""
+    """`later - earlier` in seconds, to the microsecond, computed by the database.
+
+    PostgreSQL subtracts its timestamptz. SQLite keeps UTC text, always `YYYY-MM-DD HH:MM:SS.ffffff`
+    (tables.py): the whole seconds by strftime('%s') of the text without its fraction, plus the
+    microseconds' difference (SQLite's date functions keep only milliseconds, and round).
+    """
     if dialect == "postgresql":
         return func.extract("epoch", later - earlier)
-    return (func.julianday(later) - func.julianday(earlier)) * 86400.0
+    whole = (cast(func.strftime("%s", func.substr(later, 1, 19)), Integer)  # the fraction cut first: SQLite
+             - cast(func.strftime("%s", func.substr(earlier, 1, 19)), Integer))  # rounds .9995 s up to the next one
+    micros = cast(func.substr(later, 21, 6), Integer) - cast(func.substr(earlier, 21, 6), Integer)
+    return whole + micros / literal(1_000_000.0)
 
 
 _LATER = task_runs.alias("later")
