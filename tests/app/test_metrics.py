@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -226,3 +227,28 @@ def test_lags_and_waits_are_exact_to_the_microsecond_on_both_backends(any_store_
     assert dict(zip(metrics.QUEUE_BUCKETS, waits.counts, strict=True))[1.0] == 3
     assert math.isclose(waits.total, lag.total, abs_tol=1e-9)
     assert_matches(found, expected(any_store_url))
+
+
+def test_a_lost_run_does_not_hold_the_reader_back_and_is_counted_again_once_closed(any_store_url: str,
+                                                                                  tmp_path: Path) -> None:
+    """A run left RUNNING by a jobgraph killed with -9 would keep every later run unsettled (read at each scrape)
+    until something closes it: the reader settles past it, and reads the history again when it is closed."""
+    at = datetime.now(UTC) - timedelta(hours=2)
+    run_id, log = str(uuid.uuid4()), tmp_path / "a.log"
+    with Store(any_store_url) as store:
+        store.owner = f"{socket.gethostname()}:{2**22 + 4321}:0"  # a process of this host that is not alive
+        store.record_all([RunStarted(run_id, "lost", at, at, (TaskInfo("a", "", "sh", ()),), "{}"),
+                          TaskChanged(run_id, "a", TaskState.RUNNING, at, attempt=1),
+                          AttemptStarted(run_id, "a", 1, at, log, "local")])
+    _late_run(any_store_url, at + timedelta(minutes=30), log)  # ended, and newer than the lost one
+    with Store(any_store_url) as records:
+        reader = metrics.MetricsReader(records, settle_secs=0)
+        assert_matches(reader.snapshot(), expected(any_store_url))
+        assert reader.edge is not None and reader.edge > datetime.now(UTC) - timedelta(minutes=1)
+        assert reader.snapshot().runs[("lost", "RUNNING")] == 1 and reader.full_reads == 1
+        with Store(any_store_url) as closer:
+            assert closer.mark_lost(run_id, "its jobgraph was killed")
+        closed = reader.snapshot()
+        assert closed.runs == {("lost", "CANCELLED"): 1, ("late", "FAILED"): 1} and closed.pool_jobs == {}
+        assert_matches(closed, expected(any_store_url))
+        assert reader.full_reads == 2

@@ -5,10 +5,10 @@ them (`run` in a terminal, `serve`, another `web`), and a restarted server loses
 figure is one GROUP BY, each value put in its histogram bucket by the database, so a read returns
 a few hundred rows however long the history is. What settled runs contribute never changes, so a
 `MetricsReader` reads the whole history once, then at each scrape only the runs that started since
-its edge (the oldest running run, at most SETTLE_SECS ago), plus a cheap fingerprint of the settled
-runs (their count by state, from an index; the newest attempts of a retry among them): a retry, a
-purge or a late record among them changes it, and the history is read again. jobgraph.web.metrics
-turns the result into metric families.
+its edge (the oldest running run whose process is not known to be gone, at most SETTLE_SECS ago),
+plus a cheap fingerprint of the settled runs (their count by state, from an index; the newest
+attempts of a retry among them): a retry, a purge, a late record or a lost run closed among them
+changes it, and the history is read again. jobgraph.web.metrics turns the result into metric families.
 
 What each figure means, honestly, from what the store records:
 - runs and jobs by state: as they stand now (a job's row of the latest graph run attempt that ran it);
@@ -36,6 +36,7 @@ from typing import Any
 from sqlalchemy import JSON, Connection, Integer, and_, case, cast, exists, false, func, literal, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
+from jobgraph.owner import owner_is_gone
 from jobgraph.states import AttemptStatus, RunState, TaskState
 from jobgraph.store import Store
 from jobgraph.store.records import aware, utc
@@ -307,11 +308,11 @@ class MetricsReader:
         """Every figure of the store now."""
         with self._lock, self.records.engine.connect() as conn:
             top = conn.execute(select(func.max(attempts.c.id))).scalar() or 0
-            running = conn.execute(select(func.min(runs.c.started_at))
-                                   .where(runs.c.state == RunState.RUNNING.value)).scalar()
             edge = datetime.now(UTC) - self.settle
-            if running is not None:
-                edge = min(edge, aware(running))
+            for started_at, owner in conn.execute(select(runs.c.started_at, runs.c.owner)
+                                                  .where(runs.c.state == RunState.RUNNING.value)):
+                if not (owner and owner_is_gone(owner)):  # a lost run must not hold the edge back until it is closed
+                    edge = min(edge, aware(started_at))
             if self.edge is not None and (edge < self.edge or
                                           _fingerprint(conn, self.edge, self.since) != self.fingerprint):
                 self.settled, self.edge = Snapshot(), None  # a settled run changed (retried, purged, recorded late)
