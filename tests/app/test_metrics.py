@@ -166,7 +166,8 @@ def _late_run(url: str, at: datetime, log: Path) -> str:
 
 def test_the_reader_reads_the_past_again_when_it_changes(any_store_url: str, cli: Cli,
                                                           write_pipeline: WritePipeline, tmp_path: Path) -> None:
-    path = write_pipeline({"name": "flaky", "jobs": [sh("ok", "echo ok"), sh("bad", "exit 1", after=["ok"])]})
+    path = write_pipeline({"name": "flaky", "jobs": [sh("ok", "echo ok"), sh("bad", "exit 1", after=["ok"]),
+                                                     sh("later", "echo later", after=["bad"])]})
     cli("run", str(path), "--store", any_store_url, check=1)
     cli("run", str(path), "--store", any_store_url, check=1)
     with Store(any_store_url) as records:
@@ -178,8 +179,9 @@ def test_the_reader_reads_the_past_again_when_it_changes(any_store_url: str, cli
         assert again.runs == {("flaky", "FAILED"): 2} and len(again.durations[("flaky", "FAILED")]) == 3
         assert_matches(reader.snapshot(), again)
         assert reader.full_reads == 2
-        fixed = write_pipeline({"name": "flaky", "jobs": [sh("ok", "echo ok"), sh("bad", "echo fixed", after=["ok"])]},
-                               name="fixed.yaml")
+        fixed = write_pipeline({"name": "flaky", "jobs": [sh("ok", "echo ok"), sh("bad", "echo fixed", after=["ok"]),
+                                                          sh("later", "echo later", after=["bad"])]},
+                               name="fixed.yaml")  # `later`, skipped before, now runs its attempt 1: no wait of it
         cli("retry", run_id, "--file", str(fixed), "--store", any_store_url, check=0)  # a settled run changes
         after_retry = expected(any_store_url)
         assert after_retry.runs == {("flaky", "FAILED"): 1, ("flaky", "SUCCEEDED"): 1}

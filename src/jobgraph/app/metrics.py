@@ -256,7 +256,9 @@ def _queue_waits(conn: Connection, found: Snapshot, span: Span, dialect: str) ->
                           .outerjoin(edge, true())
                           .outerjoin(before, and_(before.c.run_id == task_runs.c.run_id, before.c.task == edge.c.value,
                                                   before.c.run_attempt == 1)))
-             .where(task_runs.c.run_attempt == 1, task_runs.c.is_finalizer == false(), span.of(task_runs.c.run_id))
+             # attempts > 0: the job started in its run's first attempt (one skipped then, run by a retry, did not)
+             .where(task_runs.c.run_attempt == 1, task_runs.c.attempts > 0, task_runs.c.is_finalizer == false(),
+                    span.of(task_runs.c.run_id))
              .group_by(task_runs.c.run_id, task_runs.c.task, runs.c.pipeline, task_runs.c.pool, first.c.started_at,
                        runs.c.started_at)
              .subquery("ready"))
