@@ -24,7 +24,7 @@ STORE_AND_ENGINES = ("sqlalchemy", "alembic", "psycopg", "jobgraph.store", "jobg
                      "docker", "requests", "urllib3", "http.client", "jobgraph.runners.container",
                      "jobgraph.runners.service")
 """What reading a pipeline file never needs: the store, container engines, HTTP."""
-WEB = ("starlette", "uvicorn", "jinja2", "anyio", "httpx", "jobgraph.web")
+WEB = ("starlette", "uvicorn", "jinja2", "anyio", "httpx", "prometheus_client", "jobgraph.web")
 """What only `jobgraph web` and `serve --http` need: the web stack."""
 SCHEDULES = ("croniter", "dateutil")
 """What only a cron schedule needs."""

@@ -6,6 +6,7 @@ import io
 import os
 import pty
 import re
+import select
 import subprocess
 import sys
 import time
@@ -14,10 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
+import pytest
 from rich.console import Console
 
+from jobgraph.cli import render
 from jobgraph.cli.render import REFRESHES_PER_SECOND, RunView
-from jobgraph.engine import AttemptEnded, RetryWaiting, RunStarted, TaskChanged, TaskInfo
+from jobgraph.engine import AttemptEnded, AttemptStarted, RetryWaiting, RunStarted, TaskChanged, TaskInfo
 from jobgraph.states import AttemptStatus, RunState, TaskState
 from jobgraph.store import Store
 from tests.conftest import WritePipeline, store_url
@@ -50,6 +53,45 @@ def test_a_job_between_attempts_shows_as_waiting_not_running() -> None:
     view(TaskChanged(RUN, "flaky", TaskState.RUNNING, AT, attempt=2))
     [row] = [line for line in screen(view, 100) if "flaky" in line]
     assert "RUNNING" in row and "WAITING" not in row
+
+
+def test_a_running_job_shows_the_last_line_of_its_log_until_it_ends(tmp_path: Path) -> None:
+    view = RunView(Console(file=io.StringIO()))
+    started(view)
+    log = tmp_path / "flaky" / "attempt-1.log"
+    log.parent.mkdir()
+    view(TaskChanged(RUN, "flaky", TaskState.RUNNING, AT, attempt=1))
+    view(AttemptStarted(RUN, "flaky", 1, AT, log, "local"))
+    [row] = [line for line in screen(view, 120) if "flaky" in line]
+    assert "RUNNING" in row and row.rstrip(" ┃").endswith("│")  # nothing printed yet: an empty note
+    log.write_text("connecting\nloaded 1200 rows \x1b[32mok\x1b[0m\n")
+    [row] = [line for line in screen(view, 120) if "flaky" in line]
+    assert "loaded 1200 rows ok" in row and "connecting" not in row
+    view(AttemptEnded(RUN, "flaky", 1, AttemptStatus.FAILED, AT, AT, 1, "exit code 1", log))
+    view(RetryWaiting(RUN, "flaky", 2, AT, delay=30.0))
+    [row] = [line for line in screen(view, 120) if "flaky" in line]
+    assert "WAITING" in row and "loaded" not in row  # between attempts: when the next one starts, not old output
+    view(TaskChanged(RUN, "flaky", TaskState.SUCCEEDED, AT, attempt=1))
+    [row] = [line for line in screen(view, 120) if "flaky" in line]
+    assert "SUCCEEDED" in row and "loaded" not in row
+
+
+def test_an_event_never_reads_a_log_only_a_redraw_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine hands the view its events between dispatches: reading a log there would slow them."""
+    reads: list[Path] = []
+
+    def reading(path: Path) -> str:
+        reads.append(path)
+        return "last"
+
+    monkeypatch.setattr(render, "last_line", reading)
+    view = big_view(1_000)
+    for i in range(30):
+        view(AttemptStarted(RUN, f"running_{i}", 1, AT, tmp_path / f"{i}.log"))
+        view(TaskChanged(RUN, f"other_{i}", TaskState.RUNNING, AT, attempt=1))
+    assert reads == []
+    screen(view, 120)
+    assert 0 < len(reads) <= 30  # the running jobs on the screen, not every job
 
 
 def test_the_view_draws_before_the_run_has_started() -> None:
@@ -147,3 +189,46 @@ def test_a_2000_job_run_completes_with_the_live_view_redrawn_at_a_bounded_rate(
     # 8,000 events (queued, running, attempt ended, succeeded per job), a redraw only every 1/8 s at most
     assert 1 <= frames <= REFRESHES_PER_SECOND * took + 2, (frames, took)
     assert "2000 succeeded" in text  # the closing summary, once the view is gone
+
+
+def read_terminal_until(controller: int, shown: bytearray, wanted: bytes, seconds: float = 60) -> None:
+    """Read what a program draws on its terminal until `wanted` appears (or fail after `seconds`)."""
+    deadline = time.monotonic() + seconds
+    while wanted not in shown:
+        assert time.monotonic() < deadline, shown[-3000:].decode(errors="replace")
+        ready, _, _ = select.select([controller], [], [], 0.5)
+        if ready:
+            try:
+                shown += os.read(controller, 1 << 16)
+            except OSError:  # EIO: the program exited and closed its end
+                break
+
+
+def test_jobgraph_runs_live_view_shows_what_a_running_job_just_printed(tmp_path: Path,
+                                                                       write_pipeline: WritePipeline) -> None:
+    release = tmp_path / "release"
+    script = f'echo "starting up"; echo "halfway: 512 of 1024 files"; while [ ! -e "{release}" ]; do sleep 0.02; done'
+    path = write_pipeline({"name": "live", "images": {"sh": ["sh", "-c"]}, "jobs": [
+        {"name": "copy", "image": "sh", "args": [script]}]})
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph"), "TERM": "xterm", "COLUMNS": "160",
+           "LINES": "40"}
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "jobgraph", "run", str(path)], cwd=tmp_path, env=env,
+                               stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    shown = bytearray()
+    try:
+        read_terminal_until(controller, shown, b"halfway: 512 of 1024 files")
+        with Store(store_url(tmp_path)) as records:
+            [run] = records.runs()
+            assert run.state == RunState.RUNNING  # shown while the job runs, not once it has ended
+        release.touch()
+        read_terminal_until(controller, shown, b"SUCCEEDED", seconds=60)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(controller)
+    frame = next(line for line in shown.decode(errors="replace").splitlines() if "halfway" in line)
+    assert "copy" in frame and "RUNNING" in frame and "starting up" not in frame

@@ -45,7 +45,7 @@ def test_pipelines_runs_run_and_graph_have_the_contract_shapes(ran: dict[str, An
         states = {job["name"]: (job["state"], job["attempts"]) for job in detail["jobs"]}
         assert states == {"first": ("SUCCEEDED", 1), "flaky": ("FAILED", 3), "later": ("SKIPPED", 0)}
         tried = [(a["job"], a["attempt"], a["status"], a["exit_code"], a["runner"]) for a in detail["attempts"]]
-        assert tried == [("first", 1, "DONE", 0, None), *[("flaky", n, "FAILED", 3, None) for n in (1, 2, 3)]]
+        assert tried == [("first", 1, "DONE", 0, "local"), *[("flaky", n, "FAILED", 3, "local") for n in (1, 2, 3)]]
         assert get(app, f"/api/v1/runs/{ran['run_id']}/graph").json() == graph
 
 

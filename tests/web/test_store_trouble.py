@@ -41,7 +41,7 @@ def test_a_store_gone_under_the_server_is_503_and_its_password_is_shown_nowhere(
             assert page.headers["content-type"].startswith("text/html")
             assert "The store cannot be read" in page.text and "postgres:***@" in page.text
             assert PASSWORD not in page.text
-        for path in ("/api/v1/runs", "/api/v1/pipelines", "/api/v1/runs/0000dead"):
+        for path in ("/api/v1/runs", "/api/v1/pipelines", "/api/v1/runs/0000dead", "/metrics"):
             answer = get(path)
             assert answer.status_code == 503 and "store" in answer.json()["error"], path
             assert PASSWORD not in answer.text

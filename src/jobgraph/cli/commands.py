@@ -174,10 +174,23 @@ def history(
     show.history(limit=limit, pipeline=pipeline, store=store, output=output)
 
 
-def show(run_id: RunIdArgument, store: StoreOption = None, output: FormatOption = OutputFormat.table) -> None:
+def show(
+    run_id: RunIdArgument,
+    store: StoreOption = None,
+    output: FormatOption = OutputFormat.table,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Redraw the run's jobs until it ends, then show it and "
+                                        "exit with its exit code (0 succeeded, 1 failed, 130 cancelled); with "
+                                        "--format json, just wait for its end")] = False,
+) -> None:
     """Show one run: every job's state, and every attempt with its status and error."""
     from jobgraph.cli import show
 
+    if watch:
+        from jobgraph.cli import watch as watching
+
+        ended = watching.watch_run(run_id, store=store, live=output == OutputFormat.table)
+        show.show(ended.run_id, store=store, output=output)
+        raise typer.Exit(watching.EXIT_CODES[ended.state])
     show.show(run_id, store=store, output=output)
 
 

@@ -2,6 +2,8 @@
 
 The view is an engine listener like the store; it never reads the store. Its cost per event and
 per redraw does not grow with the number of jobs, so a run of 10,000 jobs is shown as smoothly as one of 10.
+Each running job on screen shows the last line it printed, read from its log's tail at the redraw
+(cli/log_tail.py), never at an event: the engine's dispatch does not wait for it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from itertools import islice
+from pathlib import Path
 
 from rich.box import HEAVY_HEAD
 from rich.cells import cell_len
@@ -23,7 +26,17 @@ from rich.live import Live
 from rich.text import Text
 
 from jobgraph.cli.common import silence
-from jobgraph.engine.events import AttemptEnded, Event, JobsExpanded, RetryWaiting, RunEnded, RunStarted, TaskChanged
+from jobgraph.cli.log_tail import last_line
+from jobgraph.engine.events import (
+    AttemptEnded,
+    AttemptStarted,
+    Event,
+    JobsExpanded,
+    RetryWaiting,
+    RunEnded,
+    RunStarted,
+    TaskChanged,
+)
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
 
 STYLES = {
@@ -65,6 +78,7 @@ class _Row:
     pool: str = ""
     retry_at: float | None = None
     next_attempt: int = 0
+    log_path: Path | None = None
 
 
 _ORDER = (TaskState.RUNNING, TaskState.FAILED, TaskState.QUEUED, TaskState.CANCELLED, TaskState.SKIPPED,
@@ -157,6 +171,8 @@ class RunView:
         elif isinstance(event, RetryWaiting):
             row = self._row(event.task)
             row.retry_at, row.next_attempt = time.monotonic() + event.delay, event.next_attempt
+        elif isinstance(event, AttemptStarted):
+            self._row(event.task).log_path = event.log_path
         elif isinstance(event, TaskChanged):
             row = self._row(event.task)
             self._move(event.task, row, event.state)
@@ -200,7 +216,8 @@ class RunView:
         """The live table: running jobs first, then the rest, cut to the screen with a count of what is hidden.
 
         The title is a line of its own that never wraps, so a long run id cannot push into the table;
-        a job between attempts shows as waiting, with the time left before its next attempt.
+        a job between attempts shows as waiting, with the time left before its next attempt; a running
+        job on screen, the last line of its log (read now, outside the lock: bounded, see log_tail).
         """
         room = max(5, console.height - 8)
         with self._lock:
@@ -216,6 +233,8 @@ class RunView:
             if row.retry_at is not None and row.state == TaskState.RUNNING:
                 state = Text("WAITING", style="cyan")
                 note = f"attempt {row.next_attempt} in {duration(max(0.0, row.retry_at - clock))}"
+            elif row.state == TaskState.RUNNING and row.log_path is not None:
+                note = last_line(row.log_path)
             cells.append([Text(name), Text(row.pool), state, Text(str(row.attempt or "")), Text(duration(elapsed)),
                           Text(note[:120])])
         if hidden > 0:

@@ -69,6 +69,9 @@ class AttemptStarted:
     attempt: int
     at: datetime
     log_path: Path
+    runner: str | None = None
+    """The runner's name (local, podman, slurm...): recorded from the start, so an attempt it could not even
+    start (ERROR) still says which runner failed it."""
 
 
 @dataclass(frozen=True)

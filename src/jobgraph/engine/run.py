@@ -430,7 +430,7 @@ class GraphRun:
         return_path = self._return_value_path(job, attempt)
         started = adoption.started_at if adoption else now()
         if adoption is None:
-            self._emit(AttemptStarted(self.run_id, job.name, attempt, started, log_path))
+            self._emit(AttemptStarted(self.run_id, job.name, attempt, started, log_path, runner.name))
         handle = None
         outcome = Outcome(AttemptStatus.CANCELLED, None, "cancelled")
         waited = False

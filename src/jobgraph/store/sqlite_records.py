@@ -60,8 +60,9 @@ _STATEMENTS = {
         "AND state != 'SUCCEEDED' AND " + _LATEST),
     "latest_attempts": "SELECT task, attempts FROM task_runs WHERE run_id = :k_run AND " + _LATEST,
     "insert_attempt": (
-        "INSERT INTO attempts (run_id, task, attempt, run_attempt, status, log_path, started_at, created_date) "
-        "VALUES (:run_id, :task, :attempt, " + _RUN_ATTEMPT + ", :status, :log_path, :started_at, :created_date)"),
+        "INSERT INTO attempts (run_id, task, attempt, run_attempt, status, log_path, started_at, created_date, "
+        "runner) VALUES (:run_id, :task, :attempt, " + _RUN_ATTEMPT + ", :status, :log_path, :started_at, "
+        ":created_date, :runner)"),
     "adopt_attempt": "UPDATE attempts SET run_attempt = " + _RUN_ATTEMPT + _THE_ATTEMPT,
     "submit_attempt": "UPDATE attempts SET runner = :runner, backend_ref = :backend_ref" + _THE_ATTEMPT,
     "end_attempt": (

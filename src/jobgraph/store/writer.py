@@ -112,7 +112,8 @@ class EventWriter:
             self._execute("insert_attempt", {
                 "k_run": event.run_id, "run_id": event.run_id, "task": event.task, "attempt": event.attempt,
                 "status": AttemptStatus.RUNNING.value, "log_path": str(event.log_path),
-                "started_at": utc(event.at), "created_date": utc(event.at)})
+                "started_at": utc(event.at), "created_date": utc(event.at),
+                "runner": event.runner})
         elif isinstance(event, AttemptAdopted):
             self._execute("adopt_attempt", _attempt_key(event))
         elif isinstance(event, AttemptSubmitted):

@@ -2,7 +2,8 @@
 
 `create_app(store_url)` opens its own Store (at `app.state.records`, closed with the app); a RunHost
 given to it (`jobgraph web` and `serve --http` make one on the server's loop, with a Store of its own)
-starts the runs that retry and trigger ask for. Whoever made the host closes it once the server has
+starts the runs that retry and trigger ask for. GET /metrics serves Prometheus metrics read from the store
+(jobgraph.web.metrics), a read like any other. Whoever made the host closes it once the server has
 stopped, cancelling what it runs (cli/web.py).
 """
 
@@ -26,7 +27,7 @@ from jobgraph.errors import JobgraphError
 from jobgraph.store import Store
 from jobgraph.store.faults import StoreFault
 from jobgraph.store.records import RunBusy
-from jobgraph.web import api, auth, events, guard
+from jobgraph.web import api, auth, events, guard, metrics
 
 if TYPE_CHECKING:
     from jobgraph.app.host import RunHost
@@ -95,6 +96,7 @@ def create_app(store_url: str, *, public: bool = False, host: RunHost | None = N
         *api.routes(),
         Route("/login", auth.login, methods=["POST"]),
         Route("/logout", auth.logout, methods=["POST"]),
+        Route("/metrics", metrics.metrics_endpoint, methods=["GET"]),
         *_page_routes(),
         Route("/login", auth.login_form, methods=["GET"]),  # only if the page has no sign-in form of its own
     ]
@@ -103,6 +105,7 @@ def create_app(store_url: str, *, public: bool = False, host: RunHost | None = N
                                 Middleware(auth.AuthMiddleware, records=records, public=public)],
                     exception_handlers={JobgraphError: _error, HTTPException: _http_error, Exception: _crash})
     app.state.records = records
+    app.state.metrics = metrics.registry_for(records)
     app.state.host = host
     app.state.public = public
     app.state.poll_secs = poll_secs
