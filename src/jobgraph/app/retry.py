@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobgraph.app.reports import Reports
-from jobgraph.app.runs import RunPlan, execute, job_secrets, prior_states
+from jobgraph.app.runs import RunPlan, execute, job_secrets, prior_states, run_params, store_params
 from jobgraph.config import Pipeline, check_pipeline, load
 from jobgraph.engine.run import RunResult
 from jobgraph.errors import ConfigError, Problem, StoreError
@@ -87,7 +87,9 @@ def claim_retry(records: Store, previous: RunRecord, file: Path | None, runner: 
     if previous.state == RunState.RUNNING:
         raise StoreError(f"{busy_reason(previous)}; nothing was run")
     pipeline, definition, version = rerun_definition(previous, file, runner)
-    job_secrets(pipeline)  # a missing secret stops the retry before it claims the run
+    secrets = job_secrets(pipeline)  # a missing secret stops the retry before it claims the run
+    # ...and so do parameters the (repaired) pipeline does not take as the run recorded them
+    run_params(RunPlan(pipeline, params=store_params(previous.params)), secrets)
     prior = prior_states(records, previous.run_id)
     kept = sum(1 for p in prior.values() if p.state not in RETRYABLE_TASK_STATES)
     try:
@@ -95,7 +97,8 @@ def claim_retry(records: Store, previous: RunRecord, file: Path | None, runner: 
     except RunBusy as busy:
         raise StoreError(f"{busy}; nothing was run") from None
     plan = RunPlan(pipeline, run_id=previous.run_id, prior=prior, run_attempt=claimed.run_attempt,
-                   trigger=previous.trigger or "manual", version=version)
+                   trigger=previous.trigger or "manual", version=version, params=store_params(previous.params),
+                   scheduled_time=previous.scheduled_time)
     return ClaimedRetry(previous, claimed, plan, definition, kept)
 
 

@@ -25,6 +25,9 @@ StoreOption = Annotated[
                  "[default: sqlite:///.jobgraph/jobgraph.db]", show_default=False),
 ]
 RunIdArgument = Annotated[str, typer.Argument(help="A run id (a unique prefix is enough)")]
+ParamOption = Annotated[list[str] | None, typer.Option(
+    "--param", "-p", metavar="NAME=VALUE", help="A value for one of the pipeline's params (repeatable); "
+    "recorded with the run, so never a secret", show_default=False)]
 NameArgument = Annotated[str, typer.Argument(help="A deployed pipeline's name")]
 
 
@@ -93,18 +96,29 @@ def plan(
     output: Annotated[PlanFormat, typer.Option("--format", "-f", help="yaml (to read) or json (for tools)")] = (
         PlanFormat.yaml
     ),
+    param: ParamOption = None,
 ) -> None:
     """Show, job by job, exactly what the first attempt would submit, and the schedule's next fire times."""
     from jobgraph.cli import plan
 
-    plan.plan(file, runner=runner, output=output)
+    plan.plan(file, runner=runner, output=output, params=param or [])
 
 
-def run(file: FileArgument, store: StoreOption = None, runner: RunnerOption = None) -> None:
+def run(file: FileArgument, store: StoreOption = None, runner: RunnerOption = None, param: ParamOption = None) -> None:
     """Run a pipeline once, now, with a live view; exit 0 if every job succeeded, 1 if not, 130 if cancelled."""
     from jobgraph.cli import run
 
-    run.run(file, store=store, runner=runner)
+    run.run(file, store=store, runner=runner, params=param or [])
+
+
+def init(
+    file: Annotated[Path, typer.Argument(help="Where to write it (never over an existing file)")] = Path(
+        "pipeline.yaml"),
+) -> None:
+    """Write a commented starter pipeline that validates and runs as it is: `jobgraph run pipeline.yaml`."""
+    from jobgraph.cli import starter
+
+    starter.init(file)
 
 
 def retry(
@@ -197,11 +211,14 @@ def doctor(
     doctor.doctor(engine)
 
 
-def deploy(file: FileArgument, store: StoreOption = None, runner: RunnerOption = None) -> None:
-    """Store a pipeline (validated, versioned by content) with its schedule: the seed's create_job_tasks()."""
+def deploy(file: FileArgument, store: StoreOption = None, runner: RunnerOption = None,
+           param: ParamOption = None) -> None:
+    """Store a pipeline (validated, versioned by content) with its schedule: the seed's create_job_tasks().
+
+    --param values become the params' defaults in the deployed version: scheduled runs use them."""
     from jobgraph.cli import service
 
-    service.deploy(file, store=store, runner=runner)
+    service.deploy(file, store=store, runner=runner, params=param or [])
 
 
 def pipelines(store: StoreOption = None, output: FormatOption = OutputFormat.table) -> None:
@@ -225,7 +242,8 @@ def resume(name: NameArgument, store: StoreOption = None) -> None:
     service.resume(name, store=store)
 
 
-def trigger(name: NameArgument, store: StoreOption = None, runner: RunnerOption = None) -> None:
+def trigger(name: NameArgument, store: StoreOption = None, runner: RunnerOption = None,
+            param: ParamOption = None) -> None:
     """Run a deployed pipeline now (EXECUTE TASK root_task): by the running service if there is one, else here.
 
     Through the service it waits until the service has taken the request and says what it did: exit 0 when it
@@ -233,7 +251,7 @@ def trigger(name: NameArgument, store: StoreOption = None, runner: RunnerOption 
     """
     from jobgraph.cli import service
 
-    service.trigger(name, store=store, runner=runner)
+    service.trigger(name, store=store, runner=runner, params=param or [])
 
 
 def drop(

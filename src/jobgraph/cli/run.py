@@ -30,6 +30,7 @@ from jobgraph.cli.common import (
 from jobgraph.cli.render import RunView
 from jobgraph.cli.show import tasks_table
 from jobgraph.config import load
+from jobgraph.config.params import given_values, parse_assignments, resolve
 from jobgraph.engine.run import RunResult
 from jobgraph.states import RunState, TaskState
 from jobgraph.store import Store
@@ -51,13 +52,17 @@ def terminal_reports(records: Store) -> Reports:
 
 
 @reported
-def run(file: Path, store: str | None = None, runner: str | None = None) -> None:
-    """Resume what lost runs left running remotely, then run the pipeline; the exit code says how it ended."""
+def run(file: Path, store: str | None = None, runner: str | None = None, params: list[str] | None = None) -> None:
+    """Resume what lost runs left running remotely, then run the pipeline; the exit code says how it ended.
+
+    `params` (`--param NAME=VALUE`) are checked against the file's params before the store is opened."""
     pipeline = load(file, runner)
+    given = given_values(pipeline, parse_assignments(params or []), str(file), from_text=True)
+    resolve(pipeline, given, str(file))
     with Store(store_url(store)) as records:
         reports = terminal_reports(records)
         resume_adopting(records, reports)
-        result = execute(records, RunPlan(pipeline), runner, reports)
+        result = execute(records, RunPlan(pipeline, params=given), runner, reports)
     raise typer.Exit(EXIT_CODES[result.state])
 
 

@@ -43,6 +43,8 @@ class RunStarted:
     version: str | None = None
     kept: tuple[str, ...] = ()
     """Jobs that had ended otherwise (FAILED, SKIPPED) and are kept as they ended (resuming a lost run)."""
+    params: str | None = None
+    """The parameter values of the run, as a JSON object (runs.params); None when the pipeline declares none."""
 
 
 @dataclass(frozen=True)

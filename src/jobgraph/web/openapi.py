@@ -31,7 +31,8 @@ _SCHEMAS: Json = {
         run_id={"type": "string"}, pipeline={"type": "string"}, state={"type": "string"},
         run_attempt={"type": "integer"}, started_at=_TIME, finished_at=_TIME, trigger=_TEXT, version=_TEXT,
         job_counts={"type": "object", "additionalProperties": {"type": "integer"}}),
-    "Run": {"allOf": [_ref("RunSummary"), _object(scheduled_time=_TIME, owner=_TEXT, cancel_requested_at=_TIME)]},
+    "Run": {"allOf": [_ref("RunSummary"), _object(scheduled_time=_TIME, owner=_TEXT, cancel_requested_at=_TIME,
+                                                  params={"type": "object"})]},
     "Job": _object(name={"type": "string"}, state={"type": "string"}, attempts={"type": "integer"},
                    started_at=_TIME, finished_at=_TIME, duration_secs=_NUMBER, return_value=_TEXT, error=_TEXT),
     "Attempt": _object(job={"type": "string"}, attempt={"type": "integer"}, run_attempt={"type": "integer"},
@@ -71,6 +72,12 @@ def _post(summary: str, ok: Json, *params: Json, status: str = "202") -> Json:
 _RUN, _NAME = _param("run_id"), _param("name")
 
 
+def _with_body(operation: Json, schema: Json) -> Json:
+    """An action that takes an optional JSON body."""
+    operation["post"]["requestBody"] = {"required": False, "content": {"application/json": {"schema": schema}}}
+    return operation
+
+
 def document() -> Json:
     """The description served at /api/v1/openapi.json."""
     pipeline_body = _json(_object(pipeline=_ref("Pipeline")))
@@ -91,8 +98,10 @@ def document() -> Json:
             "/api/v1/pipelines/{name}": _get("One deployed pipeline", pipeline_body, _NAME),
             "/api/v1/pipelines/{name}/versions/{version}/graph": _get(
                 "The graph of a pipeline version", _json(_ref("Graph")), _NAME, _param("version")),
-            "/api/v1/pipelines/{name}/trigger": _post("Run the pipeline now", _json(_object(
+            "/api/v1/pipelines/{name}/trigger": _with_body(_post("Run the pipeline now", _json(_object(
                 action={"type": "string", "enum": ["STARTED", "QUEUED", "SKIPPED"]}, run_id=_TEXT)), _NAME),
+                _object(params={"type": "object", "description": "Values of the pipeline's params (recorded with "
+                                "the run: never a secret); the others take their defaults"})),
             "/api/v1/pipelines/{name}/suspend": _post("Stop scheduling it", pipeline_body, _NAME, status="200"),
             "/api/v1/pipelines/{name}/resume": _post("Schedule it again", pipeline_body, _NAME, status="200"),
             "/api/v1/runs": _get("Runs, newest first, a page at a time", _json(_object(

@@ -1,0 +1,28 @@
+"""A job's command, args and env with their placeholders filled, for one attempt.
+
+Most jobs have no placeholder: `rendered` hands their own tuples back after a substring test per text,
+so a 10,000-job run pays nothing for templates it does not use. A placeholder that has no value
+at run time raises TemplateError, which the engine records as that attempt's ERROR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from jobgraph.config.model import Job
+from jobgraph.template import has_placeholders, render, render_all
+
+
+def needs_rendering(job: Job) -> bool:
+    """Whether any text of the job holds a placeholder."""
+    return (any(has_placeholders(text) for text in job.args)
+            or any(has_placeholders(text) for text in job.env.values())
+            or (job.command is not None and any(has_placeholders(text) for text in job.command)))
+
+
+def rendered(job: Job, values: Mapping[str, object]) -> tuple[tuple[str, ...] | None, tuple[str, ...],
+                                                                dict[str, str]]:
+    """(command, args, env) of the job with every placeholder replaced by its value in `values`."""
+    command = None if job.command is None else tuple(render_all(job.command, values))
+    return command, tuple(render_all(job.args, values)), {name: render(text, values)
+                                                          for name, text in job.env.items()}
