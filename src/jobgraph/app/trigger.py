@@ -116,12 +116,14 @@ async def await_outcome_async(deployments: Deployments, name: str, requested: da
 
 
 def deployed_plan(deployments: Deployments, deployed: DeployedPipeline, runner: str | None,
-                  params: Mapping[str, object] | None = None, from_text: bool = False) -> RunPlan:
+                  params: Mapping[str, object] | None = None, from_text: bool = False,
+                  where: str = "params") -> RunPlan:
     """The plan of a run of the deployed version, triggered by hand, with the parameter values given (as text
-    from `--param`, or typed from the API's body): each checked here, ConfigError naming the bad ones."""
+    from `--param`, or typed from the API's body): each checked here, ConfigError naming the bad ones (in field
+    `where`: `--param NAME` or `params.NAME`)."""
     snapshot = deployments.snapshot(deployed.name, deployed.version)
     pipeline = check_pipeline(Pipeline.model_validate_json(snapshot), f"pipeline {deployed.name}", runner)
     if params:
-        params = given_values(pipeline, params, f"pipeline {deployed.name}", from_text=from_text)
-    resolve(pipeline, params, f"pipeline {deployed.name}")  # one with no value: refused before any request
+        params = given_values(pipeline, params, f"pipeline {deployed.name}", from_text, where)
+    resolve(pipeline, params, f"pipeline {deployed.name}", where=where)  # one with no value: refused before a request
     return RunPlan(pipeline, trigger="trigger", version=deployed.version, params=params or None)

@@ -118,7 +118,7 @@ def trigger(name: str, store: str | None = None, runner: str | None = None, para
     with Store(store_url(store)) as records:
         deployments = Deployments(records)
         deployed = deployments.get(name)
-        plan = deployed_plan(deployments, deployed, runner, given, from_text=True)
+        plan = deployed_plan(deployments, deployed, runner, given, from_text=True, where="--param")
         holder = live_lease_holder(deployments, deployed_pipelines.now())
         if holder is not None:
             requested = request(deployments, deployed.name, "jobgraph trigger", plan.params)

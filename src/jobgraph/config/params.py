@@ -167,7 +167,7 @@ def parse_assignments(texts: Iterable[str], where: str = "--param") -> dict[str,
         if not equals or not name:
             problems.append(Problem(f"{_shown(text)} is not NAME=VALUE", field=where))
         elif name in given:
-            problems.append(Problem(f"parameter '{name}' is given twice", field=f"{where} {name}"))
+            problems.append(Problem(f"parameter '{name}' is given twice", field=_field(where, name)))
         else:
             given[name] = value
     if problems:
@@ -192,7 +192,7 @@ def _given(pipeline: Pipeline, given: Mapping[str, object], from_text: bool,
         if name not in declared:
             known = f"; its parameters are {', '.join(declared)}" if declared else "; it declares no parameters"
             problems.append(Problem(f"unknown parameter '{name}'{did_you_mean(name, declared)}: pipeline "
-                                    f"{pipeline.name} has no such parameter{known}", field=f"{where} {name}"))
+                                    f"{pipeline.name} has no such parameter{known}", field=_field(where, name)))
     values: dict[str, object] = {}
     for name, param in declared.items():
         if name in given:
@@ -200,8 +200,13 @@ def _given(pipeline: Pipeline, given: Mapping[str, object], from_text: bool,
                 values[name] = coerce(param.type, given[name], from_text)
             except ValueError as exc:
                 problems.append(Problem(f"parameter '{name}' is of type {param.type}: {exc}",
-                                        field=f"{where} {name}"))
+                                        field=_field(where, name)))
     return values, problems
+
+
+def _field(where: str, name: str) -> str:
+    """`--param NAME` on a command line, `params.NAME` in the API's body."""
+    return f"{where} {name}" if where.startswith("--") else f"{where}.{name}"
 
 
 def resolve(pipeline: Pipeline, given: Mapping[str, object] | None, source: str, from_text: bool = False,
@@ -220,7 +225,7 @@ def resolve(pipeline: Pipeline, given: Mapping[str, object] | None, source: str,
             values[name] = param.default
         else:
             problems.append(Problem(f"parameter '{name}' ({param.type}) has no default: give it with "
-                                    f"--param {name}=VALUE", field=f"{where} {name}"))
+                                    f"--param {name}=VALUE", field=_field(where, name)))
     if problems:
         raise ConfigError(source, problems)
     return {param.name: values[param.name] for param in pipeline.params}
