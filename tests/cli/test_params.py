@@ -135,9 +135,10 @@ def test_placeholders_are_checked_at_validate_naming_job_and_field(
     assert "job 'a', field 'env.Z': '{{' without a closing '}}'" in errors
     assert "field 'params.API_TOKEN': parameter 'API_TOKEN' has the name of a secret" in errors
     for bad, message in ((
-            [{"name": "n", "type": "integer", "default": "many"}], "the default of parameter 'n' is not a integer"), (
-            [{"name": "n", "type": "decimal"}], "Input should be 'string', 'integer', 'number', 'boolean', 'date' or "
-                                                "'list'"), (
+            [{"name": "n", "type": "integer", "default": "many"}],
+            "field 'params.n': the default of parameter 'n' is not of type integer: 'many' is not an integer"), (
+            [{"name": "n", "type": "decimal"}], "field 'params.n.type': Input should be 'string', 'integer', "
+                                                "'number', 'boolean', 'date' or 'list'"), (
             [{"name": "n"}, {"name": "N"}], "field 'params.N': duplicate parameter: 'n' is already declared")):
         write_pipeline({"name": "params", "params": bad, "jobs": [{"name": "a", "command": ["true"]}]})
         assert message in cli("validate", "pipeline.yaml", check=2).stderr

@@ -226,7 +226,7 @@ class Param(_Model):
             try:
                 object.__setattr__(self, "default", coerce(self.type, self.default))
             except ValueError as exc:
-                raise ValueError(f"the default of parameter '{self.name}' is not a {self.type}: {exc}") from None
+                raise ValueError(f"the default of parameter '{self.name}' is not of type {self.type}: {exc}") from None
         return self
 
 
