@@ -269,6 +269,16 @@ def job_texts(job: Job) -> Iterable[tuple[str, str]]:
         yield f"env.{name}", text
 
 
+def needs_rendering(job: Job) -> bool:
+    """Whether any text of the job holds a placeholder (one substring test per text, no call per text): the
+    engine renders only such jobs, and only theirs are parsed here."""
+    for texts in (job.args, job.env.values(), job.command or ()):
+        for text in texts:
+            if "{{" in text:
+                return True
+    return False
+
+
 def template_problems(pipeline: Pipeline) -> list[Problem]:
     """Every placeholder of every job parses and names what a run provides (a declared param, scheduled_time...).
 
@@ -280,6 +290,8 @@ def template_problems(pipeline: Pipeline) -> list[Problem]:
                         "secrets never are; pass the secret with `secrets:` only", field=f"params.{name}")
                 for name in declared if name.casefold() in secrets]
     for job in pipeline.all_jobs():
+        if not needs_rendering(job):
+            continue
         for field, text in job_texts(job):
             if not has_placeholders(text):
                 continue

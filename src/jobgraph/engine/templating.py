@@ -10,14 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from jobgraph.config.model import Job
-from jobgraph.template import has_placeholders, render, render_all
+from jobgraph.config.params import needs_rendering
+from jobgraph.template import render, render_all
 
-
-def needs_rendering(job: Job) -> bool:
-    """Whether any text of the job holds a placeholder."""
-    return (any(has_placeholders(text) for text in job.args)
-            or any(has_placeholders(text) for text in job.env.values())
-            or (job.command is not None and any(has_placeholders(text) for text in job.command)))
+__all__ = ["needs_rendering", "rendered"]
 
 
 def rendered(job: Job, values: Mapping[str, object]) -> tuple[tuple[str, ...] | None, tuple[str, ...],
