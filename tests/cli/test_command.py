@@ -38,3 +38,11 @@ def test_a_command_is_refused_with_an_image_or_on_a_container_runner(
         assert message in cli("validate", "pipeline.yaml", check=2).stderr, bad
     write_pipeline({"name": "cmd", "jobs": [{"name": "c"}]}, with_sh=False)
     assert "job 'c', field 'image': is required" in cli("validate", "pipeline.yaml", check=2).stderr
+
+
+def test_the_schema_takes_a_job_with_an_image_or_a_command(cli: Cli) -> None:
+    schema = json.loads(cli("schema", check=0).stdout)
+    for model in ("Job", "Finalizer"):
+        assert "image" not in schema["$defs"][model].get("required", [])
+        assert schema["$defs"][model]["anyOf"] == [{"required": ["image"]}, {"required": ["command"]}]
+    assert list(schema["$defs"]["Param"]["properties"]) == ["name", "type", "default", "description"]

@@ -237,8 +237,16 @@ def _command_stands_for_image(data: Any) -> Any:
     return data
 
 
+def _image_or_command(schema: dict[str, Any]) -> None:
+    """The JSON Schema editors check against: a job has an image, or instead a host command."""
+    schema["required"] = [name for name in schema.get("required", []) if name != "image"]
+    schema["anyOf"] = [{"required": ["image"]}, {"required": ["command"]}]
+
+
 class Job(_Model):
     """One node of the DAG: an image run with args (or a host `command`), after its predecessors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_image_or_command)
 
     name: Name
     image: Text = Field(min_length=1)
