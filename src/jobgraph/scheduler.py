@@ -63,7 +63,7 @@ def requested_params(note: str | None) -> str | None:
     """The parameter values a request's note carries (JSON text), if any."""
     if note is None or PARAMS_MARK not in note:
         return None
-    return note.split(PARAMS_MARK, 1)[1]
+    return note.rsplit(PARAMS_MARK, 1)[1]
 
 
 @dataclass

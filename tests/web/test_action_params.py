@@ -44,10 +44,11 @@ def test_trigger_with_params_in_the_body(cli: Cli, write_pipeline: WritePipeline
                         assert time.monotonic() < deadline
                         await asyncio.sleep(0.05)
                 detail = await client.get(f"/api/v1/runs/{answers[0].json()['run_id']}", headers=bearer(operate))
+                page = await client.get(f"/runs/{answers[0].json()['run_id']}", headers=bearer(operate))
                 await host.close(drain=False)
-                return [*answers, detail]
+                return [*answers, detail, page]
 
-            *answers, detail = call(app, work)
+            *answers, detail, page = call(app, work)
         assert [a.status_code for a in answers] == [202, 202, 202, 400, 400, 400, 400, 400]
         assert out.read_text().splitlines() == ["2031-02-03 7", "2024-01-01 2", "2024-01-01 1"]
         assert "field 'params.dya': unknown parameter 'dya' (did you mean 'day'?)" in answers[3].json()["error"]
@@ -55,4 +56,5 @@ def test_trigger_with_params_in_the_body(cli: Cli, write_pipeline: WritePipeline
         assert '"params" must be an object' in answers[5].json()["error"]
         assert "only \"params\"" in answers[6].json()["error"] and "not JSON" in answers[7].json()["error"]
         assert detail.json()["run"]["params"] == {"day": "2031-02-03", "n": 7}
+        assert 'params: <code>{&#34;day&#34;: &#34;2031-02-03&#34;, &#34;n&#34;: 7}</code>' in page.text
         assert len(records.runs(20, "nightly")) == 3
