@@ -191,8 +191,9 @@ def _given(pipeline: Pipeline, given: Mapping[str, object], from_text: bool,
     for name in given:
         if name not in declared:
             known = f"; its parameters are {', '.join(declared)}" if declared else "; it declares no parameters"
-            problems.append(Problem(f"unknown parameter '{name}'{did_you_mean(name, declared)}: pipeline "
-                                    f"{pipeline.name} has no such parameter{known}", field=_field(where, name)))
+            shown = name if len(name) <= 60 else name[:60] + "..."
+            problems.append(Problem(f"unknown parameter '{shown}'{did_you_mean(name, declared)}: pipeline "
+                                    f"{pipeline.name} has no such parameter{known}", field=_field(where, shown)))
     values: dict[str, object] = {}
     for name, param in declared.items():
         if name in given:
