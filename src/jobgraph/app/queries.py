@@ -24,6 +24,7 @@ from sqlalchemy import Connection, String, and_, exists, func, or_, select, type
 from sqlalchemy.sql.elements import ColumnElement
 
 from jobgraph.errors import JobgraphError, StoreError
+from jobgraph.selection import loaded
 from jobgraph.states import AttemptStatus, RunState
 from jobgraph.store import Store
 from jobgraph.store.deployments import ACTIVE, DeployedPipeline, Deployments
@@ -88,7 +89,7 @@ def _run_json(row: Any) -> Json:
     return {"run_id": row["run_id"], "pipeline": row["pipeline"], "state": row["state"],
             "run_attempt": row["run_attempt"], "started_at": iso(aware(row["started_at"])),
             "finished_at": iso(aware(row["finished_at"])), "trigger": row["trigger"],
-            "version": row["pipeline_version"]}
+            "version": row["pipeline_version"], "selection": loaded(row["selection"])}
 
 
 def _pipeline_json(deployed: DeployedPipeline, last: Any) -> Json:
@@ -208,7 +209,7 @@ def run_page(records: Store, pipeline: str | None = None, state: str | None = No
     if state is not None and state.upper() not in RunState.__members__:
         raise BadRequest(f"unknown run state {state!r}; use one of {', '.join(RunState)}")
     query = select(runs.c.run_id, runs.c.pipeline, runs.c.state, runs.c.run_attempt, runs.c.started_at,
-                   runs.c.finished_at, runs.c.trigger, runs.c.pipeline_version).order_by(
+                   runs.c.finished_at, runs.c.trigger, runs.c.pipeline_version, runs.c.selection).order_by(
         runs.c.started_at.desc(), runs.c.run_id.desc()).limit(limit + 1)
     if pipeline:
         query = query.where(runs.c.pipeline == pipeline)

@@ -28,6 +28,7 @@ from jobgraph.engine import Listener
 from jobgraph.engine.run import Adoption, GraphRun, PriorTask, RunResult
 from jobgraph.errors import ConfigError, Problem, RunnerError, StoreError
 from jobgraph.runners import AnyRunner, make_runner
+from jobgraph.selection import restricted, selected_jobs
 from jobgraph.states import TaskState
 from jobgraph.store import Store
 from jobgraph.store.faults import store_name
@@ -54,6 +55,14 @@ class RunPlan:
     scheduled_time: datetime | None = None
     params: Mapping[str, object] | None = None
     """The parameter values given for the run (`--param`, the API's body); unset ones take their defaults."""
+    selection: Mapping[str, object] | None = None
+    """A partial run's jobs, or a targeted retry's (jobgraph.selection); None: every job."""
+
+    def running(self) -> Pipeline:
+        """The pipeline as far as this run runs it: its selected jobs (whose secrets and runners it needs)."""
+        if self.selection is None:
+            return self.pipeline
+        return self.pipeline.model_copy(update={"jobs": restricted(self.pipeline, selected_jobs(self.selection))})
 
 
 @dataclass(frozen=True)
@@ -152,13 +161,13 @@ def recorded_run(records: Store, plan: RunPlan, runner_for: Callable[[Job], AnyR
         asyncio.get_running_loop().call_soon(cancel[0])
         on_down(message)
 
-    secrets = job_secrets(plan.pipeline) if secrets is None else secrets
+    secrets = job_secrets(plan.running()) if secrets is None else secrets
     params = run_params(plan, secrets)
     recorder = RunRecorder(records, down, on_wait, patience)
     graph_run = GraphRun(plan.pipeline, runner_for, [recorder, *listeners], home() / "logs", run_id=plan.run_id,
                          scheduled_time=plan.scheduled_time, prior=plan.prior, run_attempt=plan.run_attempt,
                          secrets=secrets, trigger=plan.trigger, version=plan.version, adopt=plan.adopt,
-                         keep=plan.keep, params=params)
+                         keep=plan.keep, params=params, selection=plan.selection)
     cancel.append(graph_run.cancel)
     return RecordedRun(graph_run, recorder)
 
@@ -177,7 +186,7 @@ async def drive(records: Store, recorded: RecordedRun, owned: dict[str, AnyRunne
 def execute(records: Store, plan: RunPlan, runner_override: str | None, reports: Reports) -> RunResult:
     """Run the plan here and now, in its own event loop, with the store and a live view listening; Ctrl-C and
     SIGTERM cancel it, so does a store that stays down. Raise StoreError if some of its records stayed unwritten."""
-    secrets = job_secrets(plan.pipeline)
+    secrets = job_secrets(plan.running())
     patience = store_patience()
     runners: dict[str, AnyRunner] = {}
     display: contextlib.AbstractContextManager[RunDisplay | None] = (
@@ -195,7 +204,7 @@ def execute(records: Store, plan: RunPlan, runner_override: str | None, reports:
                 loop.add_signal_handler(signal.SIGHUP, view.hang_up)
             try:
                 try:
-                    await open_runners(plan.pipeline, runner_override, runners)
+                    await open_runners(plan.running(), runner_override, runners)
                 except BaseException:
                     await close_runners(runners)
                     raise

@@ -72,6 +72,7 @@ def check_pipeline(pipeline: Pipeline, file: str, runner: str | None = None) -> 
                 job=users[0], field="image"))
     problems.extend(runner_settings_problems(pipeline))
     problems.extend(_kubernetes_problems(pipeline, runner))
+    problems.extend(_spcs_problems(pipeline, runner))
     problems.extend(_param_problems(pipeline))
     problems.extend(template_problems(pipeline))
     if problems:
@@ -143,6 +144,21 @@ def _kubernetes_problems(pipeline: Pipeline, runner: str | None) -> list[Problem
         return []
     return [Problem(message, job=job.name, field=field)
             for job in jobs for field, message in job_problems(job.volumes, job.secrets, settings)]
+
+
+def _spcs_problems(pipeline: Pipeline, runner: str | None) -> list[Problem]:
+    """What of the jobs that run on SPCS cannot become a job service (a volume, an unmapped secret...)."""
+    jobs = [job for job in pipeline.all_jobs() if (runner or job.runner) == "spcs"]
+    if not jobs:
+        return []
+    from jobgraph.runners.spcs_spec import SpcsSettings, job_problems
+
+    try:
+        settings = SpcsSettings.model_validate(pipeline.runners.get("spcs", {}))
+    except ValidationError:  # reported field by field by runner_settings_problems
+        return []
+    return [Problem(message, job=job.name, field=field)
+            for job in jobs for field, message in job_problems(job.volumes, job.workdir, job.secrets, settings)]
 
 
 def find_cycle(jobs: list[Job]) -> list[str]:

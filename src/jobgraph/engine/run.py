@@ -37,6 +37,7 @@ from jobgraph.errors import RunnerError
 from jobgraph.graph import Dag
 from jobgraph.runners.base import DEFAULT_LOG_LIMIT, AnyRunner, JobSpec, Outcome
 from jobgraph.runners.output import redactor_for, scrub_return_file, stored_text
+from jobgraph.selection import Selection, restricted, selected_jobs, stored
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
 from jobgraph.template import TemplateError
 
@@ -105,6 +106,7 @@ class GraphRun:
         adopt: Mapping[str, Adoption] | None = None,
         keep: frozenset[TaskState] = frozenset({TaskState.SUCCEEDED}),
         params: Mapping[str, object] | None = None,
+        selection: Selection | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.run_id = run_id or str(uuid.uuid4())
@@ -121,8 +123,9 @@ class GraphRun:
         self._params_json = json.dumps(self.params, ensure_ascii=False) if pipeline.params else None
         self._origin = (trigger, version)
         self._limits = {name.casefold(): pool.limits() for name, pool in pipeline.pools.items()}
-        self._jobs = {job.name: job for job in pipeline.jobs}
-        self._dag = Dag.build((job.name, job.after) for job in pipeline.jobs)
+        self._selection = stored(selection)  # a partial run's jobs are the only ones it has (selection.py)
+        self._jobs = {job.name: job for job in restricted(pipeline, selected_jobs(selection))}
+        self._dag = Dag.build((job.name, job.after) for job in self._jobs.values())
         self._states: dict[str, TaskState] = {}
         self._values: dict[str, str] = {}
         self._pools: dict[str, _Pool] = {}
@@ -164,7 +167,7 @@ class GraphRun:
             self.pipeline.model_dump_json(), self._run_attempt,
             resumed=self._kept(lambda state: state == TaskState.SUCCEEDED),
             trigger=self._origin[0], version=self._origin[1],
-            kept=self._kept(lambda state: state != TaskState.SUCCEEDED),
+            kept=self._kept(lambda state: state != TaskState.SUCCEEDED), selection=self._selection,
             params=None if self._params_json is None else self._redactor.text(self._params_json),
         ))
         waiting: dict[str, int] = {}
@@ -436,7 +439,7 @@ class GraphRun:
         return (job.pool or "").casefold()
 
     def _task_infos(self) -> tuple[TaskInfo, ...]:
-        infos = [TaskInfo(j.name, j.pool or "", j.image, j.after) for j in self.pipeline.jobs]
+        infos = [TaskInfo(j.name, j.pool or "", j.image, j.after) for j in self._jobs.values()]
         if self.pipeline.finalizer is not None:
             f = self.pipeline.finalizer
             infos.append(TaskInfo(f.name, "", f.image, (), is_finalizer=True))
@@ -484,4 +487,4 @@ async def _with_log_tail(runner: AnyRunner, handle: object, outcome: Outcome) ->
     except Exception:
         return outcome
     error = f"{outcome.error}\n{tail}" if tail else outcome.error
-    return Outcome(outcome.status, outcome.exit_code, error)
+    return Outcome(outcome.status, outcome.exit_code, error, outcome.ended_at)

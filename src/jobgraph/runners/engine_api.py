@@ -137,8 +137,8 @@ def remove_run_containers(engine: str, folder: Path, run_ids: list[str]) -> int:
     return removed
 
 
-def output_chunks(container: Container) -> Iterator[bytes]:
-    """stdout and stderr as the engine stores them, as chunks of at most CHUNK_BYTES.
+def output_chunks(container: Container, tail: int | None = None) -> Iterator[bytes]:
+    """stdout and stderr as the engine stores them (its last `tail` lines), as chunks of at most CHUNK_BYTES.
 
     The SDK would read each multiplexed frame whole, and an engine may make one frame of a job's
     gigabyte-long line; here a frame is read a chunk at a time. jobgraph never asks for a TTY, so
@@ -146,7 +146,8 @@ def output_chunks(container: Container) -> Iterator[bytes]:
     """
     api = container.client.api
     response = api._get(api._url("/containers/{0}/logs", container.id),
-                        params={"stdout": 1, "stderr": 1, "follow": 0, "timestamps": 0, "tail": "all"},
+                        params={"stdout": 1, "stderr": 1, "follow": 0, "timestamps": 0,
+                                "tail": "all" if tail is None else tail},
                         stream=True)
     try:
         api._raise_for_status(response)

@@ -48,6 +48,7 @@ BACKENDS: dict[str, Backend] = {
                      host_commands=True, remote=True),
     "kubernetes": Backend("jobgraph.runners.kubernetes:build",
                           "jobgraph.runners.kubernetes_manifest:KubernetesSettings", remote=True),
+    "spcs": Backend("jobgraph.runners.spcs:build", "jobgraph.runners.spcs_spec:SpcsSettings", remote=True),
 }
 
 RUNNER_NAMES: tuple[str, ...] = tuple(BACKENDS)

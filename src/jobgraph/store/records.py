@@ -50,6 +50,8 @@ class RunRecord:
     """The parameter values it ran with, as a JSON object (None: its pipeline declares none)."""
     scheduled_time: datetime | None = None
     """The time it was scheduled for ({{ scheduled_time }}): a retry runs with the same one."""
+    selection: str | None = None
+    """A partial run's choice of jobs and its targeted retries (jobgraph.selection), as JSON; None: a whole run."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class RunSummary:
     finished_at: datetime | None
     scheduled_time: datetime
     task_counts: Mapping[str, int]
+    selection: str | None = None
+    """As RunRecord.selection: how a partial run chose its jobs, and its targeted retries."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,7 @@ def run_record(row: Any) -> RunRecord:
         finished_at=aware(row["finished_at"]), snapshot=row["snapshot"], owner=row["owner"],
         version=row["pipeline_version"], trigger=row["trigger"],
         cancel_requested_at=aware(row["cancel_requested_at"]), cancel_requested_by=row["cancel_requested_by"],
-        params=row["params"], scheduled_time=aware(row["scheduled_time"]),
+        params=row["params"], scheduled_time=aware(row["scheduled_time"]), selection=row["selection"],
     )
 
 

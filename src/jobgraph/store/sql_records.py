@@ -147,7 +147,7 @@ class SqlStore(EventWriter, RunOwnership, CancelRequests):
     def runs(self, limit: int = 20, pipeline: str | None = None) -> list[RunSummary]:
         """The newest runs first, with their jobs counted by state: two queries, no pipeline snapshot."""
         query = select(runs.c.run_id, runs.c.pipeline, runs.c.state, runs.c.run_attempt, runs.c.started_at,
-                       runs.c.finished_at, runs.c.scheduled_time).order_by(
+                       runs.c.finished_at, runs.c.scheduled_time, runs.c.selection).order_by(
             runs.c.started_at.desc(), runs.c.run_id).limit(limit)
         if pipeline is not None:
             query = query.where(runs.c.pipeline == pipeline)
@@ -163,7 +163,7 @@ class SqlStore(EventWriter, RunOwnership, CancelRequests):
             run_id=row["run_id"], pipeline=row["pipeline"], state=RunState(row["state"]),
             run_attempt=row["run_attempt"], started_at=aware(row["started_at"]),
             finished_at=aware(row["finished_at"]), scheduled_time=aware(row["scheduled_time"]),
-            task_counts=dict(counts[row["run_id"]]),
+            task_counts=dict(counts[row["run_id"]]), selection=row["selection"],
         ) for row in rows]
 
     def running_runs(self) -> list[RunRecord]:

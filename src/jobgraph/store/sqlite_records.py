@@ -42,13 +42,14 @@ _THE_ATTEMPT = " WHERE run_id = :k_run AND task = :k_task AND attempt = :k_attem
 _STATEMENTS = {
     "insert_run": (
         'INSERT INTO runs (run_id, pipeline, state, run_attempt, started_at, scheduled_time, snapshot, owner, '
-        '"trigger", pipeline_version, params) VALUES (:run_id, :pipeline, :state, :run_attempt, :started_at, '
-        ':scheduled_time, :snapshot, :owner, :trigger, :pipeline_version, :params)'),
+        '"trigger", pipeline_version, params, selection) VALUES (:run_id, :pipeline, :state, :run_attempt, '
+        ':started_at, :scheduled_time, :snapshot, :owner, :trigger, :pipeline_version, :params, :selection)'),
     "insert_tasks": (
         "INSERT INTO task_runs (run_id, task, run_attempt, state, attempts, pool, image, predecessors, is_finalizer) "
         "VALUES (:run_id, :task, :run_attempt, :state, :attempts, :pool, :image, :predecessors, :is_finalizer)"),
     "check_claim": (
-        "UPDATE runs SET snapshot = :snapshot, pipeline_version = :pipeline_version WHERE run_id = :k_run "
+        "UPDATE runs SET snapshot = :snapshot, pipeline_version = :pipeline_version, selection = :selection "
+        "WHERE run_id = :k_run "
         "AND owner = :k_owner AND run_attempt = :k_run_attempt AND state = :k_state"),
     "resume_succeeded": (
         "UPDATE task_runs SET state = 'SUCCEEDED', error_message = NULL WHERE run_id = :k_run AND task = :k_task "

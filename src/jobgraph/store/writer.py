@@ -130,7 +130,8 @@ class EventWriter:
             # `claim_run` made this process the run's writer; this only checks that it still is.
             claimed = self._execute("check_claim", {
                 "k_run": event.run_id, "k_owner": self.owner, "k_run_attempt": event.run_attempt,
-                "k_state": RunState.RUNNING.value, "snapshot": event.snapshot, "pipeline_version": event.version})
+                "k_state": RunState.RUNNING.value, "snapshot": event.snapshot, "pipeline_version": event.version,
+                "selection": event.selection})
             if claimed != 1:
                 raise RunBusy(f"run {event.run_id} was not claimed for attempt {event.run_attempt} by this "
                               f"process: {busy_reason(self._read_run(event.run_id))}")
@@ -143,7 +144,8 @@ class EventWriter:
                 "run_id": event.run_id, "pipeline": event.pipeline, "state": RunState.RUNNING.value,
                 "run_attempt": event.run_attempt, "started_at": utc(event.at), "trigger": event.trigger,
                 "pipeline_version": event.version, "scheduled_time": utc(event.scheduled_time),
-                "snapshot": event.snapshot, "owner": self.owner, "params": event.params})
+                "snapshot": event.snapshot, "owner": self.owner, "params": event.params,
+                "selection": event.selection})
         resumed = set(event.resumed) | set(event.kept)  # kept as they were: their rows stay the current ones
         rows = [
             {"run_id": event.run_id, "task": t.name, "run_attempt": event.run_attempt,

@@ -30,6 +30,8 @@ _SCHEMAS: Json = {
     "RunSummary": _object(
         run_id={"type": "string"}, pipeline={"type": "string"}, state={"type": "string"},
         run_attempt={"type": "integer"}, started_at=_TIME, finished_at=_TIME, trigger=_TEXT, version=_TEXT,
+        selection={"type": "object", "nullable": True, "description": "A partial run's choice (only, from, until, "
+                   "jobs) and its targeted retries (retries); null for a whole run"},
         job_counts={"type": "object", "additionalProperties": {"type": "integer"}}),
     "Run": {"allOf": [_ref("RunSummary"), _object(scheduled_time=_TIME, owner=_TEXT, cancel_requested_at=_TIME,
                                                   params={"type": "object"})]},
@@ -122,7 +124,12 @@ def document() -> Json:
                 _param("limit", "query", "integer", minimum=1, maximum=1 << 20, default=1 << 16)),
             "/api/v1/runs/{run_id}/cancel": _post("Ask the run's owner to cancel it", _json(_object(
                 run=_ref("Run"))), _RUN),
-            "/api/v1/runs/{run_id}/retry": _post("Run again what did not succeed", _json(_object(
-                run_id={"type": "string"})), _RUN),
+            "/api/v1/runs/{run_id}/retry": {"post": {
+                **_post("Run again what did not succeed, or the jobs named (and what depends on them)", _json(
+                    _object(run_id={"type": "string"})), _RUN)["post"],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "additionalProperties": False, "properties": {
+                        "jobs": {"type": "array", "items": {"type": "string"}},
+                        "downstream": {"type": "boolean", "default": False}}}}}}}},
         },
     }
