@@ -62,7 +62,8 @@ def make_scheduler(store: Store, clock: Clock, tmp_path: Path, holder: str = "A"
                    messages: list[str] | None = None) -> Scheduler:
     runner = LocalRunner({"sh": ("sh", "-c")}, cwd=tmp_path)
 
-    def start_run(deployed: DeployedPipeline, pipeline: Pipeline, scheduled: datetime, how: str) -> GraphRun:
+    def start_run(deployed: DeployedPipeline, pipeline: Pipeline, scheduled: datetime, how: str,
+                  params: str | None = None) -> GraphRun:
         return GraphRun(check_pipeline(pipeline, "test"), lambda _job: runner, [store], tmp_path / "logs",
                         scheduled_time=scheduled, trigger=how, version=deployed.version)
 

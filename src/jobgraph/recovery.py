@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from jobgraph.runners.containment import remove_empty_cgroups
 from jobgraph.runners.registry import BACKENDS, clean_up_lost_run, settings_for
 from jobgraph.states import AttemptStatus
 from jobgraph.store import RunRecord, Store
+from jobgraph.template import TemplateError
 
 CANCEL_WAIT_SECS = 120.0
 """How long recovery waits for a remote attempt it cancelled to be seen ended in its backend."""
@@ -129,7 +131,7 @@ def remote_attempts(store: Store, run_id: str, snapshot: str,
             unnamed.append((record.task, record.attempt, name, record.started_at))
     if unnamed:
         found += _in_backend(run_id, pipeline, folder, lambda runner, spec: getattr(runner, "find", _nothing)(spec),
-                             unnamed)
+                             unnamed, run_params(store, run_id))
     adopt: list[RemoteAttempt] = []
     cancel: list[RemoteAttempt] = []
     for remote in found:
@@ -159,22 +161,28 @@ def cancel_remote(store: Store, run_id: str, snapshot: str, remote: list[RemoteA
 
     pipeline = Pipeline.model_validate_json(snapshot)
     targets = [(a.task, a.attempt, a.runner, a.started_at, a.reference, a.started_at) for a in remote]
-    closed = _in_backend(run_id, pipeline, folder, cancel, targets)
+    closed = _in_backend(run_id, pipeline, folder, cancel, targets, run_params(store, run_id))
     for event in ended:
         with contextlib.suppress(JobgraphError):
             store.record(event)
     return len(closed)
 
 
-def _in_backend(run_id: str, pipeline: Pipeline, folder: Path,
-                act: Callable[..., Awaitable[str | None]], attempts: list[tuple[Any, ...]]) -> list[RemoteAttempt]:
+def run_params(store: Store, run_id: str) -> dict[str, object]:
+    """The parameter values a run ran with (runs.params), so its jobs' specs are built again as they were."""
+    text = store.run(run_id).params
+    return {} if not text else dict(json.loads(text))
+
+
+def _in_backend(run_id: str, pipeline: Pipeline, folder: Path, act: Callable[..., Awaitable[str | None]],
+                attempts: list[tuple[Any, ...]], params: dict[str, object] | None = None) -> list[RemoteAttempt]:
     """Do `act(runner, spec, *rest)` for each (task, attempt, runner, started_at, *rest) through its
     runner; return those for which it gave a handle. Runs in a thread of its own, so it works whether or
     not the caller is inside an event loop."""
     jobs = {job.name: job for job in pipeline.all_jobs()}
 
     async def each() -> list[RemoteAttempt]:
-        draft = GraphRun.draft(pipeline, folder / "logs", run_id)
+        draft = GraphRun.draft(pipeline, folder / "logs", run_id, params=params)
         runners: dict[str, AnyRunner] = {}
         done = []
         try:
@@ -183,7 +191,7 @@ def _in_backend(run_id: str, pipeline: Pipeline, folder: Path,
                 if job is None:
                     continue
                 runner = runners.setdefault(name, make_runner(name, pipeline, folder))
-                with contextlib.suppress(RunnerError):
+                with contextlib.suppress(RunnerError, TemplateError):
                     reference = await act(runner, draft.spec_for(job, attempt), *rest)
                     if reference:
                         done.append(RemoteAttempt(task, attempt, name, reference, started_at))

@@ -25,6 +25,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from jobgraph.config import Pipeline
 from jobgraph.engine.run import GraphRun, RunResult
@@ -41,8 +42,28 @@ ARM_LEAD_SECS = 0.5
 """How long before a fire time the scheduler wakes to read the store, renew its lease and close lost runs, so
 that at the fire time itself (if nothing woke it in between) it only fires."""
 
-StartRun = Callable[[DeployedPipeline, Pipeline, datetime, str], GraphRun]
-"""Builds (does not start) the GraphRun for a pipeline version, a scheduled time and a trigger."""
+class StartRun(Protocol):
+    """Builds (does not start) the GraphRun for a pipeline version, a scheduled time, a trigger and the parameter
+    values a `trigger` request gave (JSON text; None: the deployed defaults)."""
+
+    def __call__(self, deployed: DeployedPipeline, pipeline: Pipeline, scheduled: datetime, how: str,
+                 params: str | None = None) -> GraphRun: ...
+
+
+PARAMS_MARK = "\nparams: "
+"""In a `trigger` request's note, what starts the JSON object of the parameter values it gives."""
+
+
+def request_note(note: str, params: str | None) -> str:
+    """A request's note carrying its parameter values (the fires table has no column of its own for them)."""
+    return note if params is None else f"{note}{PARAMS_MARK}{params}"
+
+
+def requested_params(note: str | None) -> str | None:
+    """The parameter values a request's note carries (JSON text), if any."""
+    if note is None or PARAMS_MARK not in note:
+        return None
+    return note.rsplit(PARAMS_MARK, 1)[1]
 
 
 @dataclass
@@ -55,6 +76,7 @@ class _Active:
 class _Queued:
     scheduled: datetime
     trigger: str
+    params: str | None = None
 
 
 def on_this_host(label: str) -> bool:
@@ -129,7 +151,8 @@ class Scheduler:
                                           for p in self._scheduled):
             self.recover()  # runs of dead owners must not count for overlap (ahead of an imminent fire, too)
         for request in requests:
-            self._attempt(request.pipeline, request.scheduled_time, "trigger", None)
+            self._attempt(request.pipeline, request.scheduled_time, "trigger", None,
+                          params=requested_params(request.note))
         self._fire_scheduled(now)
         for name in list(self.queued):
             if self._running_run(name) is None:
@@ -210,7 +233,7 @@ class Scheduler:
         return upcoming
 
     def _attempt(self, deployed: DeployedPipeline | str, scheduled: datetime, trigger: str, note: str | None,
-                 advance: datetime | None = None) -> None:
+                 advance: datetime | None = None, params: str | None = None) -> None:
         """Fire, recording a failure to start as an ERROR fire, so one bad pipeline never stops the others.
 
         `advance` is a scheduled pipeline's next fire time, written in the same transaction as the fire's record.
@@ -218,7 +241,7 @@ class Scheduler:
         name = deployed if isinstance(deployed, str) else deployed.name
         try:
             self._fire(self.deployments.get(name) if isinstance(deployed, str) else deployed, scheduled, trigger,
-                       note, advance)
+                       note, advance, params)
         except (JobgraphError, ValueError) as exc:
             self.deployments.record_fire(name, scheduled, "ERROR", self.clock(), note=str(exc), next_fire_at=advance)
             self.on_message(f"{name}: could not start a run: {exc}")
@@ -231,7 +254,7 @@ class Scheduler:
         return self._pipelines[key]
 
     def _fire(self, deployed: DeployedPipeline, scheduled: datetime, trigger: str, note: str | None,
-              advance: datetime | None) -> None:
+              advance: datetime | None, params: str | None = None) -> None:
         pipeline = self._pipeline(deployed.name, deployed.version)
         now = self.clock()
         running = None if pipeline.overlap == "allow" else self._running_run(deployed.name)
@@ -245,11 +268,11 @@ class Scheduler:
                 self.deployments.record_fire(deployed.name, scheduled, "SKIPPED", now, next_fire_at=advance,
                                              note="a run is already queued (overlap: queue)")
             else:
-                self.queued[deployed.name] = _Queued(scheduled, trigger)
+                self.queued[deployed.name] = _Queued(scheduled, trigger, params)
                 self.deployments.record_fire(deployed.name, scheduled, "QUEUED", now, next_fire_at=advance,
                                              note=f"waits for the previous run {running} (overlap: queue)")
             return
-        self._start(deployed, pipeline, scheduled, trigger, note, advance)
+        self._start(deployed, pipeline, scheduled, trigger, note, advance, params)
 
     def _running_run(self, name: str) -> str | None:
         """A live run of the pipeline: one of ours, or a RUNNING one in the store whose owner is not gone.
@@ -266,8 +289,8 @@ class Scheduler:
         return None
 
     def _start(self, deployed: DeployedPipeline, pipeline: Pipeline, scheduled: datetime, trigger: str,
-               note: str | None, advance: datetime | None = None) -> None:
-        graph_run = self.start_run(deployed, pipeline, scheduled, trigger)
+               note: str | None, advance: datetime | None = None, params: str | None = None) -> None:
+        graph_run = self.start_run(deployed, pipeline, scheduled, trigger, params)
         self.deployments.record_fire(deployed.name, scheduled, "STARTED", self.clock(), graph_run.run_id, note,
                                      next_fire_at=advance)
         task = asyncio.create_task(graph_run.run())
@@ -320,7 +343,7 @@ class Scheduler:
         try:
             pipeline = self._pipeline(name, deployed.version)
             self._start(deployed, pipeline, queued.scheduled, queued.trigger,
-                        "started after the previous run (overlap: queue)")
+                        "started after the previous run (overlap: queue)", params=queued.params)
         except (JobgraphError, ValueError) as exc:
             self.deployments.record_fire(name, queued.scheduled, "ERROR", now, note=str(exc))
             self.on_message(f"{name}: could not start the queued run: {exc}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,6 +27,7 @@ from jobgraph.app.runs import (
     open_runners,
     recorded_run,
     runner_factory,
+    store_params,
     store_patience,
 )
 from jobgraph.app.trigger import (
@@ -94,10 +95,12 @@ class RunHost:
         return recorded
 
     def scheduled_run(self, deployed: DeployedPipeline, pipeline: Pipeline, scheduled: datetime,
-                      how: str) -> GraphRun:
-        """The graph run the scheduler starts for a fire (scheduler.StartRun); the scheduler runs it."""
+                      how: str, params: str | None = None) -> GraphRun:
+        """The graph run the scheduler starts for a fire (scheduler.StartRun), with the parameter values a trigger
+        request gave (else the deployed defaults); the scheduler runs it."""
         checked = check_pipeline(pipeline, f"pipeline {deployed.name}", self._runner)
-        plan = RunPlan(checked, scheduled_time=scheduled, trigger=how, version=deployed.version)
+        plan = RunPlan(checked, scheduled_time=scheduled, trigger=how, version=deployed.version,
+                       params=store_params(params))
         return self.recorded(deployed.name, plan, self._runners_of((deployed.name, deployed.version))).graph_run
 
     def recover(self) -> list[str]:
@@ -131,16 +134,18 @@ class RunHost:
         await self._recorded(run_id, started)
         return run_id
 
-    async def start_trigger(self, name: str, by: str) -> TriggerOutcome:
-        """Run a deployed pipeline now: a live scheduler service takes it as a request (its outcome is returned
-        once the service acted on it), else its deployed version starts here as a task. The run is not waited
-        for, but a run id returned is in the store. StoreError for an unknown pipeline; JobgraphError when the
-        service could not start it."""
+    async def start_trigger(self, name: str, by: str, params: Mapping[str, object] | None = None) -> TriggerOutcome:
+        """Run a deployed pipeline now, with these parameter values (the others' defaults): a live scheduler
+        service takes it as a request (its outcome is returned once the service acted on it), else its deployed
+        version starts here as a task. The run is not waited for, but a run id returned is in the store.
+        StoreError for an unknown pipeline; ConfigError for bad parameters (nothing runs); JobgraphError when
+        the service could not start it."""
         deployments = Deployments(self._records)
         deployed = deployments.get(name)
+        plan = deployed_plan(deployments, deployed, self._runner, params)
         holder = live_lease_holder(deployments, now())
         if holder is not None:
-            requested = request(deployments, deployed.name, by)
+            requested = request(deployments, deployed.name, by, plan.params)
             fire = await await_outcome_async(deployments, deployed.name, requested)
             if fire is not None:
                 outcome = outcome_of(fire, holder)
@@ -150,7 +155,6 @@ class RunHost:
             self._say(f"{deployed.name}: the scheduler service {holder} stopped before taking the request of {by} "
                       "(request withdrawn); running it here")
         self.recover()
-        plan = deployed_plan(deployments, deployed, self._runner)
         started = asyncio.Event()
         recorded, runners = await self._opened(deployed.name, plan, started)
         self._say(f"{deployed.name}: run {recorded.graph_run.run_id} triggered by {by}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from jobgraph.app.places import home
 from jobgraph.app.reports import Reports
-from jobgraph.app.runs import ENDED_BEFORE_THE_CRASH, RunPlan, execute, prior_states
+from jobgraph.app.runs import ENDED_BEFORE_THE_CRASH, RunPlan, execute, prior_states, store_params
 from jobgraph.config import Pipeline, check_pipeline
 from jobgraph.engine.run import Adoption, PriorTask, RunResult
 from jobgraph.recovery import LostRun, recover_lost_runs
@@ -49,7 +49,8 @@ class Resumption:
         the crash cut short run."""
         return RunPlan(self.pipeline, run_id=self.previous.run_id, prior=self.prior, run_attempt=self.run_attempt,
                        trigger=self.previous.trigger or "manual", version=self.previous.version, adopt=self.adopt,
-                       keep=ENDED_BEFORE_THE_CRASH, selection=loaded(self.previous.selection))
+                       keep=ENDED_BEFORE_THE_CRASH, params=store_params(self.previous.params),
+                       scheduled_time=self.previous.scheduled_time, selection=loaded(self.previous.selection))
 
     def announce(self) -> str:
         """What a person is told."""

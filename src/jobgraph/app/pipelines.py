@@ -3,13 +3,15 @@ resume and drop them. Each function does its change in the store and returns wha
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from jobgraph.app.lost_runs import report_lost_runs
 from jobgraph.config import Pipeline
+from jobgraph.config.params import given_values, with_defaults
+from jobgraph.errors import ConfigError, Problem
 from jobgraph.schedule import parse_schedule
 from jobgraph.store import RunSummary, Store
 from jobgraph.store.deployments import ACTIVE, SUSPENDED, DeployedPipeline, Deployments, Dropped
@@ -44,8 +46,22 @@ def next_fire(schedule: str | None, anchor: datetime) -> datetime | None:
     return parse_schedule(schedule).next_after(anchor, anchor) if schedule else None
 
 
-def deploy(records: Store, pipeline: Pipeline, source: Path) -> Deployed:
-    """Store the pipeline's snapshot as a version (a new one only if its content changed) and its next fire time."""
+def with_deployed_params(pipeline: Pipeline, given: Mapping[str, str], source: Path) -> Pipeline:
+    """The pipeline with `--param` values as its parameters' defaults (what its scheduled runs use); ConfigError
+    for a bad value, or a scheduled pipeline with a parameter that has no value (its runs could never start)."""
+    deployed = with_defaults(pipeline, given_values(pipeline, given, str(source), from_text=True))
+    missing = [Problem(f"parameter '{param.name}' has no default, and a scheduled run has nobody to give it: "
+                       f"set one in the file or deploy with --param {param.name}=VALUE", field=f"params.{param.name}")
+               for param in deployed.params if param.default is None]
+    if pipeline.schedule and missing:
+        raise ConfigError(str(source), missing)
+    return deployed
+
+
+def deploy(records: Store, pipeline: Pipeline, source: Path, params: Mapping[str, str] | None = None) -> Deployed:
+    """Store the pipeline's snapshot as a version (a new one only if its content changed) and its next fire time;
+    `params` (text, from `--param`) become its parameters' defaults."""
+    pipeline = with_deployed_params(pipeline, params or {}, source)
     moment = now()
     deployments = Deployments(records)
     _version, new = deployments.deploy(pipeline.name, pipeline.model_dump_json(), str(source.resolve()),

@@ -291,7 +291,8 @@ def run_detail(records: Store, run_id: str) -> Json:
     jobs = [_job_json(job) for job in job_rows]
     counts = Counter(job["state"] for job in jobs)
     run = {**_run_json(row), "job_counts": dict(counts), "scheduled_time": iso(aware(row["scheduled_time"])),
-           "owner": row["owner"], "cancel_requested_at": iso(aware(row["cancel_requested_at"]))}
+           "owner": row["owner"], "cancel_requested_at": iso(aware(row["cancel_requested_at"])),
+           "params": run_params(row["params"])}
     return {"run": run, "jobs": jobs, "attempts": [_attempt_json(attempt) for attempt in attempt_rows],
             "notifications": [_notification_json(sent) for sent in notification_rows]}
 
@@ -308,6 +309,11 @@ def _notification_json(row: Sequence[Any]) -> Json:
     event, job, target, state, tries, error, created_at, finished_at = row
     return {"event": event, "job": job, "target": target, "state": state, "tries": tries, "error": error,
             "created_at": stored_iso(created_at), "finished_at": stored_iso(finished_at)}
+
+
+def run_params(text: str | None) -> Json:
+    """A run's parameter values (runs.params) as an object; {} for a run whose pipeline declares none."""
+    return {} if not text else dict(json.loads(text))
 
 
 def run_signature(records: Store, run_id: str) -> tuple[Any, ...]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobgraph.app.reports import Reports
-from jobgraph.app.runs import RunPlan, execute, job_secrets, prior_states
+from jobgraph.app.runs import RunPlan, execute, job_secrets, prior_states, run_params, store_params
 from jobgraph.config import Pipeline, check_pipeline, load
 from jobgraph.engine.run import PriorTask, RunResult
 from jobgraph.errors import ConfigError, Problem, StoreError
@@ -110,7 +110,9 @@ def claim_retry(records: Store, previous: RunRecord, file: Path | None, runner: 
         kept = sum(1 for name in prior if name not in again)
     else:
         kept = sum(1 for p in prior.values() if p.state not in RETRYABLE_TASK_STATES)
-    job_secrets(RunPlan(pipeline, selection=selection).running())  # a missing secret stops it before the claim
+    secrets = job_secrets(RunPlan(pipeline, selection=selection).running())  # a missing one stops it before the claim
+    # ...and so do parameters the (repaired) pipeline does not take as the run recorded them
+    run_params(RunPlan(pipeline, params=store_params(previous.params)), secrets)
     try:
         claimed = records.claim_run(previous)
     except RunBusy as busy:
@@ -118,7 +120,8 @@ def claim_retry(records: Store, previous: RunRecord, file: Path | None, runner: 
     if again:
         selection = with_retry(selection, claimed.run_attempt, named, downstream, again)
     plan = RunPlan(pipeline, run_id=previous.run_id, prior=prior, run_attempt=claimed.run_attempt,
-                   trigger=previous.trigger or "manual", version=version, keep=keep, selection=selection)
+                   trigger=previous.trigger or "manual", version=version, keep=keep, selection=selection,
+                   params=store_params(previous.params), scheduled_time=previous.scheduled_time)
     return ClaimedRetry(previous, claimed, plan, definition, kept, tuple(again))
 
 

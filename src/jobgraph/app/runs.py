@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,7 @@ from jobgraph.app.cancel import watched
 from jobgraph.app.places import home
 from jobgraph.app.reports import Reports, RunDisplay
 from jobgraph.config import Job, Pipeline
+from jobgraph.config.params import resolve, secret_problems
 from jobgraph.engine import Listener
 from jobgraph.engine.run import Adoption, GraphRun, PriorTask, RunResult
 from jobgraph.errors import ConfigError, Problem, RunnerError, StoreError
@@ -55,6 +57,8 @@ class RunPlan:
     adopt: Mapping[str, Adoption] | None = None
     keep: frozenset[TaskState] = frozenset({TaskState.SUCCEEDED})
     scheduled_time: datetime | None = None
+    params: Mapping[str, object] | None = None
+    """The parameter values given for the run (`--param`, the API's body); unset ones take their defaults."""
     selection: Mapping[str, object] | None = None
     """A partial run's jobs, or a targeted retry's (jobgraph.selection); None: every job."""
 
@@ -83,6 +87,21 @@ def job_secrets(pipeline: Pipeline) -> dict[str, str]:
     if missing:
         raise ConfigError(f"pipeline {pipeline.name}", missing)
     return {name: os.environ[name] for job in jobs for name in job.secrets}
+
+
+def run_params(plan: RunPlan, secrets: Mapping[str, str]) -> dict[str, object]:
+    """Every parameter's value for the plan's run, checked against its type; ConfigError (nothing runs) for an
+    unknown or badly typed one, one with no value, or one that holds a secret's value (params are recorded)."""
+    values = resolve(plan.pipeline, plan.params, f"pipeline {plan.pipeline.name}")
+    problems = secret_problems(values, secrets)
+    if problems:
+        raise ConfigError(f"pipeline {plan.pipeline.name}", problems)
+    return values
+
+
+def store_params(text: str | None) -> dict[str, object] | None:
+    """A run's recorded parameter values (runs.params), to run it again with them (a retry, a resumption)."""
+    return None if not text else dict(json.loads(text))
 
 
 def store_patience() -> float:
@@ -148,6 +167,8 @@ def recorded_run(records: Store, plan: RunPlan, runner_for: Callable[[Job], AnyR
         asyncio.get_running_loop().call_soon(cancel[0])
         on_down(message)
 
+    secrets = job_secrets(plan.running()) if secrets is None else secrets
+    params = run_params(plan, secrets)
     recorder = RunRecorder(records, down, on_wait, patience)
     secrets = job_secrets(plan.running()) if secrets is None else secrets
     notifier = None
@@ -159,8 +180,8 @@ def recorded_run(records: Store, plan: RunPlan, runner_for: Callable[[Job], AnyR
         secrets = {**notifier.secret_env, **secrets}  # withheld from every job's environment, redacted from logs
     graph_run = GraphRun(plan.pipeline, runner_for, [recorder, *listeners], home() / "logs", run_id=plan.run_id,
                          scheduled_time=plan.scheduled_time, prior=plan.prior, run_attempt=plan.run_attempt,
-                         secrets=secrets, trigger=plan.trigger, version=plan.version, adopt=plan.adopt, keep=plan.keep,
-                         selection=plan.selection)
+                         secrets=secrets, trigger=plan.trigger, version=plan.version, adopt=plan.adopt,
+                         keep=plan.keep, params=params, selection=plan.selection)
     cancel.append(graph_run.cancel)
     return RecordedRun(graph_run, recorder, notifier)
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from jobgraph.app.pipelines import now
 from jobgraph.app.runs import RunPlan
 from jobgraph.config import Pipeline, check_pipeline
+from jobgraph.config.params import given_values, params_text, resolve
 from jobgraph.errors import JobgraphError
-from jobgraph.scheduler import LEASE, live_lease_holder
+from jobgraph.scheduler import LEASE, live_lease_holder, request_note
 from jobgraph.store.deployments import DeployedPipeline, Deployments, Fire
 
 REQUEST_GRACE_SECS = 2.0
@@ -51,10 +52,12 @@ def no_service(deployments: Deployments) -> str:
             f"{lease.expires_at:%Y-%m-%d %H:%M:%S} UTC)")
 
 
-def request(deployments: Deployments, name: str, note: str) -> datetime:
-    """Record a request to run the pipeline now, for the service; its time names it (its record wakes the service)."""
+def request(deployments: Deployments, name: str, note: str, params: Mapping[str, object] | None = None) -> datetime:
+    """Record a request to run the pipeline now, for the service; its time names it (its record wakes the service).
+    `params` (checked by `deployed_plan` first) go with it, for the service's run."""
     moment = now()
-    deployments.record_fire(name, moment, "REQUESTED", moment, note=note)
+    deployments.record_fire(name, moment, "REQUESTED", moment,
+                            note=request_note(note, None if params is None else params_text(params)))
     return moment
 
 
@@ -112,8 +115,15 @@ async def await_outcome_async(deployments: Deployments, name: str, requested: da
         await asyncio.sleep(POLL_SECS)
 
 
-def deployed_plan(deployments: Deployments, deployed: DeployedPipeline, runner: str | None) -> RunPlan:
-    """The plan of a run of the deployed version, triggered by hand."""
+def deployed_plan(deployments: Deployments, deployed: DeployedPipeline, runner: str | None,
+                  params: Mapping[str, object] | None = None, from_text: bool = False,
+                  where: str = "params") -> RunPlan:
+    """The plan of a run of the deployed version, triggered by hand, with the parameter values given (as text
+    from `--param`, or typed from the API's body): each checked here, ConfigError naming the bad ones (in field
+    `where`: `--param NAME` or `params.NAME`)."""
     snapshot = deployments.snapshot(deployed.name, deployed.version)
     pipeline = check_pipeline(Pipeline.model_validate_json(snapshot), f"pipeline {deployed.name}", runner)
-    return RunPlan(pipeline, trigger="trigger", version=deployed.version)
+    if params:
+        params = given_values(pipeline, params, f"pipeline {deployed.name}", from_text, where)
+    resolve(pipeline, params, f"pipeline {deployed.name}", where=where)  # one with no value: refused before a request
+    return RunPlan(pipeline, trigger="trigger", version=deployed.version, params=params or None)

@@ -46,6 +46,7 @@ def _options(
     """Run containerized jobs in parallel as a DAG from a config file."""
 
 
+app.command()(commands.init)
 app.command()(commands.validate)
 app.command()(commands.graph)
 app.command()(commands.schema)

@@ -25,6 +25,9 @@ StoreOption = Annotated[
                  "[default: sqlite:///.jobgraph/jobgraph.db]", show_default=False),
 ]
 RunIdArgument = Annotated[str, typer.Argument(help="A run id (a unique prefix is enough)")]
+ParamOption = Annotated[list[str] | None, typer.Option(
+    "--param", "-p", metavar="NAME=VALUE", help="A value for one of the pipeline's params (repeatable); "
+    "recorded with the run, so never a secret", show_default=False)]
 NameArgument = Annotated[str, typer.Argument(help="A deployed pipeline's name")]
 
 
@@ -93,11 +96,12 @@ def plan(
     output: Annotated[PlanFormat, typer.Option("--format", "-f", "-o", help="yaml (to read) or json (for tools)")] = (
         PlanFormat.yaml
     ),
+    param: ParamOption = None,
 ) -> None:
     """Show, job by job, exactly what the first attempt would submit, and the schedule's next fire times."""
     from jobgraph.cli import plan
 
-    plan.plan(file, runner=runner, output=output)
+    plan.plan(file, runner=runner, output=output, params=param or [])
 
 
 OnlyOption = Annotated[list[str] | None, typer.Option(
@@ -110,7 +114,7 @@ UntilOption = Annotated[list[str] | None, typer.Option(
 
 
 def run(file: FileArgument, store: StoreOption = None, runner: RunnerOption = None, only: OnlyOption = None,
-        start: FromOption = None, until: UntilOption = None) -> None:
+        start: FromOption = None, until: UntilOption = None, param: ParamOption = None) -> None:
     """Run a pipeline once, now, with a live view; exit 0 if every job succeeded, 1 if not, 130 if cancelled.
 
     --only, --from and --until run part of it (given together: the jobs all of them pick); the finalizer
@@ -118,7 +122,18 @@ def run(file: FileArgument, store: StoreOption = None, runner: RunnerOption = No
     """
     from jobgraph.cli import run
 
-    run.run(file, store=store, runner=runner, only=only or [], start=start or [], until=until or [])
+    run.run(file, store=store, runner=runner, only=only or [], start=start or [], until=until or [],
+            params=param or [])
+
+
+def init(
+    file: Annotated[Path, typer.Argument(help="Where to write it (never over an existing file)")] = Path(
+        "pipeline.yaml"),
+) -> None:
+    """Write a commented starter pipeline that validates and runs as it is: `jobgraph run pipeline.yaml`."""
+    from jobgraph.cli import starter
+
+    starter.init(file)
 
 
 def retry(
@@ -231,11 +246,14 @@ def doctor(
     doctor.doctor(engine)
 
 
-def deploy(file: FileArgument, store: StoreOption = None, runner: RunnerOption = None) -> None:
-    """Store a pipeline (validated, versioned by content) with its schedule: the seed's create_job_tasks()."""
+def deploy(file: FileArgument, store: StoreOption = None, runner: RunnerOption = None,
+           param: ParamOption = None) -> None:
+    """Store a pipeline (validated, versioned by content) with its schedule: the seed's create_job_tasks().
+
+    --param values become the params' defaults in the deployed version: scheduled runs use them."""
     from jobgraph.cli import service
 
-    service.deploy(file, store=store, runner=runner)
+    service.deploy(file, store=store, runner=runner, params=param or [])
 
 
 def pipelines(store: StoreOption = None, output: FormatOption = OutputFormat.table) -> None:
@@ -259,7 +277,8 @@ def resume(name: NameArgument, store: StoreOption = None) -> None:
     service.resume(name, store=store)
 
 
-def trigger(name: NameArgument, store: StoreOption = None, runner: RunnerOption = None) -> None:
+def trigger(name: NameArgument, store: StoreOption = None, runner: RunnerOption = None,
+            param: ParamOption = None) -> None:
     """Run a deployed pipeline now (EXECUTE TASK root_task): by the running service if there is one, else here.
 
     Through the service it waits until the service has taken the request and says what it did: exit 0 when it
@@ -267,7 +286,7 @@ def trigger(name: NameArgument, store: StoreOption = None, runner: RunnerOption 
     """
     from jobgraph.cli import service
 
-    service.trigger(name, store=store, runner=runner)
+    service.trigger(name, store=store, runner=runner, params=param or [])
 
 
 def drop(

@@ -23,6 +23,7 @@ import yaml
 from jobgraph.cli.commands import PlanFormat
 from jobgraph.cli.common import home, reported, write_plain
 from jobgraph.config import Pipeline, load
+from jobgraph.config.params import given_values, parse_assignments
 from jobgraph.engine.run import GraphRun
 from jobgraph.runners import AnyRunner, JobSpec, make_runner
 from jobgraph.runners import kubernetes_manifest as kubernetes
@@ -39,31 +40,36 @@ FIRES_SHOWN = 5
 
 
 @reported
-def plan(file: Path, runner: str | None = None, output: PlanFormat = PlanFormat.yaml) -> None:
-    """Print the plan: the next fire times, then each job's first attempt as its runner would submit it."""
+def plan(file: Path, runner: str | None = None, output: PlanFormat = PlanFormat.yaml,
+         params: list[str] | None = None) -> None:
+    """Print the plan: the next fire times, then each job's first attempt as its runner would submit it, its
+    placeholders filled with the `--param` values, else the defaults (a param with neither shows `<param NAME>`)."""
     pipeline = load(file, runner)
+    given = given_values(pipeline, parse_assignments(params or []), str(file), from_text=True)
+    values = {param.name: given.get(param.name, param.default if param.default is not None else
+                                    f"<param {param.name}>") for param in pipeline.params}
     if output == PlanFormat.yaml and all((runner or job.runner) == "kubernetes" for job in pipeline.all_jobs()):
-        write_plain(_manifest_stream(pipeline))
+        write_plain(_manifest_stream(pipeline, values))
         return
-    document = {"pipeline": pipeline.name, "schedule": _fires(pipeline), "jobs": _jobs(pipeline, runner)}
+    document = {"pipeline": pipeline.name, "schedule": _fires(pipeline), "jobs": _jobs(pipeline, runner, values)}
     if output == PlanFormat.json:
         write_plain(json.dumps(document, indent=2))
     else:
         write_plain(yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000).rstrip())
 
 
-def _specs(pipeline: Pipeline) -> list[JobSpec]:
+def _specs(pipeline: Pipeline, params: dict[str, object]) -> list[JobSpec]:
     """Each job's first attempt, in the order the DAG runs them; secrets as placeholders, never read."""
     placeholders = {name: f"<secret {name}>" for job in pipeline.all_jobs() for name in job.secrets}
-    draft = GraphRun.draft(pipeline, home() / "logs", PLAN_RUN_ID, secrets=placeholders)
+    draft = GraphRun.draft(pipeline, home() / "logs", PLAN_RUN_ID, secrets=placeholders, params=params)
     return [draft.spec_for(job, 1) for job in pipeline.all_jobs()]
 
 
-def _jobs(pipeline: Pipeline, runner_override: str | None) -> list[dict[str, Any]]:
+def _jobs(pipeline: Pipeline, runner_override: str | None, params: dict[str, object]) -> list[dict[str, Any]]:
     """Each job's first attempt as its runner would submit it, in the order the DAG runs them."""
     runners: dict[str, AnyRunner] = {}
     planned = []
-    for job, spec in zip(pipeline.all_jobs(), _specs(pipeline), strict=True):
+    for job, spec in zip(pipeline.all_jobs(), _specs(pipeline, params), strict=True):
         name = runner_override or job.runner or "local"
         if name == "kubernetes":
             described = kubernetes.describe(spec, _kubernetes_settings(pipeline), PLAN_OWNER)
@@ -82,10 +88,10 @@ def _kubernetes_settings(pipeline: Pipeline) -> kubernetes.KubernetesSettings:
     return kubernetes.with_pipeline_images(settings, pipeline.container_images)
 
 
-def _manifest_stream(pipeline: Pipeline) -> str:
+def _manifest_stream(pipeline: Pipeline, params: dict[str, object]) -> str:
     """Every job's first-attempt Job as one multi-document YAML stream, a comment saying what it is first."""
     settings = _kubernetes_settings(pipeline)
-    manifests = [kubernetes.job_manifest(spec, settings, PLAN_OWNER) for spec in _specs(pipeline)]
+    manifests = [kubernetes.job_manifest(spec, settings, PLAN_OWNER) for spec in _specs(pipeline, params)]
     fires = _fires(pipeline)
     header = [f"# jobgraph plan: pipeline {pipeline.name}, the first attempt of each of its {len(manifests)} jobs "
               f"as a Kubernetes Job ({PLAN_RUN_ID} and {PLAN_OWNER} stand for what a run fills in)"]

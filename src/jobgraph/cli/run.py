@@ -31,6 +31,7 @@ from jobgraph.cli.common import (
 from jobgraph.cli.render import RunView
 from jobgraph.cli.show import job_order, tasks_table
 from jobgraph.config import load
+from jobgraph.config.params import given_values, parse_assignments, resolve
 from jobgraph.engine.run import RunResult
 from jobgraph.errors import StoreError
 from jobgraph.selection import choose, names
@@ -55,18 +56,21 @@ def terminal_reports(records: Store) -> Reports:
 
 @reported
 def run(file: Path, store: str | None = None, runner: str | None = None, only: Sequence[str] = (),
-        start: Sequence[str] = (), until: Sequence[str] = ()) -> None:
+        start: Sequence[str] = (), until: Sequence[str] = (), params: Sequence[str] = ()) -> None:
     """Resume what lost runs left running remotely, then run the pipeline (or the part of it chosen: an unknown
-    job name stops it here, before the store is opened); the exit code says how it ended."""
+    job name stops it here, before the store is opened); the exit code says how it ended. `params` (`--param
+    NAME=VALUE`) are checked against the file's params before the store is opened too."""
     pipeline = load(file, runner)
     selection = choose(pipeline, str(file), names(only), names(start, "--from"), names(until, "--until"))
+    given = given_values(pipeline, parse_assignments(params), str(file), from_text=True)
+    resolve(pipeline, given, str(file))
     with Store(store_url(store)) as records:
         reports = terminal_reports(records)
         resume_adopting(records, reports)
         if selection is not None:
             reports.say(f"partial run: {len(selection['jobs'])} of {len(pipeline.jobs)} jobs "
                         f"({', '.join(selection['jobs'][:20])}{', ...' if len(selection['jobs']) > 20 else ''})")
-        result = execute(records, RunPlan(pipeline, selection=selection), runner, reports)
+        result = execute(records, RunPlan(pipeline, selection=selection, params=given), runner, reports)
     raise typer.Exit(EXIT_CODES[result.state])
 
 

@@ -47,6 +47,7 @@ from jobgraph.cli.common import (
 from jobgraph.cli.render import RunView, styled, terminal_gone, write_line
 from jobgraph.cli.run import EXIT_CODES, terminal_reports
 from jobgraph.config import load
+from jobgraph.config.params import parse_assignments
 from jobgraph.scheduler import live_lease_holder
 from jobgraph.store import Store
 from jobgraph.store.deployments import Deployments, Fire
@@ -57,11 +58,14 @@ def _when(moment: datetime | None) -> str:
 
 
 @reported
-def deploy(file: Path, store: str | None = None, runner: str | None = None) -> None:
-    """Store the pipeline's snapshot as a version (a new one only if its content changed) and its next fire time."""
+def deploy(file: Path, store: str | None = None, runner: str | None = None, params: list[str] | None = None) -> None:
+    """Store the pipeline's snapshot as a version (a new one only if its content changed) and its next fire time;
+    `--param` values become its params' defaults."""
     pipeline = load(file, runner)
+    given = parse_assignments(params or [])
+    deployed_pipelines.with_deployed_params(pipeline, given, file)  # checked before the store is opened
     with Store(store_url(store)) as records:
-        deployed = deployed_pipelines.deploy(records, pipeline, file)
+        deployed = deployed_pipelines.deploy(records, pipeline, file, given)
     current = deployed.pipeline
     change = "new version" if deployed.new else "unchanged version"
     schedule = f"schedule '{pipeline.schedule}', next run {_when(current.next_fire_at)}" if pipeline.schedule \
@@ -107,15 +111,17 @@ def resume(name: str, store: str | None = None) -> None:
 
 
 @reported
-def trigger(name: str, store: str | None = None, runner: str | None = None) -> None:
+def trigger(name: str, store: str | None = None, runner: str | None = None, params: list[str] | None = None) -> None:
     """Record a request for the live service and report what it did with it; with no live service, run the
-    deployed version here."""
+    deployed version here. `--param` values are checked against the deployed version before either."""
+    given = parse_assignments(params or [])
     with Store(store_url(store)) as records:
         deployments = Deployments(records)
         deployed = deployments.get(name)
+        plan = deployed_plan(deployments, deployed, runner, given, from_text=True, where="--param")
         holder = live_lease_holder(deployments, deployed_pipelines.now())
         if holder is not None:
-            requested = request(deployments, deployed.name, "jobgraph trigger")
+            requested = request(deployments, deployed.name, "jobgraph trigger", plan.params)
             fire = _await_outcome(deployments, deployed.name, requested)
             if fire is not None:
                 _report_outcome(deployed.name, outcome_of(fire, holder))
@@ -125,7 +131,7 @@ def trigger(name: str, store: str | None = None, runner: str | None = None) -> N
             console.print(f"{deployed.name}: {no_service(deployments)}; running it here")
         reports = terminal_reports(records)
         resume_adopting(records, reports)
-        result = execute(records, deployed_plan(deployments, deployed, runner), runner, reports)
+        result = execute(records, plan, runner, reports)
     raise typer.Exit(EXIT_CODES[result.state])
 
 

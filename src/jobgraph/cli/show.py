@@ -107,6 +107,8 @@ def show(run_id: str, store: str | None = None, output: OutputFormat = OutputFor
 
             write_plain(json.dumps(queries.run_detail(records, run.run_id), indent=2))
             return
+        if run.params:
+            console.print("params: " + escape(params_line(run.params)), overflow="fold")
         console.print(tasks_table(sorted(records.tasks(run.run_id), key=job_order),
                                   title=f"run {run.run_id} of {run.pipeline}: {run.state}"
                                   + (f" (after {run.run_attempt - 1} retry)" if run.run_attempt == 2 else
@@ -193,6 +195,13 @@ def stats(view: str, limit: int = 10, store: str | None = None) -> None:
         for row in rows:
             table.add_row(*(escape(_cell(value)) for value in row))
         console.print(table)
+
+
+def params_line(text: str) -> str:
+    """A run's recorded parameter values (a JSON object) as `name=value, ...`: text as it is, others as JSON."""
+    values = json.loads(text)
+    return ", ".join(f"{name}={value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)}"
+                     for name, value in values.items()) or "(none)"
 
 
 TIME_SUFFIXES = ("_time", "_date")

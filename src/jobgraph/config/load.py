@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from jobgraph.config.model import OWN_JOBS, Defaults, Finalizer, Job, Pipeline, Pool, check_name
+from jobgraph.config.model import OWN_JOBS, Defaults, Finalizer, Job, Param, Pipeline, Pool, check_name
 from jobgraph.config.seed import SeedTask
 from jobgraph.config.validate import check_pipeline
 from jobgraph.errors import ConfigError, Problem
@@ -164,6 +164,10 @@ def _validate(data: dict[str, Any], file: Path) -> Pipeline:
                 return _job_label(jobs[loc[1]], "name", loc[1]), loc[2:]
             if loc[:1] == ("finalizer",):
                 return "finalizer", loc[1:]
+            params = data.get("params")
+            if loc[:1] == ("params",) and len(loc) > 1 and isinstance(loc[1], int) and isinstance(params, list) \
+                    and loc[1] < len(params):
+                return None, ("params", _job_label(params[loc[1]], "name", loc[1]), *loc[2:])
             return None, loc
 
         raise ConfigError(str(file), _problems(exc, locate)) from None
@@ -194,7 +198,8 @@ def _problems(exc: ValidationError, locate: Locate, root: type[BaseModel] = Pipe
     return problems
 
 
-SECTIONS: dict[str, type[BaseModel]] = {"jobs": Job, "defaults": Defaults, "pools": Pool, "finalizer": Finalizer}
+SECTIONS: dict[str, type[BaseModel]] = {"jobs": Job, "defaults": Defaults, "pools": Pool, "finalizer": Finalizer,
+                                        "params": Param}
 """Where each part of a native file is described, for hints that name the right fields."""
 
 

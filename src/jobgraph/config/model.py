@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from jobgraph.config.params import ParamType, coerce
 from jobgraph.runners.base import DEFAULT_LOG_LIMIT
 from jobgraph.runners.registry import RUNNER_NAMES
 
@@ -303,11 +304,53 @@ class Defaults(_Model):
         "ends with a note and the job runs on")
 
 
+COMMAND_IMAGE = "(command)"
+"""The image of a job given as a `command:` (a host command, no image): what the store and `graph` show."""
+
+
+class Param(_Model):
+    """A run parameter: `{{ params.NAME }}` in a job's args and env; `--param NAME=VALUE` sets it for a run."""
+
+    name: Name
+    type: ParamType = Field(default="string", description="string, integer, number, boolean, date (2024-01-31) "
+                            "or list")
+    default: Any = Field(default=None, description="The value when a run does not give one; none: every run "
+                         "must give it")
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _default_of_its_type(self) -> Param:
+        if self.default is not None:
+            try:
+                object.__setattr__(self, "default", coerce(self.type, self.default))
+            except ValueError as exc:
+                raise ValueError(f"the default of parameter '{self.name}' is not of type {self.type}: {exc}") from None
+        return self
+
+
+def _command_stands_for_image(data: Any) -> Any:
+    """A job with a `command:` and no image runs that host command: its image is COMMAND_IMAGE."""
+    if isinstance(data, dict) and data.get("command") is not None and "image" not in data:
+        return {**data, "image": COMMAND_IMAGE}
+    return data
+
+
+def _image_or_command(schema: dict[str, Any]) -> None:
+    """The JSON Schema editors check against: a job has an image, or instead a host command."""
+    schema["required"] = [name for name in schema.get("required", []) if name != "image"]
+    schema["anyOf"] = [{"required": ["image"]}, {"required": ["command"]}]
+
+
 class Job(_Model):
-    """One node of the DAG: an image run with args, after its predecessors."""
+    """One node of the DAG: an image run with args (or a host `command`), after its predecessors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_image_or_command)
 
     name: Name
     image: Text = Field(min_length=1)
+    command: Command | None = Field(
+        default=None, description="Instead of an image: the host command (a list, no shell) the local runner "
+        "runs, with the job's args after it")
     args: tuple[Text, ...] = ()
     env: dict[Name, Text] = Field(default_factory=dict)
     after: Annotated[tuple[Name, ...], BeforeValidator(_split_after)] = ()
@@ -348,6 +391,12 @@ class Job(_Model):
     max_fan_out: int | None = Field(
         default=None, strict=True, ge=1, le=MAX_FAN_OUT,
         description=f"The most copies for_each may make [default: {DEFAULT_MAX_FAN_OUT}]; a wider list fails the job")
+
+
+    @model_validator(mode="before")
+    @classmethod
+    def _command_without_image(cls, data: Any) -> Any:
+        return _command_stands_for_image(data)
 
 
 def validated_job(fields: dict[str, Any]) -> Job:
@@ -441,6 +490,9 @@ class Pipeline(_Model):
         default_factory=dict, description="Container runners: image named in a job -> the image to run "
         "(e.g. the seed's registry path -> a locally built image)")
     defaults: Defaults = Field(default_factory=Defaults)
+    params: tuple[Param, ...] = Field(
+        default=(), description="Run parameters: {{ params.NAME }} in args and env; --param NAME=VALUE on run, "
+        "trigger and deploy. Their values are recorded with each run: never a secret")
     jobs: tuple[Job, ...] = Field(min_length=1)
     jobs_from: str | list[str] | None = Field(
         default=None, description="Seed-form arrays (paths relative to this file) whose jobs are added."

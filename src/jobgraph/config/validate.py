@@ -5,7 +5,8 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from jobgraph.config.for_each import for_each_problems
-from jobgraph.config.model import Job, Pipeline
+from jobgraph.config.model import COMMAND_IMAGE, Job, Pipeline
+from jobgraph.config.params import template_problems
 from jobgraph.errors import ConfigError, Problem, did_you_mean
 from jobgraph.runners.registry import BACKENDS, RUNNER_NAMES, settings_model
 
@@ -59,6 +60,9 @@ def check_pipeline(pipeline: Pipeline, file: str, runner: str | None = None) -> 
         unmapped: dict[str, list[str]] = {}
         for job in everything:
             used = runner or job.runner or "local"
+            if job.command is not None:
+                problems.extend(_command_problems(job, used))
+                continue
             if BACKENDS[used].host_commands and job.image not in pipeline.images:
                 unmapped.setdefault(job.image, []).append(job.name)
         for image, users in unmapped.items():
@@ -71,6 +75,8 @@ def check_pipeline(pipeline: Pipeline, file: str, runner: str | None = None) -> 
     problems.extend(for_each_problems(pipeline, canonical))
     problems.extend(_kubernetes_problems(pipeline, runner))
     problems.extend(_spcs_problems(pipeline, runner))
+    problems.extend(_param_problems(pipeline))
+    problems.extend(template_problems(pipeline))
     if problems:
         raise ConfigError(file, problems)
 
@@ -81,6 +87,31 @@ def check_pipeline(pipeline: Pipeline, file: str, runner: str | None = None) -> 
     if all(checked is job for checked, job in zip(jobs, pipeline.jobs, strict=True)):
         return pipeline
     return pipeline.model_copy(update={"jobs": tuple(jobs)})
+
+
+def _command_problems(job: Job, runner: str) -> list[Problem]:
+    """A `command:` is a host command: a job has it instead of an image, on a runner that runs host commands."""
+    if job.image != COMMAND_IMAGE:
+        return [Problem(f"a job runs either an image or a command, not both (it has image '{job.image}')",
+                        job=job.name, field="command")]
+    if not BACKENDS[runner].host_commands:
+        hosts = ", ".join(name for name, found in BACKENDS.items() if found.host_commands)
+        return [Problem(f"a command is run on the host, which the {runner} runner cannot do (it runs images; "
+                        f"{hosts} run commands): give the job an image instead", job=job.name, field="command")]
+    return []
+
+
+def _param_problems(pipeline: Pipeline) -> list[Problem]:
+    """Parameter names are unique (case-insensitively, as every name here), and a scheduled run can have them all."""
+    problems = []
+    seen: dict[str, str] = {}
+    for param in pipeline.params:
+        key = param.name.casefold()
+        if key in seen:
+            problems.append(Problem(f"duplicate parameter: '{seen[key]}' is already declared",
+                                    field=f"params.{param.name}"))
+        seen.setdefault(key, param.name)
+    return problems
 
 
 def runner_settings_problems(pipeline: Pipeline) -> list[Problem]:

@@ -33,13 +33,14 @@ from jobgraph.engine.events import (
     TaskChanged,
     TaskInfo,
 )
+from jobgraph.engine.templating import needs_rendering, rendered
 from jobgraph.errors import RunnerError
 from jobgraph.graph import Dag
 from jobgraph.runners.base import DEFAULT_LOG_LIMIT, AnyRunner, JobSpec, Outcome
 from jobgraph.runners.output import redactor_for, scrub_return_file, stored_text
 from jobgraph.selection import Selection, restricted, selected_jobs, stored
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
-from jobgraph.template import TemplateError, has_placeholders, render, render_all
+from jobgraph.template import TemplateError
 
 LOG_TAIL_BYTES = 4096
 """How much of a failed attempt's output is stored with it, like SYSTEM$GET_SERVICE_LOGS."""
@@ -107,6 +108,7 @@ class GraphRun:
         version: str | None = None,
         adopt: Mapping[str, Adoption] | None = None,
         keep: frozenset[TaskState] = frozenset({TaskState.SUCCEEDED}),
+        params: Mapping[str, object] | None = None,
         selection: Selection | None = None,
     ) -> None:
         self.pipeline = pipeline
@@ -120,6 +122,8 @@ class GraphRun:
         self._keep = keep
         self._run_attempt = run_attempt
         self._secrets = secrets or {}
+        self.params = dict(params or {})
+        self._params_json = json.dumps(self.params, ensure_ascii=False) if pipeline.params else None
         self._origin = (trigger, version)
         self._limits = {name.casefold(): pool.limits() for name, pool in pipeline.pools.items()}
         self._selection = stored(selection)  # a partial run's jobs are the only ones it has (selection.py)
@@ -170,6 +174,7 @@ class GraphRun:
             resumed=self._kept(lambda state: state == TaskState.SUCCEEDED),
             trigger=self._origin[0], version=self._origin[1],
             kept=self._kept(lambda state: state != TaskState.SUCCEEDED), selection=self._selection,
+            params=None if self._params_json is None else self._redactor.text(self._params_json),
         ))
         waiting: dict[str, int] = {}
         for name in self._dag.order:
@@ -379,30 +384,32 @@ class GraphRun:
         return TaskState.FAILED
 
     @classmethod
-    def draft(cls, pipeline: Pipeline, log_dir: Path, run_id: str,
-              secrets: Mapping[str, str] | None = None) -> GraphRun:
+    def draft(cls, pipeline: Pipeline, log_dir: Path, run_id: str, secrets: Mapping[str, str] | None = None,
+              params: Mapping[str, object] | None = None) -> GraphRun:
         """A GraphRun that is never run, to build the specs its attempts would get (`plan`, recovery)."""
-        return cls(pipeline, _never_runs, [], log_dir, run_id=run_id, secrets=secrets)
+        return cls(pipeline, _never_runs, [], log_dir, run_id=run_id, secrets=secrets, params=params)
 
     def spec_for(self, job: Job, attempt: int) -> JobSpec:
-        """Everything a runner gets for one attempt of a job (`jobgraph plan` shows it for attempt 1)."""
+        """Everything a runner gets for one attempt of a job (`jobgraph plan` shows it for attempt 1).
+
+        TemplateError if a placeholder has no value (the attempt is then recorded as ERROR)."""
         cpu, memory = self._limits.get(self._pool_key(job), (None, None))
-        args, env = job.args, self._env(job, attempt)
-        if any(has_placeholders(text) for text in (*args, *job.env.values())):  # most jobs have none
-            args, env = self._rendered(job, attempt, env)
+        command, args, own_env = job.command, job.args, job.env
+        if needs_rendering(job):
+            command, args, own_env = rendered(job, self._template_values(job, attempt))
         return JobSpec(self.run_id, self.pipeline.name, job.name, attempt, job.image, args,
-                       env, self._log_dir / job.name / f"attempt-{attempt}.log",
+                       self._env(job, attempt, own_env), self._log_dir / job.name / f"attempt-{attempt}.log",
                        pool=job.pool or "default", cpu=cpu, memory_bytes=memory, container_name=job.container_name,
                        volumes=job.volumes, workdir=job.workdir, network=job.network,
                        secret_values=self._secret_values, withheld_env=frozenset(self._secrets) - set(job.secrets),
                        secret_names=frozenset(job.secrets),
                        return_value_path=self._return_value_path(job, attempt),
-                       log_limit=job.log_limit or DEFAULT_LOG_LIMIT, timeout=job.timeout)
+                       log_limit=job.log_limit or DEFAULT_LOG_LIMIT, timeout=job.timeout, command=command)
 
     def _template_values(self, job: Job, attempt: int) -> dict[str, object]:
         """What a placeholder in the job's command, args and env may name, for this attempt (a copy: its item)."""
         values: dict[str, object] = {
-            "params": {}, "scheduled_time": self.scheduled_time.isoformat(), "run_id": self.run_id,
+            "params": self.params, "scheduled_time": self.scheduled_time.isoformat(), "run_id": self.run_id,
             "pipeline": self.pipeline.name, "job": job.name, "attempt": attempt}
         is_copy, item = self._fan_outs.item(job.name)
         if is_copy:
@@ -410,15 +417,6 @@ class GraphRun:
         elif job.for_each is not None:  # the job itself never runs, but `plan` shows it as its first copy
             values["item"] = fan_out.planned_item(job)
         return values
-
-    def _rendered(self, job: Job, attempt: int, env: dict[str, str]) -> tuple[tuple[str, ...], dict[str, str]]:
-        """The job's args and own env with their placeholders filled; TemplateError if one has no value here."""
-        values = self._template_values(job, attempt)
-        args = tuple(render_all(job.args, values))
-        own = {name: render(text, values) for name, text in job.env.items() if has_placeholders(text)}
-        if any("\x00" in text for text in (*args, *own.values())):
-            raise TemplateError("a placeholder's value holds a NUL byte, which no command line or environment holds")
-        return args, {**env, **own}
 
     async def _attempt(self, job: Job, attempt: int, adoption: Adoption | None = None) -> Outcome:
         """One execution: start (or adopt), wait (bounded by the timeout), and record how it ended, whatever happens.
@@ -472,7 +470,7 @@ class GraphRun:
                                     outcome.exit_code, error, log_path))
         return Outcome(outcome.status, outcome.exit_code, error, outcome.ended_at, outcome.cause)
 
-    def _env(self, job: Job, attempt: int) -> dict[str, str]:
+    def _env(self, job: Job, attempt: int, own: Mapping[str, str]) -> dict[str, str]:
         """The JOBGRAPH_* variables (Snowflake's SYSTEM$TASK_RUNTIME_INFO), then the job's own env."""
         env = {
             "JOBGRAPH_PIPELINE": self.pipeline.name,
@@ -490,8 +488,10 @@ class GraphRun:
             env["JOBGRAPH_PREDECESSOR_VALUES"] = json.dumps(values)
         if isinstance(job, Finalizer):
             env["JOBGRAPH_TASK_STATES"] = json.dumps({n: str(s) for n, s in self._states.items()})
+        if self._params_json is not None:
+            env["JOBGRAPH_PARAMS"] = self._params_json
         secrets = {name: self._secrets[name] for name in job.secrets if name in self._secrets}
-        return {**env, **job.env, **secrets}
+        return {**env, **own, **secrets}
 
     def _return_value_path(self, job: Job, attempt: int) -> Path:
         return self._log_dir / job.name / f"attempt-{attempt}.return"

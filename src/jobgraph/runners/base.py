@@ -28,7 +28,7 @@ class JobSpec:
     are this job's own `secrets` (their values are in `env`), which a remote runner passes by reference;
     `return_value_path` is where the engine reads the return value once the attempt ended: a runner
     whose jobs write it elsewhere (a container's own out folder) brings it there; `log_limit` caps
-    the bytes of output stored.
+    the bytes of output stored; `command` is the host command of a job that has one instead of an image.
     """
 
     run_id: str
@@ -52,6 +52,9 @@ class JobSpec:
     return_value_path: Path | None = None
     log_limit: int = DEFAULT_LOG_LIMIT
     timeout: float | None = None
+    command: tuple[str, ...] | None = None
+    """A job's own host command (`command:` in the file), run instead of its image's; runners of host commands
+    only (local, slurm)."""
 
 
 class Cause(StrEnum):

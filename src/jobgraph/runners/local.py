@@ -65,9 +65,9 @@ class LocalRunner:
         self._base_env: dict[frozenset[str], dict[str, str]] = {}
 
     def command(self, spec: JobSpec) -> list[str]:
-        """The host command for a job: the image's command, then the job's args."""
+        """The host command for a job: its own `command` or its image's, then the job's args."""
         try:
-            command = list(self._images[spec.image])
+            command = list(spec.command or self._images[spec.image])
         except KeyError:
             raise RunnerError(f"image '{spec.image}' has no command in the pipeline's 'images'") from None
         if command[0] in PYTHON_ALIASES:

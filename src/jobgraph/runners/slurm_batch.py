@@ -112,9 +112,10 @@ def comment(spec: JobSpec) -> str:
 
 
 def host_command(images: Mapping[str, Sequence[str]], spec: JobSpec) -> list[str]:
-    """The image's command then the job's args, as the local runner runs them (python = jobgraph's Python)."""
+    """The job's own command or its image's, then the job's args, as the local runner runs them (python =
+    jobgraph's Python)."""
     try:
-        command = list(images[spec.image])
+        command = list(spec.command or images[spec.image])
     except KeyError:
         raise RunnerError(f"image '{spec.image}' has no command in the pipeline's 'images'") from None
     if command[0] in PYTHON_ALIASES:

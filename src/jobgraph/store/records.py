@@ -46,6 +46,10 @@ class RunRecord:
     """When someone asked (from another process) to cancel this attempt of the run; None if nobody did."""
     cancel_requested_by: str | None = None
     """Who asked to cancel it (`jobgraph cancel`, the web page's signed-in token)."""
+    params: str | None = None
+    """The parameter values it ran with, as a JSON object (None: its pipeline declares none)."""
+    scheduled_time: datetime | None = None
+    """The time it was scheduled for ({{ scheduled_time }}): a retry runs with the same one."""
     selection: str | None = None
     """A partial run's choice of jobs and its targeted retries (jobgraph.selection), as JSON; None: a whole run."""
 
@@ -169,7 +173,7 @@ def run_record(row: Any) -> RunRecord:
         finished_at=aware(row["finished_at"]), snapshot=row["snapshot"], owner=row["owner"],
         version=row["pipeline_version"], trigger=row["trigger"],
         cancel_requested_at=aware(row["cancel_requested_at"]), cancel_requested_by=row["cancel_requested_by"],
-        selection=row["selection"],
+        params=row["params"], scheduled_time=aware(row["scheduled_time"]), selection=row["selection"],
     )
 
 

@@ -42,8 +42,8 @@ _THE_ATTEMPT = " WHERE run_id = :k_run AND task = :k_task AND attempt = :k_attem
 _STATEMENTS = {
     "insert_run": (
         'INSERT INTO runs (run_id, pipeline, state, run_attempt, started_at, scheduled_time, snapshot, owner, '
-        '"trigger", pipeline_version, selection) VALUES (:run_id, :pipeline, :state, :run_attempt, :started_at, '
-        ':scheduled_time, :snapshot, :owner, :trigger, :pipeline_version, :selection)'),
+        '"trigger", pipeline_version, params, selection) VALUES (:run_id, :pipeline, :state, :run_attempt, '
+        ':started_at, :scheduled_time, :snapshot, :owner, :trigger, :pipeline_version, :params, :selection)'),
     "insert_tasks": (
         "INSERT INTO task_runs (run_id, task, run_attempt, state, attempts, pool, image, predecessors, is_finalizer) "
         "VALUES (:run_id, :task, :run_attempt, :state, :attempts, :pool, :image, :predecessors, :is_finalizer)"),

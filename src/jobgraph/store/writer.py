@@ -157,7 +157,8 @@ class EventWriter:
                 "run_id": event.run_id, "pipeline": event.pipeline, "state": RunState.RUNNING.value,
                 "run_attempt": event.run_attempt, "started_at": utc(event.at), "trigger": event.trigger,
                 "pipeline_version": event.version, "scheduled_time": utc(event.scheduled_time),
-                "snapshot": event.snapshot, "owner": self.owner, "selection": event.selection})
+                "snapshot": event.snapshot, "owner": self.owner, "params": event.params,
+                "selection": event.selection})
         resumed = set(event.resumed) | set(event.kept)  # kept as they were: their rows stay the current ones
         rows = [
             {"run_id": event.run_id, "task": t.name, "run_attempt": event.run_attempt,

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from jobgraph.app import queries
-from jobgraph.errors import JobgraphError
+from jobgraph.errors import ConfigError, JobgraphError
 from jobgraph.store import Store
 from jobgraph.web.auth import current_token
 
@@ -107,12 +107,44 @@ async def retry(request: Request) -> Response:
     return JSONResponse({"run_id": started}, status_code=202)
 
 
+MAX_BODY_BYTES = 1 << 20
+"""The largest action body read (a trigger's params)."""
+
+
+async def _params(request: Request) -> dict[str, object] | None:
+    """The `params` object of an action's JSON body, if it has one; BadRequest (400) for any other body."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise queries.BadRequest(f"the body is larger than {MAX_BODY_BYTES} bytes")
+    if not body.strip():
+        return None
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        raise queries.BadRequest('the body is not JSON: send {"params": {"NAME": value}}') from None
+    if not isinstance(document, dict) or set(document) - {"params"}:
+        raise queries.BadRequest('the body must be a JSON object with only "params": {"params": {"NAME": value}}')
+    params = document.get("params")
+    if params is None:
+        return None
+    if not isinstance(params, dict):
+        raise queries.BadRequest('"params" must be an object of NAME: value')
+    return params
+
+
 async def trigger(request: Request) -> Response:
-    """POST /api/v1/pipelines/{name}/trigger: the live scheduler service takes it, else this server runs it."""
+    """POST /api/v1/pipelines/{name}/trigger, body `{"params": {...}}` optional: the live scheduler service takes
+    it, else this server runs it. Bad params: 400, naming each, nothing run."""
     records: Store = request.app.state.records
     name = request.path_params["name"]
+    params = await _params(request)
     deployed = await run_in_threadpool(queries.pipeline, records, name)  # NotFound -> 404
-    outcome = await _host(request).start_trigger(deployed["name"], _by(request))
+    try:
+        outcome = await _host(request).start_trigger(deployed["name"], _by(request), params)
+    except ConfigError as exc:
+        raise queries.BadRequest(str(exc)) from None
     return JSONResponse({"action": str(outcome.action), "run_id": outcome.run_id}, status_code=202)
 
 

@@ -33,7 +33,8 @@ _SCHEMAS: Json = {
         selection={"type": "object", "nullable": True, "description": "A partial run's choice (only, from, until, "
                    "jobs) and its targeted retries (retries); null for a whole run"},
         job_counts={"type": "object", "additionalProperties": {"type": "integer"}}),
-    "Run": {"allOf": [_ref("RunSummary"), _object(scheduled_time=_TIME, owner=_TEXT, cancel_requested_at=_TIME)]},
+    "Run": {"allOf": [_ref("RunSummary"), _object(scheduled_time=_TIME, owner=_TEXT, cancel_requested_at=_TIME,
+                                                  params={"type": "object"})]},
     "Job": _object(name={"type": "string"}, state={"type": "string"}, attempts={"type": "integer"},
                    started_at=_TIME, finished_at=_TIME, duration_secs=_NUMBER, return_value=_TEXT, error=_TEXT,
                    copy_of=_TEXT, item={"nullable": True, "description": "A fanned-out job's copy: its item"}),
@@ -78,6 +79,12 @@ def _post(summary: str, ok: Json, *params: Json, status: str = "202") -> Json:
 _RUN, _NAME = _param("run_id"), _param("name")
 
 
+def _with_body(operation: Json, schema: Json) -> Json:
+    """An action that takes an optional JSON body."""
+    operation["post"]["requestBody"] = {"required": False, "content": {"application/json": {"schema": schema}}}
+    return operation
+
+
 def document() -> Json:
     """The description served at /api/v1/openapi.json."""
     pipeline_body = _json(_object(pipeline=_ref("Pipeline")))
@@ -98,8 +105,10 @@ def document() -> Json:
             "/api/v1/pipelines/{name}": _get("One deployed pipeline", pipeline_body, _NAME),
             "/api/v1/pipelines/{name}/versions/{version}/graph": _get(
                 "The graph of a pipeline version", _json(_ref("Graph")), _NAME, _param("version")),
-            "/api/v1/pipelines/{name}/trigger": _post("Run the pipeline now", _json(_object(
+            "/api/v1/pipelines/{name}/trigger": _with_body(_post("Run the pipeline now", _json(_object(
                 action={"type": "string", "enum": ["STARTED", "QUEUED", "SKIPPED"]}, run_id=_TEXT)), _NAME),
+                _object(params={"type": "object", "description": "Values of the pipeline's params (recorded with "
+                                "the run: never a secret); the others take their defaults"})),
             "/api/v1/pipelines/{name}/suspend": _post("Stop scheduling it", pipeline_body, _NAME, status="200"),
             "/api/v1/pipelines/{name}/resume": _post("Schedule it again", pipeline_body, _NAME, status="200"),
             "/api/v1/runs": _get("Runs, newest first, a page at a time", _json(_object(
