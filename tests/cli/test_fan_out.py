@@ -218,3 +218,19 @@ def test_retry_job_clears_a_fanned_out_job_and_every_copy_runs_again(
     rows = task_rows(url, run_id)
     assert rows[("each[0]", 2)]["attempts"] == 2 and rows[("each[1]", 2)]["state"] == "SUCCEEDED"
     assert ("other", 2) not in rows
+
+
+def test_a_list_parameter_fans_out_over_the_values_given_on_the_command_line(
+        cli: Cli, write_pipeline: WritePipeline, tmp_path: Path) -> None:
+    write_pipeline({"params": [{"name": "regions", "type": "list", "default": ["emea"]}],
+                    "jobs": [sh("each", "echo region {{ item }}", for_each="{{ params.regions }}")]})
+    cli("run", "pipeline.yaml", "--param", "regions=apac,amer", check=0)
+    url = store_url(tmp_path)
+    rows = task_rows(url, only_run(url))
+    assert {task: json.loads(row["item"]) for (task, _), row in rows.items() if row["item"]} == {
+        "each[0]": "apac", "each[1]": "amer"}
+    assert "region amer" in cli("logs", only_run(url), "each[1]", check=0).stdout
+    cli("run", "pipeline.yaml", check=0)  # the default, one copy
+    newest = json.loads(cli("history", "-o", "json", check=0).stdout)["runs"][0]["run_id"]
+    assert {task: json.loads(row["item"]) for (task, _), row in task_rows(url, newest).items() if row["item"]} == {
+        "each[0]": "emea"}
