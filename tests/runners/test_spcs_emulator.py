@@ -6,6 +6,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,22 @@ def test_the_runners_own_spec_of_a_seed_job_runs_the_local_sql_job_image_with_th
     assert container.attrs["Config"]["Env"].count("JOBGRAPH_TASK=t_myjob_1") == 1
     wait_for(session, name, "DONE")
     assert logs(session, name) == "1 row(s) appended to results_1\n"
+    run(session, sql.drop_service(name))
+
+
+def test_an_ended_service_says_when_it_started_and_ended_to_the_microsecond(
+        session: EmulatorSession, names: list[str]) -> None:
+    """What an adopted attempt's real end is read from (Podman's list alone gives whole seconds)."""
+    name = new_name(names)
+    submit(session, name, spec(["sh", "-c", "sleep 1.5"]))
+    row = wait_for(session, name, "DONE")
+    [box] = run(session, sql.show_service_containers(name))
+    created, started, ended = row["created_on"], box["start_time"], row["updated_on"]
+    assert isinstance(created, datetime) and isinstance(started, datetime) and isinstance(ended, datetime)
+    assert created <= started < ended <= datetime.now(UTC)
+    assert 1.4 <= (ended - started).total_seconds() < 4  # to the microsecond: whole seconds would not do
+    [listed] = [r for r in run(session, sql.show_job_services(name)) if r["name"] == name]
+    assert listed["updated_on"] == ended
     run(session, sql.drop_service(name))
 
 

@@ -45,7 +45,9 @@ from jobgraph.runners.engine_api import connect, create_container, explain, kill
 from jobgraph.runners.service import EngineService, find_or_start
 from jobgraph.runners.spcs_emulator_rows import (
     DROPPING,
+    FINISHED,
     LABEL,
+    STARTED,
     UNQUOTED,
     Row,
     container_row,
@@ -197,7 +199,16 @@ class EmulatorSession:
             listed = response.json() or []
         except (docker.errors.DockerException, requests.exceptions.RequestException, ValueError) as exc:
             raise RunnerError(f"the SPCS emulator's Podman did not answer: {exc}") from None
-        return [entry for entry in listed if name is None or labels_of(entry).get(f"{LABEL}.name") == name]
+        found = [entry for entry in listed if name is None or labels_of(entry).get(f"{LABEL}.name") == name]
+        for entry in found:
+            if entry.get("Exited"):  # its times to the microsecond (ended services are few: the runner drops them)
+                with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException,
+                                         ValueError):
+                    response = api._get(api.base_url + f"/v4.0.0/libpod/containers/{entry['Id']}/json")
+                    api._raise_for_status(response)
+                    state = response.json().get("State") or {}
+                    entry[STARTED], entry[FINISHED] = state.get("StartedAt"), state.get("FinishedAt")
+        return found
 
     def _one(self, name: object) -> dict[str, Any]:
         resolved = resolve_identifier(name)
