@@ -309,12 +309,12 @@ def test_external_access_integrations_warehouse_and_comment_are_read_from_their_
     settings = SpcsSettings.model_validate({"emulator": True, "warehouse": "tutorial_warehouse",
                                             "external_access_integrations": ["eai_one", "eai_two"]})
     submit(session, name, spec(["sh", "-c", "ip route | grep -c default || true"]), settings=settings,
-           comment="it's a 'comment' with $$ and \\ and ; DROP SERVICE x")
+           comment="it's a 'comment' with $$ and \\ and ; DROP SERVICE x\n-- and a second line")
     row = wait_for(session, name, "DONE")
     assert row["query_warehouse"] == "TUTORIAL_WAREHOUSE"
     assert row["external_access_integrations"] == '["EAI_ONE", "EAI_TWO"]'
-    assert row["comment"] == "it's a 'comment' with $$ and \\ and ; DROP SERVICE x"
-    assert logs(session, name) != "0\n"  # a network (the engine's default) once an integration is named
+    assert row["comment"] == "it's a 'comment' with $$ and \\ and ; DROP SERVICE x\n-- and a second line"
+    assert logs(session, name) == "1\n"  # a network with a default route (the engine's) once an integration is named
     run(session, sql.drop_service(name))
 
 
