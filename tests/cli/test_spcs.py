@@ -114,7 +114,8 @@ def test_the_seeds_jobconfig_runs_on_the_emulated_spcs_to_success(
     seed = {key: value for key, value in emulated("root_task", []).items() if key != "jobs"}
     write_pipeline({**seed, "jobs_from": "jobconfig.json", "schedule": "59 MINUTE"}, with_sh=False)
     result = cli("run", "pipeline.yaml", check=0, timeout=300)
-    assert "emulator" in (result.stdout + result.stderr).lower() and "t_myjob_6 SUCCEEDED" in result.stdout
+    assert "jobgraph's local SPCS emulator (Podman), not Snowflake" in result.stderr
+    assert "t_myjob_6 SUCCEEDED" in result.stdout
     with Store(store_url(tmp_path)) as records:
         [summary] = records.runs()
         assert summary.state == "SUCCEEDED"
@@ -155,6 +156,17 @@ def test_a_failing_job_service_is_failed_with_its_logs_and_retried_as_new_servic
         ended = [str(a.backend_ref) for a in [*bad, *flaky_tries]]
     # every ended job service is dropped once read: its status, exit code and log are in jobgraph's store
     assert len(set(ended)) == 4 and services(podman, ended) == []
+    # the query repaired, `jobgraph retry` runs the failed job again as new job services, and keeps what succeeded
+    bad_query["args"] = ["--query=select 1 as one", "--result_table=results_bad"]
+    write_pipeline(emulated("failing", [bad_query, flaky]), with_sh=False)
+    cli("retry", summary.run_id, "--file", "pipeline.yaml", check=0, timeout=300)
+    with Store(store_url(tmp_path)) as records:
+        assert records.run(summary.run_id).state == "SUCCEEDED"
+        bad = records.attempts(summary.run_id, "t_bad")
+        assert [(a.status, a.run_attempt) for a in bad][-1] == ("DONE", 2) and len(bad) == 3
+        assert bad[-1].log_path.read_text() == "1 row(s) appended to results_bad\n"
+        assert len({a.backend_ref for a in bad}) == 3 and bad[-1].backend_ref not in ended
+        assert [a.attempt for a in records.attempts(summary.run_id, "t_flaky")] == [1, 2]  # kept, not run again
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "jobgraph cancel"])

@@ -254,7 +254,7 @@ class EmulatorSession:
             f"{LABEL}.schema": stored_name(self._settings.schema_name or ""),
             f"{LABEL}.comment": comment or "", f"{LABEL}.query_warehouse": warehouse or "",
             f"{LABEL}.external_access_integrations": json.dumps(integrations),
-            f"{LABEL}.spec_digest": hashlib.sha256(spec_text.encode()).hexdigest(),
+            f"{LABEL}.spec_digest": hashlib.sha256(spec_text.encode("utf-8", "surrogatepass")).hexdigest(),
         }
         options: dict[str, Any] = {
             "command": plan.command, "entrypoint": plan.entrypoint, "environment": plan.environment,
