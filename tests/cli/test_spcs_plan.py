@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlglot
 import yaml
 from sqlglot.dialects.snowflake import Snowflake
 from sqlglot.tokens import TokenType
@@ -114,3 +115,18 @@ def test_what_a_job_service_cannot_take_is_refused_naming_the_job(tmp_path: Path
     assert (f"{path}, job 't_myjob_1', field 'secrets': secret DB_PASSWORD has no Snowflake secret" in result.stderr
             and "runners.spcs.secrets" in result.stderr)
     assert SECRET not in result.stderr
+
+
+def test_hostile_args_and_env_stay_inside_the_specs_literal(tmp_path: Path, write_pipeline: WritePipeline) -> None:
+    hostile = ["--query=select '$$'; DROP TABLE results_1; --", "it\\'s", "a\nb\r\nc", "%s %(x)s %%", "$$"]
+    path = seed_with(write_pipeline, {}, args=hostile, env={"NOTE": "x'); DROP SERVICE y; --\n$$"})
+    result = jobgraph(tmp_path, "plan", str(path))
+    assert result.returncode == 0, result.stderr
+    [job] = yaml.safe_load(result.stdout)["jobs"]
+    assert job["spec"]["spec"]["containers"][0]["args"] == hostile
+    for text in job["statements"].values():
+        sqlglot.parse(text, read="snowflake", error_level=sqlglot.ErrorLevel.RAISE)  # one statement each
+    submit = job["statements"]["submit"]
+    assert strings(submit)[-1] == spec_yaml(job["spec"])
+    assert [token.token_type for token in Snowflake().tokenize(submit[len("EXECUTE"):])][-3:] == \
+        [TokenType.FROM, TokenType.VAR, TokenType.STRING]  # FROM SPECIFICATION '<the whole spec>', nothing after

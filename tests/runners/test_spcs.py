@@ -15,6 +15,7 @@ import re
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,13 +27,14 @@ from jobgraph.errors import RunnerError
 from jobgraph.runners import spcs as spcs_module
 from jobgraph.runners import spcs_statements as statements
 from jobgraph.runners.base import JobSpec
-from jobgraph.runners.spcs import SpcsRunner, comment_for
-from jobgraph.runners.spcs_spec import SpcsSettings, service_name
+from jobgraph.runners.spcs import SpcsRunner
+from jobgraph.runners.spcs_spec import SpcsSettings, comment_for, service_name
 from jobgraph.states import AttemptStatus
 
 T = TypeVar("T")
 RUN_ID = "0b5e3c1e-6f1a-4a3e-9a55-1d2f3e4a5b6c"
 SECRET = "hunter2-the-real-value"
+CREATED = datetime(2026, 1, 2, 3, 0, 0, tzinfo=UTC)
 IMAGE = "/tutorial_db/data_schema/tutorial_repository/my_job_image:latest"
 
 
@@ -44,6 +46,7 @@ class Service:
     status: str = "PENDING"
     message: str = ""
     log: str = ""
+    updated_on: datetime | None = None
     exit_code: int | None = None
     """LAST_EXIT_CODE, which SHOW SERVICE CONTAINERS has since bundle 2024_08 (None: an account without it)."""
 
@@ -81,7 +84,7 @@ class Account:
         if sql == statements.SHOW_JOB_SERVICES:
             like = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in str(params[0]))
             return [{"name": name, "status": service.status, "compute_pool": service.pool,
-                     "comment": service.comment}
+                     "comment": service.comment, "created_on": CREATED, "updated_on": service.updated_on}
                     for name, service in self.services.items() if re.fullmatch(like, name, re.IGNORECASE)]
         if sql == statements.DESCRIBE_SERVICE:
             service = self.services.get(str(params[0]))
@@ -93,6 +96,9 @@ class Account:
             name = statements.service_name_of(statements.Statement(sql, params))
             assert name is not None and params == ()
             service = self.services[name]
+            if service.status in ("PENDING", "SUSPENDED"):  # as Snowflake documents: no instance, no container
+                return [{"service_name": name, "service_status": service.status, "instance_id": None,
+                         "container_name": None, "status": None, "message": None}]
             row: dict[str, object] = {"service_name": name, "instance_id": "0", "container_name": "main",
                                       "status": service.status, "message": service.message}
             if service.exit_code is not None:
@@ -235,6 +241,10 @@ def test_every_other_end_is_mapped_truly(account: Account, tmp_path: Path, statu
     outcome = play(scenario)
     assert outcome.status == expected and outcome.exit_code is None
     assert words in str(outcome.error)
+    assert all(params[1] == "0" for params in account.statements(statements.SERVICE_LOGS))  # never 'None'
+    if status == "SUSPENDED":  # it never got a node: nothing to read a log from, and the error says so
+        assert not account.statements(statements.SERVICE_LOGS)
+        assert "its log could not be read: Snowflake listed no container" in str(outcome.error)
 
 
 def test_a_service_dropped_behind_jobgraphs_back_is_an_error_naming_it(account: Account, tmp_path: Path) -> None:
@@ -389,3 +399,28 @@ def test_logs_while_running_and_after(account: Account, tmp_path: Path) -> None:
 
     running, ended = play(scenario)
     assert running == "step 1 ***" and ended == "step 1 ***\n"
+
+
+def test_an_adopted_service_found_ended_keeps_its_real_end_one_seen_running_ends_now(account: Account,
+                                                                                   tmp_path: Path) -> None:
+    ended_early, seen_running = make_spec(tmp_path, "t_myjob_1"), make_spec(tmp_path, "t_myjob_2")
+    end = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+    async def first(runner: SpcsRunner) -> list[str]:
+        return [runner.handle_ref(await runner.start(spec)) for spec in (ended_early, seen_running)]
+
+    early, running = play(first)
+    account.services[early].status, account.services[early].updated_on = "DONE", end  # while no jobgraph watched
+    account.services[running].status, account.services[running].updated_on = "RUNNING", CREATED
+
+    async def second(runner: SpcsRunner) -> Any:
+        first_handle = await runner.adopt(early, ended_early)
+        second_handle = await runner.adopt(running, seen_running)
+        done_early = await runner.wait(first_handle)
+        await until(lambda: not second_handle.adopted)
+        account.services[running].status, account.services[running].updated_on = "DONE", end
+        return done_early, await runner.wait(second_handle)
+
+    done_early, done_later = play(second, opened=False)
+    assert done_early.ended_at == end
+    assert done_later.ended_at is None  # the engine records "now": it was seen running a poll ago

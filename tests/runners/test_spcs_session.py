@@ -3,8 +3,11 @@ an error. (No Snowflake account can be reached here: the live suite is tests/run
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -116,3 +119,22 @@ def test_a_snowflake_error_names_the_statement_not_its_values() -> None:
                         "FROM SPECIFICATION %s", ("P", "JG_X", f"env: {{X: {PASSWORD}}}"))
     assert str(caught.value).startswith("Snowflake refused EXECUTE JOB SERVICE IN COMPUTE POOL: 002003")
     assert PASSWORD not in str(caught.value)
+
+
+def test_the_default_connection_of_connections_toml_is_used_with_the_settings_on_top(tmp_path: Path) -> None:
+    """The connector reads its default connection only when given no argument at all; jobgraph gives some
+    (database, application...), so it names the default connection itself (a fresh interpreter, as the
+    connector reads its config once)."""
+    toml = tmp_path / "connections.toml"
+    toml.write_text('[tutorial]\naccount = "myorg-acct"\nuser = "jobgraph"\n')
+    toml.chmod(0o600)
+    code = ("import json, snowflake.connector\n"
+            "snowflake.connector.connect = lambda **kw: print(json.dumps(kw)) or exit(0)\n"
+            "from jobgraph.runners.spcs_session import connect\nfrom jobgraph.runners.spcs_spec import SpcsSettings\n"
+            "connect(SpcsSettings(database='tutorial_db'))\n")
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("SNOWFLAKE_")}
+    environ.update(SNOWFLAKE_HOME=str(tmp_path), SNOWFLAKE_DEFAULT_CONNECTION_NAME="tutorial")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=environ)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == {"connection_name": "tutorial", "database": "tutorial_db",
+                                                          "application": "jobgraph", "paramstyle": "pyformat"}

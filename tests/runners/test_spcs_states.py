@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
-from jobgraph.runners.spcs_states import GONE, TERMINAL, WAITING, container_message, exit_code, outcome_of
+from jobgraph.runners.spcs_states import (
+    GONE,
+    TERMINAL,
+    WAITING,
+    container_message,
+    exit_code,
+    last_change,
+    outcome_of,
+)
 from jobgraph.states import AttemptStatus
 
 NAME = "JG_0B5E3C1E_T_MYJOB_1_1"
@@ -67,3 +77,14 @@ def test_the_exit_code_is_mains_last_exit_code_when_snowflake_gives_it() -> None
                    [{"container_name": "main", "last_exit_code": True}],
                    [{"container_name": "main", "last_exit_code": "n/a"}]):
         assert exit_code(absent) is None
+
+
+def test_last_change_only_when_it_is_a_real_moment_after_creation() -> None:
+    created = datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
+    later = created + timedelta(minutes=4)
+    assert last_change({"created_on": created, "updated_on": later}) == later
+    assert last_change({"updated_on": later}) == later
+    assert last_change({"created_on": created, "updated_on": created}) is None  # never changed since creation
+    assert last_change({"created_on": created, "updated_on": later.replace(tzinfo=None)}) is None  # no zone
+    assert last_change({"created_on": created, "updated_on": "2026-01-02"}) is None
+    assert last_change({}) is None

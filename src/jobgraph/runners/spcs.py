@@ -41,7 +41,15 @@ from jobgraph.errors import RunnerError
 from jobgraph.runners.base import JobSpec, Outcome
 from jobgraph.runners.output import LogWriter, redactor_for, tail
 from jobgraph.runners.spcs_session import SqlSession, connect
-from jobgraph.runners.spcs_spec import PREFIX, SpcsSettings, job_spec, run_prefix, service_name, spec_yaml
+from jobgraph.runners.spcs_spec import (
+    PREFIX,
+    SpcsSettings,
+    comment_for,
+    job_spec,
+    run_prefix,
+    service_name,
+    spec_yaml,
+)
 from jobgraph.runners.spcs_statements import (
     Statement,
     describe_service,
@@ -81,11 +89,6 @@ class SpcsHandle:
     """Submitted by an earlier jobgraph: it may have ended long before this one saw it."""
 
 
-def comment_for(spec: JobSpec) -> str:
-    """The COMMENT of an attempt's service: what made it, so an earlier try of the same attempt is recognised."""
-    return f"jobgraph pipeline {spec.pipeline} run {spec.run_id} job {spec.task} attempt {spec.attempt}"
-
-
 class SpcsRunner:
     """Runner for Snowpark Container Services job services."""
 
@@ -105,7 +108,6 @@ class SpcsRunner:
         self._checked = False
         self._watched: dict[str, SpcsHandle] = {}
         self._poller: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.polls = 0
         """How many SHOW JOB SERVICES rounds this runner made (one per poll, whatever the number of jobs)."""
@@ -290,9 +292,7 @@ class SpcsRunner:
         failing_since: float | None = None
         try:
             while self._watched:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._settings.poll_secs)
-                self._wake.clear()
+                await asyncio.sleep(self._settings.poll_secs)
                 try:
                     await self._poll_once()
                     failing_since = None
@@ -362,9 +362,11 @@ class SpcsRunner:
         texts: list[str] = []
         problem: str | None = None
         for container in containers:
+            instance, name = container.get("instance_id"), container.get("container_name")
+            if instance is None or name is None:  # a service that never got a node (PENDING, SUSPENDED): no log
+                continue
             try:
-                texts.append(await self._log_text(handle.name, str(container.get("instance_id", "0")),
-                                                  str(container.get("container_name") or "main")))
+                texts.append(await self._log_text(handle.name, str(instance), str(name)))
             except RunnerError as exc:
                 problem = str(exc)
         if not texts:

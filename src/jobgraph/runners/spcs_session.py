@@ -124,6 +124,11 @@ def connect(settings: SpcsSettings, container_images: Mapping[str, str] | None =
         raise RunnerError(MISSING_EXTRA) from None
     arguments = connect_arguments(settings)
     try:
+        if "connection_name" not in arguments and "account" not in arguments:
+            # the connector loads its default connection only when given no argument at all: name it
+            from snowflake.connector.config_manager import CONFIG_MANAGER
+
+            arguments["connection_name"] = CONFIG_MANAGER["default_connection_name"]
         connection = snowflake.connector.connect(**arguments)
     except Exception as exc:  # the connector's errors, and its config errors (a missing connections.toml)
         message = str(exc)

@@ -140,6 +140,11 @@ def service_name(spec: JobSpec) -> str:
     return check_identifier(f"{prefix}{job}{tail}{digest}" if job else f"{prefix}{spec.attempt}{digest}")
 
 
+def comment_for(spec: JobSpec) -> str:
+    """The COMMENT of an attempt's service: what made it, so an earlier try of the same attempt is recognised."""
+    return f"jobgraph pipeline {spec.pipeline} run {spec.run_id} job {spec.task} attempt {spec.attempt}"
+
+
 def secret_object(name: str, settings: SpcsSettings) -> str:
     """The Snowflake secret a job secret is read from, or a RunnerError saying how to map it."""
     problem = _secret_problem(name, settings)
