@@ -194,6 +194,43 @@ def test_a_cancelled_run_drops_its_job_services_and_leaves_no_container(
         assert {t.task: t.state for t in records.tasks(run_id)} == {"t_long": "CANCELLED", "t_later": "CANCELLED"}
 
 
+def of_run(client: docker.DockerClient, run_id: str) -> list[str]:
+    """The services in Podman that a run submitted, by their COMMENT (found even if their name was never stored)."""
+    listed = client.containers.list(all=True, filters={"label": f"{LABEL}=1"}, sparse=True)
+    return [c.attrs["Labels"].get(f"{LABEL}.name") for c in listed
+            if f" run {run_id} " in c.attrs["Labels"].get(f"{LABEL}.comment", "")]
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.4, 1.0])
+def test_ctrl_c_whenever_it_lands_leaves_no_job_service(
+        tmp_path: Path, write_pipeline: WritePipeline, podman: docker.DockerClient, delay: float) -> None:
+    """Connecting, submitting, polling: whenever Ctrl-C comes, every service the run submitted is dropped."""
+    write_pipeline(emulated("early", [box(f"t_{i}", "sleep 300", pool="PR_STD_POOL_S") for i in range(3)]),
+                   with_sh=False)
+    process = start(tmp_path, "run", "pipeline.yaml")
+    runs: list[str] = []
+
+    def started() -> bool:
+        if (tmp_path / ".jobgraph" / "jobgraph.db").exists():
+            with Store(store_url(tmp_path)) as records:
+                runs.extend(run.run_id for run in records.runs(1))
+        return bool(runs)
+
+    try:
+        wait_until(started)
+        time.sleep(delay)  # the moment the signal lands, not a wait for anything
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, out + err
+    assert of_run(podman, runs[0]) == []
+    with Store(store_url(tmp_path)) as records:
+        assert records.run(runs[0]).state == "CANCELLED"
+        assert {a.status for a in records.attempts(runs[0])} <= {"CANCELLED"}
+
+
 def test_after_kill_9_the_job_service_runs_on_and_the_next_jobgraph_adopts_it_and_records_its_real_end(
         tmp_path: Path, cli: Cli, write_pipeline: WritePipeline, podman: docker.DockerClient) -> None:
     write_pipeline(emulated("adopted", [box("t_long", "sleep 5; echo finished"),
