@@ -255,6 +255,39 @@ def test_after_kill_9_the_job_service_runs_on_and_the_next_jobgraph_adopts_it_an
         assert after.status == "DONE" and after.log_path.read_text() == "after\n"
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.3, 0.8])
+def test_kill_9_whenever_it_lands_leaves_no_job_service_unaccounted_for(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline, podman: docker.DockerClient, delay: float) -> None:
+    """Before, during or after EXECUTE JOB SERVICE: the next jobgraph adopts what was submitted (by its recorded
+    name, or found by its comment) and records how it ended; nothing of the run is left in Podman."""
+    write_pipeline(emulated("killed", [box("t_job", "sleep 2; echo done")]), with_sh=False)
+    process = start(tmp_path, "run", "pipeline.yaml")
+    runs: list[str] = []
+
+    def started() -> bool:
+        if (tmp_path / ".jobgraph" / "jobgraph.db").exists():
+            with Store(store_url(tmp_path)) as records:
+                runs.extend(run.run_id for run in records.runs(1))
+        return bool(runs)
+
+    wait_until(started)
+    time.sleep(delay)  # the moment the kill lands, not a wait for anything
+    process.kill()
+    process.wait(timeout=30)
+    submitted_then = of_run(podman, runs[0])
+    (tmp_path / "other.yaml").write_text("name: other\nimages: {sh: [sh, -c]}\njobs: [{name: x, image: sh, "
+                                         "args: ['true']}]\n")
+    cli("run", "other.yaml", check=0, timeout=180)
+    with Store(store_url(tmp_path)) as records:
+        run = records.run(runs[0])
+        tries = records.attempts(runs[0], "t_job")
+        assert run.state != "RUNNING" and all(a.finished_at is not None for a in tries)
+        for name in submitted_then:  # every service it had submitted was adopted and recorded to its end
+            [adopted] = [a for a in tries if a.backend_ref == name]
+            assert (adopted.status, adopted.exit_code) == ("DONE", 0) and adopted.log_path.read_text() == "done\n"
+    assert of_run(podman, runs[0]) == []
+
+
 def test_a_job_service_that_ended_while_jobgraph_was_down_is_recorded_with_its_real_end(
         tmp_path: Path, cli: Cli, write_pipeline: WritePipeline, podman: docker.DockerClient) -> None:
     write_pipeline(emulated("ended", [box("t_quick", "sleep 2; echo failing; exit 4")]), with_sh=False)

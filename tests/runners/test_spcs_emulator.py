@@ -256,6 +256,20 @@ def test_a_job_in_a_suspended_pool_is_suspended_and_never_runs(
     run(session, sql.drop_service(name))
 
 
+def test_an_accepted_service_not_started_yet_starts_at_the_next_look_once_its_pool_runs_jobs(
+        session: EmulatorSession, names: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """As Snowflake's: a service EXECUTE accepted runs, even if the EXECUTE was cut short between Podman's create
+    and start (a jobgraph killed right then), or its pool was suspended and is resumed."""
+    monkeypatch.setenv(POOLS_VARIABLE, "PR_STD_POOL_XS:SUSPENDED")
+    name = new_name(names)
+    submit(session, name, spec(["sh", "-c", "echo ran"]))
+    assert run(session, sql.describe_service(name))[0]["status"] == "SUSPENDED"
+    monkeypatch.setenv(POOLS_VARIABLE, "PR_STD_POOL_XS")  # ALTER COMPUTE POOL ... RESUME
+    wait_for(session, name, "DONE")
+    assert logs(session, name) == "ran\n"
+    run(session, sql.drop_service(name))
+
+
 def test_a_name_taken_already_exists_and_the_first_service_is_untouched(
         session: EmulatorSession, names: list[str]) -> None:
     name = new_name(names)

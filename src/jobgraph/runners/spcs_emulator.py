@@ -47,6 +47,7 @@ from jobgraph.runners.spcs_emulator_rows import (
     DROPPING,
     FINISHED,
     LABEL,
+    PENDING_STATES,
     STARTED,
     UNQUOTED,
     Row,
@@ -189,7 +190,28 @@ class EmulatorSession:
             return self._client
 
     def _containers(self, name: str | None = None) -> list[dict[str, Any]]:
-        """The emulated services' containers as Podman lists them (one call), or the one named."""
+        """The emulated services' containers as Podman lists them (one call), or the one named; a service
+        accepted but not started (its EXECUTE cut short by a kill, its pool suspended until now) is started
+        first, as Snowflake's scheduler would."""
+        found = self._listed(name)
+        if self._start_accepted(found):
+            found = self._listed(name)
+        return found
+
+    def _start_accepted(self, entries: list[dict[str, Any]]) -> bool:
+        """Start the created containers of pools that run jobs; whether there were any. Starting one that an
+        EXECUTE in flight starts too is harmless (the engine answers 304)."""
+        states = self._pool_states()
+        waiting = [entry for entry in entries if str(entry.get("State", "")).lower() in PENDING_STATES
+                   and not any(str(name).endswith(DROPPING) for name in entry.get("Names") or ())
+                   and (pool := label(entry, "pool")) in states and states[pool] != "SUSPENDED"]
+        client = self._podman()
+        for entry in waiting:
+            with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+                client.containers.prepare_model({"Id": entry["Id"]}).start()
+        return bool(waiting)
+
+    def _listed(self, name: str | None) -> list[dict[str, Any]]:
         api = self._podman().api
         labels = [f"{LABEL}=1", *([f"{LABEL}.name={name}"] if name is not None else [])]
         try:

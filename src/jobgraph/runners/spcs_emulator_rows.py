@@ -37,7 +37,8 @@ only to the second (an adopted job's real end is read from them)."""
 UNQUOTED = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 """Snowflake's unquoted identifier."""
 
-_PENDING_STATES = frozenset({"created", "configured", "initialized"})
+PENDING_STATES = frozenset({"created", "configured", "initialized"})
+"""Podman's states of a container not started yet."""
 _RUNNING_STATES = frozenset({"running", "paused", "stopping"})
 _ENDED_STATES = frozenset({"exited", "stopped"})
 
@@ -63,7 +64,7 @@ def status_of(entry: Mapping[str, Any], pools: Mapping[str, str | None]) -> tupl
     state = str(entry.get("State", "")).lower()
     if state == "removing" or any(str(name).endswith(DROPPING) for name in entry.get("Names") or ()):
         return "DELETING", "UNKNOWN", "being dropped"
-    if state in _PENDING_STATES:
+    if state in PENDING_STATES:
         pool = label(entry, "pool") or ""
         if pools.get(pool) == "SUSPENDED":
             return "SUSPENDED", "PENDING", f"compute pool {pool} is suspended"
