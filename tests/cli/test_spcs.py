@@ -255,7 +255,7 @@ def test_after_kill_9_the_job_service_runs_on_and_the_next_jobgraph_adopts_it_an
         assert after.status == "DONE" and after.log_path.read_text() == "after\n"
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.3, 0.8])
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.1, 0.3, 0.8])
 def test_kill_9_whenever_it_lands_leaves_no_job_service_unaccounted_for(
         tmp_path: Path, cli: Cli, write_pipeline: WritePipeline, podman: docker.DockerClient, delay: float) -> None:
     """Before, during or after EXECUTE JOB SERVICE: the next jobgraph adopts what was submitted (by its recorded
