@@ -382,3 +382,16 @@ def test_a_secret_goes_by_reference_reaches_the_job_and_never_the_log_the_error_
         assert attempt.log_path.read_text() == "token is ***\n"
         assert attempt.error is not None and "token is ***" in attempt.error and "s3cr3t" not in attempt.error
     assert b"s3cr3t" not in (tmp_path / ".jobgraph" / "jobgraph.db").read_bytes()
+
+
+def test_a_job_service_past_its_timeout_is_dropped_and_recorded_as_a_timeout(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline, podman: docker.DockerClient) -> None:
+    write_pipeline(emulated("slow", [box("t_slow", "echo started; sleep 300", timeout="2s")]), with_sh=False)
+    started = time.monotonic()
+    cli("run", "pipeline.yaml", check=1, timeout=120)
+    assert time.monotonic() - started < 60
+    with Store(store_url(tmp_path)) as records:
+        [summary] = records.runs()
+        [attempt] = records.attempts(summary.run_id)
+        assert attempt.status == "TIMEOUT" and attempt.backend_ref
+    assert services(podman, [attempt.backend_ref]) == []
