@@ -109,11 +109,13 @@ def submitted(tmp_path: Path, task: str) -> tuple[str, str]:
 
 
 def test_the_seeds_jobconfig_runs_on_the_emulated_spcs_to_success(
-        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline, podman: docker.DockerClient) -> None:
-    shutil.copy(SEED / "jobconfig.json", tmp_path / "jobconfig.json")
-    seed = {key: value for key, value in emulated("root_task", []).items() if key != "jobs"}
-    write_pipeline({**seed, "jobs_from": "jobconfig.json", "schedule": "59 MINUTE"}, with_sh=False)
-    result = cli("run", "pipeline.yaml", check=0, timeout=300)
+        tmp_path: Path, cli: Cli, podman: docker.DockerClient) -> None:
+    for name in ("jobconfig.json", "pipeline-spcs-emulator.yaml"):  # the example as shipped, polled faster
+        shutil.copy(SEED / name, tmp_path / name)
+    example = tmp_path / "pipeline-spcs-emulator.yaml"
+    assert "poll_secs: 1}" in example.read_text()
+    example.write_text(example.read_text().replace("poll_secs: 1}", "poll_secs: 0.2}"))
+    result = cli("run", "pipeline-spcs-emulator.yaml", check=0, timeout=300)
     assert "jobgraph's local SPCS emulator (Podman), not Snowflake" in result.stderr
     assert "t_myjob_6 SUCCEEDED" in result.stdout
     with Store(store_url(tmp_path)) as records:
