@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -216,6 +217,31 @@ def test_a_new_session_finds_the_services_of_one_that_is_gone(
     try:
         assert wait_for(later, name, "DONE")["status"] == "DONE"
         assert logs(later, name) == "finished\n"
+        run(later, sql.drop_service(name))
+    finally:
+        later.close()
+
+
+def test_without_an_engine_to_reach_it_starts_a_podman_service_of_its_own_and_stops_it_and_the_jobs_run_on(
+        engine: docker.DockerClient, names: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = os.environ["DOCKER_HOST"]
+    monkeypatch.delenv("DOCKER_HOST")  # as on a laptop with no Podman socket running
+    settings = SpcsSettings.model_validate({"emulator": True})
+    own = EmulatorSession(settings, {"/db/schema/repo/box:1": TEST_IMAGE}, pools=POOLS, folder=tmp_path / "jg")
+    name = new_name(names)
+    submit(own, name, spec(["sh", "-c", "sleep 2; echo outlived"]))
+    service = own._service
+    folder = tmp_path / "jg" / f"spcs-emulator-{os.getpid()}"
+    assert service is not None and service.process is not None
+    assert service.base_url == f"unix://{folder / 'podman.sock'}"
+    process = service.process
+    own.close()
+    assert process.poll() is not None and not folder.exists()
+    monkeypatch.setenv("DOCKER_HOST", shared)
+    later = EmulatorSession(settings, {}, pools=POOLS, folder=tmp_path / "jg")
+    try:
+        assert wait_for(later, name, "DONE")["status"] == "DONE"  # the job outlived the service that started it
+        assert logs(later, name) == "outlived\n"
         run(later, sql.drop_service(name))
     finally:
         later.close()

@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -169,14 +170,19 @@ class EmulatorSession:
                 self._client.close()
                 self._client = None
             if self._service is not None:
+                started = self._service.process is not None
                 self._service.stop()
                 self._service = None
+                if started:
+                    shutil.rmtree(self._folder / f"spcs-emulator-{os.getpid()}", ignore_errors=True)
 
     def _podman(self) -> docker.DockerClient:
         """Podman's API, found or started on first use; another engine is refused."""
         with self._lock:
             if self._client is None:
-                service = find_or_start("podman", self._folder)
+                # a Podman API service of this process's own, if one must be started: another jobgraph's (or a
+                # container runner's) at the same path would be replaced by it, and stopped with it
+                service = find_or_start("podman", self._folder / f"spcs-emulator-{os.getpid()}")
                 try:
                     client, libpod = connect(service.base_url)
                 except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
