@@ -310,7 +310,7 @@ def test_a_job_service_that_ended_while_jobgraph_was_down_is_recorded_with_its_r
         assert quick.error is not None and "container exited with code 4" in quick.error
         assert quick.log_path.read_text() == "failing\n"
         # the end is the service's updated_on: when its container exited, not when jobgraph saw it
-        assert quick.duration_secs is not None and 2 <= quick.duration_secs < 6, quick.duration_secs
+        assert quick.duration_secs is not None and 2 <= quick.duration_secs < 7.5, quick.duration_secs  # seen >= 8 s after
 
 
 def test_a_job_service_dropped_by_someone_else_is_an_error_that_says_so(
