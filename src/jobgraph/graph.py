@@ -55,6 +55,17 @@ class Dag:
                 stack.extend(self.successors[current])
         return [n for n in self.order if n in seen]
 
+    def ancestors(self, name: str) -> list[str]:
+        """Every job that `name` runs after, directly or not (what `--until` runs before it)."""
+        seen: set[str] = set()
+        stack = list(self.predecessors[name])
+        while stack:
+            current = stack.pop()
+            if current not in seen:
+                seen.add(current)
+                stack.extend(self.predecessors[current])
+        return [n for n in self.order if n in seen]
+
 
 def _topological(predecessors: dict[str, tuple[str, ...]], successors: dict[str, list[str]]) -> tuple[str, ...]:
     waiting = {name: len(after) for name, after in predecessors.items()}

@@ -52,10 +52,12 @@ def test_version(cli: Cli) -> None:
 
 
 def retry_processes(tmp_path: Path, run_id: str, url: str, count: int,
-                    release: Path) -> list[subprocess.CompletedProcess[str]]:
-    """Start `count` `jobgraph retry RUN` at once; once all but one have ended (or after a minute), touch `release`."""
+                    release: Path, *options: str) -> list[subprocess.CompletedProcess[str]]:
+    """Start `count` `jobgraph retry RUN [OPTIONS]` at once; once all but one have ended (or after a minute), touch
+    `release`."""
     env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph"), "COLUMNS": "250"}
-    processes = [subprocess.Popen([sys.executable, "-m", "jobgraph", "retry", run_id, "--store", url], cwd=tmp_path,
+    processes = [subprocess.Popen([sys.executable, "-m", "jobgraph", "retry", run_id, "--store", url, *options],
+                                  cwd=tmp_path,
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(count)]
     deadline = time.monotonic() + 60

@@ -114,15 +114,18 @@ def test_history_and_show_as_json_give_the_apis_fields_for_the_seeds_failing_run
     assert [run["run_id"] for run in listed["runs"]] == [failed.run_id, succeeded.run_id]
     newest = listed["runs"][0]
     assert set(newest) == {"run_id", "pipeline", "state", "run_attempt", "started_at", "finished_at", "trigger",
-                           "version", "job_counts"}
+                           "version", "selection", "job_counts"}
+    assert newest["selection"] is None  # a whole run (tests/cli/test_partial.py has partial ones)
     assert (newest["pipeline"], newest["state"], newest["run_attempt"]) == ("root_task", "FAILED", 1)
     assert newest["job_counts"] == failed.task_counts == {"SUCCEEDED": 4, "FAILED": 1, "SKIPPED": 1}
     assert newest["started_at"] == failed.started_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
     one = json.loads(cli("history", "--limit", "1", "-f", "json", check=0).stdout)
     assert [run["run_id"] for run in one["runs"]] == [failed.run_id]
+    assert json.loads(cli("history", "--limit", "1", "-o", "json", check=0).stdout) == one  # as kubectl and argo
 
     shown = json.loads(cli("show", failed.run_id[:8], "--format", "json", check=0).stdout)
-    assert set(shown) == {"run", "jobs", "attempts"} and shown["run"]["run_id"] == failed.run_id
+    assert set(shown) == {"run", "jobs", "attempts", "notifications"} and shown["run"]["run_id"] == failed.run_id
+    assert shown["notifications"] == []  # the seed notifies nobody
     jobs = {job["name"]: job for job in shown["jobs"]}
     assert {name: job["state"] for name, job in jobs.items()} == {t.task: t.state for t in store.tasks(failed.run_id)}
     assert jobs["t_myjob_3"]["attempts"] == 3 and "no column named 'hello'" in jobs["t_myjob_3"]["error"]

@@ -19,9 +19,10 @@ from lightkube.resources.batch_v1 import Job
 from lightkube.types import PatchType
 
 from jobgraph.errors import RunnerError
-from jobgraph.runners.base import JobSpec
+from jobgraph.runners.base import Cause, JobSpec
 from jobgraph.runners.kubernetes import KubernetesRunner
 from jobgraph.runners.kubernetes_manifest import KubernetesSettings, job_name
+from jobgraph.runners.kubernetes_states import outcome_of
 from jobgraph.states import AttemptStatus
 from tests.runners.kube_emulator import JOBS, NAMESPACE, Controller, KubeServer, kube, watch_lost_then_gone
 
@@ -121,6 +122,7 @@ def test_a_container_over_its_memory_limit_is_failed_as_out_of_memory(kube: Kube
     assert (outcome.status, outcome.exit_code) == (AttemptStatus.FAILED, 137)
     assert outcome.error == "out of memory (memory limit 64 MiB): Kubernetes killed the container (OOMKilled, " \
                             "exit code 137)"
+    assert outcome.cause == Cause.OOM  # what retry_on: [oom] matches
 
 
 def test_a_job_past_its_deadline_is_a_timeout(kube: KubeServer, tmp_path: Path) -> None:
@@ -158,6 +160,21 @@ def test_an_evicted_pod_is_an_error_that_may_be_retried(kube: KubeServer, tmp_pa
     assert outcome.status == AttemptStatus.ERROR
     assert outcome.error == "the pod was evicted from its node: The node was low on resource: memory.; not the " \
                             "job's fault, so it may be retried"
+    assert outcome.cause == Cause.LOST  # what retry_on: [lost] matches
+
+
+def test_a_pod_deleted_for_its_lost_node_is_lost() -> None:
+    job = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}}
+    pod = {"status": {"phase": "Failed", "conditions": [
+        {"type": "DisruptionTarget", "status": "True", "reason": "DeletionByPodGC",
+         "message": "PodGC: node no longer exists"}],
+        "containerStatuses": [{"name": "main", "state": {"terminated": {"exitCode": 137, "reason": "Error"}}}]}}
+    outcome = outcome_of(job, pod)
+    assert (outcome.status, outcome.cause) == (AttemptStatus.ERROR, Cause.LOST)
+    assert outcome.error is not None and outcome.error.startswith(
+        "the pod was disrupted (DeletionByPodGC: PodGC: node no longer exists)")
+    pod["status"]["conditions"] = []
+    assert outcome_of(job, pod).cause is None
 
 
 @pytest.mark.parametrize(("status", "reason"), [

@@ -21,7 +21,7 @@ import pytest
 from pydantic import ValidationError
 
 from jobgraph.errors import RunnerError
-from jobgraph.runners.base import JobSpec
+from jobgraph.runners.base import Cause, JobSpec
 from jobgraph.runners.slurm import SlurmHandle, SlurmRunner
 from jobgraph.runners.slurm_batch import EXIT_CODE_FILE, SlurmSettings
 from jobgraph.runners.slurm_states import ACTIVE_STATES, SlurmJob, outcome_of
@@ -501,6 +501,16 @@ def test_slurm_states_map_to_attempt_outcomes(state: str, status: int, exit_file
     outcome = outcome_of(SlurmJob("42", state, "Reason", status, "jobgraph:r/t/1"), exit_file, cancelled, log)
     assert (outcome.status, outcome.exit_code) == expected
     assert outcome.status == AttemptStatus.DONE or outcome.error
+
+
+@pytest.mark.parametrize(("state", "log", "cause"), [
+    ("OUT_OF_MEMORY", "", Cause.OOM), ("FAILED", "error: Exceeded job memory limit", Cause.OOM),
+    ("NODE_FAIL", "", Cause.LOST), ("PREEMPTED", "", Cause.LOST), ("BOOT_FAIL", "", Cause.LOST),
+    ("DEADLINE", "", None), ("FAILED", "", None),
+])
+def test_slurm_ends_say_oom_and_lost_for_retry_rules(state: str, log: str, cause: Cause | None) -> None:
+    outcome = outcome_of(SlurmJob("42", state, "Reason", 9, "jobgraph:r/t/1"), None, False, log)
+    assert outcome.cause == cause
 
 
 def test_a_job_sbatch_took_but_whose_answer_was_lost_is_found_by_its_comment_not_submitted_again(

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from jobgraph.runners.base import Cause
 from jobgraph.runners.spcs_states import (
     GONE,
     TERMINAL,
@@ -54,6 +55,7 @@ def test_the_messages_say_what_happened_and_what_to_do() -> None:
     suspended = outcome_of(NAME, "SUSPENDED", [], "PR_STD_POOL_S")
     assert suspended.error == (f"compute pool PR_STD_POOL_S was suspended under job service {NAME} (status "
                                "SUSPENDED): resume the pool (ALTER COMPUTE POOL PR_STD_POOL_S RESUME)")
+    assert suspended.cause == Cause.LOST and failed.cause is None  # what retry_on: [lost] matches
     internal = outcome_of(NAME, "INTERNAL_ERROR", [], "P", unread="node reclaimed")
     assert internal.error == (f"Snowflake reported INTERNAL_ERROR for job service {NAME}; its log could not be read: "
                               "node reclaimed: not the job's doing, so it may be retried")

@@ -51,6 +51,39 @@ def test_retry_claims_the_run_and_runs_what_failed_on_the_host(ran: dict[str, An
     assert any("ops" in line for line in lines)
 
 
+def test_retry_with_jobs_in_the_body_reruns_those_and_a_bad_body_changes_nothing(
+        ran: dict[str, Any], monkeypatch: Any) -> None:
+    operate = make_token(ran["url"], Scope.OPERATE, "ops")
+    monkeypatch.setenv("TOKEN", SECRET)
+    url = f"/api/v1/runs/{ran['run_id']}/retry"
+    with Store(ran["url"]) as host_records:
+        host = RunHost(host_records, None, lambda _line: None)
+        with served(ran["url"], host=host) as app:
+
+            async def work(client: httpx.AsyncClient) -> list[httpx.Response]:
+                refused = [await client.post(url, headers=bearer(operate), content=body) for body in (
+                    b'{"jobs": ["firstt"]}', b'{"jobs": "first"}', b'{"downstream": true}', b'[1]', b'{"job": []}',
+                    b'not json', b'{"jobs": ["later"], "downstream": "yes"}')]
+                answer = await client.post(url, headers=bearer(operate), json={"jobs": ["first"], "downstream": False})
+                await _until_done(host)
+                await host.close(drain=False)
+                return [*refused, answer]
+
+            *refused, answer = call(app, work)
+        assert [r.status_code for r in refused] == [400] * 7, [r.text for r in refused]
+        assert "no job named 'firstt' in pipeline p (did you mean 'first'?)" in refused[0].json()["error"]
+        assert answer.status_code == 202, answer.text
+        run = host_records.run(ran["run_id"])
+        assert run.run_attempt == 2 and run.state == "FAILED"  # first ran again; flaky is kept FAILED
+        assert [(a.task, a.attempt) for a in host_records.attempts(ran["run_id"]) if a.run_attempt == 2] == [
+            ("first", 2)]
+        assert {t.task: (t.state, t.run_attempt) for t in host_records.tasks(ran["run_id"])} == {
+            "first": ("SUCCEEDED", 2), "flaky": ("FAILED", 1), "later": ("SKIPPED", 1)}
+    with served(ran["url"]) as app:
+        page = get(app, f"/runs/{ran['run_id']}").text
+    assert '<p class="facts" id="selection">attempt 2 reran first (1 job)</p>' in page
+
+
 def test_trigger_runs_the_deployed_version_and_suspend_resume_change_it(cli: Cli, write_pipeline: WritePipeline,
                                                                          tmp_path: Path) -> None:
     path = write_pipeline({"name": "nightly", "schedule": "60 MINUTE", "jobs": [sh("a", "echo triggered")]})

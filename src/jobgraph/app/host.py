@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -111,13 +111,14 @@ class RunHost:
             resumed.append(self._host(recorded, drive(self._records, recorded, {}, self._say)))
         return resumed
 
-    async def start_retry(self, run_id: str, by: str) -> str:
-        """Claim a run like `jobgraph retry` and run its failed, skipped and cancelled jobs again as a task; its run
-        id. StoreError when the run succeeded, is running, is unknown or another process claimed it first; a
-        runner that cannot be reached gives the run back and raises RunnerError."""
+    async def start_retry(self, run_id: str, by: str, jobs: Sequence[str] = (), downstream: bool = False) -> str:
+        """Claim a run like `jobgraph retry` and run its failed, skipped and cancelled jobs again as a task (or the
+        `jobs` named, and `downstream` what depends on them); its run id. StoreError when the run succeeded (and
+        no job is named), is running, is unknown or another process claimed it first; ConfigError for a job that
+        is not the run's; a runner that cannot be reached gives the run back and raises RunnerError."""
         if (resumed := self._resumed(run_id)) is not None:
             return resumed
-        retry = claim_retry(self._records, self._records.run(run_id), None, self._runner)
+        retry = claim_retry(self._records, self._records.run(run_id), None, self._runner, jobs, downstream)
         for line in retry.announce():
             self._say(f"{by}: {line}")
         started = asyncio.Event()

@@ -12,6 +12,7 @@ from jobgraph.app.runs import ENDED_BEFORE_THE_CRASH, RunPlan, execute, prior_st
 from jobgraph.config import Pipeline, check_pipeline
 from jobgraph.engine.run import Adoption, PriorTask, RunResult
 from jobgraph.recovery import LostRun, recover_lost_runs
+from jobgraph.selection import loaded
 from jobgraph.store import Store
 from jobgraph.store.records import RunBusy, RunRecord
 
@@ -48,7 +49,7 @@ class Resumption:
         the crash cut short run."""
         return RunPlan(self.pipeline, run_id=self.previous.run_id, prior=self.prior, run_attempt=self.run_attempt,
                        trigger=self.previous.trigger or "manual", version=self.previous.version, adopt=self.adopt,
-                       keep=ENDED_BEFORE_THE_CRASH)
+                       keep=ENDED_BEFORE_THE_CRASH, selection=loaded(self.previous.selection))
 
     def announce(self) -> str:
         """What a person is told."""

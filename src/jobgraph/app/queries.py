@@ -24,11 +24,12 @@ from sqlalchemy import Connection, String, and_, exists, func, or_, select, type
 from sqlalchemy.sql.elements import ColumnElement
 
 from jobgraph.errors import JobgraphError, StoreError
+from jobgraph.selection import loaded
 from jobgraph.states import AttemptStatus, RunState
 from jobgraph.store import Store
 from jobgraph.store.deployments import ACTIVE, DeployedPipeline, Deployments
 from jobgraph.store.records import aware, utc
-from jobgraph.store.tables import attempts, pipeline_versions, runs, task_runs
+from jobgraph.store.tables import attempts, notifications, pipeline_versions, runs, task_runs
 
 Json = dict[str, Any]
 
@@ -88,7 +89,7 @@ def _run_json(row: Any) -> Json:
     return {"run_id": row["run_id"], "pipeline": row["pipeline"], "state": row["state"],
             "run_attempt": row["run_attempt"], "started_at": iso(aware(row["started_at"])),
             "finished_at": iso(aware(row["finished_at"])), "trigger": row["trigger"],
-            "version": row["pipeline_version"]}
+            "version": row["pipeline_version"], "selection": loaded(row["selection"])}
 
 
 def _pipeline_json(deployed: DeployedPipeline, last: Any) -> Json:
@@ -208,7 +209,7 @@ def run_page(records: Store, pipeline: str | None = None, state: str | None = No
     if state is not None and state.upper() not in RunState.__members__:
         raise BadRequest(f"unknown run state {state!r}; use one of {', '.join(RunState)}")
     query = select(runs.c.run_id, runs.c.pipeline, runs.c.state, runs.c.run_attempt, runs.c.started_at,
-                   runs.c.finished_at, runs.c.trigger, runs.c.pipeline_version).order_by(
+                   runs.c.finished_at, runs.c.trigger, runs.c.pipeline_version, runs.c.selection).order_by(
         runs.c.started_at.desc(), runs.c.run_id.desc()).limit(limit + 1)
     if pipeline:
         query = query.where(runs.c.pipeline == pipeline)
@@ -279,11 +280,28 @@ def run_detail(records: Store, run_id: str) -> Json:
                                 .order_by(task_runs.c.task)).all()
         attempt_rows = conn.execute(select(*_attempt_columns(conn.dialect.name)).where(attempts.c.run_id == run_id)
                                     .order_by(attempts.c.id)).all()
+        notification_rows = conn.execute(select(*_notification_columns(conn.dialect.name))
+                                         .where(notifications.c.run_id == run_id).order_by(notifications.c.id)).all()
     jobs = [_job_json(job) for job in job_rows]
     counts = Counter(job["state"] for job in jobs)
     run = {**_run_json(row), "job_counts": dict(counts), "scheduled_time": iso(aware(row["scheduled_time"])),
            "owner": row["owner"], "cancel_requested_at": iso(aware(row["cancel_requested_at"]))}
-    return {"run": run, "jobs": jobs, "attempts": [_attempt_json(attempt) for attempt in attempt_rows]}
+    return {"run": run, "jobs": jobs, "attempts": [_attempt_json(attempt) for attempt in attempt_rows],
+            "notifications": [_notification_json(sent) for sent in notification_rows]}
+
+
+def _notification_columns(dialect: str) -> tuple[ColumnElement[Any], ...]:
+    """What the run detail shows of each notification, in _notification_json's order."""
+    return (notifications.c.event, notifications.c.task, notifications.c.target, notifications.c.state,
+            notifications.c.tries, notifications.c.error, raw_time(notifications.c.created_at, dialect),
+            raw_time(notifications.c.finished_at, dialect))
+
+
+def _notification_json(row: Sequence[Any]) -> Json:
+    """A notification as the API shows it: what it told (event, job), to whom (never a secret URL), how it went."""
+    event, job, target, state, tries, error, created_at, finished_at = row
+    return {"event": event, "job": job, "target": target, "state": state, "tries": tries, "error": error,
+            "created_at": stored_iso(created_at), "finished_at": stored_iso(finished_at)}
 
 
 def run_signature(records: Store, run_id: str) -> tuple[Any, ...]:

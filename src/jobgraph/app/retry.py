@@ -1,19 +1,22 @@
 """Retrying a run: its failed, skipped and cancelled jobs run again as the same run, after a claim that makes
 exactly one of several retries the one that runs it; the definition is the run's own snapshot, or a repaired
-file with the same jobs and edges."""
+file with the same jobs and edges. A targeted retry (`--job`, Airflow's "clear") runs again the jobs named,
+even succeeded ones, and with `downstream` what depends on them; every other job keeps how it ended."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from jobgraph.app.reports import Reports
 from jobgraph.app.runs import RunPlan, execute, job_secrets, prior_states
 from jobgraph.config import Pipeline, check_pipeline, load
-from jobgraph.engine.run import RunResult
+from jobgraph.engine.run import PriorTask, RunResult
 from jobgraph.errors import ConfigError, Problem, StoreError
-from jobgraph.states import RETRYABLE_TASK_STATES, RunState
+from jobgraph.selection import loaded, rerun, with_retry
+from jobgraph.states import RETRYABLE_TASK_STATES, TERMINAL_TASK_STATES, RunState, TaskState
 from jobgraph.store import Store
 from jobgraph.store.records import RunBusy, RunRecord, busy_reason
 
@@ -28,11 +31,19 @@ class ClaimedRetry:
     plan: RunPlan
     definition: str
     kept: int
+    rerun: tuple[str, ...] = ()
+    """The jobs a targeted retry runs again (empty: every job that did not succeed)."""
 
     def announce(self) -> list[str]:
         """What a person is told, a line each."""
-        return [f"retrying run {self.previous.run_id} of {self.previous.pipeline}: keeping {self.kept} succeeded jobs",
-                f"definition: {self.definition}"]
+        if self.rerun:
+            shown = ", ".join(self.rerun[:20]) + (f" and {len(self.rerun) - 20} more" if len(self.rerun) > 20 else "")
+            head = (f"retrying run {self.previous.run_id} of {self.previous.pipeline}: running again {shown}; "
+                    f"keeping {self.kept} jobs as they ended")
+        else:
+            head = (f"retrying run {self.previous.run_id} of {self.previous.pipeline}: keeping {self.kept} "
+                    "succeeded jobs")
+        return [head, f"definition: {self.definition}"]
 
 
 def rerun_definition(previous: RunRecord, file: Path | None,
@@ -79,24 +90,36 @@ def graph_differences(stored: Pipeline, repaired: Pipeline, run_id: str) -> list
     return sorted(problems, key=lambda p: (p.job or "", p.message))
 
 
-def claim_retry(records: Store, previous: RunRecord, file: Path | None, runner: str | None) -> ClaimedRetry:
-    """Check the run can be retried (it ended other than SUCCEEDED, its definition holds, its secrets are set),
-    then claim it; StoreError if it succeeded, is running, or another process claimed it first."""
-    if previous.state == RunState.SUCCEEDED:
+def claim_retry(records: Store, previous: RunRecord, file: Path | None, runner: str | None,
+                jobs: Sequence[str] = (), downstream: bool = False) -> ClaimedRetry:
+    """Check the run can be retried (it ended, other than SUCCEEDED unless `jobs` are named; its definition holds;
+    the jobs named are its own; its secrets are set), then claim it; StoreError if it succeeded (and no job is
+    named), is running, or another process claimed it first; ConfigError for a job name that is not the run's."""
+    if previous.state == RunState.SUCCEEDED and not jobs:
         raise StoreError(f"run {previous.run_id} succeeded: nothing to retry")
     if previous.state == RunState.RUNNING:
         raise StoreError(f"{busy_reason(previous)}; nothing was run")
     pipeline, definition, version = rerun_definition(previous, file, runner)
-    job_secrets(pipeline)  # a missing secret stops the retry before it claims the run
+    selection = loaded(previous.selection)
+    named, again = rerun(pipeline, selection, jobs, downstream, previous.run_id) if jobs else ([], [])
     prior = prior_states(records, previous.run_id)
-    kept = sum(1 for p in prior.values() if p.state not in RETRYABLE_TASK_STATES)
+    keep = frozenset({TaskState.SUCCEEDED})
+    if again:  # Airflow's clear: the jobs named start afresh (their attempts go on), every other one stays
+        prior = {name: PriorTask(TaskState.PENDING, p.attempts) if name in again else p for name, p in prior.items()}
+        keep = TERMINAL_TASK_STATES
+        kept = sum(1 for name in prior if name not in again)
+    else:
+        kept = sum(1 for p in prior.values() if p.state not in RETRYABLE_TASK_STATES)
+    job_secrets(RunPlan(pipeline, selection=selection).running())  # a missing secret stops it before the claim
     try:
         claimed = records.claim_run(previous)
     except RunBusy as busy:
         raise StoreError(f"{busy}; nothing was run") from None
+    if again:
+        selection = with_retry(selection, claimed.run_attempt, named, downstream, again)
     plan = RunPlan(pipeline, run_id=previous.run_id, prior=prior, run_attempt=claimed.run_attempt,
-                   trigger=previous.trigger or "manual", version=version)
-    return ClaimedRetry(previous, claimed, plan, definition, kept)
+                   trigger=previous.trigger or "manual", version=version, keep=keep, selection=selection)
+    return ClaimedRetry(previous, claimed, plan, definition, kept, tuple(again))
 
 
 def release(records: Store, retry: ClaimedRetry) -> None:

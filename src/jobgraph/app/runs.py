@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jobgraph.app.cancel import watched
 from jobgraph.app.places import home
@@ -26,10 +27,14 @@ from jobgraph.engine import Listener
 from jobgraph.engine.run import Adoption, GraphRun, PriorTask, RunResult
 from jobgraph.errors import ConfigError, Problem, RunnerError, StoreError
 from jobgraph.runners import AnyRunner, make_runner
+from jobgraph.selection import restricted, selected_jobs
 from jobgraph.states import TaskState
 from jobgraph.store import Store
 from jobgraph.store.faults import store_name
 from jobgraph.store.recorder import PATIENCE_SECS, RunRecorder
+
+if TYPE_CHECKING:
+    from jobgraph.app.notify import Notifier
 
 ENDED_BEFORE_THE_CRASH = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.SKIPPED})
 """What resuming a lost run keeps as it was: jobs that had ended before its jobgraph died (a failure is
@@ -50,14 +55,24 @@ class RunPlan:
     adopt: Mapping[str, Adoption] | None = None
     keep: frozenset[TaskState] = frozenset({TaskState.SUCCEEDED})
     scheduled_time: datetime | None = None
+    selection: Mapping[str, object] | None = None
+    """A partial run's jobs, or a targeted retry's (jobgraph.selection); None: every job."""
+
+    def running(self) -> Pipeline:
+        """The pipeline as far as this run runs it: its selected jobs (whose secrets and runners it needs)."""
+        if self.selection is None:
+            return self.pipeline
+        return self.pipeline.model_copy(update={"jobs": restricted(self.pipeline, selected_jobs(self.selection))})
 
 
 @dataclass(frozen=True)
 class RecordedRun:
-    """A graph run and the recorder that writes it to the store (flushed again while a service lives)."""
+    """A graph run and the recorder that writes it to the store (flushed again while a service lives), and
+    the notifier that sends its `notify` entries, if it has any."""
 
     graph_run: GraphRun
     recorder: RunRecorder
+    notifier: Notifier | None = None
 
 
 def job_secrets(pipeline: Pipeline) -> dict[str, str]:
@@ -134,12 +149,20 @@ def recorded_run(records: Store, plan: RunPlan, runner_for: Callable[[Job], AnyR
         on_down(message)
 
     recorder = RunRecorder(records, down, on_wait, patience)
+    secrets = job_secrets(plan.running()) if secrets is None else secrets
+    notifier = None
+    if plan.pipeline.notify:  # only a pipeline that notifies loads the notifier
+        from jobgraph.app.notify import Notifier
+
+        notifier = Notifier(records, plan.pipeline, on_wait, frozenset(secrets.values()))
+        listeners = [*listeners, notifier]
+        secrets = {**notifier.secret_env, **secrets}  # withheld from every job's environment, redacted from logs
     graph_run = GraphRun(plan.pipeline, runner_for, [recorder, *listeners], home() / "logs", run_id=plan.run_id,
                          scheduled_time=plan.scheduled_time, prior=plan.prior, run_attempt=plan.run_attempt,
-                         secrets=job_secrets(plan.pipeline) if secrets is None else secrets, trigger=plan.trigger,
-                         version=plan.version, adopt=plan.adopt, keep=plan.keep)
+                         secrets=secrets, trigger=plan.trigger, version=plan.version, adopt=plan.adopt, keep=plan.keep,
+                         selection=plan.selection)
     cancel.append(graph_run.cancel)
-    return RecordedRun(graph_run, recorder)
+    return RecordedRun(graph_run, recorder, notifier)
 
 
 async def drive(records: Store, recorded: RecordedRun, owned: dict[str, AnyRunner], say: Callable[[str], None],
@@ -156,7 +179,7 @@ async def drive(records: Store, recorded: RecordedRun, owned: dict[str, AnyRunne
 def execute(records: Store, plan: RunPlan, runner_override: str | None, reports: Reports) -> RunResult:
     """Run the plan here and now, in its own event loop, with the store and a live view listening; Ctrl-C and
     SIGTERM cancel it, so does a store that stays down. Raise StoreError if some of its records stayed unwritten."""
-    secrets = job_secrets(plan.pipeline)
+    secrets = job_secrets(plan.running())
     patience = store_patience()
     runners: dict[str, AnyRunner] = {}
     display: contextlib.AbstractContextManager[RunDisplay | None] = (
@@ -174,11 +197,15 @@ def execute(records: Store, plan: RunPlan, runner_override: str | None, reports:
                 loop.add_signal_handler(signal.SIGHUP, view.hang_up)
             try:
                 try:
-                    await open_runners(plan.pipeline, runner_override, runners)
+                    await open_runners(plan.running(), runner_override, runners)
                 except BaseException:
                     await close_runners(runners)
                     raise
-                return await drive(records, recorded, runners, reports.note, reports.warn)
+                try:
+                    return await drive(records, recorded, runners, reports.note, reports.warn)
+                finally:
+                    if recorded.notifier is not None:  # this loop ends with the run: pending sends get their timeout
+                        await recorded.notifier.settle()
             finally:
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                     loop.remove_signal_handler(sig)

@@ -67,6 +67,7 @@ app.command()(commands.drop)
 app.command()(commands.serve)
 app.command()(commands.web)
 app.add_typer(commands.token)
+app.add_typer(commands.export)
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ class OutputFormat(StrEnum):
 
 
 FormatOption = Annotated[OutputFormat, typer.Option(
-    "--format", "-f", help="table (to read) or json (one document on stdout, for scripts; fields in the README)")]
+    "--format", "-f", "-o", help="table (to read) or json (one document on stdout, for scripts; fields in the README)")]
 
 
 class PlanFormat(StrEnum):
@@ -67,7 +67,7 @@ def validate(file: FileArgument, runner: RunnerOption = None, output: FormatOpti
 
 def graph(
     file: FileArgument,
-    output: Annotated[GraphFormat, typer.Option("--format", "-f", help="table, dot, mermaid or json")] = (
+    output: Annotated[GraphFormat, typer.Option("--format", "-f", "-o", help="table, dot, mermaid or json")] = (
         GraphFormat.table
     ),
     dependents: Annotated[str | None, typer.Option(
@@ -90,7 +90,7 @@ def schema() -> None:
 def plan(
     file: FileArgument,
     runner: RunnerOption = None,
-    output: Annotated[PlanFormat, typer.Option("--format", "-f", help="yaml (to read) or json (for tools)")] = (
+    output: Annotated[PlanFormat, typer.Option("--format", "-f", "-o", help="yaml (to read) or json (for tools)")] = (
         PlanFormat.yaml
     ),
 ) -> None:
@@ -100,11 +100,25 @@ def plan(
     plan.plan(file, runner=runner, output=output)
 
 
-def run(file: FileArgument, store: StoreOption = None, runner: RunnerOption = None) -> None:
-    """Run a pipeline once, now, with a live view; exit 0 if every job succeeded, 1 if not, 130 if cancelled."""
+OnlyOption = Annotated[list[str] | None, typer.Option(
+    "--only", metavar="JOB[,JOB]",
+    help="Run only these jobs (comma-separated or repeated); a predecessor left out is not waited for")]
+FromOption = Annotated[list[str] | None, typer.Option(
+    "--from", metavar="JOB[,JOB]", help="Run this job and everything downstream of it (comma-separated or repeated)")]
+UntilOption = Annotated[list[str] | None, typer.Option(
+    "--until", metavar="JOB[,JOB]", help="Run this job and everything upstream of it (comma-separated or repeated)")]
+
+
+def run(file: FileArgument, store: StoreOption = None, runner: RunnerOption = None, only: OnlyOption = None,
+        start: FromOption = None, until: UntilOption = None) -> None:
+    """Run a pipeline once, now, with a live view; exit 0 if every job succeeded, 1 if not, 130 if cancelled.
+
+    --only, --from and --until run part of it (given together: the jobs all of them pick); the finalizer
+    always runs. The run records which jobs it ran: `show` says so, `retry` keeps to them.
+    """
     from jobgraph.cli import run
 
-    run.run(file, store=store, runner=runner)
+    run.run(file, store=store, runner=runner, only=only or [], start=start or [], until=until or [])
 
 
 def retry(
@@ -114,14 +128,21 @@ def retry(
     file: Annotated[Path | None, typer.Option(
         "--file", exists=True, dir_okay=False,
         help="Rerun with this (repaired) pipeline file instead of the run's stored one; same jobs and edges")] = None,
+    job: Annotated[list[str] | None, typer.Option(
+        "--job", metavar="JOB[,JOB]",
+        help="Run again only this job, even if it succeeded (comma-separated or repeated)")] = None,
+    downstream: Annotated[bool, typer.Option(
+        "--downstream", help="With --job: also run again every job of the run that depends on it")] = False,
 ) -> None:
     """Run again a run's failed, skipped and cancelled jobs, keeping what succeeded (EXECUTE TASK ... RETRY LAST).
 
-    Of several retries of one run at once, exactly one runs it; the others say who does and exit 2.
+    With --job, run again the jobs named (and with --downstream what depends on them), whatever they ended as,
+    keeping every other job as it ended: Airflow's "clear". Of several retries of one run at once, exactly one
+    runs it; the others say who does and exit 2.
     """
     from jobgraph.cli import run
 
-    run.retry(run_id, store=store, runner=runner, file=file)
+    run.retry(run_id, store=store, runner=runner, file=file, jobs=job or [], downstream=downstream)
 
 
 def cancel(
@@ -323,3 +344,27 @@ def token_revoke(
     from jobgraph.cli import web
 
     web.token_revoke(name, store=store)
+
+
+export = typer.Typer(name="export", help="Write a pipeline out for another engine to run natively.",
+                     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+
+
+@export.command("snowflake")
+def export_snowflake(
+    file: FileArgument,
+    output: Annotated[Path | None, typer.Option("--output", "-o", dir_okay=False,
+                                                help="Write the script to this file instead of stdout")] = None,
+    teardown: Annotated[bool, typer.Option("--teardown", help="Print only the statements that remove the task "
+                                           "graph (the seed's drop_job_tasks()), to run")] = False,
+    root_task: Annotated[str | None, typer.Option("--root-task", help="The root task's name [default: root_task "
+                                                  "for the seed's jobconfig.json, else the pipeline's name]")] = None,
+) -> None:
+    """Print the SQL that builds the pipeline as a native Snowflake task graph: the seed's logging tables, a
+    root task with the schedule, one task per job running its SPCS job service, the finalizer GET_GRAPH_STATS,
+    and the teardown (as comments). What Snowflake cannot express is said in the SQL and warned on stderr.
+    Nothing is run or contacted.
+    """
+    from jobgraph.cli import export as exporter
+
+    exporter.snowflake(file, output=output, teardown=teardown, root_task=root_task)

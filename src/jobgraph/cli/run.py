@@ -7,6 +7,7 @@ printed and the exit codes.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import typer
@@ -31,6 +32,8 @@ from jobgraph.cli.render import RunView
 from jobgraph.cli.show import tasks_table
 from jobgraph.config import load
 from jobgraph.engine.run import RunResult
+from jobgraph.errors import StoreError
+from jobgraph.selection import choose, names
 from jobgraph.states import RunState, TaskState
 from jobgraph.store import Store
 
@@ -51,30 +54,40 @@ def terminal_reports(records: Store) -> Reports:
 
 
 @reported
-def run(file: Path, store: str | None = None, runner: str | None = None) -> None:
-    """Resume what lost runs left running remotely, then run the pipeline; the exit code says how it ended."""
+def run(file: Path, store: str | None = None, runner: str | None = None, only: Sequence[str] = (),
+        start: Sequence[str] = (), until: Sequence[str] = ()) -> None:
+    """Resume what lost runs left running remotely, then run the pipeline (or the part of it chosen: an unknown
+    job name stops it here, before the store is opened); the exit code says how it ended."""
     pipeline = load(file, runner)
+    selection = choose(pipeline, str(file), names(only), names(start, "--from"), names(until, "--until"))
     with Store(store_url(store)) as records:
         reports = terminal_reports(records)
         resume_adopting(records, reports)
-        result = execute(records, RunPlan(pipeline), runner, reports)
+        if selection is not None:
+            reports.say(f"partial run: {len(selection['jobs'])} of {len(pipeline.jobs)} jobs "
+                        f"({', '.join(selection['jobs'][:20])}{', ...' if len(selection['jobs']) > 20 else ''})")
+        result = execute(records, RunPlan(pipeline, selection=selection), runner, reports)
     raise typer.Exit(EXIT_CODES[result.state])
 
 
 @reported
-def retry(run_id: str, store: str | None = None, runner: str | None = None, file: Path | None = None) -> None:
+def retry(run_id: str, store: str | None = None, runner: str | None = None, file: Path | None = None,
+          jobs: Sequence[str] = (), downstream: bool = False) -> None:
     """Claim the run (so that of several retries exactly one runs it), then run what did not succeed, as the same
     run; a run whose jobgraph died is resumed instead."""
+    asked = names(jobs, "--job")
+    if downstream and not asked:
+        raise StoreError("--downstream goes with --job: name the jobs whose dependents run again; nothing was run")
     with Store(store_url(store)) as records:
         reports = terminal_reports(records)
         resumed = resume_adopting(records, reports)
         previous = records.run(run_id)
         if previous.run_id in resumed:  # its jobgraph had died: going on with it was what this retry did
             raise typer.Exit(EXIT_CODES[resumed[previous.run_id].state])
-        if previous.state == RunState.SUCCEEDED:
+        if previous.state == RunState.SUCCEEDED and not asked:
             console.print(f"run {previous.run_id} succeeded: nothing to retry")
             raise typer.Exit(EXIT_OK)
-        claimed = claim_retry(records, previous, file, runner)
+        claimed = claim_retry(records, previous, file, runner, asked, downstream)
         for line in claimed.announce():
             reports.say(line)
         result = run_retry(records, claimed, runner, reports)

@@ -16,6 +16,7 @@ from jobgraph.cli.common import console, reported, store_url, write_plain
 from jobgraph.cli.render import duration, styled
 from jobgraph.errors import StoreError, did_you_mean
 from jobgraph.runners.output import UnsafeFile, copy_out, open_regular
+from jobgraph.selection import loaded, selected_jobs, summary
 from jobgraph.store import Store, TaskRecord
 from jobgraph.store.records import VIEW_ORDER
 
@@ -53,9 +54,12 @@ def history(limit: int = 20, pipeline: str | None = None, store: str | None = No
             table.add_column(column)
         for run in records.runs(limit, pipeline):
             took = (run.finished_at - run.started_at).total_seconds() if run.finished_at else None
-            table.add_row(run.run_id, run.pipeline, styled(run.state), str(run.run_attempt),
+            chosen = loaded(run.selection)
+            partial = " (partial)" if selected_jobs(chosen) is not None else ""
+            cleared = " (cleared)" if chosen and chosen.get("retries") else ""
+            table.add_row(run.run_id, run.pipeline, styled(run.state), str(run.run_attempt) + cleared,
                           _utc_text(run.started_at), duration(took),
-                          ", ".join(f"{n} {s.lower()}" for s, n in sorted(run.task_counts.items())))
+                          ", ".join(f"{n} {s.lower()}" for s, n in sorted(run.task_counts.items())) + partial)
         console.print(table)
 
 
@@ -82,9 +86,10 @@ def _runs(records: Store, limit: int, pipeline: str | None) -> list[Json]:
 
 @reported
 def show(run_id: str, store: str | None = None, output: OutputFormat = OutputFormat.table) -> None:
-    """Two tables: the run's jobs, then every attempt of them.
+    """Two tables, the run's jobs then every attempt of them, and a third of its notifications if it sent any.
 
-    As JSON: `{"run", "jobs", "attempts"}` as GET /api/v1/runs/RUN_ID gives them (queries.run_detail).
+    As JSON: `{"run", "jobs", "attempts", "notifications"}` as GET /api/v1/runs/RUN_ID gives them
+    (queries.run_detail).
     """
     with Store(store_url(store)) as records:
         run = records.run(run_id)
@@ -97,6 +102,9 @@ def show(run_id: str, store: str | None = None, output: OutputFormat = OutputFor
                                   title=f"run {run.run_id} of {run.pipeline}: {run.state}"
                                   + (f" (after {run.run_attempt - 1} retry)" if run.run_attempt == 2 else
                                      f" (after {run.run_attempt - 1} retries)" if run.run_attempt > 2 else "")))
+        chosen = summary(loaded(run.selection))
+        if chosen:
+            console.print(escape(chosen))
         table = Table(title="attempts", title_justify="left")
         for column in ("job", "attempt", "run attempt", "status", "exit", "started (UTC)", "duration", "error"):
             table.add_column(column, overflow="fold")
@@ -106,6 +114,15 @@ def show(run_id: str, store: str | None = None, output: OutputFormat = OutputFor
                           "" if attempt.exit_code is None else str(attempt.exit_code),
                           _utc_text(attempt.started_at), duration(attempt.duration_secs), escape(error[-400:]))
         console.print(table)
+        sent = records.notifications(run.run_id)
+        if sent:
+            table = Table(title="notifications", title_justify="left")
+            for column in ("event", "job", "to", "state", "tries", "at (UTC)", "error"):
+                table.add_column(column, overflow="fold")
+            for each in sent:
+                table.add_row(each.event, each.task or "", escape(each.target), each.state, str(each.tries),
+                              _utc_text(each.finished_at or each.created_at), escape((each.error or "")[-400:]))
+            console.print(table)
 
 
 @reported

@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -95,6 +96,22 @@ def parse_log_limit(value: Any) -> int:
     return size
 
 
+def _check_webhook(url: str) -> str:
+    """A webhook is an absolute http(s) URL with a host; nothing else is ever fetched."""
+    from urllib.parse import urlsplit  # only a pipeline with a webhook needs it
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        raise ValueError("is not a URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if any(c in url for c in "\r\n\x00 "):
+        raise ValueError("may not contain spaces, line breaks or NUL")
+    return url
+
+
 def _check_schedule(text: str) -> str:
     from jobgraph.schedule import parse_schedule  # only a pipeline with a schedule needs cron's parser
 
@@ -123,6 +140,30 @@ Retries = Annotated[int, Field(strict=True, ge=0, le=MAX_RETRIES)]
 Text = Annotated[str, AfterValidator(no_nul)]
 Command = Annotated[tuple[Annotated[str, Field(min_length=1), AfterValidator(no_nul)], ...], Field(min_length=1)]
 LogLimit = Annotated[int, BeforeValidator(parse_log_limit)]
+
+RETRY_WORDS = ("timeout", "error", "oom", "lost")
+"""What `retry_on` / `no_retry_on` name besides exit codes: a timeout, an attempt the runner could not start
+or follow, an out-of-memory kill (containers, Kubernetes, Slurm), a remote node lost or the pod evicted."""
+
+
+def _retry_condition(value: Any) -> int | str:
+    """An exit code (1-255) or one of RETRY_WORDS, lower-cased."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected an exit code (1-255) or one of {', '.join(RETRY_WORDS)}, got {value!r}")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, int):
+        if not 1 <= value <= 255:
+            raise ValueError(f"exit code {value} cannot fail an attempt: use 1-255")
+        return value
+    if isinstance(value, str) and value.strip().lower() in RETRY_WORDS:
+        return value.strip().lower()
+    raise ValueError(f"{value!r} is neither an exit code (1-255) nor one of {', '.join(RETRY_WORDS)}")
+
+
+RetryCondition = Annotated[int | str, BeforeValidator(_retry_condition), WithJsonSchema(
+    {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 255}, {"enum": list(RETRY_WORDS)}]})]
+RetryConditions = Annotated[tuple[RetryCondition, ...], Field(max_length=256)]
 
 
 INSTANCE_FAMILIES: dict[str, tuple[float, int]] = {
@@ -192,6 +233,13 @@ class Defaults(_Model):
     retries: Retries = 0
     retry_delay: Duration = 0.0
     retry_backoff: float = Field(default=1.0, ge=1.0, le=10.0)
+    retry_on: RetryConditions | None = Field(
+        default=None, description="Retry only a failure named here: exit codes, timeout, error, oom, lost "
+        "[default: any failure]")
+    no_retry_on: RetryConditions = Field(
+        default=(), description="Never retry a failure named here (wins over retry_on)")
+    retry_for: Duration | None = Field(
+        default=None, gt=0, description="No retry starts once this long has passed since the first attempt began")
     timeout: Duration | None = Field(default=None, gt=0)
     trigger_rule: TriggerRule = TriggerRule.ALL_SUCCESS
     pool: Name = "default"
@@ -217,6 +265,15 @@ class Job(_Model):
     retries: Retries | None = None
     retry_delay: Duration | None = None
     retry_backoff: float | None = Field(default=None, ge=1.0, le=10.0)
+    retry_on: RetryConditions | None = Field(
+        default=None, description="Retry only a failure named here: exit codes (1-255), timeout, error (the runner "
+        "could not start it), oom, lost (remote node lost, pod evicted) [default: defaults.retry_on, any failure]")
+    no_retry_on: RetryConditions | None = Field(
+        default=None, description="Never retry a failure named here; wins over retry_on "
+        "[default: defaults.no_retry_on]")
+    retry_for: Duration | None = Field(
+        default=None, gt=0, description="No retry starts once this long has passed since the first attempt began "
+        "(its delay included) [default: defaults.retry_for]")
     timeout: Duration | None = Field(default=None, gt=0)
     trigger_rule: TriggerRule | None = None
     container_name: str | None = Field(
@@ -266,6 +323,46 @@ class Finalizer(Job):
         return self
 
 
+NotifyEvent = Literal["run_failed", "run_succeeded", "job_failed"]
+
+MAX_NOTIFY_SECS = 600.0
+
+
+class Notify(_Model):
+    """Whom to tell when a run fails or succeeds, or a job fails: a webhook (JSON or Slack) or a command hook."""
+
+    on: tuple[NotifyEvent, ...] = Field(default=("run_failed",), min_length=1,
+                                        description="run_failed, run_succeeded, job_failed [default: run_failed]")
+    webhook: Annotated[str, AfterValidator(_check_webhook)] | None = Field(
+        default=None, description="An http(s) URL to POST to (a URL holding a token belongs in webhook_secret)")
+    webhook_secret: Name | None = Field(
+        default=None, description="The environment variable of jobgraph's that holds the URL: never stored or shown")
+    format: Literal["json", "slack"] = Field(default="json", description="json, or slack: a {\"text\": ...} body")
+    command: Command | None = Field(default=None, description="A hook: argv run with the JSON body on its stdin")
+    timeout: Duration = Field(default=10.0, gt=0, le=MAX_NOTIFY_SECS,
+                              description="Seconds one notification may take, every try included; a run waits at "
+                              "most this long at its end for the ones still being sent")
+    retries: int = Field(default=3, strict=True, ge=0, le=10, description="Tries after the first, with backoff")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, value: Any) -> Any:
+        """YAML 1.1 reads an unquoted `on:` key as the boolean true (as GitHub Actions files know): take it back."""
+        if isinstance(value, dict) and True in value and "on" not in value:
+            value = {("on" if key is True else key): item for key, item in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Notify:
+        given = [name for name in ("webhook", "webhook_secret", "command") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of webhook, webhook_secret or command" + (
+                f" (got {', '.join(given)})" if given else ""))
+        if self.command is not None and self.format != "json":
+            raise ValueError("format is for webhooks: a command gets the JSON body on its stdin")
+        return self
+
+
 _J = TypeVar("_J", bound="Job")
 
 OWN_JOBS = "own_jobs"
@@ -295,6 +392,8 @@ class Pipeline(_Model):
     runners: dict[RunnerName, dict[str, Any]] = Field(
         default_factory=dict, description="Settings of each runner, e.g. runners: {slurm: {partition: debug}}; "
         "`jobgraph schema` lists each runner's fields")
+    notify: tuple[Notify, ...] = Field(
+        default=(), max_length=20, description="Webhooks and hooks told when the run fails or succeeds, or a job fails")
 
     @field_validator("jobs", mode="wrap")
     @classmethod
@@ -335,8 +434,8 @@ class Pipeline(_Model):
         return defined.max_parallel if defined else self.defaults.pool_size
 
 
-_DEFAULTED = ("retries", "retry_delay", "retry_backoff", "timeout", "trigger_rule", "pool", "runner", "workdir",
-              "network", "log_limit")
+_DEFAULTED = ("retries", "retry_delay", "retry_backoff", "retry_on", "no_retry_on", "retry_for", "timeout",
+              "trigger_rule", "pool", "runner", "workdir", "network", "log_limit")
 """A job's fields that, unset, take the value `defaults` has."""
 
 

@@ -43,6 +43,8 @@ class RunStarted:
     version: str | None = None
     kept: tuple[str, ...] = ()
     """Jobs that had ended otherwise (FAILED, SKIPPED) and are kept as they ended (resuming a lost run)."""
+    selection: str | None = None
+    """A partial run's or a targeted retry's choice of jobs (selection.py), as runs.selection stores it (JSON)."""
 
 
 @dataclass(frozen=True)

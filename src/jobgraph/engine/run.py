@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from jobgraph.config.model import Finalizer, Job, Pipeline, TriggerRule
+from jobgraph.engine import retry_rules
 from jobgraph.engine.delivery import Delivery
 from jobgraph.engine.events import (
     AttemptAdopted,
@@ -36,6 +37,7 @@ from jobgraph.errors import RunnerError
 from jobgraph.graph import Dag
 from jobgraph.runners.base import DEFAULT_LOG_LIMIT, AnyRunner, JobSpec, Outcome
 from jobgraph.runners.output import redactor_for, scrub_return_file, stored_text
+from jobgraph.selection import Selection, restricted, selected_jobs, stored
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
 
 LOG_TAIL_BYTES = 4096
@@ -102,6 +104,7 @@ class GraphRun:
         version: str | None = None,
         adopt: Mapping[str, Adoption] | None = None,
         keep: frozenset[TaskState] = frozenset({TaskState.SUCCEEDED}),
+        selection: Selection | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.run_id = run_id or str(uuid.uuid4())
@@ -116,8 +119,9 @@ class GraphRun:
         self._secrets = secrets or {}
         self._origin = (trigger, version)
         self._limits = {name.casefold(): pool.limits() for name, pool in pipeline.pools.items()}
-        self._jobs = {job.name: job for job in pipeline.jobs}
-        self._dag = Dag.build((job.name, job.after) for job in pipeline.jobs)
+        self._selection = stored(selection)  # a partial run's jobs are the only ones it has (selection.py)
+        self._jobs = {job.name: job for job in restricted(pipeline, selected_jobs(selection))}
+        self._dag = Dag.build((job.name, job.after) for job in self._jobs.values())
         self._states: dict[str, TaskState] = {}
         self._values: dict[str, str] = {}
         self._pools: dict[str, _Pool] = {}
@@ -159,7 +163,7 @@ class GraphRun:
             self.pipeline.model_dump_json(), self._run_attempt,
             resumed=self._kept(lambda state: state == TaskState.SUCCEEDED),
             trigger=self._origin[0], version=self._origin[1],
-            kept=self._kept(lambda state: state != TaskState.SUCCEEDED),
+            kept=self._kept(lambda state: state != TaskState.SUCCEEDED), selection=self._selection,
         ))
         waiting: dict[str, int] = {}
         for name in self._dag.order:
@@ -282,6 +286,8 @@ class GraphRun:
         last = first + (job.retries or 0)
         outcome = Outcome(AttemptStatus.ERROR, error="not started")
         attempt = first
+        began = adoption.started_at if adoption else now()
+        refused: str | None = None
         try:
             for attempt in range(first, last + 1):
                 self._set_state(job.name, TaskState.RUNNING, attempt=attempt)
@@ -290,11 +296,13 @@ class GraphRun:
                     value = self._values.get(job.name)
                     self._set_state(job.name, TaskState.SUCCEEDED, attempt=attempt, return_value=value)
                     return TaskState.SUCCEEDED
-                if attempt < last:
-                    delay = (job.retry_delay or 0.0) * (job.retry_backoff or 1.0) ** (attempt - first)
-                    if delay > 0:
-                        self._emit(RetryWaiting(self.run_id, job.name, attempt + 1, now(), delay))
-                    await asyncio.sleep(delay)
+                delay = (job.retry_delay or 0.0) * (job.retry_backoff or 1.0) ** (attempt - first)
+                refused = retry_rules.refusal(job, outcome, last - attempt, (now() - began).total_seconds(), delay)
+                if refused is not None:
+                    break
+                if delay > 0:
+                    self._emit(RetryWaiting(self.run_id, job.name, attempt + 1, now(), delay))
+                await asyncio.sleep(delay)
         except asyncio.CancelledError:
             self._set_state(job.name, TaskState.CANCELLED, attempt=attempt, reason="the run was cancelled")
             return TaskState.CANCELLED
@@ -302,8 +310,11 @@ class GraphRun:
             self._set_state(job.name, TaskState.FAILED, attempt=attempt, reason=f"internal error: {exc!r}")
             return TaskState.FAILED
         allowed = last - first + 1
-        reason = f"attempt {attempt} {outcome.status}, the last of {allowed} allowed" + (
-            " in this retry" if first > 1 else "")
+        if refused is None or attempt == last:
+            reason = f"attempt {attempt} {outcome.status}, the last of {allowed} allowed" + (
+                " in this retry" if first > 1 else "")
+        else:
+            reason = f"attempt {attempt} {outcome.status}, not retried: {refused}"
         lines = [line.strip() for line in (outcome.error or "").splitlines() if line.strip()]
         if lines:
             reason += f" ({lines[0]})" + (f": {lines[-1]}" if len(lines) > 1 else "")
@@ -376,7 +387,7 @@ class GraphRun:
             error = stored_text(outcome.error, self._redactor) if outcome.error else None
             self._emit(AttemptEnded(self.run_id, job.name, attempt, outcome.status, started, outcome.ended_at or now(),
                                     outcome.exit_code, error, log_path))
-        return Outcome(outcome.status, outcome.exit_code, error)
+        return Outcome(outcome.status, outcome.exit_code, error, outcome.ended_at, outcome.cause)
 
     def _env(self, job: Job, attempt: int) -> dict[str, str]:
         """The JOBGRAPH_* variables (Snowflake's SYSTEM$TASK_RUNTIME_INFO), then the job's own env."""
@@ -416,7 +427,7 @@ class GraphRun:
         return (job.pool or "").casefold()
 
     def _task_infos(self) -> tuple[TaskInfo, ...]:
-        infos = [TaskInfo(j.name, j.pool or "", j.image, j.after) for j in self.pipeline.jobs]
+        infos = [TaskInfo(j.name, j.pool or "", j.image, j.after) for j in self._jobs.values()]
         if self.pipeline.finalizer is not None:
             f = self.pipeline.finalizer
             infos.append(TaskInfo(f.name, "", f.image, (), is_finalizer=True))
@@ -464,4 +475,4 @@ async def _with_log_tail(runner: AnyRunner, handle: object, outcome: Outcome) ->
     except Exception:
         return outcome
     error = f"{outcome.error}\n{tail}" if tail else outcome.error
-    return Outcome(outcome.status, outcome.exit_code, error, outcome.ended_at)
+    return Outcome(outcome.status, outcome.exit_code, error, outcome.ended_at, outcome.cause)

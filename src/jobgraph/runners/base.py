@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -53,6 +54,13 @@ class JobSpec:
     timeout: float | None = None
 
 
+class Cause(StrEnum):
+    """What the backend knows of why an attempt failed, beyond its status and exit code."""
+
+    OOM = "oom"  #: killed by the out-of-memory killer (its container's, the pod's or Slurm's memory limit)
+    LOST = "lost"  #: the node it ran on was lost or preempted, or the pod evicted: not the job's doing
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How an attempt ended. `error` says why it did not end DONE, in words a person can act on."""
@@ -63,6 +71,9 @@ class Outcome:
     ended_at: datetime | None = None
     """When the attempt really ended, if the runner knows it better than "now" (an attempt that ended
     while no jobgraph watched it)."""
+    cause: Cause | None = None
+    """Why, when the backend says so beyond the status: OOM for a kill by the out-of-memory killer,
+    LOST for a node lost, preempted or an evicted pod; what `retry_on: [oom, lost]` match."""
 
 
 H = TypeVar("H")

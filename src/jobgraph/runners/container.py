@@ -36,7 +36,7 @@ from docker.models.containers import Container
 from jobgraph.errors import JobgraphError, RunnerError
 from jobgraph.owner import owner_label
 from jobgraph.runners.attach import AttachedOutput, AttachError, attach
-from jobgraph.runners.base import JobSpec, Outcome
+from jobgraph.runners.base import Cause, JobSpec, Outcome
 from jobgraph.runners.engine_api import (
     LABEL,
     connect,
@@ -52,6 +52,7 @@ from jobgraph.runners.engine_api import (
     state_after_exit,
     timed_out,
 )
+from jobgraph.runners.oom_watch import OomWatch, known_cgroup, memory_cgroup
 from jobgraph.runners.output import (
     LogWriter,
     collect_return_file,
@@ -107,6 +108,9 @@ class ContainerHandle:
     spec: JobSpec
     log: EngineLog
     attached: AttachedOutput | None = None
+    oom: asyncio.Future[OomWatch | None] | None = None
+    """The watch on the container's memory cgroup (oom_watch.py), being armed: a memory-limited container
+    on a local engine only."""
 
 
 class ContainerRunner:
@@ -119,6 +123,8 @@ class ContainerRunner:
         self._images = images or {}
         self._libpod = False
         self._attach_socket: str | None = None
+        self._local = False
+        """The engine runs on this machine (a unix socket): its containers' cgroups can be watched."""
         self._attached: set[AttachedOutput] = set()
         self._folder = folder
         self._cwd = cwd or Path.cwd()
@@ -144,7 +150,8 @@ class ContainerRunner:
                     raise RunnerError(f"cannot reach the {self._engine} engine at {self._service.base_url}: "
                                       f"{exc}") from None
                 self._client = client
-                if self._libpod and self._service.base_url.startswith("unix://"):
+                self._local = self._service.base_url.startswith("unix://")
+                if self._libpod and self._local:
                     self._attach_socket = self._service.base_url.removeprefix("unix://")
             return self._client
 
@@ -203,7 +210,39 @@ class ContainerRunner:
             if out is not None:
                 shutil.rmtree(out, ignore_errors=True)
             raise
-        return ContainerHandle(container, spec, log, attached)
+        handle = ContainerHandle(container, spec, log, attached)
+        if spec.memory_bytes and self._local:
+            handle.oom = asyncio.ensure_future(self._arm_oom_watch(container))
+        return handle
+
+    async def _arm_oom_watch(self, container: Container) -> OomWatch | None:
+        """Watch the running container's memory cgroup for OOM kills; None if it cannot be (it already ended).
+
+        The cgroup is looked for where the engines put it first; only if it is elsewhere is the engine asked
+        for the container's main process."""
+        found = await self._call(known_cgroup, str(container.id))
+        if found is None:
+            pid = (await self._call(inspect, container)).get("State", {}).get("Pid")
+            if not isinstance(pid, int) or pid <= 0:
+                return None
+            found = await self._call(memory_cgroup, pid)
+        watch = await self._call(OomWatch.arm, found)
+        if watch is not None:
+            watch.listen(asyncio.get_running_loop())
+        return watch
+
+    async def _oom_watch(self, handle: ContainerHandle) -> OomWatch | None:
+        """The attempt's OOM watch once armed (None if there is none), no longer listening: the container ended."""
+        if handle.oom is None:
+            return None
+        try:
+            watch = await handle.oom
+        except Exception:
+            return None
+        if watch is not None:
+            watch.check()
+            watch.close()
+        return watch
 
     async def _attach(self, container: Container, log: EngineLog) -> AttachedOutput | None:
         """On Podman's local socket, attach to the created container; None: wait and read its log instead."""
@@ -254,6 +293,12 @@ class ContainerRunner:
 
     async def wait(self, handle: ContainerHandle) -> Outcome:
         """Wait for the container to exit, save its output, note an OOM kill, and remove it."""
+        try:
+            return await self._wait(handle)
+        finally:  # however the wait ended, the OOM watch lets go of the cgroup's files
+            await self._oom_watch(handle)
+
+    async def _wait(self, handle: ContainerHandle) -> Outcome:
         container = handle.container
         if handle.attached is not None:
             ended = await self._wait_attached(handle)
@@ -279,10 +324,11 @@ class ContainerRunner:
         await self._save_logs(handle, final=True)
         if code == 0:
             self._remove_later(container)
+            await self._oom_watch(handle)
             return Outcome(AttemptStatus.DONE, 0)
         state = (await self._call(inspect, container)).get("State", {})
         self._remove_later(container)
-        return _outcome(handle.spec, code, state)
+        return _outcome(handle.spec, code, state, await self._oom_watch(handle))
 
     async def _wait_attached(self, handle: ContainerHandle) -> Outcome | None:
         """The attached stream ended: the job exited; its exit code is in the engine's state at once.
@@ -301,7 +347,7 @@ class ContainerRunner:
         handle.log.complete = True
         await self._save_logs(handle, final=True)
         self._remove_later(handle.container)
-        return _outcome(handle.spec, int(state.get("ExitCode", -1)), state)
+        return _outcome(handle.spec, int(state.get("ExitCode", -1)), state, await self._oom_watch(handle))
 
     def _wait_once(self, container: Container) -> int:
         """Block until the container exits, at most WAIT_POLL_SECS (then requests raises a timeout).
@@ -361,6 +407,7 @@ class ContainerRunner:
     async def cancel(self, handle: ContainerHandle) -> None:
         """Kill the container, keep what it printed, and remove it."""
         await self._call(kill, handle.container)
+        await self._oom_watch(handle)
         if handle.attached is not None:
             attached, handle.attached = handle.attached, None
             if await attached.ended(KILLED_STREAM_GRACE_SECS):
@@ -419,17 +466,25 @@ def _copy_logs(container: Container, log: EngineLog, final: bool) -> None:
                 log.closed = True
 
 
-def _outcome(spec: JobSpec, code: int, state: Mapping[str, Any]) -> Outcome:
-    """How an attempt that exited with `code` ended, from the engine's state of its container."""
+def _outcome(spec: JobSpec, code: int, state: Mapping[str, Any], oom: OomWatch | None = None) -> Outcome:
+    """How an attempt that exited with `code` ended, from the engine's state of its container and, where its
+    memory cgroup was watched, whether the OOM killer struck in it (a child of the job's included)."""
     if code == 0:
         return Outcome(AttemptStatus.DONE, 0)
     limit = f"memory limit {spec.memory_bytes // (1 << 20)} MiB" if spec.memory_bytes else ""
     if state.get("OOMKilled"):
         reason = f"OOMKilled: out of memory ({limit or 'no limit'}), exit code {code}"
-        return Outcome(AttemptStatus.FAILED, code, reason)
+        return Outcome(AttemptStatus.FAILED, code, reason, cause=Cause.OOM)
+    if oom is not None and (oom.killed or oom.conclusive):  # the cgroup's count is the answer, whatever the code
+        if oom.killed:
+            return Outcome(AttemptStatus.FAILED, code, f"OOMKilled: out of memory ({limit or 'no limit'}): the kernel "
+                           f"killed a process of the job, exit code {code}", cause=Cause.OOM)
+        return Outcome(AttemptStatus.FAILED, code, f"exit code {code}" + (
+            " (killed by SIGKILL, not for its memory)" if code == 137 else ""))
     if code == 137 and limit:
         # Podman 4.3 never sets OOMKilled here: a SIGKILL under a memory limit is the kernel's OOM killer.
-        return Outcome(AttemptStatus.FAILED, code, f"killed (exit code 137) under a {limit}: out of memory")
+        return Outcome(AttemptStatus.FAILED, code, f"killed (exit code 137) under a {limit}: out of memory",
+                       cause=Cause.OOM)
     return Outcome(AttemptStatus.FAILED, code, f"exit code {code}")
 
 

@@ -18,9 +18,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from jobgraph.runners.base import Outcome
+from jobgraph.runners.base import Cause, Outcome
 from jobgraph.runners.kubernetes_manifest import CONTAINER
 from jobgraph.states import AttemptStatus
+
+LOST_REASONS = {"Evicted": "evicted from its node", "NodeLost": "lost with its node",
+                "Preempting": "preempted", "Shutdown": "stopped by its node's shutdown",
+                "Terminated": "stopped by its node's shutdown"}
+"""A pod's `status.reason` when its node, not the job, ended it: `lost` in retry_on."""
 
 STUCK_WAITING = frozenset({
     "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError",
@@ -113,13 +118,19 @@ def outcome_of(job: dict[str, Any], pod: dict[str, Any] | None, limits: str = ""
         return Outcome(AttemptStatus.TIMEOUT, code, f"Kubernetes stopped the Job at its deadline{where}: "
                        f"DeadlineExceeded ({message or 'activeDeadlineSeconds passed'})", ended_at=end)
     status = (pod or {}).get("status") or {}
-    if status.get("reason") == "Evicted":
-        return Outcome(AttemptStatus.ERROR, code, f"the pod was evicted from its node: "
+    if status.get("reason") in LOST_REASONS:
+        return Outcome(AttemptStatus.ERROR, code, f"the pod was {LOST_REASONS[status['reason']]}: "
                        f"{status.get('message') or 'no message'}; not the job's fault, so it may be retried",
-                       ended_at=end)
+                       ended_at=end, cause=Cause.LOST)
     if ended.get("reason") == "OOMKilled":
         return Outcome(AttemptStatus.FAILED, code, f"out of memory{where}: Kubernetes killed the container "
-                       f"(OOMKilled, exit code {code})", ended_at=end)
+                       f"(OOMKilled, exit code {code})", ended_at=end, cause=Cause.OOM)
+    disrupted = next((c for c in status.get("conditions") or [] if isinstance(c, dict)
+                      and c.get("type") == "DisruptionTarget" and c.get("status") == "True"), None)
+    if disrupted is not None:  # Kubernetes 1.26+: the pod was deleted for its node (lost, preempted, drained)
+        return Outcome(AttemptStatus.ERROR, code, f"the pod was disrupted ({disrupted.get('reason') or 'no reason'}: "
+                       f"{disrupted.get('message') or 'no message'}); not the job's fault, so it may be retried",
+                       ended_at=end, cause=Cause.LOST)
     if code is not None and code != 0:
         return Outcome(AttemptStatus.FAILED, code, f"exit code {code}", ended_at=end)
     return Outcome(AttemptStatus.ERROR, code, f"Kubernetes failed the Job ({reason}: {message or 'no message'})",

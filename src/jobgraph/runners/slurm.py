@@ -27,23 +27,18 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jobgraph.errors import RunnerError
 from jobgraph.runners.base import JobSpec, Outcome
 from jobgraph.runners.output import (
-    LogWriter,
-    open_regular,
-    read_bounded,
     read_return_value,
     redactor_for,
     scrub_return_file,
     tail,
 )
 from jobgraph.runners.slurm_batch import (
-    EXIT_CODE_FILE,
     OUTPUT_FILE,
     RETURN_VALUE_FILE,
     NodeSize,
@@ -56,6 +51,7 @@ from jobgraph.runners.slurm_batch import (
     sbatch_argv,
     sbatch_env,
 )
+from jobgraph.runners.slurm_files import make_private, prepare_attempt_folder, read_exit_code, save_log
 from jobgraph.runners.slurm_states import ACTIVE_STATES, NEVER_STARTS, SQUEUE_FORMAT, SlurmJob, outcome_of, parse_squeue
 from jobgraph.states import AttemptStatus
 
@@ -121,7 +117,7 @@ class SlurmRunner:
         if code != 0 or " is UP" not in out:
             raise RunnerError(f"the Slurm controller does not answer: {(out + err).strip() or f'exit code {code}'}")
         try:
-            await asyncio.to_thread(_make_private, self._shared / "slurm")
+            await asyncio.to_thread(make_private, self._shared / "slurm")
         except OSError as exc:
             raise RunnerError(f"runners.slurm.shared_dir: cannot make the attempts' folder under {self._shared}: "
                               f"{exc.strerror or exc}") from None
@@ -167,7 +163,7 @@ class SlurmRunner:
         folder = attempt_folder(self._shared, spec)
         script = batch_script(spec, host_command(self._images, spec), folder)
         argv = sbatch_argv(spec, self._settings, folder, self._cwd, self._largest)
-        await asyncio.to_thread(_prepare, folder)
+        await asyncio.to_thread(prepare_attempt_folder, folder)
         submitting = asyncio.ensure_future(self._submit(argv, script, spec))
         try:
             job_id = await asyncio.shield(submitting)
@@ -334,7 +330,7 @@ class SlurmRunner:
         tail = await self.logs(handle, LOG_TAIL_FOR_STATE)
         redactor = redactor_for(handle.spec.secret_values)
         with contextlib.suppress(OSError):  # the outcome matters more than the copy
-            await asyncio.to_thread(_save_log, handle)
+            await asyncio.to_thread(save_log, handle.folder, handle.spec)
             handle.return_value = await asyncio.to_thread(
                 read_return_value, handle.folder / RETURN_VALUE_FILE, redactor, RETURN_VALUE_READ_BYTES)
             await asyncio.to_thread(scrub_return_file, handle.folder / RETURN_VALUE_FILE, redactor)
@@ -388,51 +384,6 @@ class SlurmRunner:
             raise RunnerError(f"{argv[0]} did not answer within {timeout:g}s") from None
         assert process.returncode is not None
         return process.returncode, out.decode(errors="replace"), err.decode(errors="replace")
-
-
-def read_exit_code(folder: Path, job_id: str) -> tuple[int | None, datetime | None]:
-    """The exit code the batch script wrote, if that file is there and was written by this very job, and
-    when it was written: the job's real end, even if it ended while no jobgraph watched it."""
-    try:
-        data = read_bounded(folder / EXIT_CODE_FILE, 64)
-        written = datetime.fromtimestamp(os.lstat(folder / EXIT_CODE_FILE).st_mtime, UTC)
-    except OSError:  # none written, or not a regular file
-        return None, None
-    parts = data.decode(errors="replace").split()
-    if len(parts) == 2 and parts[0] == job_id and parts[1].isdigit():
-        return int(parts[1]), written
-    return None, None
-
-
-def _make_private(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-
-
-def _prepare(folder: Path) -> None:
-    """Make the attempt's folder and clear what an earlier submission of the same attempt left there."""
-    _make_private(folder)
-    for name in (OUTPUT_FILE, EXIT_CODE_FILE, RETURN_VALUE_FILE):
-        (folder / name).unlink(missing_ok=True)
-
-
-def _save_log(handle: SlurmHandle) -> None:
-    """Copy the output to the attempt's log path (where `jobgraph logs` reads), redacted and capped as
-    every runner's logs are; the shared copy is then removed: it may hold a secret on a filesystem others
-    can read, and it is not capped."""
-    source = handle.folder / OUTPUT_FILE
-    try:
-        fd = open_regular(source)
-    except OSError:
-        return
-    writer = LogWriter(handle.spec.log_path, redactor_for(handle.spec.secret_values), handle.spec.log_limit)
-    try:
-        while chunk := os.read(fd, 1 << 20):
-            writer.write(chunk)
-    finally:
-        writer.close()
-        os.close(fd)
-    with contextlib.suppress(OSError):  # the log holds it now, redacted and capped: no uncapped copy stays
-        source.unlink()
 
 
 def build(_name: str, pipeline: Pipeline, settings: BaseModel | None, folder: Path,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass
 
-from jobgraph.runners.base import Outcome
+from jobgraph.runners.base import Cause, Outcome
 from jobgraph.states import AttemptStatus
 
 NEVER_STARTS = frozenset({
@@ -32,6 +32,9 @@ ACTIVE_STATES = frozenset({
 
 ENGINE_ENDS = frozenset({"NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT"})
 """Ends that say nothing about the job itself: an ERROR, so the attempt is retried."""
+
+LOST_ENDS = frozenset({"NODE_FAIL", "PREEMPTED", "BOOT_FAIL"})
+"""Of those, the ones where the node was lost or taken back: `lost` in retry_on."""
 
 OOM_MARKERS = ("exceeded job memory limit", "exceeded memory limit", "oom-kill", "oom_kill")
 """What slurmstepd writes into the job's output when it kills the job for its memory (jobacct_gather's
@@ -99,10 +102,11 @@ def outcome_of(job: SlurmJob, exit_file: int | None, cancelled: bool, log_tail: 
     oom_in_log = exit_file is None and any(marker in log_tail.lower() for marker in OOM_MARKERS)
     if job.state == "OUT_OF_MEMORY" or (job.state == "FAILED" and oom_in_log):
         return Outcome(AttemptStatus.FAILED, code, f"out of memory{where}: Slurm killed the job "
-                       f"(state {job.state}{', ' + killed if killed else ''})")
+                       f"(state {job.state}{', ' + killed if killed else ''})", cause=Cause.OOM)
     if job.state in ENGINE_ENDS:
         return Outcome(AttemptStatus.ERROR, code, f"Slurm ended the job {job.state} ({job.reason}): "
-                       "not the job's fault, so it may be retried")
+                       "not the job's fault, so it may be retried",
+                       cause=Cause.LOST if job.state in LOST_ENDS else None)
     if job.state == "FAILED":
         if killed:
             return Outcome(AttemptStatus.FAILED, code, f"{killed} (Slurm state FAILED, {job.reason})")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
-from jobgraph.runners.base import Outcome
+from jobgraph.runners.base import Cause, Outcome
 from jobgraph.states import AttemptStatus
 
 WAITING = frozenset({"PENDING", "RUNNING"})
@@ -84,7 +84,8 @@ def outcome_of(name: str, status: str, containers: Iterable[Mapping[str, object]
                        f"{log}: not the job's doing, so it may be retried")
     if status in ("SUSPENDING", "SUSPENDED"):
         return Outcome(AttemptStatus.ERROR, code, f"compute pool {pool} was suspended under job service {name} "
-                       f"(status {status}){said}{log}: resume the pool (ALTER COMPUTE POOL {pool} RESUME)")
+                       f"(status {status}){said}{log}: resume the pool (ALTER COMPUTE POOL {pool} RESUME)",
+                       cause=Cause.LOST)
     if status in GONE:
         if by_jobgraph:
             return Outcome(AttemptStatus.CANCELLED, None, f"cancelled by jobgraph (DROP SERVICE {name})")

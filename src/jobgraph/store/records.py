@@ -46,6 +46,8 @@ class RunRecord:
     """When someone asked (from another process) to cancel this attempt of the run; None if nobody did."""
     cancel_requested_by: str | None = None
     """Who asked to cancel it (`jobgraph cancel`, the web page's signed-in token)."""
+    selection: str | None = None
+    """A partial run's choice of jobs and its targeted retries (jobgraph.selection), as JSON; None: a whole run."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class RunSummary:
     finished_at: datetime | None
     scheduled_time: datetime
     task_counts: Mapping[str, int]
+    selection: str | None = None
+    """As RunRecord.selection: how a partial run chose its jobs, and its targeted retries."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,26 @@ class AttemptRecord:
     run_attempt: int = 1
     runner: str | None = None
     backend_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class NotificationRecord:
+    """One notification a run sent (or failed to send): to whom (`target`, never a secret URL), about what."""
+
+    run_id: str
+    pipeline: str
+    event: str
+    task: str | None
+    target: str
+    state: str
+    tries: int
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+NOTIFICATION_SENT = "SENT"
+NOTIFICATION_FAILED = "FAILED"
 
 
 class RunBusy(StoreError):
@@ -143,6 +167,7 @@ def run_record(row: Any) -> RunRecord:
         finished_at=aware(row["finished_at"]), snapshot=row["snapshot"], owner=row["owner"],
         version=row["pipeline_version"], trigger=row["trigger"],
         cancel_requested_at=aware(row["cancel_requested_at"]), cancel_requested_by=row["cancel_requested_by"],
+        selection=row["selection"],
     )
 
 

@@ -40,6 +40,7 @@ from jobgraph.store.records import (
     VIEW_NAMES,
     VIEW_ORDER,
     AttemptRecord,
+    NotificationRecord,
     RunRecord,
     RunSummary,
     TaskRecord,
@@ -50,7 +51,7 @@ from jobgraph.store.records import (
 from jobgraph.store.schema import migrate as migrate_to
 from jobgraph.store.schema import schema_version as schema_version
 from jobgraph.store.sqlite_records import sqlite_file, sqlite_pragmas
-from jobgraph.store.tables import SCHEMA_VERSION, attempts, runs, task_runs
+from jobgraph.store.tables import SCHEMA_VERSION, attempts, notifications, runs, task_runs
 from jobgraph.store.views import current_views
 from jobgraph.store.writer import EventWriter, Params
 
@@ -86,6 +87,7 @@ _STATEMENTS: dict[str, Any] = {
         task_runs.c.run_id == bindparam("k_run"), _LATEST),
     "insert_attempt": _INSERT_ATTEMPT, "adopt_attempt": _ADOPT_ATTEMPT, "submit_attempt": _UPDATE_ATTEMPT,
     "end_attempt": _UPDATE_ATTEMPT, "end_run": _END_RUN, "update_task": _UPDATE_TASK,
+    "insert_notification": insert(notifications),
 }
 """What each of store/writer.py's statements is, as a SQLAlchemy Core construct."""
 
@@ -147,7 +149,7 @@ class SqlStore(EventWriter, RunOwnership, CancelRequests):
     def runs(self, limit: int = 20, pipeline: str | None = None) -> list[RunSummary]:
         """The newest runs first, with their jobs counted by state: two queries, no pipeline snapshot."""
         query = select(runs.c.run_id, runs.c.pipeline, runs.c.state, runs.c.run_attempt, runs.c.started_at,
-                       runs.c.finished_at, runs.c.scheduled_time).order_by(
+                       runs.c.finished_at, runs.c.scheduled_time, runs.c.selection).order_by(
             runs.c.started_at.desc(), runs.c.run_id).limit(limit)
         if pipeline is not None:
             query = query.where(runs.c.pipeline == pipeline)
@@ -163,7 +165,7 @@ class SqlStore(EventWriter, RunOwnership, CancelRequests):
             run_id=row["run_id"], pipeline=row["pipeline"], state=RunState(row["state"]),
             run_attempt=row["run_attempt"], started_at=aware(row["started_at"]),
             finished_at=aware(row["finished_at"]), scheduled_time=aware(row["scheduled_time"]),
-            task_counts=dict(counts[row["run_id"]]),
+            task_counts=dict(counts[row["run_id"]]), selection=row["selection"],
         ) for row in rows]
 
     def running_runs(self) -> list[RunRecord]:
@@ -204,6 +206,16 @@ class SqlStore(EventWriter, RunOwnership, CancelRequests):
                 started_at=aware(row["started_at"]),
                 finished_at=aware(row["finished_at"]), duration_secs=row["duration_secs"],
                 run_attempt=row["run_attempt"], runner=row["runner"], backend_ref=row["backend_ref"],
+            ) for row in conn.execute(query).mappings()]
+
+    def notifications(self, run_id: str) -> list[NotificationRecord]:
+        """Every notification a run sent or failed to send, oldest first."""
+        query = select(notifications).where(notifications.c.run_id == run_id).order_by(notifications.c.id)
+        with self._engine.connect() as conn:
+            return [NotificationRecord(
+                run_id=row["run_id"], pipeline=row["pipeline"], event=row["event"], task=row["task"],
+                target=row["target"], state=row["state"], tries=row["tries"], error=row["error"],
+                created_at=aware(row["created_at"]), finished_at=aware(row["finished_at"]),
             ) for row in conn.execute(query).mappings()]
 
     def view(self, name: str, limit: int = 10) -> tuple[list[str], list[Sequence[Any]]]:

@@ -42,13 +42,14 @@ _THE_ATTEMPT = " WHERE run_id = :k_run AND task = :k_task AND attempt = :k_attem
 _STATEMENTS = {
     "insert_run": (
         'INSERT INTO runs (run_id, pipeline, state, run_attempt, started_at, scheduled_time, snapshot, owner, '
-        '"trigger", pipeline_version) VALUES (:run_id, :pipeline, :state, :run_attempt, :started_at, '
-        ':scheduled_time, :snapshot, :owner, :trigger, :pipeline_version)'),
+        '"trigger", pipeline_version, selection) VALUES (:run_id, :pipeline, :state, :run_attempt, :started_at, '
+        ':scheduled_time, :snapshot, :owner, :trigger, :pipeline_version, :selection)'),
     "insert_tasks": (
         "INSERT INTO task_runs (run_id, task, run_attempt, state, attempts, pool, image, predecessors, is_finalizer) "
         "VALUES (:run_id, :task, :run_attempt, :state, :attempts, :pool, :image, :predecessors, :is_finalizer)"),
     "check_claim": (
-        "UPDATE runs SET snapshot = :snapshot, pipeline_version = :pipeline_version WHERE run_id = :k_run "
+        "UPDATE runs SET snapshot = :snapshot, pipeline_version = :pipeline_version, selection = :selection "
+        "WHERE run_id = :k_run "
         "AND owner = :k_owner AND run_attempt = :k_run_attempt AND state = :k_state"),
     "resume_succeeded": (
         "UPDATE task_runs SET state = 'SUCCEEDED', error_message = NULL WHERE run_id = :k_run AND task = :k_task "
@@ -72,6 +73,10 @@ _STATEMENTS = {
         "return_value = CASE WHEN :set_return_value THEN :return_value ELSE return_value END, "
         "duration_secs = CASE WHEN :set_duration_secs THEN :duration_secs ELSE duration_secs END "
         "WHERE run_id = :k_run AND task = :k_task AND run_attempt = " + _RUN_ATTEMPT),
+    "insert_notification": (
+        "INSERT INTO notifications (run_id, pipeline, event, task, target, state, tries, error, created_at, "
+        "finished_at) VALUES (:run_id, :pipeline, :event, :task, :target, :state, :tries, :error, :created_at, "
+        ":finished_at)"),
     "read_run": "SELECT * FROM runs WHERE run_id = :k_run",
     "running_runs": "SELECT * FROM runs WHERE state = :k_state",
     "tasks": "SELECT * FROM task_runs WHERE run_id = :k_run AND " + _LATEST + " ORDER BY task",

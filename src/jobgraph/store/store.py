@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from jobgraph.engine.events import Event
 from jobgraph.owner import owner_label
-from jobgraph.store.records import DEFAULT_URL, AttemptRecord, RunRecord, RunSummary, TaskRecord
+from jobgraph.store.records import (
+    DEFAULT_URL,
+    AttemptRecord,
+    NotificationRecord,
+    RunRecord,
+    RunSummary,
+    TaskRecord,
+)
 from jobgraph.store.sqlite_records import SqliteRecords, sqlite_file
 
 if TYPE_CHECKING:
@@ -98,6 +105,14 @@ class Store:
     def record_all(self, events: Sequence[Event]) -> None:
         """Record engine events, in order, in one transaction (store/writer.py); on failure, nothing of them."""
         (self._sqlite or self._full()).record_all(events)
+
+    def record_notification(self, record: NotificationRecord) -> None:
+        """Record how one notification of a run ended (app/notify.py), in its own transaction."""
+        (self._sqlite or self._full()).record_notification(record)
+
+    def notifications(self, run_id: str) -> list[NotificationRecord]:
+        """Every notification a run sent or failed to send, oldest first (`show`)."""
+        return self._full().notifications(run_id)
 
     def running_runs(self) -> list[RunRecord]:
         """Runs recorded as RUNNING: live ones, and any whose orchestrator died."""

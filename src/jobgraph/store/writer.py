@@ -27,7 +27,7 @@ from jobgraph.engine.events import (
     TaskChanged,
 )
 from jobgraph.states import TERMINAL_TASK_STATES, AttemptStatus, RunState, TaskState
-from jobgraph.store.records import RunBusy, RunRecord, busy_reason, utc
+from jobgraph.store.records import NotificationRecord, RunBusy, RunRecord, busy_reason, utc
 
 Params = dict[str, Any]
 
@@ -90,6 +90,15 @@ class EventWriter:
             else:
                 self._task_started[key] = at
 
+    def record_notification(self, record: NotificationRecord) -> None:
+        """Record one notification's outcome, in a transaction of its own (app/notify.py writes it once it ended)."""
+        with self._transaction():
+            self._execute("insert_notification", {
+                "run_id": record.run_id, "pipeline": record.pipeline, "event": record.event, "task": record.task,
+                "target": record.target, "state": record.state, "tries": record.tries, "error": record.error,
+                "created_at": utc(record.created_at),
+                "finished_at": None if record.finished_at is None else utc(record.finished_at)})
+
     def _write(self, event: Event, started: dict[tuple[str, str], datetime | None]) -> None:
         """One event's statements, in the caller's transaction; `started` collects the jobs' start times."""
         if isinstance(event, RunStarted):
@@ -130,7 +139,8 @@ class EventWriter:
             # `claim_run` made this process the run's writer; this only checks that it still is.
             claimed = self._execute("check_claim", {
                 "k_run": event.run_id, "k_owner": self.owner, "k_run_attempt": event.run_attempt,
-                "k_state": RunState.RUNNING.value, "snapshot": event.snapshot, "pipeline_version": event.version})
+                "k_state": RunState.RUNNING.value, "snapshot": event.snapshot, "pipeline_version": event.version,
+                "selection": event.selection})
             if claimed != 1:
                 raise RunBusy(f"run {event.run_id} was not claimed for attempt {event.run_attempt} by this "
                               f"process: {busy_reason(self._read_run(event.run_id))}")
@@ -143,7 +153,7 @@ class EventWriter:
                 "run_id": event.run_id, "pipeline": event.pipeline, "state": RunState.RUNNING.value,
                 "run_attempt": event.run_attempt, "started_at": utc(event.at), "trigger": event.trigger,
                 "pipeline_version": event.version, "scheduled_time": utc(event.scheduled_time),
-                "snapshot": event.snapshot, "owner": self.owner})
+                "snapshot": event.snapshot, "owner": self.owner, "selection": event.selection})
         resumed = set(event.resumed) | set(event.kept)  # kept as they were: their rows stay the current ones
         rows = [
             {"run_id": event.run_id, "task": t.name, "run_attempt": event.run_attempt,

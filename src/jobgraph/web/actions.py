@@ -1,4 +1,5 @@
-"""The HTTP API's actions (POST, no body): cancel, retry, trigger, suspend, resume; each calls jobgraph.app.
+"""The HTTP API's actions (POST): cancel, retry, trigger, suspend, resume; each calls jobgraph.app. Only retry
+takes a body, and only optionally: `{"jobs": [...], "downstream": bool}` reruns those jobs (`retry --job`).
 
 The auth middleware has already required an `operate` token (and, for a cookie, the CSRF header
 and same origin). Cancel goes through the store (the run's owner, in whatever process, sees the
@@ -9,6 +10,7 @@ token's name, so the store says who asked.
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import TYPE_CHECKING
 
@@ -64,12 +66,44 @@ async def cancel(request: Request) -> Response:
     return JSONResponse({"run": await run_in_threadpool(request_cancel)}, status_code=202)
 
 
+MAX_RETRY_BODY = 1 << 16
+"""The largest body a retry takes: a list of job names."""
+
+
+async def _retry_choice(request: Request) -> tuple[list[str], bool]:
+    """The jobs a retry's optional JSON body names and whether their dependents run again; BadRequest if malformed."""
+    body = await request.body()
+    if not body.strip():
+        return [], False
+    if len(body) > MAX_RETRY_BODY:
+        raise queries.BadRequest(f"the body is over {MAX_RETRY_BODY} bytes")
+    try:
+        choice = json.loads(body)
+    except ValueError:
+        choice = None
+    if not isinstance(choice, dict) or set(choice) - {"jobs", "downstream"}:
+        raise queries.BadRequest('the body must be a JSON object {"jobs": [names], "downstream": true|false}')
+    jobs, downstream = choice.get("jobs", []), choice.get("downstream", False)
+    if not isinstance(jobs, list) or not all(isinstance(job, str) for job in jobs):
+        raise queries.BadRequest('"jobs" must be a list of job names')
+    if not isinstance(downstream, bool) or (downstream and not jobs):
+        raise queries.BadRequest('"downstream" is true or false, and true only with "jobs"')
+    return jobs, downstream
+
+
 async def retry(request: Request) -> Response:
-    """POST /api/v1/runs/{run_id}/retry: claim the run and run what did not succeed, on this server."""
+    """POST /api/v1/runs/{run_id}/retry: claim the run and run what did not succeed (or the jobs the body names,
+    and with "downstream" what depends on them), on this server; 400 for a job that is not the run's."""
+    from jobgraph.errors import ConfigError
+
     records: Store = request.app.state.records
     run_id = request.path_params["run_id"]
+    jobs, downstream = await _retry_choice(request)
     await run_in_threadpool(queries.run_signature, records, run_id)  # NotFound -> 404
-    started = await _host(request).start_retry(run_id, _by(request))
+    try:
+        started = await _host(request).start_retry(run_id, _by(request), jobs, downstream)
+    except ConfigError as exc:
+        raise queries.BadRequest(str(exc)) from None
     return JSONResponse({"run_id": started}, status_code=202)
 
 

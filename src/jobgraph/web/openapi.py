@@ -30,6 +30,8 @@ _SCHEMAS: Json = {
     "RunSummary": _object(
         run_id={"type": "string"}, pipeline={"type": "string"}, state={"type": "string"},
         run_attempt={"type": "integer"}, started_at=_TIME, finished_at=_TIME, trigger=_TEXT, version=_TEXT,
+        selection={"type": "object", "nullable": True, "description": "A partial run's choice (only, from, until, "
+                   "jobs) and its targeted retries (retries); null for a whole run"},
         job_counts={"type": "object", "additionalProperties": {"type": "integer"}}),
     "Run": {"allOf": [_ref("RunSummary"), _object(scheduled_time=_TIME, owner=_TEXT, cancel_requested_at=_TIME)]},
     "Job": _object(name={"type": "string"}, state={"type": "string"}, attempts={"type": "integer"},
@@ -37,8 +39,12 @@ _SCHEMAS: Json = {
     "Attempt": _object(job={"type": "string"}, attempt={"type": "integer"}, run_attempt={"type": "integer"},
                        status={"type": "string"}, exit_code=_INT, error=_TEXT, started_at=_TIME,
                        finished_at=_TIME, duration_secs=_NUMBER, runner=_TEXT),
+    "Notification": _object(event={"type": "string", "enum": ["run_failed", "run_succeeded", "job_failed"]},
+                            job=_TEXT, target={"type": "string"}, state={"type": "string", "enum": ["SENT", "FAILED"]},
+                            tries={"type": "integer"}, error=_TEXT, created_at=_TIME, finished_at=_TIME),
     "RunDetail": _object(run=_ref("Run"), jobs={"type": "array", "items": _ref("Job")},
-                         attempts={"type": "array", "items": _ref("Attempt")}),
+                         attempts={"type": "array", "items": _ref("Attempt")},
+                         notifications={"type": "array", "items": _ref("Notification")}),
     "Graph": _object(jobs={"type": "array", "items": _object(
         name={"type": "string"}, after={"type": "array", "items": {"type": "string"}}, runner=_TEXT, pool=_TEXT,
         image=_TEXT, finalizer={"type": "boolean"})}),
@@ -113,7 +119,12 @@ def document() -> Json:
                 _param("limit", "query", "integer", minimum=1, maximum=1 << 20, default=1 << 16)),
             "/api/v1/runs/{run_id}/cancel": _post("Ask the run's owner to cancel it", _json(_object(
                 run=_ref("Run"))), _RUN),
-            "/api/v1/runs/{run_id}/retry": _post("Run again what did not succeed", _json(_object(
-                run_id={"type": "string"})), _RUN),
+            "/api/v1/runs/{run_id}/retry": {"post": {
+                **_post("Run again what did not succeed, or the jobs named (and what depends on them)", _json(
+                    _object(run_id={"type": "string"})), _RUN)["post"],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "additionalProperties": False, "properties": {
+                        "jobs": {"type": "array", "items": {"type": "string"}},
+                        "downstream": {"type": "boolean", "default": False}}}}}}}},
         },
     }

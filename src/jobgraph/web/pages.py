@@ -20,6 +20,7 @@ from starlette.templating import Jinja2Templates
 
 from jobgraph.app import queries
 from jobgraph.errors import StoreError
+from jobgraph.selection import loaded, summary
 from jobgraph.states import RunState
 from jobgraph.store import Store
 from jobgraph.store.deployments import Deployments
@@ -82,6 +83,7 @@ _templates.env.globals["url_for"] = _path_for
 _templates.env.filters["when"] = _when
 _templates.env.filters["took"] = _took
 _templates.env.globals["between"] = _between
+_templates.env.globals["chosen"] = lambda text: summary(loaded(text))  # a partial run, its cleared jobs
 
 
 POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
