@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +154,22 @@ def test_the_runners_own_spec_of_a_seed_job_runs_the_local_sql_job_image_with_th
     run(session, sql.drop_service(name))
 
 
+def test_an_ended_service_says_when_it_started_and_ended_to_the_microsecond(
+        session: EmulatorSession, names: list[str]) -> None:
+    """What an adopted attempt's real end is read from (Podman's list alone gives whole seconds)."""
+    name = new_name(names)
+    submit(session, name, spec(["sh", "-c", "sleep 1.5"]))
+    row = wait_for(session, name, "DONE")
+    [box] = run(session, sql.show_service_containers(name))
+    created, started, ended = row["created_on"], box["start_time"], row["updated_on"]
+    assert isinstance(created, datetime) and isinstance(started, datetime) and isinstance(ended, datetime)
+    assert created <= started < ended <= datetime.now(UTC)
+    assert 1.4 <= (ended - started).total_seconds() < 4  # to the microsecond: whole seconds would not do
+    [listed] = [r for r in run(session, sql.show_job_services(name)) if r["name"] == name]
+    assert listed["updated_on"] == ended
+    run(session, sql.drop_service(name))
+
+
 def test_a_running_service_is_running_then_drop_kills_and_removes_it(
         session: EmulatorSession, names: list[str], engine: docker.DockerClient) -> None:
     name = new_name(names)
@@ -204,6 +222,31 @@ def test_a_new_session_finds_the_services_of_one_that_is_gone(
         later.close()
 
 
+def test_without_an_engine_to_reach_it_starts_a_podman_service_of_its_own_and_stops_it_and_the_jobs_run_on(
+        engine: docker.DockerClient, names: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = os.environ["DOCKER_HOST"]
+    monkeypatch.delenv("DOCKER_HOST")  # as on a laptop with no Podman socket running
+    settings = SpcsSettings.model_validate({"emulator": True})
+    own = EmulatorSession(settings, {"/db/schema/repo/box:1": TEST_IMAGE}, pools=POOLS, folder=tmp_path / "jg")
+    name = new_name(names)
+    submit(own, name, spec(["sh", "-c", "sleep 2; echo outlived"]))
+    service = own._service
+    folder = tmp_path / "jg" / f"spcs-emulator-{os.getpid()}"
+    assert service is not None and service.process is not None
+    assert service.base_url == f"unix://{folder / 'podman.sock'}"
+    process = service.process
+    own.close()
+    assert process.poll() is not None and not folder.exists()
+    monkeypatch.setenv("DOCKER_HOST", shared)
+    later = EmulatorSession(settings, {}, pools=POOLS, folder=tmp_path / "jg")
+    try:
+        assert wait_for(later, name, "DONE")["status"] == "DONE"  # the job outlived the service that started it
+        assert logs(later, name) == "outlived\n"
+        run(later, sql.drop_service(name))
+    finally:
+        later.close()
+
+
 def test_a_pool_that_is_not_listed_does_not_exist_and_nothing_is_created(
         session: EmulatorSession, names: list[str], engine: docker.DockerClient,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -236,6 +279,20 @@ def test_a_job_in_a_suspended_pool_is_suspended_and_never_runs(
     [box] = run(session, sql.show_service_containers(name))
     assert (box["service_status"], box["instance_id"], box["status"]) == ("SUSPENDED", None, None)
     assert logs(session, name) == ""
+    run(session, sql.drop_service(name))
+
+
+def test_an_accepted_service_not_started_yet_starts_at_the_next_look_once_its_pool_runs_jobs(
+        session: EmulatorSession, names: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """As Snowflake's: a service EXECUTE accepted runs, even if the EXECUTE was cut short between Podman's create
+    and start (a jobgraph killed right then), or its pool was suspended and is resumed."""
+    monkeypatch.setenv(POOLS_VARIABLE, "PR_STD_POOL_XS:SUSPENDED")
+    name = new_name(names)
+    submit(session, name, spec(["sh", "-c", "echo ran"]))
+    assert run(session, sql.describe_service(name))[0]["status"] == "SUSPENDED"
+    monkeypatch.setenv(POOLS_VARIABLE, "PR_STD_POOL_XS")  # ALTER COMPUTE POOL ... RESUME
+    wait_for(session, name, "DONE")
+    assert logs(session, name) == "ran\n"
     run(session, sql.drop_service(name))
 
 
@@ -292,12 +349,12 @@ def test_external_access_integrations_warehouse_and_comment_are_read_from_their_
     settings = SpcsSettings.model_validate({"emulator": True, "warehouse": "tutorial_warehouse",
                                             "external_access_integrations": ["eai_one", "eai_two"]})
     submit(session, name, spec(["sh", "-c", "ip route | grep -c default || true"]), settings=settings,
-           comment="it's a 'comment' with $$ and \\ and ; DROP SERVICE x")
+           comment="it's a 'comment' with $$ and \\ and ; DROP SERVICE x\n-- and a second line")
     row = wait_for(session, name, "DONE")
     assert row["query_warehouse"] == "TUTORIAL_WAREHOUSE"
     assert row["external_access_integrations"] == '["EAI_ONE", "EAI_TWO"]'
-    assert row["comment"] == "it's a 'comment' with $$ and \\ and ; DROP SERVICE x"
-    assert logs(session, name) != "0\n"  # a network (the engine's default) once an integration is named
+    assert row["comment"] == "it's a 'comment' with $$ and \\ and ; DROP SERVICE x\n-- and a second line"
+    assert logs(session, name) == "1\n"  # a network with a default route (the engine's) once an integration is named
     run(session, sql.drop_service(name))
 
 

@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -45,7 +46,10 @@ from jobgraph.runners.engine_api import connect, create_container, explain, kill
 from jobgraph.runners.service import EngineService, find_or_start
 from jobgraph.runners.spcs_emulator_rows import (
     DROPPING,
+    FINISHED,
     LABEL,
+    PENDING_STATES,
+    STARTED,
     UNQUOTED,
     Row,
     container_row,
@@ -166,14 +170,19 @@ class EmulatorSession:
                 self._client.close()
                 self._client = None
             if self._service is not None:
+                started = self._service.process is not None
                 self._service.stop()
                 self._service = None
+                if started:
+                    shutil.rmtree(self._folder / f"spcs-emulator-{os.getpid()}", ignore_errors=True)
 
     def _podman(self) -> docker.DockerClient:
         """Podman's API, found or started on first use; another engine is refused."""
         with self._lock:
             if self._client is None:
-                service = find_or_start("podman", self._folder)
+                # a Podman API service of this process's own, if one must be started: another jobgraph's (or a
+                # container runner's) at the same path would be replaced by it, and stopped with it
+                service = find_or_start("podman", self._folder / f"spcs-emulator-{os.getpid()}")
                 try:
                     client, libpod = connect(service.base_url)
                 except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
@@ -187,7 +196,28 @@ class EmulatorSession:
             return self._client
 
     def _containers(self, name: str | None = None) -> list[dict[str, Any]]:
-        """The emulated services' containers as Podman lists them (one call), or the one named."""
+        """The emulated services' containers as Podman lists them (one call), or the one named; a service
+        accepted but not started (its EXECUTE cut short by a kill, its pool suspended until now) is started
+        first, as Snowflake's scheduler would."""
+        found = self._listed(name)
+        if self._start_accepted(found):
+            found = self._listed(name)
+        return found
+
+    def _start_accepted(self, entries: list[dict[str, Any]]) -> bool:
+        """Start the created containers of pools that run jobs; whether there were any. Starting one that an
+        EXECUTE in flight starts too is harmless (the engine answers 304)."""
+        states = self._pool_states()
+        waiting = [entry for entry in entries if str(entry.get("State", "")).lower() in PENDING_STATES
+                   and not any(str(name).endswith(DROPPING) for name in entry.get("Names") or ())
+                   and (pool := label(entry, "pool")) in states and states[pool] != "SUSPENDED"]
+        client = self._podman()
+        for entry in waiting:
+            with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+                client.containers.prepare_model({"Id": entry["Id"]}).start()
+        return bool(waiting)
+
+    def _listed(self, name: str | None) -> list[dict[str, Any]]:
         api = self._podman().api
         labels = [f"{LABEL}=1", *([f"{LABEL}.name={name}"] if name is not None else [])]
         try:
@@ -197,7 +227,16 @@ class EmulatorSession:
             listed = response.json() or []
         except (docker.errors.DockerException, requests.exceptions.RequestException, ValueError) as exc:
             raise RunnerError(f"the SPCS emulator's Podman did not answer: {exc}") from None
-        return [entry for entry in listed if name is None or labels_of(entry).get(f"{LABEL}.name") == name]
+        found = [entry for entry in listed if name is None or labels_of(entry).get(f"{LABEL}.name") == name]
+        for entry in found:
+            if entry.get("Exited"):  # its times to the microsecond (ended services are few: the runner drops them)
+                with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException,
+                                         ValueError):
+                    response = api._get(api.base_url + f"/v4.0.0/libpod/containers/{entry['Id']}/json")
+                    api._raise_for_status(response)
+                    state = response.json().get("State") or {}
+                    entry[STARTED], entry[FINISHED] = state.get("StartedAt"), state.get("FinishedAt")
+        return found
 
     def _one(self, name: object) -> dict[str, Any]:
         resolved = resolve_identifier(name)
@@ -243,7 +282,7 @@ class EmulatorSession:
             f"{LABEL}.schema": stored_name(self._settings.schema_name or ""),
             f"{LABEL}.comment": comment or "", f"{LABEL}.query_warehouse": warehouse or "",
             f"{LABEL}.external_access_integrations": json.dumps(integrations),
-            f"{LABEL}.spec_digest": hashlib.sha256(spec_text.encode()).hexdigest(),
+            f"{LABEL}.spec_digest": hashlib.sha256(spec_text.encode("utf-8", "surrogatepass")).hexdigest(),
         }
         options: dict[str, Any] = {
             "command": plan.command, "entrypoint": plan.entrypoint, "environment": plan.environment,

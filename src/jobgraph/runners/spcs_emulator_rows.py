@@ -29,10 +29,16 @@ OWNER = "JOBGRAPH_SPCS_EMULATOR"
 
 Row = dict[str, object]
 
+STARTED = "jobgraph.StartedAt"
+FINISHED = "jobgraph.FinishedAt"
+"""Keys the emulator adds to the list entry of an ended container: the inspected times, which the list gives
+only to the second (an adopted job's real end is read from them)."""
+
 UNQUOTED = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 """Snowflake's unquoted identifier."""
 
-_PENDING_STATES = frozenset({"created", "configured", "initialized"})
+PENDING_STATES = frozenset({"created", "configured", "initialized"})
+"""Podman's states of a container not started yet."""
 _RUNNING_STATES = frozenset({"running", "paused", "stopping"})
 _ENDED_STATES = frozenset({"exited", "stopped"})
 
@@ -58,7 +64,7 @@ def status_of(entry: Mapping[str, Any], pools: Mapping[str, str | None]) -> tupl
     state = str(entry.get("State", "")).lower()
     if state == "removing" or any(str(name).endswith(DROPPING) for name in entry.get("Names") or ()):
         return "DELETING", "UNKNOWN", "being dropped"
-    if state in _PENDING_STATES:
+    if state in PENDING_STATES:
         pool = label(entry, "pool") or ""
         if pools.get(pool) == "SUSPENDED":
             return "SUSPENDED", "PENDING", f"compute pool {pool} is suspended"
@@ -106,7 +112,7 @@ def container_row(entry: Mapping[str, Any], pools: Mapping[str, str | None]) -> 
             "instance_status": {"RUNNING": "READY", "DONE": "SUCCEEDED", "FAILED": "FAILED"}.get(status, "TERMINATING"),
             "container_name": label(entry, "container"), "status": container_status, "message": message,
             "image_name": label(entry, "image"), "image_digest": entry.get("ImageID"), "restart_count": 0,
-            "start_time": _epoch(entry.get("StartedAt")),
+            "start_time": _started(entry),
             "last_exit_code": int(entry.get("ExitCode", 0)) if status in ("DONE", "FAILED") else None,
         })
     return row
@@ -142,15 +148,27 @@ def _epoch(value: object) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if isinstance(value, int | float) and value > 0 else None
 
 
-def _created(entry: Mapping[str, Any]) -> datetime | None:
-    """Podman's RFC 3339 creation time (nanoseconds cut to what datetime holds)."""
-    text = re.sub(r"(\.\d{6})\d*", r"\1", str(entry.get("Created", ""))).replace("Z", "+00:00")
+def _rfc3339(value: object) -> datetime | None:
+    """Podman's RFC 3339 times (nanoseconds cut to what datetime holds); None for none or Go's zero time."""
+    text = re.sub(r"(\.\d{6})\d*", r"\1", str(value or "")).replace("Z", "+00:00")
     try:
-        return datetime.fromisoformat(text)
+        moment = datetime.fromisoformat(text)
     except ValueError:
         return None
+    return moment if moment.year > 1 else None
+
+
+def _created(entry: Mapping[str, Any]) -> datetime | None:
+    return _rfc3339(entry.get("Created"))
+
+
+def _started(entry: Mapping[str, Any]) -> datetime | None:
+    """When the container started: the inspected time to the microsecond, else the list's whole second."""
+    return _rfc3339(entry.get(STARTED)) or _epoch(entry.get("StartedAt"))
 
 
 def _updated(entry: Mapping[str, Any]) -> datetime | None:
-    """When the service last changed: its end, else its start, else its creation."""
-    return _epoch(entry.get("ExitedAt")) if entry.get("Exited") else _epoch(entry.get("StartedAt")) or _created(entry)
+    """When the service last changed: its end (inspected, to the microsecond), else its start, else its creation."""
+    if entry.get("Exited"):
+        return _rfc3339(entry.get(FINISHED)) or _epoch(entry.get("ExitedAt"))
+    return _started(entry) or _created(entry)
