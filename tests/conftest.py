@@ -70,6 +70,29 @@ def store_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / '.jobgraph' / 'jobgraph.db'}"
 
 
+PEAK_RSS_LAUNCHER = (
+    "import os, sys\n"
+    "pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n")
+
+
+def with_peak_rss(argv: list[str], report: Path) -> list[str]:
+    """`argv` run by a small launcher that writes the command's own peak memory (KiB) to `report`.
+
+    A command spawned straight from pytest would report pytest's peak instead once pytest is the bigger:
+    Linux carries the memory high-water mark of a vfork'ed child (which shares its parent's memory until
+    it execs) into the child's ru_maxrss. The launcher is a small Python, so what it carries is small.
+    """
+    return [sys.executable, "-c", PEAK_RSS_LAUNCHER, str(report), *argv]
+
+
+def peak_rss_mib(report: Path) -> float:
+    """What `with_peak_rss`'s launcher wrote, in MiB."""
+    return int(report.read_text()) / 1024
+
+
 def process_alive(pid: int) -> bool:
     """True if the process exists and is not a zombie (an exited process nobody has reaped yet)."""
     try:

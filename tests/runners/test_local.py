@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from jobgraph.store import Store
-from tests.conftest import Cli, WritePipeline, process_alive, sh, store_url
+from tests.conftest import Cli, WritePipeline, peak_rss_mib, process_alive, sh, store_url, with_peak_rss
 
 SECRET = "s3cr3t-value"
 PEM = ("-----BEGIN PRIVATE KEY-----\n"
@@ -35,19 +35,6 @@ def jobgraph(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> s
     full.pop("JOBGRAPH_STORE", None)
     return subprocess.Popen([sys.executable, "-m", "jobgraph", *args], cwd=tmp_path, env=full,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def max_rss_mib(process: subprocess.Popen[bytes], timeout: float = 120) -> float:
-    """Wait for the process and return its peak memory (MiB), read from the kernel's own accounting."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            process.returncode = os.waitstatus_to_exitcode(status)
-            return usage.ru_maxrss / 1024
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError("the process did not end in time")
 
 
 def wait_for(condition: object, timeout: float = 30) -> None:
@@ -237,9 +224,13 @@ def test_memory_stays_flat_while_a_secret_is_redacted_from_a_big_log(
         tmp_path: Path, write_pipeline: WritePipeline) -> None:
     path = write_pipeline({"defaults": {"log_limit": "1g"}, "jobs": [
         sh("chatty", 'yes "a line with $API_TOKEN in it" | head -c 200000000', secrets=["API_TOKEN"])]})
-    process = jobgraph(tmp_path, "run", str(path), env={"API_TOKEN": SECRET})
-    peak = max_rss_mib(process)
-    assert process.returncode == 0
+    full = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph"), "API_TOKEN": SECRET}
+    full.pop("JOBGRAPH_STORE", None)
+    report = tmp_path / "peak-rss"
+    done = subprocess.run(with_peak_rss([sys.executable, "-m", "jobgraph", "run", str(path)], report), cwd=tmp_path,
+                          env=full, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    peak = peak_rss_mib(report)
     log = next((tmp_path / ".jobgraph" / "logs").glob("*/chatty/attempt-1.log"))
     assert log.stat().st_size > 100_000_000
     with log.open("rb") as file:
