@@ -213,6 +213,28 @@ def of_run(client: docker.DockerClient, run_id: str) -> list[str]:
             if f" run {run_id} " in c.attrs["Labels"].get(f"{LABEL}.comment", "")]
 
 
+def test_cancelling_a_run_whose_jobgraph_was_killed_drops_its_services_with_what_they_printed(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline, podman: docker.DockerClient) -> None:
+    """`jobgraph cancel` of a run whose jobgraph died (kill -9) adopts its job services and drops them: their logs
+    are read first, as when the run's own jobgraph cancels."""
+    write_pipeline(emulated("orphan", [box("t_long", "echo half way; sleep 300")]), with_sh=False)
+    process = start(tmp_path, "run", "pipeline.yaml")
+    try:
+        run_id, service = submitted(tmp_path, "t_long")
+        wait_until(lambda: printed(podman, service, "half way"))
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    assert running(podman, service)
+    cli("cancel", run_id, check=0, timeout=120)
+    assert services(podman, [service]) == []
+    with Store(store_url(tmp_path)) as records:
+        assert records.run(run_id).state == "CANCELLED"
+        [attempt] = records.attempts(run_id)
+        assert (attempt.status, attempt.backend_ref) == ("CANCELLED", service)
+        assert attempt.log_path.read_text() == "half way\n"
+
+
 @pytest.mark.parametrize("delay", [0.0, 0.4, 1.0])
 def test_ctrl_c_whenever_it_lands_leaves_no_job_service(
         tmp_path: Path, write_pipeline: WritePipeline, podman: docker.DockerClient, delay: float) -> None:
