@@ -223,8 +223,8 @@ class SpcsRunner:
         handle.cancelled = True
         if handle.finishing and handle.reading is not None:  # a poll is reading how it ended: let it, first
             await asyncio.wait({handle.reading}, timeout=60)
-        if not handle.outcome.done():
-            with contextlib.suppress(Exception):
+        if not handle.outcome.done():  # a statement still in its thread when the wait ends goes on beside the DROP
+            with contextlib.suppress(Exception):  # (the connector's connections are shared by threads: threadsafety 2)
                 await asyncio.wait_for(self._before_drop(handle), spcs_reading.BEFORE_DROP_SECS)
         await self._run(drop_service(handle.name))
         self._resolve(handle, Outcome(AttemptStatus.CANCELLED, None, f"cancelled by jobgraph (DROP SERVICE "
