@@ -22,7 +22,7 @@ from tests.conftest import SEED, WritePipeline
 from tests.export.snowflake_reading import read_job_service, read_task, tokens
 
 HOSTILE = "x'; DROP TABLE jobs_run_stats; --\\' \" */ \n-- $ {{ }} \\\\"
-"""Text that would end a string, a comment or a statement if it were pasted into SQL (and braces, as a job gets them)."""
+"""Text that would end a string, a comment or a statement if it were pasted into SQL; braces as a job gets them."""
 HOSTILE_WRITTEN = HOSTILE.replace("{{", "{{ '{{' }}")
 """HOSTILE as a pipeline file writes it in args and env, where `{{` starts a placeholder: `{{ '{{' }}` writes `{{`."""
 

@@ -29,9 +29,6 @@ RUN_TIME_ONLY = frozenset({"scheduled_time", "run_id", "attempt"})
 MAX_GRAPH_TASKS, MAX_PREDECESSORS = 1000, 100
 """Snowflake's limits: tasks in one task graph, predecessors of one task."""
 
-MAX_NAME = 255
-"""Snowflake's longest identifier."""
-
 AnyJob = TypeVar("AnyJob", bound=Job)
 
 
@@ -61,10 +58,10 @@ def fixed(pipeline: Pipeline, given: Mapping[str, object] | None, root_task: str
     warnings: list[str] = []
     jobs: list[Job] = []
     origin: dict[str, str] = {}
-    fanned_out: set[str] = set()
+    fanned_out: dict[str, str] = {}
     for job in pipeline.jobs:
         after = _after(job, stands_for)
-        fanned = [name for name in job.after if name.casefold() in fanned_out]
+        fanned = [fanned_out[name.casefold()] for name in job.after if name.casefold() in fanned_out]
         waits = (f"AFTER every copy of {', '.join(fanned)}: it runs once all of them succeeded, as jobgraph runs it "
                  "once every copy did.",) if fanned else ()
         if job.for_each is None:
@@ -72,7 +69,7 @@ def fixed(pipeline: Pipeline, given: Mapping[str, object] | None, root_task: str
             stands_for[job.name.casefold()], notes[job.name] = (job.name,), waits
             continue
         copies = _copies(job, values, file)
-        fanned_out.add(job.name.casefold())
+        fanned_out[job.name.casefold()] = job.name
         if not copies:
             warnings.append(f"job {job.name}: for_each gave an empty list: no task; what follows it runs after its "
                             "predecessors, as in jobgraph")
@@ -113,8 +110,8 @@ def _run_time_problems(job: Job) -> list[Problem]:
             problems.append(Problem(
                 f"'{{{{ {root} }}}}' has a value only when a run starts, and Snowflake cannot put one into a job "
                 "service's specification (EXECUTE JOB SERVICE takes it as a constant): it cannot be exported; use "
-                "a param, whose value is fixed at export, or read it in the job (Snowflake's "
-                "SYSTEM$TASK_RUNTIME_INFO)", job=job.name, field=field_name))
+                "a param (its value is fixed at export) or have the job work it out itself", job=job.name,
+                field=field_name))
     if job.for_each is not None and source_of(job.for_each).predecessor is not None:
         problems.append(Problem(
             f"a for_each over {source_of(job.for_each).predecessor}'s return value cannot be exported: a Snowflake "
@@ -150,6 +147,10 @@ def _rendered(job: AnyJob, values: Mapping[str, object], env: Mapping[str, str],
         if "\x00" in done[field_name]:
             raise ConfigError(file, [Problem("a value put into it holds a NUL byte, which a job service's "
                                              "specification cannot hold", job=job.name, field=field_name)])
+        if "$$" in done[field_name] and (done[field_name] != text or name is not None):
+            raise ConfigError(file, [Problem(f"a value put into it holds '$$', which would end the $$ constant the "
+                                             f"job service's specification is written in ({_shown(done[field_name])})",
+                                             job=job.name, field=field_name)])
     args = tuple(done[f"args.{i}"] for i in range(len(job.args)))
     own = {key: done[f"env.{key}"] for key in job.env}
     return job.model_copy(update={"name": name or job.name, "args": args, "env": {**env, **own}, "after": after,
@@ -165,17 +166,13 @@ def _after(job: Job, stands_for: Mapping[str, tuple[str, ...]]) -> tuple[str, ..
 
 
 def _check_names(pipeline: Pipeline, origin: Mapping[str, str], root_task: str, file: str) -> None:
-    """Each copy's task name is a Snowflake identifier no other task has (case-insensitively, as Snowflake)."""
+    """Each copy's task name is one no other task has (case-insensitively, as Snowflake resolves them); it is an
+    identifier of at most 254 characters, as config/for_each.py keeps a fanned-out job's name to 249."""
     taken = {root_task.casefold(): "the root task", FINALIZE_TASK.casefold(): "the finalizer task"}
     taken.update((job.name.casefold(), f"job {job.name}") for job in pipeline.all_jobs())
     problems: dict[str, Problem] = {}
     for name, job in origin.items():
-        if job in problems:
-            continue
-        if len(name) > MAX_NAME:
-            problems[job] = Problem(f"its copies' tasks would be named {job}_0 ... {name}, longer than Snowflake's "
-                                    f"{MAX_NAME} characters: shorten the job's name", job=job, field="for_each")
-        elif name.casefold() in taken:
+        if job not in problems and name.casefold() in taken:
             problems[job] = Problem(f"its copy's task would be named {name}, which {taken[name.casefold()]} has in "
                                     "Snowflake: rename one", job=job, field="for_each")
         taken.setdefault(name.casefold(), f"a copy of job {job}")
