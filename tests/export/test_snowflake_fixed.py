@@ -218,14 +218,20 @@ def test_hostile_param_values_and_items_stay_inside_the_specification(write_pipe
     assert "-- Copy 0 of job b's for_each" in script and "\nDROP TABLE jobs_run_stats" not in script
 
 
-@pytest.mark.parametrize(("job", "params", "field"), [
-    ({"args": ["--x={{ params.q }}"]}, {"q": "a $$ b"}, "args.0"),
-    ({"env": {"X": "{{ params.q }}"}}, {"q": "$$"}, "env.X"),
-    ({"for_each": ["ok", "$$; DROP TABLE t; $$"], "args": ["{{ item }}"]}, {}, "args.0"),
+@pytest.mark.parametrize(("job", "params", "where"), [
+    ({"args": ["--x={{ params.q }}"]}, {"q": "a $$ b"}, (None, "--param q")),
+    ({}, {"q": "$$"}, (None, "--param q")),  # unused, but in every job's $JOBGRAPH_PARAMS
+    ({"args": ["--x=$", "--y=${{ params.q }}"]}, {"q": "$ b"}, ("a", "args.1")),
+    ({"env": {"X": "{{ params.q }}$"}}, {"q": "b$"}, ("a", "env.X")),
+    ({"for_each": ["ok", "$$; DROP TABLE t; $$"], "args": ["{{ item }}"]}, {}, ("a", "for_each")),
+    ({"for_each": [{"k": "$$"}]}, {}, ("a", "for_each")),  # no {{ item }}, but in $JOBGRAPH_ITEM
+    ({"for_each": ["$x"], "args": ["${{ item }}"]}, {}, ("a", "args.0")),
+    ({"for_each": ["a\x00b"]}, {}, ("a", "for_each")),
 ])
-def test_a_value_that_would_end_the_dollar_constant_is_refused_naming_job_and_field(
-        job: dict[str, Any], params: dict[str, object], field: str, write_pipeline: WritePipeline) -> None:
+def test_a_value_that_would_end_the_dollar_constant_or_holds_a_nul_is_refused_naming_job_and_field(
+        job: dict[str, Any], params: dict[str, object], where: tuple[str | None, str],
+        write_pipeline: WritePipeline) -> None:
     path = write_pipeline({"params": [{"name": "q", "default": "x"}],
                            "jobs": [{"name": "a", "image": IMAGE, "pool": "p", **job}]})
     (problem,) = refusal(path, params)
-    assert (problem.job, problem.field) == ("a", field) and "'$$'" in problem.message
+    assert (problem.job, problem.field) == where and ("$$" in problem.message or "NUL" in problem.message)

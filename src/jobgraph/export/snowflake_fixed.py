@@ -48,7 +48,10 @@ def fixed(pipeline: Pipeline, given: Mapping[str, object] | None, root_task: str
     placeholders rendered and its `for_each` jobs expanded; ConfigError naming the file, job and field of
     anything a task graph cannot fix at export (a param with no value: `--param NAME`)."""
     values = resolve(pipeline, given, file, from_text=True)
-    problems = [problem for job in pipeline.all_jobs() for problem in _run_time_problems(job)]
+    problems = [Problem(f"the value holds '$$', which would end the $$ constant each job service's specification "
+                        "is written in (every job gets the params in $JOBGRAPH_PARAMS)", field=f"--param {name}")
+                for name, value in values.items() if "$$" in json.dumps(value, ensure_ascii=False)]
+    problems += [problem for job in pipeline.all_jobs() for problem in _run_time_problems(job)]
     if problems:
         raise ConfigError(file, problems)
     common: dict[str, object] = {"params": values, "pipeline": pipeline.name}
@@ -130,6 +133,12 @@ def _copies(job: Job, values: Mapping[str, object], file: str) -> list[Any]:
     if len(items) > max_fan_out(job):
         raise ConfigError(file, [Problem(f"parameter {source.param} has {len(items)} items, more than max_fan_out "
                                          f"{max_fan_out(job)}", job=job.name, field="for_each")])
+    for index, item in enumerate(items):
+        text = _as_text(item)
+        if "$$" in text or "\x00" in text:
+            raise ConfigError(file, [Problem(f"item {index} holds {'$$' if '$$' in text else 'a NUL byte'}, which "
+                                             "its copy's job service specification cannot hold ($JOBGRAPH_ITEM)",
+                                             job=job.name, field="for_each")])
     return items
 
 
