@@ -221,6 +221,7 @@ def test_hostile_param_values_and_items_stay_inside_the_specification(write_pipe
 @pytest.mark.parametrize(("job", "params", "where"), [
     ({"args": ["--x={{ params.q }}"]}, {"q": "a $$ b"}, (None, "--param q")),
     ({}, {"q": "$$"}, (None, "--param q")),  # unused, but in every job's $JOBGRAPH_PARAMS
+    ({}, {}, (None, "params.q")),  # the default's
     ({"args": ["--x=$", "--y=${{ params.q }}"]}, {"q": "$ b"}, ("a", "args.1")),
     ({"env": {"X": "{{ params.q }}$"}}, {"q": "b$"}, ("a", "env.X")),
     ({"for_each": ["ok", "$$; DROP TABLE t; $$"], "args": ["{{ item }}"]}, {}, ("a", "for_each")),
@@ -231,7 +232,8 @@ def test_hostile_param_values_and_items_stay_inside_the_specification(write_pipe
 def test_a_value_that_would_end_the_dollar_constant_or_holds_a_nul_is_refused_naming_job_and_field(
         job: dict[str, Any], params: dict[str, object], where: tuple[str | None, str],
         write_pipeline: WritePipeline) -> None:
-    path = write_pipeline({"params": [{"name": "q", "default": "x"}],
+    default = "x" if job or params else "$$"
+    path = write_pipeline({"params": [{"name": "q", "default": default}],
                            "jobs": [{"name": "a", "image": IMAGE, "pool": "p", **job}]})
     (problem,) = refusal(path, params)
     assert (problem.job, problem.field) == where and ("$$" in problem.message or "NUL" in problem.message)

@@ -48,8 +48,9 @@ def fixed(pipeline: Pipeline, given: Mapping[str, object] | None, root_task: str
     placeholders rendered and its `for_each` jobs expanded; ConfigError naming the file, job and field of
     anything a task graph cannot fix at export (a param with no value: `--param NAME`)."""
     values = resolve(pipeline, given, file, from_text=True)
-    problems = [Problem(f"the value holds '$$', which would end the $$ constant each job service's specification "
-                        "is written in (every job gets the params in $JOBGRAPH_PARAMS)", field=f"--param {name}")
+    problems = [Problem("the value holds '$$', which would end the $$ constant each job service's specification "
+                        "is written in (every job gets the params in $JOBGRAPH_PARAMS)",
+                        field=f"--param {name}" if name in (given or {}) else f"params.{name}")
                 for name, value in values.items() if "$$" in json.dumps(value, ensure_ascii=False)]
     problems += [problem for job in pipeline.all_jobs() for problem in _run_time_problems(job)]
     if problems:
