@@ -391,12 +391,14 @@ def export_snowflake(
                                            "graph (the seed's drop_job_tasks()), to run")] = False,
     root_task: Annotated[str | None, typer.Option("--root-task", help="The root task's name [default: root_task "
                                                   "for the seed's jobconfig.json, else the pipeline's name]")] = None,
+    param: ParamOption = None,
 ) -> None:
     """Print the SQL that builds the pipeline as a native Snowflake task graph: the seed's logging tables, a
     root task with the schedule, one task per job running its SPCS job service, the finalizer GET_GRAPH_STATS,
     and the teardown (as comments). What Snowflake cannot express is said in the SQL and warned on stderr.
+    A task graph has no run parameters: the params' values (--param, else the defaults) are fixed in the script.
     Nothing is run or contacted.
     """
     from jobgraph.cli import export as exporter
 
-    exporter.snowflake(file, output=output, teardown=teardown, root_task=root_task)
+    exporter.snowflake(file, output=output, teardown=teardown, root_task=root_task, params=param or [])
