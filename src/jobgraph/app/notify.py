@@ -30,7 +30,7 @@ from jobgraph.config.model import Pipeline
 from jobgraph.config.run_settings import Notify
 from jobgraph.engine.events import Event, RunEnded, RunStarted, TaskChanged
 from jobgraph.errors import ConfigError, Problem
-from jobgraph.runners.output import redactor_for, stored_text
+from jobgraph.runners.redaction import redactor_for, stored_text
 from jobgraph.states import RunState, TaskState
 from jobgraph.store import Store
 from jobgraph.store.records import NOTIFICATION_FAILED, NOTIFICATION_SENT, NotificationRecord

@@ -23,7 +23,8 @@ from jobgraph.engine.events import AttemptAdopted, AttemptEnded, AttemptStarted,
 from jobgraph.engine.templating import needs_rendering, rendered
 from jobgraph.errors import RunnerError
 from jobgraph.runners.base import DEFAULT_LOG_LIMIT, AnyRunner, JobSpec, Outcome
-from jobgraph.runners.output import redactor_for, scrub_return_file, stored_text
+from jobgraph.runners.output import scrub_return_file
+from jobgraph.runners.redaction import redactor_for, stored_text
 from jobgraph.states import AttemptStatus, TaskState
 from jobgraph.template import TemplateError
 

@@ -24,7 +24,7 @@ from jobgraph.engine.delivery import Delivery
 from jobgraph.engine.events import Event, Listener, RunEnded, RunStarted, TaskChanged, TaskInfo
 from jobgraph.graph import Dag
 from jobgraph.runners.base import AnyRunner, JobSpec
-from jobgraph.runners.output import stored_text
+from jobgraph.runners.redaction import stored_text
 from jobgraph.selection import Selection, restricted, selected_jobs, stored
 from jobgraph.states import TERMINAL_TASK_STATES, RunState, TaskState
 

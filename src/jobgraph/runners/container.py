@@ -53,15 +53,8 @@ from jobgraph.runners.engine_api import (
     timed_out,
 )
 from jobgraph.runners.oom_watch import OomWatch, known_cgroup, memory_cgroup
-from jobgraph.runners.output import (
-    LogWriter,
-    collect_return_file,
-    prepare_out_folder,
-    redactor_for,
-    return_value_of,
-    shown_env,
-    tail,
-)
+from jobgraph.runners.output import LogWriter, collect_return_file, prepare_out_folder, return_value_of, tail
+from jobgraph.runners.redaction import redactor_for, shown_env
 from jobgraph.runners.service import EngineService, find_or_start
 from jobgraph.states import AttemptStatus
 

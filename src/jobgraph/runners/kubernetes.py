@@ -42,7 +42,8 @@ from jobgraph.runners.kubernetes_manifest import (
     label_value,
 )
 from jobgraph.runners.kubernetes_states import is_finished, latest_pod, outcome_of, stuck_reason, terminated
-from jobgraph.runners.output import LogWriter, redactor_for, tail
+from jobgraph.runners.output import LogWriter, tail
+from jobgraph.runners.redaction import redactor_for
 from jobgraph.runners.watched import Watched
 from jobgraph.states import AttemptStatus
 

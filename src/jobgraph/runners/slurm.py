@@ -32,12 +32,8 @@ from typing import TYPE_CHECKING
 
 from jobgraph.errors import RunnerError
 from jobgraph.runners.base import JobSpec, Outcome
-from jobgraph.runners.output import (
-    read_return_value,
-    redactor_for,
-    scrub_return_file,
-    tail,
-)
+from jobgraph.runners.output import read_return_value, scrub_return_file, tail
+from jobgraph.runners.redaction import redactor_for
 from jobgraph.runners.slurm_batch import (
     OUTPUT_FILE,
     RETURN_VALUE_FILE,

@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 from jobgraph.errors import RunnerError
 from jobgraph.runners.base import JobSpec, Outcome
-from jobgraph.runners.output import LogWriter, redactor_for, tail
+from jobgraph.runners.output import LogWriter, tail
+from jobgraph.runners.redaction import redactor_for
 from jobgraph.runners.spcs_session import SqlSession, connect
 from jobgraph.runners.spcs_spec import (
     PREFIX,

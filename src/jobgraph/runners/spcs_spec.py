@@ -31,7 +31,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from jobgraph.errors import RunnerError
 from jobgraph.runners.base import JobSpec
-from jobgraph.runners.output import redactor_for
+from jobgraph.runners.redaction import redactor_for
 from jobgraph.runners.snowflake_sql import check_identifier, check_object_name
 
 if TYPE_CHECKING:
