@@ -70,6 +70,16 @@ def store_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / '.jobgraph' / 'jobgraph.db'}"
 
 
+def only_run(url: str) -> str:
+    """The id of the one run the store at `url` holds (the test fails if it holds more or none)."""
+    from jobgraph.store import Store
+
+    with Store(url) as records:
+        found = records.runs()
+    assert len(found) == 1
+    return found[0].run_id
+
+
 def process_alive(pid: int) -> bool:
     """True if the process exists and is not a zombie (an exited process nobody has reaped yet)."""
     try:
