@@ -126,6 +126,8 @@ def _not_json(value: Any) -> str | None:
 
 
 Name = Annotated[str, BeforeValidator(_name)]
+
+
 def _check_runner_name(value: str) -> str:
     if value not in RUNNER_NAMES:
         raise ValueError(f"unknown runner {value!r}; the runners are {', '.join(RUNNER_NAMES)}")

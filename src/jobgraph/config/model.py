@@ -181,7 +181,6 @@ class Job(FrozenModel):
         default=None, strict=True, ge=1, le=MAX_FAN_OUT,
         description=f"The most copies for_each may make [default: {DEFAULT_MAX_FAN_OUT}]; a wider list fails the job")
 
-
     @model_validator(mode="before")
     @classmethod
     def _command_without_image(cls, data: Any) -> Any:
