@@ -202,10 +202,11 @@ def show(
 
     if watch:
         from jobgraph.cli import watch as watching
+        from jobgraph.cli.common import EXIT_CODES
 
         ended = watching.watch_run(run_id, store=store, live=output == OutputFormat.table)
         show.show(ended.run_id, store=store, output=output)
-        raise typer.Exit(watching.EXIT_CODES[ended.state])
+        raise typer.Exit(EXIT_CODES[ended.state])
     show.show(run_id, store=store, output=output)
 
 
