@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from jobgraph.config import Job, Pipeline, load
+from jobgraph.engine import attempt as engine_attempt
 from jobgraph.engine import run as engine_run
 from jobgraph.engine.events import AttemptStarted, Event, RunStarted
 from jobgraph.engine.run import GraphRun
@@ -261,11 +262,11 @@ class _Collector:
 def virtual_engine(loop: VirtualLoop) -> Iterator[None]:
     """The engine stamps events with the virtual clock's time while the block runs."""
     real = engine_run.now
-    engine_run.now = loop.at
+    engine_run.now = engine_attempt.now = loop.at
     try:
         yield
     finally:
-        engine_run.now = real
+        engine_run.now = engine_attempt.now = real
 
 
 @dataclass

@@ -93,6 +93,16 @@ def peak_rss_mib(report: Path) -> float:
     return int(report.read_text()) / 1024
 
 
+def only_run(url: str) -> str:
+    """The id of the one run the store at `url` holds (the test fails if it holds more or none)."""
+    from jobgraph.store import Store
+
+    with Store(url) as records:
+        found = records.runs()
+    assert len(found) == 1
+    return found[0].run_id
+
+
 def process_alive(pid: int) -> bool:
     """True if the process exists and is not a zombie (an exited process nobody has reaped yet)."""
     try:

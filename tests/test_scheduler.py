@@ -309,7 +309,7 @@ def test_a_wake_up_pending_at_the_fire_time_makes_the_tick_read_the_store(any_st
         clock.advance(seconds=0.2)  # at the fire time: the next wait does not sleep, and would fire from that read
         Deployments(store).record_fire("nightly", clock(), "REQUESTED", clock())  # a `trigger` wakes it
         deadline = time.monotonic() + 30
-        while not scheduler._woken.is_set():
+        while not scheduler._wakeups.woken.is_set():
             assert time.monotonic() < deadline, "the request did not wake the scheduler"
             await asyncio.sleep(0.01)
         await scheduler.wait(600)

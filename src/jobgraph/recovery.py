@@ -30,7 +30,7 @@ from jobgraph.engine.run import GraphRun
 from jobgraph.errors import JobgraphError, RunnerError
 from jobgraph.owner import owner_is_gone
 from jobgraph.runners import AnyRunner, JobSpec, make_runner
-from jobgraph.runners.containment import remove_empty_cgroups
+from jobgraph.runners.cgroups import remove_empty_cgroups
 from jobgraph.runners.registry import BACKENDS, clean_up_lost_run, settings_for
 from jobgraph.states import AttemptStatus
 from jobgraph.store import RunRecord, Store

@@ -14,12 +14,12 @@ Between ticks it sleeps until the next fire time, not on a polling tick: while i
 listens on the store (store.wakeup: PostgreSQL LISTEN/NOTIFY, a FIFO beside a SQLite file), so a
 `trigger`, `deploy`, `resume` or `suspend` from another process wakes it at once. The poll interval
 stays as the safety net (and renews the lease): a lost or unavailable wake-up delays, never loses.
+The listener itself is scheduler_wakeups.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import socket
 from collections.abc import Callable
@@ -32,10 +32,10 @@ from jobgraph.engine.run import GraphRun, RunResult
 from jobgraph.errors import JobgraphError
 from jobgraph.owner import owner_is_gone
 from jobgraph.schedule import CATCH_UP_COUNT_LIMIT, parse_schedule
+from jobgraph.scheduler_wakeups import Wakeups
 from jobgraph.states import RunState
 from jobgraph.store import Store
 from jobgraph.store.deployments import ACTIVE, SUSPENDED, DeployedPipeline, Deployments, Lease
-from jobgraph.store.wakeup import Listener, WakeupUnavailable
 
 LEASE = "scheduler"
 ARM_LEAD_SECS = 0.5
@@ -108,10 +108,7 @@ class Scheduler:
     next_fire_at: datetime | None = None
     """The earliest fire time of an active pipeline as of the last tick (None without the lease)."""
     deployments: Deployments = field(init=False)
-    _woken: asyncio.Event = field(init=False, default_factory=asyncio.Event)
-    _listener: tuple[Listener, int] | None = field(init=False, default=None)
-    """The wake-up listener and its file descriptor (kept: a broken connection may not tell it any more)."""
-    _unavailable: str | None = field(init=False, default=None)
+    _wakeups: Wakeups = field(init=False)
     _pipelines: dict[tuple[str, str], Pipeline] = field(init=False, default_factory=dict)
     _scheduled: list[DeployedPipeline] = field(init=False, default_factory=list)
     """The active scheduled pipelines as last read (and fired since)."""
@@ -121,6 +118,7 @@ class Scheduler:
 
     def __post_init__(self) -> None:
         self.deployments = Deployments(self.store, wakes=False)
+        self._wakeups = Wakeups(self.deployments, lambda message: self.on_message(message))
 
     async def tick(self) -> bool:
         """Renew the lease and fire what is due; False (and nothing fired) without the lease.
@@ -361,60 +359,22 @@ class Scheduler:
         it listens, it wakes ARM_LEAD_SECS before a fire time for a full tick, then sleeps to the fire time
         armed: no wake-up in between means the read is current, and the next tick only fires.
         """
-        fresh = self._listening(self.held)
+        fresh = self._wakeups.listen(self.held)
         delay, arming = poll_secs, False
         if self.next_fire_at is not None:
             until = max(0.0, (self.next_fire_at - self.clock()).total_seconds())
-            if self._listener is not None and until > ARM_LEAD_SECS:
+            if self._wakeups.listening and until > ARM_LEAD_SECS:
                 delay = min(delay, until - ARM_LEAD_SECS)  # read ahead, then sleep to the fire time armed
             else:
-                delay, arming = min(delay, until), self._listener is not None and until <= delay
+                delay, arming = min(delay, until), self._wakeups.listening and until <= delay
         if fresh:
             delay, arming = 0.0, False
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._woken.wait(), delay)
-        self._armed = arming and not self._woken.is_set()  # a wake-up, even one a zero wait timed out on
-        self._woken.clear()
+        woken = await self._wakeups.sleep(delay)
+        self._armed = arming and not woken  # a wake-up, even one a zero wait timed out on
 
     def wake(self) -> None:
         """End the current or next `wait` at once (a signal to stop, a change made in this process)."""
-        self._woken.set()
-
-    def _listening(self, wanted: bool) -> bool:
-        """Open or close the wake-up listener as `wanted`; True when it has just been opened."""
-        if not wanted:
-            self._stop_listening()
-            return False
-        if self._listener is not None:
-            return False
-        try:
-            listener = self.deployments.listen()
-        except WakeupUnavailable as exc:
-            if str(exc) != self._unavailable:
-                self.on_message(f"warning: no wake-ups from the store ({exc}); polling it instead")
-            self._unavailable = str(exc)
-            return False
-        self._unavailable = None
-        descriptor = listener.fileno()
-        asyncio.get_running_loop().add_reader(descriptor, self._heard)
-        self._listener = (listener, descriptor)
-        return True
-
-    def _heard(self) -> None:
-        assert self._listener is not None
-        try:
-            self._listener[0].drain()
-        except WakeupUnavailable as exc:
-            self.on_message(f"warning: {exc}; polling the store until it can listen again")
-            self._stop_listening()
-        self._woken.set()
-
-    def _stop_listening(self) -> None:
-        if self._listener is not None:
-            listener, descriptor = self._listener
-            asyncio.get_running_loop().remove_reader(descriptor)
-            listener.close()
-            self._listener = None
+        self._wakeups.woken.set()
 
     def running(self) -> list[GraphRun]:
         """Every graph run this scheduler has going."""
@@ -429,5 +389,5 @@ class Scheduler:
                 graph_run.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        self._stop_listening()
+        self._wakeups.stop()
         self.deployments.release_lease(LEASE, self.holder)

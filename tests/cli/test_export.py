@@ -142,3 +142,62 @@ def test_exports_help_loads_only_the_command_line(tmp_path: Path, args: list[str
     assert result.returncode == 0, result.stderr
     assert "Usage: jobgraph export" in result.stdout
     assert among(modules, EVERYTHING_BUT_THE_COMMAND_LINE) == []
+
+
+PARAMS_AND_FAN_OUT = {"name": "root_task", "params": [
+    {"name": "day", "type": "date"}, {"name": "regions", "type": "list", "default": ["emea", "amer"]}],
+    "jobs": [{"name": "daily_load", "image": "/db/s/r/i:1", "pool": "p",
+              "args": ["--query=select '{{ params.day }}' as day"]},
+             {"name": "t_per_region", "image": "/db/s/r/i:1", "pool": "p", "after": ["daily_load"],
+              "for_each": "{{ params.regions }}", "args": ["--result_table=results_{{ item }}"]},
+             {"name": "report", "image": "/db/s/r/i:1", "pool": "p", "after": ["t_per_region"]}]}
+
+
+def test_params_are_fixed_at_export_and_a_list_param_fans_a_job_out(write_pipeline: WritePipeline,
+                                                                    tmp_path: Path) -> None:
+    from tests.export.snowflake_reading import read_job_service, read_task, script_statements
+    from tests.export.test_snowflake import statements_in
+
+    path = write_pipeline(PARAMS_AND_FAN_OUT)
+    out = tmp_path / "graph.sql"
+    result = export(tmp_path, str(path), "--param", "day=2024-01-31", "-p", "regions=eu,us,apac", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert "warning: a Snowflake task graph has no run parameters: the params' values are fixed at export" \
+        in result.stderr
+    script = out.read_text()
+    assert '--   day = "2024-01-31" (--param)\n--   regions = ["eu", "us", "apac"] (--param)' in script
+    assert "{{" not in script
+    statements = script_statements(script)
+    assert len(statements) == len(statements_in(script))  # Snowflake's lexer and sqlglot's parser agree
+    tasks = {task.name: task for task in (read_task(text) for text in statements
+                                          if text.startswith("CREATE OR REPLACE TASK"))}
+    assert [name for name in tasks if name.startswith("T_PER_REGION")] == [f"T_PER_REGION_{i}" for i in range(3)]
+    assert tasks["REPORT"].after == ["T_PER_REGION_0", "T_PER_REGION_1", "T_PER_REGION_2"]
+    service = read_job_service(tasks["T_PER_REGION_2"].body)
+    assert service.specification is not None and "--result_table=results_apac" in service.specification.text
+    spec = read_job_service(tasks["DAILY_LOAD"].body).specification
+    assert spec is not None and "select '2024-01-31' as day" in spec.text
+
+
+@pytest.mark.parametrize(("document", "args", "expected"), [
+    (PARAMS_AND_FAN_OUT, [], "field '--param day': parameter 'day' (date) has no default: give it with --param day"),
+    (PARAMS_AND_FAN_OUT, ["-p", "day=2024-01-31", "-p", "dya=1"], "field '--param dya': unknown parameter 'dya'"),
+    (PARAMS_AND_FAN_OUT, ["-p", "day=soon"], "field '--param day': parameter 'day' is of type date"),
+    ({**PARAMS_AND_FAN_OUT, "params": [], "jobs": [{"name": "daily_load", "image": "/db/s/r/i:1", "pool": "p",
+                                                     "env": {"AT": "{{ scheduled_time }}"}}]},
+     [], "job 'daily_load', field 'env.AT': '{{ scheduled_time }}' has a value only when a run starts"),
+    ({**PARAMS_AND_FAN_OUT, "params": [], "jobs": [
+        {"name": "a", "image": "/db/s/r/i:1", "pool": "p"},
+        {"name": "b", "image": "/db/s/r/i:1", "pool": "p", "after": ["a"], "for_each": {"from": "a"}}]},
+     [], "job 'b', field 'for_each': a for_each over a's return value cannot be exported"),
+])
+def test_what_a_task_graph_cannot_fix_at_export_is_refused_with_exit_2(
+        document: dict[str, object], args: list[str], expected: str, write_pipeline: WritePipeline,
+        tmp_path: Path) -> None:
+    path = write_pipeline(document)
+    out = tmp_path / "graph.sql"
+    result = export(tmp_path, str(path), *args, "-o", str(out))
+    assert result.returncode == 2 and result.stdout == "" and not out.exists()
+    assert f"{path}, {expected}" in result.stderr and "nothing was run." in result.stderr
+    assert "Traceback" not in result.stderr

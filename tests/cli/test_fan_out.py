@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import create_engine, text
 
 from jobgraph.store import Store
-from tests.conftest import Cli, WritePipeline, sh, store_url
+from tests.conftest import Cli, WritePipeline, only_run, sh, store_url
 
 
 def task_rows(url: str, run_id: str) -> dict[tuple[str, int], dict[str, Any]]:
@@ -26,13 +26,6 @@ def task_rows(url: str, run_id: str) -> dict[tuple[str, int], dict[str, Any]]:
     finally:
         engine.dispose()
     return {(row["task"], row["run_attempt"]): dict(row) for row in rows}
-
-
-def only_run(url: str) -> str:
-    with Store(url) as records:
-        runs = records.runs()
-    assert len(runs) == 1
-    return runs[0].run_id
 
 
 def test_bad_for_each_fields_are_refused_by_name_and_nothing_runs(

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 
 from jobgraph.store import Store
 from tests.cli.test_run import retry_processes
-from tests.conftest import Cli, WritePipeline, process_alive, sh, store_url
+from tests.conftest import Cli, WritePipeline, only_run, process_alive, sh, store_url
 
 
 def seed_like(log: Path, fail: str | None = None, gate: Path | None = None) -> dict[str, Any]:
@@ -57,13 +57,6 @@ def stored_selection(url: str, run_id: str) -> Any:
         value = conn.execute(text("SELECT selection FROM runs WHERE run_id = :r"), {"r": run_id}).scalar()
     engine.dispose()
     return None if value is None else json.loads(value)
-
-
-def only_run(url: str) -> str:
-    with Store(url) as records:
-        found = records.runs()
-    assert len(found) == 1
-    return found[0].run_id
 
 
 def test_from_and_until_run_the_jobs_between_and_record_only_those(

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel
 
 from jobgraph.config import Job, Pipeline, load
-from jobgraph.config.model import check_name
+from jobgraph.config.fields import check_name
 from jobgraph.config.seed import SEED_QUERY
 from jobgraph.errors import ConfigError
 from tests.conftest import SEED, WritePipeline, sh

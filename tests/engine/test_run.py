@@ -19,7 +19,7 @@ from jobgraph.config import Pipeline
 from jobgraph.config.validate import check_pipeline
 from jobgraph.engine import AttemptEnded, AttemptStarted, Event, RetryWaiting, RunEnded, TaskChanged
 from jobgraph.engine.run import GraphRun, PriorTask, RunResult
-from jobgraph.runners.containment import cgroup_base
+from jobgraph.runners.cgroups import cgroup_base
 from jobgraph.runners.local import LocalRunner
 from jobgraph.states import AttemptStatus, RunState, TaskState
 from jobgraph.store import Store

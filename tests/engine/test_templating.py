@@ -1,5 +1,5 @@
-"""Placeholders in the engine: filled per attempt from `_template_values`, and never looked at for the jobs without
-any (the fast path a 10,000-job run takes)."""
+"""Placeholders in the engine: filled per attempt from `Attempts.template_values`, and never looked at for the
+jobs without any (the fast path a 10,000-job run takes)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def make(jobs: list[dict[str, Any]], **fields: Any) -> Pipeline:
 def test_jobs_without_placeholders_are_never_rendered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     real = templating.rendered
-    monkeypatch.setattr("jobgraph.engine.run.rendered",
+    monkeypatch.setattr("jobgraph.engine.attempt.rendered",
                         lambda job, values: calls.append(job.name) or real(job, values))
     out = tmp_path / "out"
     pipeline = make([{"name": f"plain{i}", "command": ["sh", "-c", f"echo {i} >> {out}"], "env": {"A": "b"}}
@@ -45,7 +45,7 @@ def test_the_template_values_of_an_attempt(tmp_path: Path) -> None:
     moment = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
     draft = GraphRun(pipeline, lambda _job: LocalRunner({}), [], tmp_path, run_id="r1", scheduled_time=moment,
                      params={"n": 4})
-    assert draft._template_values(pipeline.jobs[0], 3) == {
+    assert draft._attempts.template_values(pipeline.jobs[0], 3) == {
         "params": {"n": 4}, "scheduled_time": "2030-01-02T03:04:05+00:00", "run_id": "r1", "pipeline": "p",
         "job": "a", "attempt": 3}
     spec = draft.spec_for(make([{"name": "a", "command": ["echo", "{{ attempt }}:{{ params.n }}"],

@@ -107,3 +107,17 @@ def read_job_service(sql: str) -> JobService:
     service.specification = stream[position + 2]
     assert len(stream) == position + 3, f"something follows the specification in {sql}"
     return service
+
+
+def script_statements(script: str) -> list[str]:
+    """The statements of a whole script as printed (comments before each dropped), split where Snowflake's lexer
+    finds a `;` (one inside a string, a `$$` constant or a comment is no end)."""
+    found, start = [], 0
+    for token in Snowflake().tokenizer().tokenize(script):
+        if token.token_type == TokenType.SEMICOLON:
+            lines = script[start:token.start].strip().splitlines()
+            while lines and lines[0].startswith("--"):
+                lines.pop(0)
+            found.append("\n".join(lines))
+            start = token.end + 1
+    return found

@@ -22,7 +22,9 @@ from tests.conftest import SEED, WritePipeline
 from tests.export.snowflake_reading import read_job_service, read_task, tokens
 
 HOSTILE = "x'; DROP TABLE jobs_run_stats; --\\' \" */ \n-- $ {{ }} \\\\"
-"""Text that would end a string, a comment or a statement if it were pasted into SQL."""
+"""Text that would end a string, a comment or a statement if it were pasted into SQL; braces as a job gets them."""
+HOSTILE_WRITTEN = HOSTILE.replace("{{", "{{ '{{' }}")
+"""HOSTILE as a pipeline file writes it in args and env, where `{{` starts a placeholder: `{{ '{{' }}` writes `{{`."""
 
 
 def seed_export(name: str = "jobconfig.json", **settings: Any) -> SnowflakeExport:
@@ -174,9 +176,9 @@ def test_what_snowflake_cannot_express_is_warned_and_said_where_it_applies(write
 
 def test_hostile_text_stays_inside_its_literal(write_pipeline: WritePipeline) -> None:
     path = write_pipeline({"jobs": [
-        {"name": "a", "image": f"/db/s/r/img:{HOSTILE}", "pool": "p", "args": [HOSTILE, "--x=$y"],
-         "env": {"MODE": HOSTILE}}],
-        "finalizer": {"image": "/db/s/r/fin:1", "pool": "p", "args": [HOSTILE], "timeout": "10m"}})
+        {"name": "a", "image": f"/db/s/r/img:{HOSTILE}", "pool": "p", "args": [HOSTILE_WRITTEN, "--x=$y"],
+         "env": {"MODE": HOSTILE_WRITTEN}}],
+        "finalizer": {"image": "/db/s/r/fin:1", "pool": "p", "args": [HOSTILE_WRITTEN], "timeout": "10m"}})
     result = export(load(path, "spcs"), SpcsSettings(), "root_task", str(path))
     script = result.script(f"{path}\nDROP TABLE x;")  # even a file name with a line break stays in the comment
     assert len(statements_in(script)) == len(result.statements())

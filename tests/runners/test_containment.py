@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from jobgraph.runners import containment
+from jobgraph.runners import cgroups, containment
 from jobgraph.store import Store
 from tests.conftest import Cli, WritePipeline, process_alive, sh, store_url
 
@@ -72,7 +72,7 @@ def assert_all_gone(pids: Path, expected: int) -> None:
 
 
 def assert_no_cgroup_left(run_id: str) -> None:
-    base = containment.cgroup_base()
+    base = cgroups.cgroup_base()
     if base is not None:
         assert list(base.glob(f"*/{run_id}")) == [], "the run's cgroups were not removed"
 
@@ -207,14 +207,14 @@ def cgroup_layer() -> containment.Containment:
 def test_without_cgroup_kill_the_cgroup_is_frozen_and_each_member_killed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     layer = cgroup_layer()
-    real_write = containment._write  # the one way the module writes a cgroup file
+    real_write = cgroups._write  # the one way the module writes a cgroup file
 
     def no_cgroup_kill(path: Path | str, value: str) -> None:
         if Path(path).name == "cgroup.kill":
             raise FileNotFoundError(path)
         real_write(path, value)
 
-    monkeypatch.setattr(containment, "_write", no_cgroup_kill)
+    monkeypatch.setattr(cgroups, "_write", no_cgroup_kill)
     pids = tmp_path / "pids"
     attempt = layer.attempt("run-freeze", "daemons", 1, {})
     with attempt.placing():

@@ -8,15 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from jobgraph.runners.output import (
-    LogWriter,
-    Redactor,
-    UnsafeFile,
-    open_regular,
-    read_return_value,
-    scrub_return_file,
-    tail,
-)
+from jobgraph.runners.output import LogWriter, UnsafeFile, open_regular, read_return_value, scrub_return_file, tail
+from jobgraph.runners.redaction import Redactor
 
 PEM = ("-----BEGIN PRIVATE KEY-----\n"
        "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKB\n"

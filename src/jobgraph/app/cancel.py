@@ -21,7 +21,7 @@ from jobgraph.app.places import home
 from jobgraph.engine.run import GraphRun, RunResult
 from jobgraph.owner import owner_is_gone
 from jobgraph.recovery import LOST_REASON, recover_lost_run
-from jobgraph.runners.containment import remove_empty_cgroups
+from jobgraph.runners.cgroups import remove_empty_cgroups
 from jobgraph.states import RunState
 from jobgraph.store import RunRecord, Store
 

@@ -10,7 +10,8 @@ from jobgraph.app.places import home
 from jobgraph.app.reports import Reports
 from jobgraph.app.runs import ENDED_BEFORE_THE_CRASH, RunPlan, execute, prior_states, store_params
 from jobgraph.config import Pipeline, check_pipeline
-from jobgraph.engine.run import Adoption, PriorTask, RunResult
+from jobgraph.engine.attempt import Adoption
+from jobgraph.engine.run import PriorTask, RunResult
 from jobgraph.recovery import LostRun, recover_lost_runs
 from jobgraph.selection import loaded
 from jobgraph.store import Store

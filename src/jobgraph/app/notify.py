@@ -26,10 +26,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from jobgraph.config.model import Notify, Pipeline
+from jobgraph.config.model import Pipeline
+from jobgraph.config.run_settings import Notify
 from jobgraph.engine.events import Event, RunEnded, RunStarted, TaskChanged
 from jobgraph.errors import ConfigError, Problem
-from jobgraph.runners.output import redactor_for, stored_text
+from jobgraph.runners.redaction import redactor_for, stored_text
 from jobgraph.states import RunState, TaskState
 from jobgraph.store import Store
 from jobgraph.store.records import NOTIFICATION_FAILED, NOTIFICATION_SENT, NotificationRecord

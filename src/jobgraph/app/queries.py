@@ -5,6 +5,7 @@ connection, so a web server may call these from worker threads at once. Runs are
 by a keyset cursor over (started_at, run_id), the order of the index ix_runs_started_at: a page
 costs the same at run 10 and at run 10,000. No value here ever comes from a job's environment or
 secrets: logs, errors and return values are stored redacted, and the graph names only structure.
+An attempt's log, read from its file rather than the store, is app/logs.py's.
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, String, and_, exists, func, or_, select, type_coerce
@@ -25,7 +24,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from jobgraph.errors import JobgraphError, StoreError
 from jobgraph.selection import loaded
-from jobgraph.states import AttemptStatus, RunState
+from jobgraph.states import RunState
 from jobgraph.store import Store
 from jobgraph.store.deployments import ACTIVE, DeployedPipeline, Deployments
 from jobgraph.store.records import aware, utc
@@ -35,13 +34,6 @@ Json = dict[str, Any]
 
 MAX_PAGE = 500
 """The most runs one page of the runs list holds."""
-
-MAX_LOG_CHUNK = 1 << 20
-"""The most bytes of a log one request reads."""
-
-MAX_ATTEMPT = (1 << 31) - 1
-"""No attempt number is bigger (a larger one asked for is simply not there)."""
-
 
 class NotFound(StoreError):
     """What was asked for is not in the store (the API answers 404)."""
@@ -235,7 +227,8 @@ _RUN_COLUMNS = tuple(column for column in runs.c if column.key != "snapshot")
 """A run's row without its pipeline snapshot: a 5,000-job pipeline's is 1.7 MB, and only its graph needs it."""
 
 
-def _run_row(conn: Connection, run_id: str, columns: Sequence[ColumnElement[Any]] = _RUN_COLUMNS) -> Any:
+def run_row(conn: Connection, run_id: str, columns: Sequence[ColumnElement[Any]] = _RUN_COLUMNS) -> Any:
+    """A run's row (without its snapshot, unless `columns` ask for it); NotFound if there is no such run."""
     row = conn.execute(select(*columns).where(runs.c.run_id == run_id)).mappings().first()
     if row is None:
         whole = "" if len(run_id) >= 36 else " (the API takes a run's whole id, as GET /api/v1/runs lists it)"
@@ -281,7 +274,7 @@ def _attempt_json(row: Sequence[Any]) -> Json:
 def run_detail(records: Store, run_id: str) -> Json:
     """One run (exact id) with every job as it stands now and every attempt, oldest first."""
     with records.engine.connect() as conn:
-        row = _run_row(conn, run_id)
+        row = run_row(conn, run_id)
         job_rows = conn.execute(select(*_job_columns(conn.dialect.name)).where(task_runs.c.run_id == run_id, _LATEST)
                                 .order_by(task_runs.c.task)).all()
         attempt_rows = conn.execute(select(*_attempt_columns(conn.dialect.name)).where(attempts.c.run_id == run_id)
@@ -323,7 +316,7 @@ def run_signature(records: Store, run_id: str) -> tuple[Any, ...]:
     changes a count, a start or an end; attempts gain rows, statuses and end times.
     """
     with records.engine.connect() as conn:
-        row = _run_row(conn, run_id)
+        row = run_row(conn, run_id)
         current = task_runs.c.run_attempt == 1 if row["run_attempt"] == 1 else _LATEST  # see _job_counts
         jobs = conn.execute(select(task_runs.c.state, func.count(), func.sum(task_runs.c.attempts),
                                    func.count(task_runs.c.started_at), func.count(task_runs.c.finished_at))
@@ -339,71 +332,5 @@ def run_signature(records: Store, run_id: str) -> tuple[Any, ...]:
 def run_graph(records: Store, run_id: str) -> Json:
     """The graph of the pipeline as the run ran it (its stored snapshot)."""
     with records.engine.connect() as conn:
-        row = _run_row(conn, run_id, (runs.c.snapshot,))
+        row = run_row(conn, run_id, (runs.c.snapshot,))
     return graph_of(str(row["snapshot"]))
-
-
-@dataclass(frozen=True)
-class LogChunk:
-    """Part of an attempt's log: the bytes, where the next read starts, and whether nothing more will come."""
-
-    data: bytes
-    next_offset: int
-    complete: bool
-
-
-def read_log(records: Store, run_id: str, job: str, attempt: int, offset: int = 0,
-             limit: int = 1 << 16) -> LogChunk:
-    """Up to `limit` bytes of an attempt's log from `offset`, as stored (redacted as it was written).
-
-    A negative `offset` counts from the end (the tail: -65536 is the last 64 KiB, started at a whole
-    character); `next_offset` is where to go on from, to follow the log as it grows.
-
-    Never a link or a special file a job planted in its place (runners/output.open_regular raises
-    UnsafeFile); a chunk never ends inside a UTF-8 character unless the log itself does.
-    """
-    from jobgraph.runners.output import UnsafeFile, open_regular
-
-    if not 1 <= limit <= MAX_LOG_CHUNK:
-        raise BadRequest(f"limit must be between 1 and {MAX_LOG_CHUNK}, not {limit}")
-    if not 1 <= attempt <= MAX_ATTEMPT:  # the store's integers are 64-bit: a bigger one fails in the driver
-        raise NotFound(f"run {run_id} has no attempt {attempt} of job {job!r}")
-    with records.engine.connect() as conn:
-        _run_row(conn, run_id)
-        row = conn.execute(select(attempts.c.log_path, attempts.c.status).where(and_(
-            attempts.c.run_id == run_id, attempts.c.task == job, attempts.c.attempt == attempt))).first()
-    if row is None:
-        raise NotFound(f"run {run_id} has no attempt {attempt} of job {job!r}")
-    ended = row.status != AttemptStatus.RUNNING.value
-    try:
-        fd = open_regular(Path(row.log_path))
-    except FileNotFoundError:
-        return LogChunk(b"", max(offset, 0), ended)
-    except UnsafeFile as exc:
-        raise Refused(f"the log of attempt {attempt} of job {job!r} is not shown: {exc}") from None
-    try:
-        size = os.fstat(fd).st_size
-        if offset < 0:
-            offset = max(size + offset, 0)
-            if 0 < offset < size:  # a tail starts at a whole character: past at most 3 continuation bytes
-                head = os.pread(fd, 3, offset)
-                offset += next((i for i, byte in enumerate(head) if byte & 0xC0 != 0x80), len(head))
-        data = os.pread(fd, min(limit, max(size - offset, 0)), offset) if offset < size else b""
-    finally:
-        os.close(fd)
-    if len(data) == limit:
-        data = data[:_whole_characters(data)]
-    end = offset + len(data)
-    return LogChunk(data, end, ended and end >= size)
-
-
-def _whole_characters(data: bytes) -> int:
-    """How many leading bytes of `data` end on a UTF-8 character boundary (a cut multibyte character left out)."""
-    for back in range(1, min(4, len(data)) + 1):
-        byte = data[-back]
-        if byte < 0x80:
-            return len(data)
-        if byte >= 0xC0:  # a lead byte: is its character complete?
-            needed = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
-            return len(data) if back >= needed else len(data) - back
-    return len(data)

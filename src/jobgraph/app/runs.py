@@ -26,7 +26,8 @@ from jobgraph.app.reports import Reports, RunDisplay
 from jobgraph.config import Job, Pipeline
 from jobgraph.config.params import resolve, secret_problems
 from jobgraph.engine import Listener
-from jobgraph.engine.run import Adoption, GraphRun, PriorTask, RunResult
+from jobgraph.engine.attempt import Adoption
+from jobgraph.engine.run import GraphRun, PriorTask, RunResult
 from jobgraph.errors import ConfigError, Problem, RunnerError, StoreError
 from jobgraph.runners import AnyRunner, make_runner
 from jobgraph.selection import restricted, selected_jobs

@@ -202,10 +202,11 @@ def show(
 
     if watch:
         from jobgraph.cli import watch as watching
+        from jobgraph.cli.common import EXIT_CODES
 
         ended = watching.watch_run(run_id, store=store, live=output == OutputFormat.table)
         show.show(ended.run_id, store=store, output=output)
-        raise typer.Exit(watching.EXIT_CODES[ended.state])
+        raise typer.Exit(EXIT_CODES[ended.state])
     show.show(run_id, store=store, output=output)
 
 
@@ -391,12 +392,14 @@ def export_snowflake(
                                            "graph (the seed's drop_job_tasks()), to run")] = False,
     root_task: Annotated[str | None, typer.Option("--root-task", help="The root task's name [default: root_task "
                                                   "for the seed's jobconfig.json, else the pipeline's name]")] = None,
+    param: ParamOption = None,
 ) -> None:
     """Print the SQL that builds the pipeline as a native Snowflake task graph: the seed's logging tables, a
     root task with the schedule, one task per job running its SPCS job service, the finalizer GET_GRAPH_STATS,
     and the teardown (as comments). What Snowflake cannot express is said in the SQL and warned on stderr.
+    A task graph has no run parameters: the params' values (--param, else the defaults) are fixed in the script.
     Nothing is run or contacted.
     """
     from jobgraph.cli import export as exporter
 
-    exporter.snowflake(file, output=output, teardown=teardown, root_task=root_task)
+    exporter.snowflake(file, output=output, teardown=teardown, root_task=root_task, params=param or [])

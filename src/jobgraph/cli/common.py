@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from jobgraph.app.places import home, store_url
 from jobgraph.errors import ConfigError, JobgraphError
+from jobgraph.states import RunState
 
 __all__ = ["EXIT_CANCELLED", "EXIT_FAILED", "EXIT_INVALID", "EXIT_OK", "console", "errors", "home", "reported",
            "silence", "store_url", "write_plain"]
@@ -32,6 +33,10 @@ console = Console(highlight=False, width=_width(sys.stdout))
 errors = Console(stderr=True, highlight=False, width=_width(sys.stderr))
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_CANCELLED = 0, 1, 2, 130
+
+EXIT_CODES = {RunState.SUCCEEDED: EXIT_OK, RunState.FAILED: EXIT_FAILED, RunState.CANCELLED: EXIT_CANCELLED}
+"""A run's end as the exit code of the command that ran or watched it (`run`, `retry`, `trigger --wait`,
+`show --watch`)."""
 
 
 def silence(*streams: IO[str]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -16,6 +17,7 @@ from rich.markup import escape
 from jobgraph.cli.common import errors, reported
 from jobgraph.config import load
 from jobgraph.config.load import read_document
+from jobgraph.config.params import parse_assignments
 from jobgraph.config.seed import ROOT_TASK
 from jobgraph.errors import ConfigError, JobgraphError, Problem
 from jobgraph.export.snowflake import export
@@ -27,14 +29,18 @@ EXPORT_RUNNER = "spcs"
 
 
 @reported
-def snowflake(file: Path, output: Path | None = None, teardown: bool = False, root_task: str | None = None) -> None:
-    """Export; the warnings (what Snowflake cannot express) go to stderr, the script to stdout or `output`."""
+def snowflake(file: Path, output: Path | None = None, teardown: bool = False, root_task: str | None = None,
+              params: Sequence[str] = ()) -> None:
+    """Export; the warnings (what Snowflake cannot express) go to stderr, the script to stdout or `output`.
+    `params` (`--param NAME=VALUE`) are the run parameters' values fixed in the script, checked as `run` checks
+    them (config/params.py); the others take their defaults."""
     if output is not None and output.exists() and file.exists() and os.path.samefile(output, file):
         raise JobgraphError(f"-o {output} is the pipeline file itself: write the script elsewhere")
     pipeline = load(file, EXPORT_RUNNER)
     settings = _settings(pipeline.runners.get("spcs", {}), file)
     root = _root_task(file, pipeline.name, root_task)
-    result = export(pipeline, settings, root, str(file))
+    given: dict[str, object] = dict(parse_assignments(params))
+    result = export(pipeline, settings, root, str(file), given)
     for warning in result.warnings:
         errors.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     text = result.teardown_script(str(file)) if teardown else result.script(str(file))

@@ -1,6 +1,6 @@
 """`jobgraph logs --follow`: print an attempt's log as it grows, and go on to the job's next attempt if it is retried.
 
-The log is polled by offset through the shared reader (app/queries.read_log, which opens only a regular
+The log is polled by offset through the shared reader (app/logs.read_log, which opens only a regular
 file, never a link or a FIFO a job planted), and the attempt's state is re-read from the store each
 time: the command stops once the attempt has ended and everything of it was printed.
 """
@@ -14,7 +14,8 @@ from typing import BinaryIO
 
 import typer
 
-from jobgraph.app.queries import MAX_LOG_CHUNK, Refused, read_log
+from jobgraph.app.logs import MAX_LOG_CHUNK, read_log
+from jobgraph.app.queries import Refused
 from jobgraph.cli.common import EXIT_CANCELLED, EXIT_FAILED, console, errors, silence
 from jobgraph.errors import StoreError
 from jobgraph.owner import owner_is_gone

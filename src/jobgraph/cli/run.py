@@ -19,8 +19,7 @@ from jobgraph.app.reports import Reports
 from jobgraph.app.retry import claim_retry, run_retry
 from jobgraph.app.runs import RunPlan, execute
 from jobgraph.cli.common import (
-    EXIT_CANCELLED,
-    EXIT_FAILED,
+    EXIT_CODES,
     EXIT_OK,
     console,
     errors,
@@ -41,7 +40,6 @@ from jobgraph.store import Store
 SUMMARY_ROWS = 40
 """Past this many jobs, the closing summary lists only the jobs that did not succeed."""
 
-EXIT_CODES = {RunState.SUCCEEDED: EXIT_OK, RunState.FAILED: EXIT_FAILED, RunState.CANCELLED: EXIT_CANCELLED}
 
 
 def terminal_reports(records: Store) -> Reports:

@@ -35,6 +35,7 @@ from jobgraph.app.trigger import (
 from jobgraph.cli.commands import OutputFormat
 from jobgraph.cli.common import (
     EXIT_CANCELLED,
+    EXIT_CODES,
     EXIT_FAILED,
     EXIT_OK,
     console,
@@ -45,7 +46,7 @@ from jobgraph.cli.common import (
     write_plain,
 )
 from jobgraph.cli.render import RunView, styled, terminal_gone, write_line
-from jobgraph.cli.run import EXIT_CODES, terminal_reports
+from jobgraph.cli.run import terminal_reports
 from jobgraph.config import load
 from jobgraph.config.params import parse_assignments
 from jobgraph.scheduler import live_lease_holder

@@ -42,8 +42,6 @@ from jobgraph.store.records import RunRecord, TaskRecord
 WATCH_SECS = 1.0
 """How often the store is read again while the run goes on."""
 
-EXIT_CODES = {RunState.SUCCEEDED: EXIT_OK, RunState.FAILED: EXIT_FAILED, RunState.CANCELLED: EXIT_CANCELLED}
-"""A watched run's end as the exit code, as `jobgraph run` gives it."""
 
 _ORDER = (TaskState.RUNNING, TaskState.FAILED, TaskState.QUEUED, TaskState.CANCELLED, TaskState.SKIPPED,
           TaskState.SUCCEEDED, TaskState.PENDING)

@@ -14,7 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from jobgraph.config.model import OWN_JOBS, Defaults, Finalizer, Job, Param, Pipeline, Pool, check_name
+from jobgraph.config.fields import check_name
+from jobgraph.config.model import OWN_JOBS, Defaults, Finalizer, Job, Pipeline, Pool
+from jobgraph.config.run_settings import Param
 from jobgraph.config.seed import SeedTask
 from jobgraph.config.validate import check_pipeline
 from jobgraph.errors import ConfigError, Problem

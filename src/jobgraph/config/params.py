@@ -27,7 +27,7 @@ ParamType = Literal["string", "integer", "number", "boolean", "date", "list"]
 PARAM_TYPES: tuple[str, ...] = ("string", "integer", "number", "boolean", "date", "list")
 
 ROOTS = frozenset({"params", "scheduled_time", "run_id", "pipeline", "job", "attempt", "item"})
-"""The names a placeholder may start with: what `GraphRun._template_values` provides (and fan-out's item)."""
+"""The names a placeholder may start with: what engine/attempt.py's `Attempts.template_values` provides."""
 
 MAX_VALUE_CHARS = 100_000
 """The longest value (as JSON) a parameter takes: it becomes an argument or an environment value."""

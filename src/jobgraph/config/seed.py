@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from jobgraph.config.model import Job, Name, Retries, Text, validated_job
+from jobgraph.config.fields import Name, Retries, Text
+from jobgraph.config.model import Job, validated_job
 
 ROOT_TASK = "root_task"
 """The seed's `after_task_name` for jobs that follow the root task only: no predecessor here."""

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from jobgraph.config.model import Finalizer, Job, Pipeline, Pool, TriggerRule
 from jobgraph.errors import ConfigError, Problem
+from jobgraph.export.snowflake_fixed import fixed
 from jobgraph.export.snowflake_logging import FINALIZE_TASK, finalizer_block, table_statements
 from jobgraph.runners.base import JobSpec
 from jobgraph.runners.snowflake_sql import check_identifier, dollar_quoted, quote_identifier, string_literal
@@ -32,9 +33,6 @@ MAX_TIMEOUT_MS = 86_400_000
 """Snowflake's largest USER_TASK_TIMEOUT_MS (one day), as documented when this was written."""
 
 DOLLARS = "'$$' cannot be in a name exported to Snowflake: names are written into $$-quoted text, which it ends"
-
-MAX_GRAPH_TASKS, MAX_PREDECESSORS = 1000, 100
-"""Snowflake's limits: tasks in one task graph, predecessors of one task."""
 
 SERVERLESS_SIZE = "XSMALL"
 """The root task and the finalizer are serverless, as the seed's root task is; job tasks only wait for SPCS."""
@@ -65,6 +63,8 @@ class SnowflakeExport:
     sections: tuple[Section, ...]
     teardown: tuple[Statement, ...]
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    header: tuple[str, ...] = ()
+    """What the script says first: the run parameters' values baked in."""
 
     def statements(self) -> list[Statement]:
         """Every statement that builds the graph, in order (the teardown's are in `teardown`)."""
@@ -76,6 +76,8 @@ class SnowflakeExport:
                          f"graph (root task {quote_identifier(self.root_task)})."),
                  comment("Run it in the database and schema the graph belongs in; running it again replaces the "
                          "tasks and keeps the logging tables' rows.")]
+        if self.header:
+            parts.append(comment("\n".join(self.header)))
         if self.warnings:
             parts.append(comment("\n".join(f"WARNING: {warning}" for warning in self.warnings)))
         for section in self.sections:
@@ -105,15 +107,17 @@ def _section(title: str, statements: Iterable[Statement]) -> str:
     return "\n".join([comment(f"---- {title}"), *(line for s in statements for line in _lines(s))])
 
 
-def export(pipeline: Pipeline, settings: SpcsSettings, root_task: str, file: str) -> SnowflakeExport:
-    """The task graph of `pipeline`, or a ConfigError naming the job and field that cannot be one."""
+def export(pipeline: Pipeline, settings: SpcsSettings, root_task: str, file: str,
+           params: dict[str, object] | None = None) -> SnowflakeExport:
+    """The task graph of `pipeline` with the `params` given (as typed after `--param`, the rest their defaults)
+    fixed in it, or a ConfigError naming the job and field that cannot be one (snowflake_fixed.py)."""
     problems = _name_problems(pipeline, root_task)
     problems += [Problem(message, job=job.name, field=field_name) for job in pipeline.all_jobs()
                  for field_name, message in job_problems(job.volumes, job.workdir, job.secrets, settings)]
     if problems:
         raise ConfigError(file, problems)
-    warnings: list[str] = []
-    _limit_warnings(pipeline, warnings)
+    done = fixed(pipeline, params, root_task, file)
+    pipeline, warnings = done.pipeline, list(done.warnings)
     root = quote_identifier(root_task)
     sections = []
     if settings.database:
@@ -129,7 +133,7 @@ def export(pipeline: Pipeline, settings: SpcsSettings, root_task: str, file: str
                              _root_task(pipeline, root_task, warnings))))
     jobs: list[Statement] = []
     for job in _in_order(pipeline.jobs):
-        jobs.append(_job_task(pipeline, job, settings, root_task, warnings, file))
+        jobs.append(_job_task(pipeline, job, settings, root_task, warnings, file, done.notes.get(job.name, ())))
     sections.append(Section("One task per job: its SPCS job service, run synchronously, after its predecessors",
                             tuple(jobs)))
     sections.append(Section("The finalizer: logs every task of the run into the logging tables",
@@ -139,7 +143,7 @@ def export(pipeline: Pipeline, settings: SpcsSettings, root_task: str, file: str
                              Statement(f"SELECT SYSTEM$TASK_DEPENDENTS_ENABLE({string_literal(root)})",
                                        (f"Then, to run it at once: EXECUTE TASK {root};",)))))
     return SnowflakeExport(pipeline.name, root_task, tuple(sections), _teardown(pipeline, root_task),
-                           tuple(warnings))
+                           tuple(warnings), done.header)
 
 
 def _name_problems(pipeline: Pipeline, root_task: str) -> list[Problem]:
@@ -187,18 +191,6 @@ def _in_order(jobs: Iterable[Job]) -> list[Job]:
             if waiting[follower] == 0:
                 heapq.heappush(ready, follower)
     return ordered
-
-
-def _limit_warnings(pipeline: Pipeline, warnings: list[str]) -> None:
-    """Snowflake's task-graph limits: 1,000 tasks per graph, 100 predecessors per task."""
-    tasks = len(pipeline.jobs) + 2
-    if tasks > MAX_GRAPH_TASKS:
-        warnings.append(f"{tasks} tasks (the jobs, the root and the finalizer) is more than Snowflake's "
-                        f"{MAX_GRAPH_TASKS} per task graph: Snowflake will refuse the graph")
-    crowded = [job.name for job in pipeline.jobs if len(job.after) > MAX_PREDECESSORS]
-    if crowded:
-        warnings.append(f"more than {MAX_PREDECESSORS} predecessors, Snowflake's limit per task: "
-                        f"{', '.join(crowded[:5])}{' ...' if len(crowded) > 5 else ''}")
 
 
 def snowflake_schedule(text: str) -> str:
@@ -270,8 +262,8 @@ def _create_task(name: str, clauses: list[str], body: str, after: Iterable[str] 
 
 
 def _job_task(pipeline: Pipeline, job: Job, settings: SpcsSettings, root_task: str, warnings: list[str],
-              file: str) -> Statement:
-    notes = _job_notes(job, warnings)
+              file: str, fixed_notes: Iterable[str]) -> Statement:
+    notes = [*fixed_notes, *_job_notes(job, warnings)]
     clauses = _timeout_clauses(job, notes, warnings)
     clauses.append(f"COMMENT = {string_literal(f'jobgraph pipeline {pipeline.name}, job {job.name}')}")
     body = _execute_job_service(pipeline, job, settings, file, dollar_quoted)

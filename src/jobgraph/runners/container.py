@@ -11,20 +11,19 @@ own thread pool. The job gets only its own empty out folder mounted, never jobgr
 container carries labels naming its run, job, attempt, pipeline and owner (host, pid and the pid's
 start time), so containers left by an orchestrator that died are found and removed the next time a
 runner connects.
+
+The create body is container_options.py's, the copy of the engine's log container_log.py's, and the
+reading of how a container ended (an OOM kill or not) container_exit.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import re
 import shutil
-import threading
-import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -36,15 +35,16 @@ from docker.models.containers import Container
 from jobgraph.errors import JobgraphError, RunnerError
 from jobgraph.owner import owner_label
 from jobgraph.runners.attach import AttachedOutput, AttachError, attach
-from jobgraph.runners.base import Cause, JobSpec, Outcome
+from jobgraph.runners.base import JobSpec, Outcome
+from jobgraph.runners.container_exit import outcome_of
+from jobgraph.runners.container_log import EngineLog, copy_logs
+from jobgraph.runners.container_options import RETURN_FILE, create_options, out_folder
 from jobgraph.runners.engine_api import (
-    LABEL,
     connect,
     create_container,
     explain,
     inspect,
     kill,
-    output_chunks,
     remove,
     remove_orphans,
     remove_owned_by,
@@ -53,15 +53,8 @@ from jobgraph.runners.engine_api import (
     timed_out,
 )
 from jobgraph.runners.oom_watch import OomWatch, known_cgroup, memory_cgroup
-from jobgraph.runners.output import (
-    LogWriter,
-    collect_return_file,
-    prepare_out_folder,
-    redactor_for,
-    return_value_of,
-    shown_env,
-    tail,
-)
+from jobgraph.runners.output import LogWriter, collect_return_file, prepare_out_folder, return_value_of, tail
+from jobgraph.runners.redaction import redactor_for, shown_env
 from jobgraph.runners.service import EngineService, find_or_start
 from jobgraph.states import AttemptStatus
 
@@ -76,28 +69,10 @@ WAIT_POLL_SECS = 5.0
 ENGINE_RETRIES = 5
 """Failed calls in a row (a second apart) before a running attempt is recorded as ERROR: engine gone."""
 
-OUT_DIR = "/jobgraph/out"
-"""Where the attempt's own out folder is mounted, so the job can write its return value."""
-
-RETURN_FILE = "return"
-"""The return-value file's name in the out folder."""
-
 KILLED_STREAM_GRACE_SECS = 5.0
 """How long a killed container's attached stream may take to end before its log is read from the engine."""
 
 T = TypeVar("T")
-
-
-@dataclass
-class EngineLog:
-    """How much of a container's output is already in its log; one copy at a time (the lock)."""
-
-    writer: LogWriter
-    copied: int = 0
-    closed: bool = False
-    complete: bool = False
-    """The whole output came through the attached stream: nothing to read from the engine's log."""
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
@@ -175,9 +150,9 @@ class ContainerRunner:
 
     async def _start(self, spec: JobSpec) -> ContainerHandle:
         client = await self.client()
-        options = self._options(spec)
+        options = create_options(spec, self._cwd, self._owner)
         image = self._images.get(spec.image, spec.image)
-        out = _out_folder(spec)
+        out = out_folder(spec)
         try:
             writer = LogWriter(spec.log_path, redactor_for(spec.secret_values), spec.log_limit)
         except OSError as exc:
@@ -264,33 +239,6 @@ class ContainerRunner:
         await attached.close()
         self._attached.discard(attached)
 
-    def _options(self, spec: JobSpec) -> dict[str, Any]:
-        base = re.sub(r"[^a-z0-9]+", "-", (spec.container_name or spec.task).lower()).strip("-")[:40] or "job"
-        name = f"jobgraph-{base}-{spec.run_id[:8]}-{spec.attempt}-{uuid.uuid4().hex[:6]}"
-        environment = dict(spec.env)
-        volumes = {str((self._cwd / host).resolve()): _bind(target) for host, target in spec.volumes.items()}
-        out = _out_folder(spec)
-        if out is not None:  # a new, empty folder of its own (see _start): nothing of jobgraph's is mounted
-            volumes[str(out)] = {"bind": OUT_DIR, "mode": "rw"}
-            environment["JOBGRAPH_RETURN_VALUE_FILE"] = f"{OUT_DIR}/{RETURN_FILE}"
-        options: dict[str, Any] = {
-            "command": list(spec.args) or None,
-            "environment": environment,
-            "name": name,
-            "labels": {
-                f"{LABEL}.run_id": spec.run_id, f"{LABEL}.task": spec.task, f"{LABEL}.attempt": str(spec.attempt),
-                f"{LABEL}.pipeline": spec.pipeline, f"{LABEL}.owner": self._owner,
-            },
-            "working_dir": spec.workdir,
-            "network_mode": spec.network,
-            "volumes": volumes,
-        }
-        if spec.memory_bytes:
-            options["mem_limit"] = spec.memory_bytes
-        if spec.cpu:
-            options["nano_cpus"] = int(min(spec.cpu, os.cpu_count() or 1) * 1e9)
-        return options
-
     async def wait(self, handle: ContainerHandle) -> Outcome:
         """Wait for the container to exit, save its output, note an OOM kill, and remove it."""
         try:
@@ -328,7 +276,7 @@ class ContainerRunner:
             return Outcome(AttemptStatus.DONE, 0)
         state = (await self._call(inspect, container)).get("State", {})
         self._remove_later(container)
-        return _outcome(handle.spec, code, state, await self._oom_watch(handle))
+        return outcome_of(handle.spec, code, state, await self._oom_watch(handle))
 
     async def _wait_attached(self, handle: ContainerHandle) -> Outcome | None:
         """The attached stream ended: the job exited; its exit code is in the engine's state at once.
@@ -347,7 +295,7 @@ class ContainerRunner:
         handle.log.complete = True
         await self._save_logs(handle, final=True)
         self._remove_later(handle.container)
-        return _outcome(handle.spec, int(state.get("ExitCode", -1)), state, await self._oom_watch(handle))
+        return outcome_of(handle.spec, int(state.get("ExitCode", -1)), state, await self._oom_watch(handle))
 
     def _wait_once(self, container: Container) -> int:
         """Block until the container exits, at most WAIT_POLL_SECS (then requests raises a timeout).
@@ -375,8 +323,8 @@ class ContainerRunner:
         Both in the runner's threads: a job decides how much it printed and what it left in its out
         folder, and neither may hold up the event loop.
         """
-        await self._call(_copy_logs, handle.container, handle.log, final)
-        out = _out_folder(handle.spec)
+        await self._call(copy_logs, handle.container, handle.log, final)
+        out = out_folder(handle.spec)
         if final and out is not None and handle.spec.return_value_path is not None:
             await self._call(collect_return_file, out, RETURN_FILE, handle.spec.return_value_path)
 
@@ -398,7 +346,7 @@ class ContainerRunner:
 
     def describe(self, spec: JobSpec) -> dict[str, object]:
         """The image and the container create body the engine API would get; secrets as references."""
-        options = self._options(spec)
+        options = create_options(spec, self._cwd, self._owner)
         redactor = redactor_for(spec.secret_values)
         options["environment"] = shown_env(options["environment"], spec.secret_values)
         options["command"] = [redactor.text(part) for part in options["command"] or []] or None
@@ -431,66 +379,6 @@ class ContainerRunner:
             await self._call(self._service.stop)
             self._service = None
         self._threads.shutdown(wait=False)
-
-
-def _out_folder(spec: JobSpec) -> Path | None:
-    """The attempt's out folder, beside where the engine reads its return value (`attempt-N.out`)."""
-    return spec.return_value_path.with_suffix(".out") if spec.return_value_path is not None else None
-
-
-def _copy_logs(container: Container, log: EngineLog, final: bool) -> None:
-    """Stream the container's output from the engine into its log, skipping what an earlier copy stored.
-
-    The engine's log is read again from its start each time (the API has no byte offset), in chunks:
-    memory stays bounded whatever the job printed, and once the log is cut nothing more is fetched.
-    """
-    with log.lock:
-        if log.closed:
-            return
-        try:
-            if not log.writer.cut and not log.complete:
-                position = 0
-                for chunk in output_chunks(container):
-                    end = position + len(chunk)
-                    if end > log.copied:
-                        log.writer.write(chunk[max(0, log.copied - position):])
-                        log.copied = end
-                    position = end
-                    if log.writer.cut:
-                        break
-        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
-            pass  # the engine is gone or the container removed: keep what was stored
-        finally:
-            if final:
-                log.writer.close()
-                log.closed = True
-
-
-def _outcome(spec: JobSpec, code: int, state: Mapping[str, Any], oom: OomWatch | None = None) -> Outcome:
-    """How an attempt that exited with `code` ended, from the engine's state of its container and, where its
-    memory cgroup was watched, whether the OOM killer struck in it (a child of the job's included)."""
-    if code == 0:
-        return Outcome(AttemptStatus.DONE, 0)
-    limit = f"memory limit {spec.memory_bytes // (1 << 20)} MiB" if spec.memory_bytes else ""
-    if state.get("OOMKilled"):
-        reason = f"OOMKilled: out of memory ({limit or 'no limit'}), exit code {code}"
-        return Outcome(AttemptStatus.FAILED, code, reason, cause=Cause.OOM)
-    if oom is not None and (oom.killed or oom.conclusive):  # the cgroup's count is the answer, whatever the code
-        if oom.killed:
-            return Outcome(AttemptStatus.FAILED, code, f"OOMKilled: out of memory ({limit or 'no limit'}): the kernel "
-                           f"killed a process of the job, exit code {code}", cause=Cause.OOM)
-        return Outcome(AttemptStatus.FAILED, code, f"exit code {code}" + (
-            " (killed by SIGKILL, not for its memory)" if code == 137 else ""))
-    if code == 137 and limit:
-        # Podman 4.3 never sets OOMKilled here: a SIGKILL under a memory limit is the kernel's OOM killer.
-        return Outcome(AttemptStatus.FAILED, code, f"killed (exit code 137) under a {limit}: out of memory",
-                       cause=Cause.OOM)
-    return Outcome(AttemptStatus.FAILED, code, f"exit code {code}")
-
-
-def _bind(target: str) -> dict[str, str]:
-    path, _, mode = target.partition(":")
-    return {"bind": path, "mode": "ro" if mode == "ro" else "rw"}
 
 
 def build(name: str, pipeline: Pipeline, _settings: BaseModel | None, folder: Path,

@@ -42,7 +42,9 @@ from jobgraph.runners.kubernetes_manifest import (
     label_value,
 )
 from jobgraph.runners.kubernetes_states import is_finished, latest_pod, outcome_of, stuck_reason, terminated
-from jobgraph.runners.output import LogWriter, redactor_for, tail
+from jobgraph.runners.output import LogWriter, tail
+from jobgraph.runners.redaction import redactor_for
+from jobgraph.runners.watched import Watched
 from jobgraph.states import AttemptStatus
 
 if TYPE_CHECKING:
@@ -82,7 +84,7 @@ class KubernetesRunner:
         self._settings = settings
         self._owner = owner_label()
         self._api = KubeApi(settings)
-        self._watched: dict[str, KubernetesHandle] = {}
+        self._watched: Watched[KubernetesHandle] = Watched(lambda handle: handle.name)
         self._follower: asyncio.Task[None] | None = None
         self._changed: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -170,7 +172,7 @@ class KubernetesRunner:
                                   "it was deleted")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
-        self._resolve(handle, Outcome(AttemptStatus.CANCELLED, None, "cancelled by jobgraph (Job deleted)"))
+        self._watched.resolve(handle, Outcome(AttemptStatus.CANCELLED, None, "cancelled by jobgraph (Job deleted)"))
 
     async def aclose(self) -> None:
         """Stop watching and close the client. Jobs still in the cluster go on: the next jobgraph adopts them."""
@@ -180,11 +182,7 @@ class KubernetesRunner:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._follower = None
-        for handle in self._watched.values():
-            if not handle.outcome.done():
-                handle.outcome.set_exception(RunnerError("the Kubernetes runner was closed; the Job goes on"))
-                handle.outcome.exception()  # retrieved: nobody may be waiting
-        self._watched.clear()
+        self._watched.abandon("the Kubernetes runner was closed; the Job goes on")
         await self._api.close()
 
     async def _create(self, manifest: dict[str, Any], spec: JobSpec) -> None:
@@ -234,16 +232,15 @@ class KubernetesRunner:
                         continue  # the version is too old: a fresh list at once
                     failing_since = loop.time() if failing_since is None else failing_since
                     if loop.time() - failing_since >= API_TIMEOUT:
+                        why = f"the Kubernetes API did not answer for {API_TIMEOUT:g}s: {exc}"
                         for handle in list(self._watched.values()):
-                            self._resolve(handle, Outcome(AttemptStatus.ERROR, None, f"the Kubernetes API did not "
-                                                          f"answer for {API_TIMEOUT:g}s: {exc}; Job {handle.name} "
-                                                          "may still run"))
+                            self._watched.resolve(handle, Outcome(AttemptStatus.ERROR, None,
+                                                                  f"{why}; Job {handle.name} may still run"))
                         return
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, 5.0)
         except Exception as exc:  # a bug must reach the waiters, not hang them
-            for handle in list(self._watched.values()):
-                self._resolve(handle, Outcome(AttemptStatus.ERROR, None, f"the Kubernetes watch failed: {exc!r}"))
+            self._watched.fail_all(f"the Kubernetes watch failed: {exc!r}")
 
     async def _list_then_watch(self) -> None:
         """One list of the runs' Jobs and pods, then watches from its version until the runs change."""
@@ -323,8 +320,9 @@ class KubernetesRunner:
     def _gone_job(self, handle: KubernetesHandle) -> None:
         if handle.cancelled or handle.finishing:
             return  # cancel() resolves it once the pods are gone too
-        self._resolve(handle, Outcome(AttemptStatus.ERROR, None, f"Job {handle.name} is gone from namespace "
-                                      f"{self._settings.namespace} (deleted before it ended, or never created)"))
+        self._watched.resolve(handle, Outcome(AttemptStatus.ERROR, None, f"Job {handle.name} is gone from namespace "
+                                              f"{self._settings.namespace} (deleted before it ended, or never "
+                                              "created)"))
 
     async def _finish(self, handle: KubernetesHandle, job: dict[str, Any]) -> None:
         """Read the ended Job's pod (fresh: its last event may still be on the way) and its log, then resolve."""
@@ -338,15 +336,15 @@ class KubernetesRunner:
             message = terminated(pod).get("message")
             if outcome.status == AttemptStatus.DONE and isinstance(message, str) and message:
                 handle.return_value = redactor_for(handle.spec.secret_values).text(message)
-        self._resolve(handle, outcome)
+        self._watched.resolve(handle, outcome)
 
     async def _give_up(self, handle: KubernetesHandle) -> None:
         """End an attempt whose pod could not start within the pending limit, and delete its Job."""
         with contextlib.suppress(RunnerError):
             await self._api.delete_job(handle.name)
-        self._resolve(handle, Outcome(AttemptStatus.ERROR, None, f"the pod could not start for "
-                                      f"{self._settings.pending_limit_secs:g}s: {handle.stuck}; deleted Job "
-                                      f"{handle.name}"))
+        self._watched.resolve(handle, Outcome(AttemptStatus.ERROR, None, f"the pod could not start for "
+                                              f"{self._settings.pending_limit_secs:g}s: {handle.stuck}; deleted Job "
+                                              f"{handle.name}"))
 
     async def _save_log(self, handle: KubernetesHandle, pod: str) -> None:
         """The tail of the pod's log, once, into the attempt's log (redacted, capped); a log the API no longer
@@ -367,14 +365,8 @@ class KubernetesRunner:
         try:
             await work
         except Exception as exc:  # the attempt ends whatever failed while reading how it ended
-            self._resolve(handle, Outcome(AttemptStatus.ERROR, None, f"reading how Job {handle.name} ended "
-                                          f"failed: {exc!r}"))
-
-    def _resolve(self, handle: KubernetesHandle, outcome: Outcome) -> None:
-        if self._watched.get(handle.name) is handle:
-            del self._watched[handle.name]
-        if not handle.outcome.done():
-            handle.outcome.set_result(outcome)
+            self._watched.resolve(handle, Outcome(AttemptStatus.ERROR, None, f"reading how Job {handle.name} ended "
+                                                  f"failed: {exc!r}"))
 
 
 def _limits(spec: JobSpec) -> str:

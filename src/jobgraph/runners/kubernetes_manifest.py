@@ -31,7 +31,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 
 from jobgraph.errors import RunnerError
 from jobgraph.runners.base import JobSpec
-from jobgraph.runners.output import redactor_for
+from jobgraph.runners.redaction import redactor_for
 
 LABEL = "jobgraph.io"
 """The prefix of jobgraph's labels and annotations."""

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 from jobgraph.errors import RunnerError
 from jobgraph.runners.base import JobSpec, Outcome
 from jobgraph.runners.containment import Attempt, containment, kill_lost_run
-from jobgraph.runners.output import LogWriter, PipeCapture, redactor_for, return_value_of, shown_env, tail
+from jobgraph.runners.output import LogWriter, PipeCapture, return_value_of, tail
+from jobgraph.runners.redaction import redactor_for, shown_env
 from jobgraph.runners.spawn import Child, Spawner
 from jobgraph.states import AttemptStatus
 

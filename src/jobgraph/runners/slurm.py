@@ -32,12 +32,8 @@ from typing import TYPE_CHECKING
 
 from jobgraph.errors import RunnerError
 from jobgraph.runners.base import JobSpec, Outcome
-from jobgraph.runners.output import (
-    read_return_value,
-    redactor_for,
-    scrub_return_file,
-    tail,
-)
+from jobgraph.runners.output import read_return_value, scrub_return_file, tail
+from jobgraph.runners.redaction import redactor_for
 from jobgraph.runners.slurm_batch import (
     OUTPUT_FILE,
     RETURN_VALUE_FILE,
@@ -53,6 +49,7 @@ from jobgraph.runners.slurm_batch import (
 )
 from jobgraph.runners.slurm_files import make_private, prepare_attempt_folder, read_exit_code, save_log
 from jobgraph.runners.slurm_states import ACTIVE_STATES, NEVER_STARTS, SQUEUE_FORMAT, SlurmJob, outcome_of, parse_squeue
+from jobgraph.runners.watched import Watched
 from jobgraph.states import AttemptStatus
 
 if TYPE_CHECKING:
@@ -98,7 +95,7 @@ class SlurmRunner:
         self._settings = settings
         self._cwd = (cwd or Path.cwd()).resolve()
         self._shared = (self._cwd / (settings.shared_dir or folder)).resolve()
-        self._watched: dict[str, SlurmHandle] = {}
+        self._watched: Watched[SlurmHandle] = Watched(lambda handle: handle.job_id)
         self._poller: asyncio.Task[None] | None = None
         self._largest: NodeSize | None = None
 
@@ -216,7 +213,7 @@ class SlurmRunner:
                 raise RunnerError(f"Slurm job {handle.job_id} is still {job.state} {CANCEL_TIMEOUT:g}s after scancel")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
-        self._resolve(handle, await self._ended(handle, job))
+        self._watched.resolve(handle, await self._ended(handle, job))
 
     async def aclose(self) -> None:
         """Stop polling. Jobs still in Slurm go on: they are adopted (or cancelled) by the next jobgraph."""
@@ -225,11 +222,7 @@ class SlurmRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
-        for handle in self._watched.values():
-            if not handle.outcome.done():
-                handle.outcome.set_exception(RunnerError("the Slurm runner was closed; the job goes on in Slurm"))
-                handle.outcome.exception()  # retrieved: nobody may be waiting
-        self._watched.clear()
+        self._watched.abandon("the Slurm runner was closed; the job goes on in Slurm")
 
     def _watch(self, job_id: str, spec: JobSpec, folder: Path) -> SlurmHandle:
         handle = self._watched.get(job_id)
@@ -297,15 +290,14 @@ class SlurmRunner:
                             except RunnerError:
                                 code = -1
                             left = "cancelled it" if code == 0 else "could not cancel it: it may still run"
-                            self._resolve(handle, Outcome(AttemptStatus.ERROR, None, f"{reason}; {left}"))
+                            self._watched.resolve(handle, Outcome(AttemptStatus.ERROR, None, f"{reason}; {left}"))
                         failing_since = None
                 else:
                     failing_since = None
                     for job_id in ids:
                         await self._settle(job_id, jobs.get(job_id))
         except Exception as exc:  # a bug must reach the waiters, not hang them
-            for handle in list(self._watched.values()):
-                self._resolve(handle, Outcome(AttemptStatus.ERROR, None, f"the Slurm poller failed: {exc!r}"))
+            self._watched.fail_all(f"the Slurm poller failed: {exc!r}")
 
     async def _settle(self, job_id: str, job: SlurmJob | None) -> None:
         handle = self._watched.get(job_id)
@@ -313,16 +305,16 @@ class SlurmRunner:
             return
         expected = comment(handle.spec)
         if job is not None and job.comment != expected:
-            self._resolve(handle, Outcome(AttemptStatus.ERROR, None, f"Slurm job {job_id} is not this attempt's "
-                                          f"job: its comment is {job.comment!r}, not {expected!r}"))
+            self._watched.resolve(handle, Outcome(AttemptStatus.ERROR, None, f"Slurm job {job_id} is not this "
+                                                  f"attempt's job: its comment is {job.comment!r}, not {expected!r}"))
         elif job is not None and job.state == "PENDING" and job.reason in NEVER_STARTS:
             await self._slurm(["scancel", job_id])
             asked = resource_limits(handle.spec)
-            self._resolve(handle, Outcome(AttemptStatus.ERROR, None, f"Slurm will never start this job "
-                                          f"({job.reason}): it asks for more than the cluster allows"
-                                          + (f" ({asked})" if asked else "") + "; cancelled it"))
+            self._watched.resolve(handle, Outcome(AttemptStatus.ERROR, None, f"Slurm will never start this job "
+                                                  f"({job.reason}): it asks for more than the cluster allows"
+                                                  + (f" ({asked})" if asked else "") + "; cancelled it"))
         elif job is None or job.state not in ACTIVE_STATES:
-            self._resolve(handle, await self._ended(handle, job))
+            self._watched.resolve(handle, await self._ended(handle, job))
 
     async def _ended(self, handle: SlurmHandle, job: SlurmJob | None) -> Outcome:
         """How an attempt that left the queue ended; its output is copied (redacted) to its log path."""
@@ -344,11 +336,6 @@ class SlurmRunner:
         return Outcome(AttemptStatus.ERROR, None, f"Slurm does not know job {handle.job_id} (it ended over "
                        f"MinJobAge ago, or never was) and it left no exit code in {handle.folder}")
 
-    def _resolve(self, handle: SlurmHandle, outcome: Outcome) -> None:
-        if self._watched.get(handle.job_id) is handle:
-            del self._watched[handle.job_id]
-        if not handle.outcome.done():
-            handle.outcome.set_result(outcome)
 
     async def _squeue(self, ids: Sequence[str]) -> dict[str, SlurmJob]:
         code, out, err = await self._slurm(["squeue", "-h", "--states=all", f"--jobs={','.join(ids)}",

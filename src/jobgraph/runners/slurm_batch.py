@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from jobgraph.errors import RunnerError
 from jobgraph.runners.base import JobSpec
 from jobgraph.runners.local import PYTHON_ALIASES
-from jobgraph.runners.output import redactor_for
+from jobgraph.runners.redaction import redactor_for
 
 OUTPUT_FILE = "output.log"
 EXIT_CODE_FILE = "exit_code"

@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from jobgraph.runners.base import JobSpec
-from jobgraph.runners.output import LogWriter, open_regular, read_bounded, redactor_for
+from jobgraph.runners.output import LogWriter, open_regular, read_bounded
+from jobgraph.runners.redaction import redactor_for
 from jobgraph.runners.slurm_batch import EXIT_CODE_FILE, OUTPUT_FILE, RETURN_VALUE_FILE
 
 

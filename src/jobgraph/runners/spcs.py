@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Any
 from jobgraph.errors import RunnerError
 from jobgraph.runners import spcs_reading
 from jobgraph.runners.base import JobSpec, Outcome
-from jobgraph.runners.output import redactor_for, tail
+from jobgraph.runners.output import tail
+from jobgraph.runners.redaction import redactor_for
 from jobgraph.runners.spcs_reading import ended, log_so_far, log_text, status_row, stuck
 from jobgraph.runners.spcs_session import SqlSession, connect
 from jobgraph.runners.spcs_spec import (
@@ -65,6 +66,7 @@ from jobgraph.runners.spcs_statements import (
     show_service_containers,
 )
 from jobgraph.runners.spcs_states import GONE, TERMINAL, WAITING
+from jobgraph.runners.watched import Watched
 from jobgraph.states import AttemptStatus
 
 if TYPE_CHECKING:
@@ -113,7 +115,7 @@ class SpcsRunner:
         self._connecting = asyncio.Lock()
         self._one_at_a_time = asyncio.Lock()
         self._checked = False
-        self._watched: dict[str, SpcsHandle] = {}
+        self._watched: Watched[SpcsHandle] = Watched(lambda handle: handle.name)
         self._poller: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.polls = 0
@@ -227,8 +229,8 @@ class SpcsRunner:
             with contextlib.suppress(Exception):  # (the connector's connections are shared by threads: threadsafety 2)
                 await asyncio.wait_for(self._before_drop(handle), spcs_reading.BEFORE_DROP_SECS)
         await self._run(drop_service(handle.name))
-        self._resolve(handle, Outcome(AttemptStatus.CANCELLED, None, f"cancelled by jobgraph (DROP SERVICE "
-                                      f"{handle.name})"))
+        self._watched.resolve(handle, Outcome(AttemptStatus.CANCELLED, None, f"cancelled by jobgraph (DROP SERVICE "
+                                              f"{handle.name})"))
 
     async def aclose(self) -> None:
         """Stop polling and close the session. Services still running go on: the next jobgraph adopts them."""
@@ -238,11 +240,7 @@ class SpcsRunner:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._poller = None
-        for handle in self._watched.values():
-            if not handle.outcome.done():
-                handle.outcome.set_exception(RunnerError("the spcs runner was closed; the job service goes on"))
-                handle.outcome.exception()  # retrieved: nobody may be waiting
-        self._watched.clear()
+        self._watched.abandon("the spcs runner was closed; the job service goes on")
         if self._session is not None:
             session, self._session = self._session, None
             await asyncio.to_thread(session.close)
@@ -315,14 +313,13 @@ class SpcsRunner:
                 except RunnerError as exc:
                     failing_since = loop.time() if failing_since is None else failing_since
                     if loop.time() - failing_since >= UNREACHABLE_SECS:
+                        why = f"Snowflake did not answer for {UNREACHABLE_SECS:g}s: {exc}"
                         for handle in list(self._watched.values()):
-                            self._resolve(handle, Outcome(AttemptStatus.ERROR, None, f"Snowflake did not answer "
-                                          f"for {UNREACHABLE_SECS:g}s: {exc}; job service {handle.name} may run on"))
+                            self._watched.resolve(handle, Outcome(AttemptStatus.ERROR, None,
+                                                                  f"{why}; job service {handle.name} may run on"))
                         return
         except Exception as exc:  # a bug must reach the waiters, not hang them
-            for handle in list(self._watched.values()):
-                self._resolve(handle, Outcome(AttemptStatus.ERROR, None, f"following the job services failed: "
-                                              f"{exc!r}"))
+            self._watched.fail_all(f"following the job services failed: {exc!r}")
 
     async def _poll_once(self) -> None:
         self.polls += 1
@@ -357,7 +354,7 @@ class SpcsRunner:
         if drop and str(row.get("status", "")).upper() not in GONE and not handle.cancelled:
             with contextlib.suppress(RunnerError):
                 await self._run(drop_service(handle.name))
-        self._resolve(handle, outcome)
+        self._watched.resolve(handle, outcome)
 
     async def _give_up(self, handle: SpcsHandle, row: Mapping[str, object]) -> None:
         """End an attempt whose service stayed PENDING past the limit (dropped, SPCS's reason its error); one
@@ -369,7 +366,7 @@ class SpcsRunner:
         if outcome is None:
             handle.finishing = False
         else:
-            self._resolve(handle, outcome)
+            self._watched.resolve(handle, outcome)
 
     def _spawn(self, handle: SpcsHandle, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(self._settle(handle, work))
@@ -381,14 +378,8 @@ class SpcsRunner:
         try:
             await work
         except Exception as exc:  # the attempt ends whatever failed while reading how it ended
-            self._resolve(handle, Outcome(AttemptStatus.ERROR, None, f"reading how job service {handle.name} "
-                                          f"ended failed: {exc!r}"))
-
-    def _resolve(self, handle: SpcsHandle, outcome: Outcome) -> None:
-        if self._watched.get(handle.name) is handle:
-            del self._watched[handle.name]
-        if not handle.outcome.done():
-            handle.outcome.set_result(outcome)
+            self._watched.resolve(handle, Outcome(AttemptStatus.ERROR, None, f"reading how job service {handle.name} "
+                                                  f"ended failed: {exc!r}"))
 
 
 def needed_pools(pipeline: Pipeline) -> dict[str, list[str]]:

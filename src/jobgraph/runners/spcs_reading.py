@@ -21,7 +21,8 @@ from dataclasses import replace
 
 from jobgraph.errors import RunnerError
 from jobgraph.runners.base import JobSpec, Outcome
-from jobgraph.runners.output import LogWriter, redactor_for
+from jobgraph.runners.output import LogWriter
+from jobgraph.runners.redaction import redactor_for
 from jobgraph.runners.spcs_statements import (
     Statement,
     describe_service,

@@ -31,7 +31,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from jobgraph.errors import RunnerError
 from jobgraph.runners.base import JobSpec
-from jobgraph.runners.output import redactor_for
+from jobgraph.runners.redaction import redactor_for
 from jobgraph.runners.snowflake_sql import check_identifier, check_object_name
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ def _resources(pool: Pool | None) -> dict[str, dict[str, Any]]:
     """Requests (and the memory limit) from the pool's own cpu and memory; none from an instance family alone."""
     if pool is None:
         return {}
-    from jobgraph.config.model import memory_bytes
+    from jobgraph.config.fields import memory_bytes
 
     requests: dict[str, Any] = {}
     limits: dict[str, Any] = {}

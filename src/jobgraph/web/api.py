@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from jobgraph.app import queries
+from jobgraph.app import logs, queries
 from jobgraph.store import Store
 from jobgraph.web import actions, events, openapi
 
@@ -75,7 +75,7 @@ def run_graph(request: Request) -> Response:
 def attempt_log(request: Request) -> Response:
     """GET /api/v1/runs/{run_id}/jobs/{job}/attempts/{attempt}/log?offset=0&limit=65536: text/plain."""
     params = request.path_params
-    chunk = queries.read_log(_records(request), params["run_id"], params["job"], params["attempt"],
+    chunk = logs.read_log(_records(request), params["run_id"], params["job"], params["attempt"],
                              offset=_int(request, "offset", 0), limit=_int(request, "limit", 1 << 16))
     return Response(chunk.data, media_type="text/plain; charset=utf-8", headers={
         "X-Log-Next-Offset": str(chunk.next_offset), "X-Log-Complete": "true" if chunk.complete else "false",
