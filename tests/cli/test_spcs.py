@@ -64,6 +64,12 @@ def running(client: docker.DockerClient, name: str) -> bool:
     return bool(client.containers.list(filters={"label": f"{LABEL}.name={name}", "status": "running"}))
 
 
+def printed(client: docker.DockerClient, name: str, text: str) -> bool:
+    """Whether the service's container is running and has printed `text` (Podman's log of it)."""
+    found = client.containers.list(filters={"label": f"{LABEL}.name={name}", "status": "running"})
+    return bool(found) and text.encode() in found[0].logs()
+
+
 @pytest.fixture
 def podman(engine: docker.DockerClient, tmp_path: Path) -> Iterator[docker.DockerClient]:  # noqa: F811
     """Podman, and after the test: no container of any service this test's runs started is left."""
@@ -174,12 +180,13 @@ def test_a_failing_job_service_is_failed_with_its_logs_and_retried_as_new_servic
 @pytest.mark.parametrize("how", ["ctrl-c", "jobgraph cancel"])
 def test_a_cancelled_run_drops_its_job_services_and_leaves_no_container(
         tmp_path: Path, cli: Cli, write_pipeline: WritePipeline, podman: docker.DockerClient, how: str) -> None:
-    write_pipeline(emulated("long", [box("t_long", "sleep 300"), box("t_later", "true", after=["t_long"])]),
-                   with_sh=False)
+    write_pipeline(emulated("long", [box("t_long", "echo working on it; sleep 300"),
+                                     box("t_later", "true", after=["t_long"])]), with_sh=False)
     process = start(tmp_path, "run", "pipeline.yaml")
     try:
         run_id, service = submitted(tmp_path, "t_long")
-        wait_until(lambda: running(podman, service))
+        wait_until(lambda: printed(podman, service, "working on it"))
+        began = time.monotonic()
         if how == "ctrl-c":
             process.send_signal(signal.SIGINT)
         else:
@@ -189,10 +196,13 @@ def test_a_cancelled_run_drops_its_job_services_and_leaves_no_container(
         if process.poll() is None:
             process.kill()
     assert process.returncode == 130, out + err
+    assert time.monotonic() - began < 60
     assert services(podman, [service]) == []
     with Store(store_url(tmp_path)) as records:
         assert records.run(run_id).state == "CANCELLED"
-        assert [(a.task, a.status) for a in records.attempts(run_id)] == [("t_long", "CANCELLED")]
+        [attempt] = records.attempts(run_id)
+        assert (attempt.task, attempt.status, attempt.backend_ref) == ("t_long", "CANCELLED", service)
+        assert attempt.log_path.read_text() == "working on it\n"  # read before DROP SERVICE took it away
         assert {t.task: t.state for t in records.tasks(run_id)} == {"t_long": "CANCELLED", "t_later": "CANCELLED"}
 
 
@@ -201,6 +211,28 @@ def of_run(client: docker.DockerClient, run_id: str) -> list[str]:
     listed = client.containers.list(all=True, filters={"label": f"{LABEL}=1"}, sparse=True)
     return [c.attrs["Labels"].get(f"{LABEL}.name") for c in listed
             if f" run {run_id} " in c.attrs["Labels"].get(f"{LABEL}.comment", "")]
+
+
+def test_cancelling_a_run_whose_jobgraph_was_killed_drops_its_services_with_what_they_printed(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline, podman: docker.DockerClient) -> None:
+    """`jobgraph cancel` of a run whose jobgraph died (kill -9) adopts its job services and drops them: their logs
+    are read first, as when the run's own jobgraph cancels."""
+    write_pipeline(emulated("orphan", [box("t_long", "echo half way; sleep 300")]), with_sh=False)
+    process = start(tmp_path, "run", "pipeline.yaml")
+    try:
+        run_id, service = submitted(tmp_path, "t_long")
+        wait_until(lambda: printed(podman, service, "half way"))
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    assert running(podman, service)
+    cli("cancel", run_id, check=0, timeout=120)
+    assert services(podman, [service]) == []
+    with Store(store_url(tmp_path)) as records:
+        assert records.run(run_id).state == "CANCELLED"
+        [attempt] = records.attempts(run_id)
+        assert (attempt.status, attempt.backend_ref) == ("CANCELLED", service)
+        assert attempt.log_path.read_text() == "half way\n"
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.4, 1.0])
@@ -386,9 +418,14 @@ def test_a_secret_goes_by_reference_reaches_the_job_and_never_the_log_the_error_
     assert b"s3cr3t" not in (tmp_path / ".jobgraph" / "jobgraph.db").read_bytes()
 
 
-def test_a_job_service_past_its_timeout_is_dropped_and_recorded_as_a_timeout(
-        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline, podman: docker.DockerClient) -> None:
-    write_pipeline(emulated("slow", [box("t_slow", "echo started; sleep 300", timeout="2s")]), with_sh=False)
+def test_a_job_service_past_its_timeout_is_dropped_and_recorded_as_a_timeout_with_what_it_printed(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline, podman: docker.DockerClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_TOKEN", "s3cr3t-value")
+    document = emulated("slow", [box("t_slow", "echo started; echo token is $API_TOKEN; sleep 300", timeout="4s",
+                                     secrets=["API_TOKEN"])])
+    document["runners"] = {"spcs": {**SETTINGS["spcs"], "secrets": {"API_TOKEN": "tutorial_db.data_schema.api_token"}}}
+    write_pipeline(document, with_sh=False)
     started = time.monotonic()
     cli("run", "pipeline.yaml", check=1, timeout=120)
     assert time.monotonic() - started < 60
@@ -396,4 +433,38 @@ def test_a_job_service_past_its_timeout_is_dropped_and_recorded_as_a_timeout(
         [summary] = records.runs()
         [attempt] = records.attempts(summary.run_id)
         assert attempt.status == "TIMEOUT" and attempt.backend_ref
+        # what it printed before the timeout, read before DROP SERVICE took it away, redacted; and in the error
+        assert attempt.log_path.read_text() == "started\ntoken is ***\n"
+        assert attempt.error == "timed out after 4s\nstarted\ntoken is ***"
     assert services(podman, [attempt.backend_ref]) == []
+    assert b"s3cr3t" not in (tmp_path / ".jobgraph" / "jobgraph.db").read_bytes()
+
+
+def test_a_job_service_that_never_gets_a_node_is_an_error_after_the_pending_limit_and_retried(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline, podman: docker.DockerClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(POOLS_VARIABLE, "PR_STD_POOL_XS:STARTING,PR_STD_POOL_S")  # a pool that never gets a node
+    marker = tmp_path / "ran"
+    document = emulated("stuck", [box("t_stuck", f"touch {marker}", retries=1),
+                                  box("t_fine", "echo fine", pool="PR_STD_POOL_S")])
+    document["runners"] = {"spcs": {**SETTINGS["spcs"], "pending_limit_secs": 1}}
+    write_pipeline(document, with_sh=False)
+    started = time.monotonic()
+    cli("run", "pipeline.yaml", check=1, timeout=120)
+    assert time.monotonic() - started < 60
+    with Store(store_url(tmp_path)) as records:
+        [summary] = records.runs()
+        assert summary.state == "FAILED"
+        stuck = records.attempts(summary.run_id, "t_stuck")
+        assert [(a.attempt, a.status, a.exit_code) for a in stuck] == [(1, "ERROR", None), (2, "ERROR", None)]
+        for attempt in stuck:
+            assert attempt.error == (
+                f"job service {attempt.backend_ref} stayed PENDING for 1s (runners.spcs.pending_limit_secs): SPCS "
+                "has placed it on no node yet (compute pool PR_STD_POOL_XS is STARTING, 0 of 1 nodes active); "
+                f"dropped it (DROP SERVICE {attempt.backend_ref})")
+            assert attempt.duration_secs is not None and attempt.duration_secs >= 1
+        [fine] = records.attempts(summary.run_id, "t_fine")
+        assert (fine.status, fine.log_path.read_text()) == ("DONE", "fine\n")
+        refs = [str(a.backend_ref) for a in [*stuck, fine]]
+    assert len(set(refs)) == 3 and services(podman, refs) == []
+    assert not marker.exists()

@@ -93,6 +93,7 @@ def test_secrets_are_snowflake_secret_references_never_values(tmp_path: Path, wr
     ({"external_access_integrations": ["ok", "x) FROM SPECIFICATION"]}, "runners.spcs.external_access_integrations.1",
      "not a valid Snowflake identifier"),
     ({"poll_secs": "fast"}, "runners.spcs.poll_secs", "valid number"),
+    ({"pending_limit_secs": 0}, "runners.spcs.pending_limit_secs", "greater than 0"),
 ])
 def test_bad_settings_are_refused_naming_file_runner_and_field(tmp_path: Path, write_pipeline: WritePipeline,
                                                                runners: dict[str, Any], field: str,

@@ -25,6 +25,7 @@ import yaml
 from jobgraph.config.model import Pool
 from jobgraph.errors import RunnerError
 from jobgraph.runners import spcs as spcs_module
+from jobgraph.runners import spcs_reading
 from jobgraph.runners import spcs_statements as statements
 from jobgraph.runners.base import JobSpec
 from jobgraph.runners.spcs import SpcsRunner
@@ -49,6 +50,8 @@ class Service:
     updated_on: datetime | None = None
     exit_code: int | None = None
     """LAST_EXIT_CODE, which SHOW SERVICE CONTAINERS has since bundle 2024_08 (None: an account without it)."""
+    placed: bool = False
+    """A PENDING service already on a node (its container waiting, e.g. for an image it cannot pull)."""
 
 
 @dataclass
@@ -61,6 +64,8 @@ class Account:
     threads: set[int] = field(default_factory=set)
     refuse: dict[str, str] = field(default_factory=dict)
     """Statement text prefix -> the Snowflake error it gets."""
+    before: dict[str, Callable[[], None]] = field(default_factory=dict)
+    """Statement text prefix -> what happens in the account just before it is answered."""
 
     def statements(self, start: str) -> list[tuple[object, ...]]:
         return [params for sql, params in self.sent if sql.startswith(start)]
@@ -68,11 +73,14 @@ class Account:
     def execute(self, sql: str, params: tuple[object, ...]) -> list[dict[str, object]]:
         self.sent.append((sql, params))
         self.threads.add(threading.get_ident())
+        for prefix, happen in list(self.before.items()):
+            if sql.startswith(prefix):
+                happen()
         for prefix, error in self.refuse.items():
             if sql.startswith(prefix):
                 raise RunnerError(f"Snowflake refused {prefix}: {error}")
         if sql == statements.SHOW_COMPUTE_POOLS:
-            return [{"name": name, "state": "IDLE"} for name in sorted(self.pools)]
+            return [{"name": name, "state": "IDLE", "active_nodes": 1, "max_nodes": 1} for name in sorted(self.pools)]
         if sql.startswith(statements.EXECUTE_JOB_SERVICE):
             pool, name, *rest = params
             assert sql.endswith("FROM SPECIFICATION %s")
@@ -96,7 +104,7 @@ class Account:
             name = statements.service_name_of(statements.Statement(sql, params))
             assert name is not None and params == ()
             service = self.services[name]
-            if service.status in ("PENDING", "SUSPENDED"):  # as Snowflake documents: no instance, no container
+            if service.status in ("PENDING", "SUSPENDED") and not service.placed:  # as documented: no instance
                 return [{"service_name": name, "service_status": service.status, "instance_id": None,
                          "container_name": None, "status": None, "message": None}]
             row: dict[str, object] = {"service_name": name, "instance_id": "0", "container_name": "main",
@@ -424,3 +432,114 @@ def test_an_adopted_service_found_ended_keeps_its_real_end_one_seen_running_ends
     done_early, done_later = play(second, opened=False)
     assert done_early.ended_at == end
     assert done_later.ended_at is None  # the engine records "now": it was seen running a poll ago
+
+
+def test_a_service_pending_past_the_limit_is_an_error_with_the_containers_message_and_dropped(
+        account: Account, tmp_path: Path) -> None:
+    async def scenario(runner: SpcsRunner) -> Any:
+        handle = await runner.start(make_spec(tmp_path))
+        service = account.services[handle.name]
+        service.placed, service.message = True, "Failed to pull image: repository my_job_image not found"
+        started = asyncio.get_running_loop().time()
+        outcome = await runner.wait(handle)
+        return handle, outcome, asyncio.get_running_loop().time() - started
+
+    handle, outcome, waited = play(scenario, runner_for(pending_limit_secs=0.3))
+    assert (outcome.status, outcome.exit_code) == (AttemptStatus.ERROR, None)
+    assert outcome.error == (f"job service {handle.name} stayed PENDING for 0.3s (runners.spcs.pending_limit_secs): "
+                             "main PENDING: Failed to pull image: repository my_job_image not found; dropped it "
+                             f"(DROP SERVICE {handle.name})")
+    assert 0.3 <= waited < 5
+    assert handle.name not in account.services
+    assert account.statements(statements.DESCRIBE_SERVICE) == [(handle.name,)]  # still PENDING, looked at once more
+
+
+def test_a_service_that_never_got_a_node_is_an_error_naming_its_pools_state(account: Account, tmp_path: Path) -> None:
+    async def scenario(runner: SpcsRunner) -> Any:
+        handle = await runner.start(make_spec(tmp_path))
+        return handle, await runner.wait(handle)
+
+    handle, outcome = play(scenario, runner_for(pending_limit_secs=0.2))
+    assert outcome.status == AttemptStatus.ERROR
+    assert ": SPCS has placed it on no node yet (compute pool PR_STD_POOL_XS is IDLE, 1 of 1 nodes active); " \
+           "dropped it" in str(outcome.error)
+    assert handle.name not in account.services and not spec_log(tmp_path).exists()
+
+
+def spec_log(tmp_path: Path) -> Path:
+    return make_spec(tmp_path).log_path
+
+
+def test_pending_within_the_limit_or_starting_as_jobgraph_gives_up_is_followed_to_its_end(
+        account: Account, tmp_path: Path) -> None:
+    """The limit counts while the service is PENDING; one that starts between the poll and the drop is not dropped."""
+    async def scenario(runner: SpcsRunner) -> Any:
+        quick = await runner.start(make_spec(tmp_path, "t_myjob_1"))
+        late = await runner.start(make_spec(tmp_path, "t_myjob_2"))
+        await asyncio.sleep(0.2)  # PENDING for less than the limit
+        account.services[quick.name].status = "RUNNING"
+
+        def starts() -> None:  # SPCS places it on a node just as jobgraph looks once more before dropping it
+            account.services[late.name].status = "RUNNING"
+            account.before.pop(statements.DESCRIBE_SERVICE)
+
+        account.before[statements.DESCRIBE_SERVICE] = starts
+        await until(lambda: account.services[late.name].status == "RUNNING")
+        await asyncio.sleep(0.6)  # RUNNING past the limit: nothing to do with it
+        for handle in (quick, late):
+            account.services[handle.name].status, account.services[handle.name].log = "DONE", "ran\n"
+        return await runner.wait(quick), await runner.wait(late)
+
+    quick, late = play(scenario, runner_for(pending_limit_secs=0.4))
+    assert (quick.status, late.status) == (AttemptStatus.DONE, AttemptStatus.DONE)
+    assert len(account.statements(statements.DROP_SERVICE)) == 2  # each once, when it was done
+
+
+def test_cancel_reads_what_the_service_printed_before_dropping_it(account: Account, tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, secret_values=frozenset({SECRET}))
+
+    async def scenario(runner: SpcsRunner) -> Any:
+        handle = await runner.start(spec)
+        account.services[handle.name].status = "RUNNING"
+        account.services[handle.name].log = f"step 1\nconnecting with {SECRET}\n"
+        await runner.cancel(handle)
+        return handle, await runner.wait(handle)
+
+    handle, outcome = play(scenario, runner_for(poll_secs=60))
+    assert outcome.status == AttemptStatus.CANCELLED
+    assert spec.log_path.read_text() == "step 1\nconnecting with ***\n"
+    sent = [sql for sql, _ in account.sent]
+    assert sent.index(statements.SERVICE_LOGS) < sent.index(statements.DROP_SERVICE)
+    assert handle.name not in account.services
+
+
+@pytest.mark.parametrize("trouble", ["log refused", "describe refused", "log hangs"])
+def test_a_log_that_cannot_be_read_never_holds_the_drop_back(account: Account, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch, trouble: str) -> None:
+    monkeypatch.setattr(spcs_reading, "BEFORE_DROP_SECS", 0.5)
+    released = threading.Event()
+    if trouble == "log refused":
+        account.refuse[statements.SERVICE_LOGS] = "000603: Internal error"
+    elif trouble == "describe refused":
+        account.refuse[statements.DESCRIBE_SERVICE] = "390114: Authentication token has expired"
+    else:
+        account.before[statements.SERVICE_LOGS] = lambda: released.wait(30)
+    spec = make_spec(tmp_path)
+
+    async def scenario(runner: SpcsRunner) -> Any:
+        handle = await runner.start(spec)
+        account.services[handle.name].status = "RUNNING"
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await runner.cancel(handle)
+        took = loop.time() - began
+        released.set()
+        return handle, await runner.wait(handle), took
+
+    try:
+        handle, outcome, took = play(scenario, runner_for(poll_secs=60))
+    finally:
+        released.set()
+    assert outcome.status == AttemptStatus.CANCELLED and handle.name not in account.services
+    assert took < 3, took
+    assert not spec.log_path.exists()

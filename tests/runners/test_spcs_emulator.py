@@ -296,6 +296,29 @@ def test_an_accepted_service_not_started_yet_starts_at_the_next_look_once_its_po
     run(session, sql.drop_service(name))
 
 
+def test_a_job_in_a_pool_with_no_node_stays_pending_until_the_pool_gets_one(
+        session: EmulatorSession, names: list[str], engine: docker.DockerClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool listed STARTING never gets a node (as when none is free): its services stay PENDING, for a runner's
+    pending limit to be tried on; listed otherwise, they start at the next look."""
+    monkeypatch.setenv(POOLS_VARIABLE, "PR_STD_POOL_XS:STARTING")
+    name = new_name(names)
+    submit(session, name, spec(["sh", "-c", "echo ran"]))
+    for _ in range(3):  # every look leaves it waiting
+        [row] = run(session, sql.show_job_services(name))
+        assert row["status"] == "PENDING"
+    [box] = run(session, sql.show_service_containers(name))
+    assert (box["service_status"], box["instance_id"], box["status"], box["message"]) == ("PENDING", None, None, None)
+    [pool] = run(session, sql.show_compute_pools())
+    assert (pool["state"], pool["active_nodes"], pool["idle_nodes"], pool["num_jobs"]) == ("STARTING", 0, 0, 1)
+    [container] = engine.containers.list(all=True, filters={"label": f"{LABEL}.name={name}"})
+    assert container.status == "created"  # never started
+    monkeypatch.setenv(POOLS_VARIABLE, "PR_STD_POOL_XS")  # the pool got its node
+    wait_for(session, name, "DONE")
+    assert logs(session, name) == "ran\n"
+    run(session, sql.drop_service(name))
+
+
 def test_a_name_taken_already_exists_and_the_first_service_is_untouched(
         session: EmulatorSession, names: list[str]) -> None:
     name = new_name(names)

@@ -123,6 +123,7 @@ def test_settings_defaults_and_aliases() -> None:
                                             "warehouse": "tutorial_warehouse"})
     assert settings.schema_name == "data_schema"
     assert settings.poll_secs == 5
+    assert settings.pending_limit_secs == 900  # a pool resuming or adding a node takes minutes
     assert settings.emulator is False
 
 
@@ -135,6 +136,8 @@ def test_settings_defaults_and_aliases() -> None:
     ({"secrets": {"DB PW": "s"}}, ("secrets", "DB PW", "[key]")),
     ({"secrets": {"DB_PW": "a.b.c.d"}}, ("secrets", "DB_PW")),
     ({"poll_secs": 0}, ("poll_secs",)),
+    ({"pending_limit_secs": -1}, ("pending_limit_secs",)),
+    ({"pending_limit_secs": 86401}, ("pending_limit_secs",)),
     ({"emulator": "yes"}, ("emulator",)),
 ])
 def test_settings_refuse_typos_and_hostile_identifiers(values: dict[str, Any], where: tuple[Any, ...]) -> None:

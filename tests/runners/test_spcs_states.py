@@ -15,6 +15,7 @@ from jobgraph.runners.spcs_states import (
     exit_code,
     last_change,
     outcome_of,
+    pending_outcome,
 )
 from jobgraph.states import AttemptStatus
 
@@ -90,3 +91,16 @@ def test_last_change_only_when_it_is_a_real_moment_after_creation() -> None:
     assert last_change({"created_on": created, "updated_on": later.replace(tzinfo=None)}) is None  # no zone
     assert last_change({"created_on": created, "updated_on": "2026-01-02"}) is None
     assert last_change({}) is None
+
+
+def test_a_service_pending_too_long_says_why_and_whether_it_was_dropped() -> None:
+    pulled = [{"container_name": "main", "status": "PENDING", "message": "Failed to pull image"}]
+    outcome = pending_outcome(NAME, 900, pulled, "PR_STD_POOL_S", None, None)
+    assert (outcome.status, outcome.exit_code) == (AttemptStatus.ERROR, None)
+    assert outcome.error == (f"job service {NAME} stayed PENDING for 900s (runners.spcs.pending_limit_secs): main "
+                             f"PENDING: Failed to pull image; dropped it (DROP SERVICE {NAME})")
+    nowhere = pending_outcome(NAME, 1.5, [{"instance_id": None, "status": None}], "PR_STD_POOL_S",
+                              {"name": "PR_STD_POOL_S", "state": "STARTING"}, "000606: No active warehouse")
+    assert nowhere.error == (f"job service {NAME} stayed PENDING for 1.5s (runners.spcs.pending_limit_secs): SPCS "
+                             "has placed it on no node yet (compute pool PR_STD_POOL_S is STARTING); DROP SERVICE "
+                             f"{NAME} failed, it may still start: 000606: No active warehouse")

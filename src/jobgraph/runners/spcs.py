@@ -16,11 +16,13 @@ the state machine between them.
   INTERNAL_ERROR -> ERROR (Snowflake's doing: it may be retried); SUSPENDING/SUSPENDED -> ERROR (the
   compute pool was suspended under the job);
   CANCELLING/CANCELLED/DELETING/DELETED or gone -> CANCELLED when jobgraph cancelled it, else an ERROR
-  saying someone else did; PENDING/RUNNING -> keep waiting.
-- Once a service ended its log is read once (`SYSTEM$GET_SERVICE_LOGS`, `log_lines` lines per container)
-  into the attempt's log, redacted and capped, and the service is dropped: its status, message, exit code
-  and log are in jobgraph's store (an ended job service otherwise stays, listed, until dropped).
-  `cancel` drops the service (`DROP SERVICE IF EXISTS`).
+  saying someone else did; PENDING/RUNNING -> keep waiting, but a service PENDING for `pending_limit_secs`
+  (no node for it, an image SPCS cannot pull) is an ERROR with SPCS's reason, and dropped.
+- Once a service ended its log is read once (`SYSTEM$GET_SERVICE_LOGS`, `log_lines` lines per container;
+  spcs_reading.py) into the attempt's log, redacted and capped, and the service is dropped: its status,
+  message, exit code and log are in jobgraph's store (an ended job service otherwise stays, listed, until
+  dropped). `cancel` (a cancel, a timeout) reads what the service printed so far, within a bounded wait
+  that never holds the drop back, then drops it (`DROP SERVICE IF EXISTS`).
 - An adopted service found already ended is recorded as ending at its last change (`updated_on`, when
   Snowflake gives one after `created_on`), not when the new jobgraph saw it; one seen running ends "now",
   within a poll of its end.
@@ -32,15 +34,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import Coroutine, Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobgraph.errors import RunnerError
+from jobgraph.runners import spcs_reading
 from jobgraph.runners.base import JobSpec, Outcome
-from jobgraph.runners.output import LogWriter, tail
+from jobgraph.runners.output import tail
 from jobgraph.runners.redaction import redactor_for
+from jobgraph.runners.spcs_reading import ended, log_so_far, log_text, status_row, stuck
 from jobgraph.runners.spcs_session import SqlSession, connect
 from jobgraph.runners.spcs_spec import (
     PREFIX,
@@ -53,7 +57,6 @@ from jobgraph.runners.spcs_spec import (
 )
 from jobgraph.runners.spcs_statements import (
     Statement,
-    describe_service,
     drop_service,
     execute_job_service,
     render,
@@ -62,7 +65,7 @@ from jobgraph.runners.spcs_statements import (
     show_job_services,
     show_service_containers,
 )
-from jobgraph.runners.spcs_states import GONE, TERMINAL, WAITING, last_change, outcome_of
+from jobgraph.runners.spcs_states import GONE, TERMINAL, WAITING
 from jobgraph.runners.watched import Watched
 from jobgraph.states import AttemptStatus
 
@@ -89,6 +92,10 @@ class SpcsHandle:
     finishing: bool = False
     adopted: bool = False
     """Submitted by an earlier jobgraph: it may have ended long before this one saw it."""
+    pending_since: float | None = None
+    """When this runner first saw the service PENDING (the event loop's clock); None once it runs."""
+    reading: asyncio.Task[None] | None = None
+    """Reading how it ended (or giving up on it), started by a poll: a cancel lets it finish first."""
 
 
 class SpcsRunner:
@@ -203,7 +210,7 @@ class SpcsRunner:
             text = await asyncio.to_thread(tail, handle.spec.log_path, tail_bytes)
         else:
             try:
-                text = await self._log_text(handle.name, "0", "main")
+                text = await log_text(self._run, handle.name, "0", "main", self._settings.log_lines)
             except RunnerError:
                 text = ""
         return redactor_for(handle.spec.secret_values).text(text)[-tail_bytes:]
@@ -213,17 +220,14 @@ class SpcsRunner:
         return None
 
     async def cancel(self, handle: SpcsHandle) -> None:
-        """Drop the service. One that had already ended keeps its real end (read before it goes)."""
+        """Drop the service, its log read first (what it printed so far; within a bounded wait, a failure to read
+        it never holding the drop back). One that had already ended keeps its real end (read before it goes)."""
         handle.cancelled = True
-        if handle.finishing:  # the poller is reading how it ended: let it, before the service goes
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(handle.outcome), 60)
-        elif not handle.outcome.done():
-            row = await self._status(handle.name)
-            if row is not None and str(row.get("status", "")).upper() in TERMINAL and \
-                    str(row.get("status", "")).upper() not in ("CANCELLING", "CANCELLED", "DELETING", "DELETED"):
-                handle.finishing = True
-                await self._finish(handle, row, drop=False)
+        if handle.finishing and handle.reading is not None:  # a poll is reading how it ended: let it, first
+            await asyncio.wait({handle.reading}, timeout=60)
+        if not handle.outcome.done():  # a statement still in its thread when the wait ends goes on beside the DROP
+            with contextlib.suppress(Exception):  # (the connector's connections are shared by threads: threadsafety 2)
+                await asyncio.wait_for(self._before_drop(handle), spcs_reading.BEFORE_DROP_SECS)
         await self._run(drop_service(handle.name))
         self._watched.resolve(handle, Outcome(AttemptStatus.CANCELLED, None, f"cancelled by jobgraph (DROP SERVICE "
                                               f"{handle.name})"))
@@ -240,6 +244,18 @@ class SpcsRunner:
         if self._session is not None:
             session, self._session = self._session, None
             await asyncio.to_thread(session.close)
+
+    async def _before_drop(self, handle: SpcsHandle) -> None:
+        """Before a cancel drops the service: how it ended if it already did, else its log so far."""
+        row = await status_row(self._run, handle.name)
+        status = str((row or {}).get("status", "")).upper()
+        if row is None or status in GONE:
+            return
+        if status in TERMINAL:
+            handle.finishing = True
+            await self._finish(handle, row, drop=False)
+        else:
+            await log_so_far(self._run, handle.spec, handle.name, self._settings.log_lines)
 
     def _pool(self, name: str) -> Pool | None:
         return self._pools.get(name.upper())
@@ -307,6 +323,7 @@ class SpcsRunner:
 
     async def _poll_once(self) -> None:
         self.polls += 1
+        now = asyncio.get_running_loop().time()
         rows = await self._run(show_job_services(self._pattern()))
         listed = {str(row.get("name", "")).upper(): row for row in rows}
         for handle in list(self._watched.values()):
@@ -314,73 +331,46 @@ class SpcsRunner:
                 continue
             row = listed.get(handle.name)
             if row is None:
-                row = await self._status(handle.name) or {"name": handle.name, "status": "DELETED"}
+                row = await status_row(self._run, handle.name) or {"name": handle.name, "status": "DELETED"}
             status = str(row.get("status", "")).upper()
             if status in WAITING:
                 handle.adopted = False  # seen running: its end is seen within a poll, "now" is right
+                if status != "PENDING":
+                    handle.pending_since = None
+                elif handle.pending_since is None:
+                    handle.pending_since = now
+                elif now - handle.pending_since >= self._settings.pending_limit_secs:
+                    handle.finishing = True
+                    self._spawn(handle, self._give_up(handle, row))
             elif status in TERMINAL:
                 handle.finishing = True
                 self._spawn(handle, self._finish(handle, row, drop=True))
 
-    async def _status(self, name: str) -> dict[str, object] | None:
-        """One service's row, looked up by name; None if Snowflake has no such service."""
-        try:
-            rows = await self._run(describe_service(name))
-        except RunnerError as exc:
-            if "does not exist" in str(exc).lower() or "not authorized" in str(exc).lower():
-                return None
-            raise
-        return rows[0] if rows else None
-
     async def _finish(self, handle: SpcsHandle, row: Mapping[str, object], drop: bool) -> None:
-        """Read the ended service's containers and log, resolve its outcome; drop it if it is DONE."""
-        status = str(row.get("status", "")).upper()
-        containers: list[dict[str, object]] = []
-        if status not in ("DELETING", "DELETED"):
-            with contextlib.suppress(RunnerError):
-                containers = await self._run(show_service_containers(handle.name))
-        unread = await self._save_log(handle, containers)
-        pool = str(row.get("compute_pool") or handle.spec.pool).upper()
-        outcome = outcome_of(handle.name, status, containers, pool, by_jobgraph=handle.cancelled, unread=unread)
-        if handle.adopted and outcome.status != AttemptStatus.CANCELLED:
-            outcome = replace(outcome, ended_at=last_change(row))
-        if drop and status not in GONE and not handle.cancelled:  # all it had to say is in jobgraph's store now
+        """Read how the ended service's attempt ended (its log saved), then drop it (all it had to say is in
+        jobgraph's store now) unless a cancel drops it, and resolve."""
+        outcome = await ended(self._run, handle.spec, handle.name, row, self._settings.log_lines,
+                              by_jobgraph=handle.cancelled, adopted=handle.adopted)
+        if drop and str(row.get("status", "")).upper() not in GONE and not handle.cancelled:
             with contextlib.suppress(RunnerError):
                 await self._run(drop_service(handle.name))
         self._watched.resolve(handle, outcome)
 
-    async def _log_text(self, name: str, instance: str, container: str) -> str:
-        rows = await self._run(service_logs(name, instance, container, self._settings.log_lines))
-        values = list(rows[0].values()) if rows else []
-        return str(values[0]) if values and values[0] is not None else ""
-
-    async def _save_log(self, handle: SpcsHandle, containers: Iterable[Mapping[str, object]]) -> str | None:
-        """Each container's log, once, into the attempt's log (redacted, capped); why it could not be read, if so."""
-        texts: list[str] = []
-        problem: str | None = None
-        for container in containers:
-            instance, name = container.get("instance_id"), container.get("container_name")
-            if instance is None or name is None:  # a service that never got a node (PENDING, SUSPENDED): no log
-                continue
-            try:
-                texts.append(await self._log_text(handle.name, str(instance), str(name)))
-            except RunnerError as exc:
-                problem = str(exc)
-        if not texts:
-            return problem or "Snowflake listed no container to read a log from"
+    async def _give_up(self, handle: SpcsHandle, row: Mapping[str, object]) -> None:
+        """End an attempt whose service stayed PENDING past the limit (dropped, SPCS's reason its error); one
+        that started meanwhile is followed on."""
         try:
-            writer = LogWriter(handle.spec.log_path, redactor_for(handle.spec.secret_values), handle.spec.log_limit)
-        except FileExistsError:
-            return None  # written by an earlier jobgraph that saw the same end
-        try:
-            for text in texts:
-                writer.write(text.encode("utf-8", "replace") + (b"" if text.endswith("\n") or not text else b"\n"))
-        finally:
-            writer.close()
-        return problem
+            outcome = await stuck(self._run, handle.spec, handle.name, row, self._settings.pending_limit_secs)
+        except RunnerError:  # Snowflake did not answer: the next poll looks again
+            outcome = None
+        if outcome is None:
+            handle.finishing = False
+        else:
+            self._watched.resolve(handle, outcome)
 
     def _spawn(self, handle: SpcsHandle, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(self._settle(handle, work))
+        handle.reading = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

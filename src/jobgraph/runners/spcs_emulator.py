@@ -20,7 +20,9 @@ the statement's clauses, so a jobgraph killed with -9 and started again finds it
 - `DROP SERVICE IF EXISTS`: renames the container (DELETING from then on, in every session), kills and
   removes it.
 - `SHOW COMPUTE POOLS`: the pipeline's pools, or those of JOBGRAPH_SPCS_EMULATOR_POOLS
-  (`NAME[:STATE],...`, e.g. `PR_STD_POOL_XS,PR_STD_POOL_S:SUSPENDED`).
+  (`NAME[:STATE],...`, e.g. `PR_STD_POOL_XS,PR_STD_POOL_S:SUSPENDED`). A pool listed `:STARTING` never
+  gets a node: its services stay PENDING (what SPCS shows when no node is free) until it is listed
+  otherwise.
 Errors carry `errno` and `sqlstate` as the connector's do (2003 does not exist, 2002 already exists).
 """
 
@@ -48,6 +50,7 @@ from jobgraph.runners.spcs_emulator_rows import (
     DROPPING,
     FINISHED,
     LABEL,
+    NO_NODE,
     PENDING_STATES,
     STARTED,
     UNQUOTED,
@@ -210,7 +213,7 @@ class EmulatorSession:
         states = self._pool_states()
         waiting = [entry for entry in entries if str(entry.get("State", "")).lower() in PENDING_STATES
                    and not any(str(name).endswith(DROPPING) for name in entry.get("Names") or ())
-                   and (pool := label(entry, "pool")) in states and states[pool] != "SUSPENDED"]
+                   and (pool := label(entry, "pool")) in states and states[pool] not in NO_NODE]
         client = self._podman()
         for entry in waiting:
             with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
@@ -304,7 +307,7 @@ class EmulatorSession:
             if self._containers(name):
                 raise EmulatorError(2002, "42710", f"SQL compilation error:\nObject '{name}' already exists.") from None
             raise RunnerError(f"the SPCS emulator could not create the container of {name}: {explain(exc)}") from None
-        if self._pool_states()[pool] != "SUSPENDED":
+        if self._pool_states()[pool] not in NO_NODE:
             try:
                 container.start()
             except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:

@@ -3,9 +3,10 @@
 One function per statement's rows (SHOW JOB SERVICES / DESCRIBE SERVICE, SHOW SERVICE CONTAINERS IN
 SERVICE, SHOW COMPUTE POOLS), with Snowflake's lower-case column names, from the entries of Podman's
 libpod list (State, ExitCode, StartedAt, ExitedAt, Labels...) and the labels the emulator gave each
-container. The mapping of states: not started PENDING (SUSPENDED in a suspended pool), running RUNNING,
-exit 0 DONE, another exit FAILED with "container exited with code N", renamed by a DROP or being removed
-DELETING, anything else INTERNAL_ERROR naming Podman's state.
+container. The mapping of states: not started PENDING (SUSPENDED in a suspended pool; in a pool STARTING,
+which has no node, they stay PENDING), running RUNNING, exit 0 DONE, another exit FAILED with "container
+exited with code N", renamed by a DROP or being removed DELETING, anything else INTERNAL_ERROR naming
+Podman's state.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ only to the second (an adopted job's real end is read from them)."""
 UNQUOTED = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 """Snowflake's unquoted identifier."""
 
+NO_NODE = frozenset({"SUSPENDED", "STARTING"})
+"""Pool states in which no service starts: a SUSPENDED pool's services are SUSPENDED, a STARTING pool's (one
+that never gets a node, as when none is free) stay PENDING."""
+
 PENDING_STATES = frozenset({"created", "configured", "initialized"})
 """Podman's states of a container not started yet."""
 _RUNNING_STATES = frozenset({"running", "paused", "stopping"})
@@ -60,7 +65,7 @@ def stored_name(name: str) -> str:
 
 def status_of(entry: Mapping[str, Any], pools: Mapping[str, str | None]) -> tuple[str, str, str]:
     """(service status, container status, container message) of an emulated service, from Podman's state;
-    `pools` maps a pool to the state it was given (SUSPENDED: its services never start)."""
+    `pools` maps a pool to the state it was given (SUSPENDED: its services never start; STARTING: they wait)."""
     state = str(entry.get("State", "")).lower()
     if state == "removing" or any(str(name).endswith(DROPPING) for name in entry.get("Names") or ()):
         return "DELETING", "UNKNOWN", "being dropped"
@@ -132,9 +137,10 @@ def pool_rows(states: Mapping[str, str | None], configured: Mapping[str, Pool],
         pool = configured.get(name)
         running = jobs.get(name, 0)
         nodes = pool.max_parallel if pool is not None else 1
+        up = 0 if state in NO_NODE else nodes
         rows.append({
             "name": name, "state": state or ("ACTIVE" if running else "IDLE"), "min_nodes": 1,
-            "max_nodes": nodes, "active_nodes": min(running, nodes), "idle_nodes": max(nodes - running, 0),
+            "max_nodes": nodes, "active_nodes": min(running, up), "idle_nodes": max(up - running, 0),
             "target_nodes": nodes, "num_services": 0, "num_jobs": running, "auto_suspend_secs": 0,
             "auto_resume": False, "instance_family": pool.instance_family if pool is not None else None,
             "created_on": None, "resumed_on": None, "updated_on": None, "owner": OWNER,

@@ -93,6 +93,10 @@ class SpcsSettings(BaseModel):
         default_factory=list, description="EXTERNAL_ACCESS_INTEGRATIONS of each job service (network egress).")
     poll_secs: float = Field(5.0, ge=0.05, le=3600, description="Seconds between two polls of the running job "
                              "services (one SHOW JOB SERVICES for all of them).")
+    pending_limit_secs: float = Field(
+        900.0, gt=0, le=86400, description="Seconds a job service may stay PENDING (no node free in its compute "
+        "pool, an image SPCS cannot pull) before the attempt is an ERROR with SPCS's reason and the service is "
+        "dropped. A pool resuming or adding a node takes minutes: leave room for it.")
     log_lines: int = Field(1000, ge=1, le=100_000, description="Lines of a job service's log read once it "
                            "ended (SYSTEM$GET_SERVICE_LOGS).")
     secrets: dict[EnvName, ObjectName] = Field(

@@ -94,3 +94,22 @@ def outcome_of(name: str, status: str, containers: Iterable[Mapping[str, object]
                        f"(status {status}){said}")
     return Outcome(AttemptStatus.ERROR, None, f"job service {name} has status {status or 'none'}, which jobgraph "
                    f"does not know{said}")
+
+
+def pending_outcome(name: str, limit: float, containers: Iterable[Mapping[str, object]], pool: str,
+                    pool_row: Mapping[str, object] | None, drop_failed: str | None) -> Outcome:
+    """The ERROR of an attempt whose job service stayed PENDING for `limit` seconds (`pending_limit_secs`):
+    SPCS's reason (the container's status message, such as an image it cannot pull; else the compute pool's
+    state, when no node took the service), and whether the service was dropped."""
+    reason = container_message(containers)
+    if not reason:
+        where = f"compute pool {pool}"
+        if pool_row is not None and pool_row.get("state"):
+            where += f" is {pool_row['state']}"
+            if pool_row.get("active_nodes") is not None and pool_row.get("max_nodes") is not None:
+                where += f", {pool_row['active_nodes']} of {pool_row['max_nodes']} nodes active"
+        reason = f"SPCS has placed it on no node yet ({where})"
+    dropped = (f"dropped it (DROP SERVICE {name})" if drop_failed is None else
+               f"DROP SERVICE {name} failed, it may still start: {drop_failed}")
+    return Outcome(AttemptStatus.ERROR, None, f"job service {name} stayed PENDING for {limit:g}s "
+                   f"(runners.spcs.pending_limit_secs): {reason}; {dropped}")
