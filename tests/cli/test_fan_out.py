@@ -234,3 +234,24 @@ def test_a_list_parameter_fans_out_over_the_values_given_on_the_command_line(
     newest = json.loads(cli("history", "-o", "json", check=0).stdout)["runs"][0]["run_id"]
     assert {task: json.loads(row["item"]) for (task, _), row in task_rows(url, newest).items() if row["item"]} == {
         "each[0]": "emea"}
+
+
+def test_a_return_value_nested_too_deep_fails_its_job_not_jobgraph(
+        cli: Cli, write_pipeline: WritePipeline, tmp_path: Path) -> None:
+    depth = 100_000
+    write_pipeline({"jobs": [
+        sh("extract", f"python3 -c \"import os; open(os.environ['JOBGRAPH_RETURN_VALUE_FILE'], 'w')"
+                      f".write('[' * {depth} + ']' * {depth})\""),
+        sh("load", "true", after=["extract"], for_each={"from": "extract"}),
+        sh("next", "true", after=["load"]), sh("other", "true")]})
+    result = cli("run", "pipeline.yaml", check=1)
+    assert "Traceback" not in result.stderr and "RecursionError" not in result.stderr
+    url = store_url(tmp_path)
+    run_id = only_run(url)
+    rows = task_rows(url, run_id)
+    assert rows[("load", 1)]["state"] == "FAILED"
+    assert rows[("load", 1)]["error_message"].startswith(
+        "for_each: the return value of extract is not JSON (nested too deep): '[[[[")
+    assert rows[("next", 1)]["state"] == "SKIPPED" and rows[("other", 1)]["state"] == "SUCCEEDED"
+    with Store(url) as records:
+        assert records.run(run_id).state == "FAILED"

@@ -213,9 +213,10 @@ def _as_list(value: Any, what: str, missing: str) -> list[Any]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:  # a job's return value may nest without end
             shown = value if len(value) <= 60 else value[:57] + "..."
-            raise FanOutError(f"for_each: {what} is not JSON ({exc.msg}): {shown!r}") from None
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deep"
+            raise FanOutError(f"for_each: {what} is not JSON ({why}): {shown!r}") from None
     if not isinstance(value, list | tuple):
         raise FanOutError(f"for_each: {what} is {_kind(value)}, not a list")
     return list(value)
