@@ -255,3 +255,40 @@ def test_a_return_value_nested_too_deep_fails_its_job_not_jobgraph(
     assert rows[("next", 1)]["state"] == "SKIPPED" and rows[("other", 1)]["state"] == "SUCCEEDED"
     with Store(url) as records:
         assert records.run(run_id).state == "FAILED"
+
+
+def test_a_return_value_with_text_no_store_or_argv_can_hold_fails_its_job_and_keeps_every_record(
+        cli: Cli, write_pipeline: WritePipeline, tmp_path: Path) -> None:
+    write_pipeline({"jobs": [
+        sh("surrogate", "printf '[\"ok\", \"\\\\ud800\"]' > \"$JOBGRAPH_RETURN_VALUE_FILE\""),
+        sh("nul", "printf '[{\"path\": \"a\\\\u0000b\"}]' > \"$JOBGRAPH_RETURN_VALUE_FILE\""),
+        sh("load", "true", after=["surrogate"], for_each={"from": "surrogate"}),
+        sh("copy", "echo {{ item.path }}", after=["nul"], for_each={"from": "nul"}),
+        sh("other", "true")]})
+    result = cli("run", "pipeline.yaml", check=1)
+    assert "Traceback" not in result.stderr and "could not be written" not in result.stderr
+    url = store_url(tmp_path)
+    run_id = only_run(url)
+    rows = task_rows(url, run_id)
+    assert rows[("load", 1)]["state"] == "FAILED"
+    assert rows[("load", 1)]["error_message"] == (
+        "for_each: item 1 of the return value of surrogate is text that is not valid Unicode (a lone surrogate)")
+    assert rows[("copy", 1)]["state"] == "FAILED"
+    assert rows[("copy", 1)]["error_message"] == (
+        "for_each: item 0 of the return value of nul holds a NUL character, which no argument or variable can")
+    assert not any("[" in task for task, _ in rows)
+    assert rows[("other", 1)]["state"] == "SUCCEEDED"
+    with Store(url) as records:
+        assert records.run(run_id).state == "FAILED"
+
+
+def test_an_item_with_a_backslash_u0000_as_plain_text_is_not_a_nul(
+        cli: Cli, write_pipeline: WritePipeline, tmp_path: Path) -> None:
+    write_pipeline({"jobs": [
+        sh("extract", "printf '[\"a\\\\\\\\u0000b\"]' > \"$JOBGRAPH_RETURN_VALUE_FILE\""),
+        sh("load", "printf %s \"$ITEM\" > \"$JOBGRAPH_RETURN_VALUE_FILE\"", after=["extract"],
+           for_each={"from": "extract"}, env={"ITEM": "{{ item }}"})]})
+    cli("run", "pipeline.yaml", check=0)
+    url = store_url(tmp_path)
+    rows = task_rows(url, only_run(url))
+    assert rows[("load[0]", 1)]["return_value"] == "a\\u0000b"

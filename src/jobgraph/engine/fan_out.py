@@ -219,7 +219,31 @@ def _as_list(value: Any, what: str, missing: str) -> list[Any]:
             raise FanOutError(f"for_each: {what} is not JSON ({why}): {shown!r}") from None
     if not isinstance(value, list | tuple):
         raise FanOutError(f"for_each: {what} is {_kind(value)}, not a list")
+    for index, item in enumerate(value):
+        _check_text(item, f"item {index} of {what}")
     return list(value)
+
+
+def _check_text(item: Any, what: str) -> None:
+    """FanOutError if an item holds text that no store, argument or variable can: a lone surrogate, a NUL.
+
+    JSON may spell both (`"\\ud800"`, `"\\u0000"`); the item is recorded, and it becomes an argument.
+    """
+    stack = [item]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str):
+            if "\x00" in value:
+                raise FanOutError(f"for_each: {what} holds a NUL character, which no argument or variable can")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise FanOutError(f"for_each: {what} is text that is not valid Unicode (a lone surrogate)") from None
 
 
 def _kind(value: Any) -> str:
