@@ -266,3 +266,26 @@ def test_plan_fills_in_the_params(tmp_path: Path, cli: Cli, write_pipeline: Writ
     assert planned["jobs"][0]["argv"][-2:] == ["2024-01-31", "<param label>"]
     planned = json.loads(cli("plan", "pipeline.yaml", "-f", "json", "--param", "label=x", check=0).stdout)
     assert planned["jobs"][0]["argv"][-2:] == ["2024-01-31", "x"]
+
+
+def test_a_param_that_is_not_utf_8_text_exits_2_and_nothing_runs(
+        tmp_path: Path, write_pipeline: WritePipeline) -> None:
+    out = tmp_path / "seen.jsonl"
+    write_pipeline({"name": "params", "params": PARAMS, "jobs": [recorder("a", out, "{{ params.label }}")]})
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph"), "COLUMNS": "250"}
+    env.pop("JOBGRAPH_STORE", None)
+    cases: dict[tuple[bytes, ...], str] = {
+        (b"label=a\xffb",): "field '--param label': parameter 'label' is of type string: the value is not UTF-8 text",
+        (b"label=x", b'regions=["eu", "\\ud800"]'): "field '--param regions': parameter 'regions' is of type list: "
+                                                    "the value is not UTF-8 text",
+    }
+    for given, message in cases.items():
+        argv = [os.fsencode(sys.executable), b"-m", b"jobgraph", b"run", b"pipeline.yaml"]
+        for value in given:
+            argv += [b"--param", value]
+        result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, timeout=120)
+        stderr = result.stderr.decode("utf-8", "replace")
+        assert result.returncode == 2, stderr
+        assert message in stderr and "nothing was run" in stderr and "Traceback" not in stderr
+    assert not out.exists()
+    assert not (tmp_path / ".jobgraph" / "jobgraph.db").exists()
