@@ -277,6 +277,12 @@ def test_command_hooks_get_the_json_on_stdin_and_one_that_overruns_is_killed_wit
     ({"webhook_secret": "NOT_SET_ANYWHERE"}, {}, "field 'notify.0.webhook_secret': NOT_SET_ANYWHERE is not set"),
     ({"webhook_secret": "HOOK"}, {"HOOK": f"ftp://example.invalid/{TOKEN}"},
      "HOOK does not hold an http:// or https:// URL (its value is not shown)"),
+    ({"webhook_secret": "HOOK"}, {"HOOK": f"http://u:{TOKEN}@[::1/x"},
+     "HOOK does not hold an http:// or https:// URL (its value is not shown)"),
+    ({"webhook_secret": "HOOK"}, {"HOOK": f"http://u:{TOKEN}@example.invalid:99999/x"},
+     "HOOK does not hold an http:// or https:// URL (its value is not shown)"),
+    ({"webhook": "http://[::1/x"}, {}, "field 'notify.0.webhook': is not a URL"),
+    ({"webhook": "http://example.invalid:99999/x"}, {}, "field 'notify.0.webhook': is not a URL"),
     ({"webhook": "ftp://example.invalid/x"}, {}, "must be an http:// or https:// URL with a host"),
     ({"webhook": "http://127.0.0.1/x", "command": ["true"]}, {}, "give exactly one of webhook, webhook_secret or "
      "command (got webhook, command)"),

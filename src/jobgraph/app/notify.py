@@ -81,11 +81,10 @@ def webhook_urls(pipeline: Pipeline, environ: Mapping[str, str] | None = None) -
             urls[index] = entry.webhook
         elif entry.webhook_secret is not None:
             url = environ.get(entry.webhook_secret)
-            parts = urlsplit(url or "")
             if url is None:
                 problems.append(Problem(f"{entry.webhook_secret} is not set in jobgraph's environment",
                                         field=f"notify.{index}.webhook_secret"))
-            elif parts.scheme not in ("http", "https") or not parts.hostname or any(c in url for c in "\r\n\x00 "):
+            elif not _is_http_url(url):
                 problems.append(Problem(f"{entry.webhook_secret} does not hold an http:// or https:// URL "
                                         "(its value is not shown)", field=f"notify.{index}.webhook_secret"))
             else:
@@ -93,6 +92,16 @@ def webhook_urls(pipeline: Pipeline, environ: Mapping[str, str] | None = None) -
     if problems:
         raise ConfigError(f"pipeline {pipeline.name}", problems)
     return urls
+
+
+def _is_http_url(url: str) -> bool:
+    """Whether `url` is an http(s) URL with a host and a port a socket takes (urlsplit raises on `[::1`, `:99999`)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number or out of range)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c in url for c in "\r\n\x00 ")
 
 
 def target_of(entry: Notify) -> str:
