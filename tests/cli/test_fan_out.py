@@ -238,7 +238,7 @@ def test_a_list_parameter_fans_out_over_the_values_given_on_the_command_line(
 
 def test_a_return_value_nested_too_deep_fails_its_job_not_jobgraph(
         cli: Cli, write_pipeline: WritePipeline, tmp_path: Path) -> None:
-    depth = 100_000
+    depth = 4_000  # 8 kB: under the 10 kB a return value keeps, far over what json.loads can nest
     write_pipeline({"jobs": [
         sh("extract", f"python3 -c \"import os; open(os.environ['JOBGRAPH_RETURN_VALUE_FILE'], 'w')"
                       f".write('[' * {depth} + ']' * {depth})\""),
@@ -292,3 +292,19 @@ def test_an_item_with_a_backslash_u0000_as_plain_text_is_not_a_nul(
     url = store_url(tmp_path)
     rows = task_rows(url, only_run(url))
     assert rows[("load[0]", 1)]["return_value"] == "a\\u0000b"
+
+
+def test_a_return_value_cut_at_10_kb_fails_its_fan_out_saying_so(
+        cli: Cli, write_pipeline: WritePipeline, tmp_path: Path) -> None:
+    write_pipeline({"jobs": [
+        sh("extract", "python3 -c \"import os, json; open(os.environ['JOBGRAPH_RETURN_VALUE_FILE'], 'w')"
+                      ".write(json.dumps(list(range(5000))))\""),
+        sh("load", "true", after=["extract"], for_each={"from": "extract"}, max_fan_out=10_000)]})
+    cli("run", "pipeline.yaml", check=1)
+    url = store_url(tmp_path)
+    rows = task_rows(url, only_run(url))
+    assert len(rows[("extract", 1)]["return_value"]) == 10_000
+    assert rows[("load", 1)]["state"] == "FAILED"
+    assert rows[("load", 1)]["error_message"].startswith(
+        "for_each: the return value of extract was cut at 10,000 bytes, the most a return value keeps, so it is not "
+        "JSON (write a shorter list, or the items to a file and its path as the return value): '[0, 1, 2,")

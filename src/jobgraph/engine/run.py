@@ -263,7 +263,8 @@ class GraphRun:
         (when the job ends at once: its list failed, was empty, or every copy is kept from before)."""
         try:
             params = self._template_values(job, 0)["params"]
-            items = fan_out.items_of(job, params if isinstance(params, Mapping) else {}, self._values)
+            items = fan_out.items_of(job, params if isinstance(params, Mapping) else {}, self._values,
+                                     RETURN_VALUE_MAX_BYTES)
         except fan_out.FanOutError as exc:
             self._set_state(job.name, TaskState.FAILED, reason=str(exc))
             return self._release_successors(job.name)
