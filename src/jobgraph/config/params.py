@@ -56,8 +56,10 @@ def coerce(kind: str, value: Any, from_text: bool = False) -> object:
             raise ValueError(f"expected an integer, got {_kind(value)}")
         checked = value
     elif kind == "number":
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"expected a number, got {_kind(value)}")
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {value}")
         checked = value
     elif kind == "boolean":
         if not isinstance(value, bool):
