@@ -275,7 +275,7 @@ def test_a_param_that_is_not_utf_8_text_exits_2_and_nothing_runs(
     env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph"), "COLUMNS": "250"}
     env.pop("JOBGRAPH_STORE", None)
     cases: dict[tuple[bytes, ...], str] = {
-        (b"label=a\xffb",): "field '--param label': parameter 'label' is of type string: the value is not UTF-8 text",
+        (b"label=a\xffb",): "argument 4 (label=a\\xffb) is not UTF-8 text",
         (b"label=x", b'regions=["eu", "\\ud800"]'): "field '--param regions': parameter 'regions' is of type list: "
                                                     "the value is not UTF-8 text",
     }
