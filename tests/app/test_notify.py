@@ -348,9 +348,10 @@ DAEMON = ("import os, signal, sys, time\n"
           "os.wait()\n"
           "if sys.argv[2] == 'hang':\n"
           "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+          "    open(sys.argv[1], 'a').write(f'{os.getpid()}\\n')\n"
           "    time.sleep(300)\n")
 """A hook that leaves a daemon behind: a double fork into a session of its own, SIGTERM ignored, no environment,
-no descriptors; then it exits (`done`) or hangs past its timeout ignoring SIGTERM (`hang`)."""
+no descriptors; then it exits (`done`) or hangs past its timeout ignoring SIGTERM (`hang`, its pid written too)."""
 
 
 def test_a_daemon_a_command_hook_starts_does_not_outlive_it(tmp_path: Path, write_pipeline: WritePipeline) -> None:
@@ -362,10 +363,35 @@ def test_a_daemon_a_command_hook_starts_does_not_outlive_it(tmp_path: Path, writ
         "jobs": [sh("only", "true")]})
     jobgraph(tmp_path, "run", "pipeline.yaml", check=0)
     left = [int(pid) for pid in pids.read_text().split()]
-    assert len(left) == 2
+    assert len(left) == 3
     deadline = time.monotonic() + 5  # the reaper's SIGKILL is sent before jobgraph exits; let the kernel finish it
     while any(process_alive(pid) for pid in left) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(process_alive(pid) for pid in left)
     states = sorted((state, error) for _, _, _, state, _, error in stored(tmp_path))
     assert states == [("FAILED", "no answer within the notify timeout of 2s"), ("SENT", None)]
+
+
+def test_a_hook_does_not_outlive_a_jobgraph_killed_9(tmp_path: Path, write_pipeline: WritePipeline) -> None:
+    pids = tmp_path / "daemons"
+    write_pipeline({
+        "notify": [{"on": ["run_succeeded"], "command": [sys.executable, "-c", DAEMON, str(pids), "hang"],
+                    "timeout": 120}],
+        "jobs": [sh("only", "true")]})
+    full = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph"), "COLUMNS": "250"}
+    full.pop("JOBGRAPH_STORE", None)
+    run = subprocess.Popen([sys.executable, "-m", "jobgraph", "run", "pipeline.yaml"], cwd=tmp_path, env=full,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pids.exists() and len(pids.read_text().split()) == 2):
+            assert time.monotonic() < deadline and run.poll() is None
+            time.sleep(0.05)
+    finally:
+        run.kill()
+        run.wait()
+    left = [int(pid) for pid in pids.read_text().split()]
+    deadline = time.monotonic() + 10
+    while any(process_alive(pid) for pid in left) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(left) == 2 and not any(process_alive(pid) for pid in left)

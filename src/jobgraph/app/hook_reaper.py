@@ -2,9 +2,9 @@
 
 A hook may leave daemons behind (`cmd &`, `setsid`, a double fork, SIGTERM ignored): a process group cannot
 hold them. This small process is the hook's parent and its child subreaper, so every orphan the hook leaves
-is re-parented to it, whatever session it made; when the hook's main process exits, or this process gets
-SIGTERM (the notify timeout), it SIGKILLs every descendant it has and reaps them, then exits with the hook's
-code. Only the standard library: it starts once per hook, and fast.
+is re-parented to it, whatever session it made. When the hook's main process exits, or this process gets
+SIGTERM (the notify timeout, or jobgraph's death: the parent-death signal), it SIGKILLs every descendant it
+has and reaps them, then exits with the hook's code. Only the standard library: it starts once per hook.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ import sys
 import time
 
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_PDEATHSIG = 1
+PARENT_VARIABLE = "JOBGRAPH_HOOK_PARENT"
+"""The pid of the jobgraph that started this reaper, so that one that died first is noticed."""
 CANNOT_RUN = 127
 """The exit code when the hook itself cannot be started; its reason is the last line on stderr."""
 CANNOT_RUN_PREFIX = "jobgraph-hook: cannot run: "
@@ -34,12 +37,15 @@ def _stop(signum: int, _frame: object) -> None:
 
 def main(argv: list[str]) -> int:
     """Run `argv` with this process's stdin, stdout and stderr; kill what it leaves; return its exit code."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, _stop)
     code = 128 + signal.SIGTERM
     try:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, _stop)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)  # jobgraph killed -9: the hook is over too
+        if os.getppid() != _parent():
+            return code  # jobgraph died before the line above: start nothing
         try:
             hook = subprocess.Popen(argv)
         except OSError as exc:
@@ -53,6 +59,13 @@ def main(argv: list[str]) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
         kill_descendants()
     return code
+
+
+def _parent() -> int:
+    try:
+        return int(os.environ.pop(PARENT_VARIABLE, ""))
+    except ValueError:
+        return os.getppid()
 
 
 def kill_descendants() -> None:

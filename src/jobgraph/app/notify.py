@@ -342,7 +342,8 @@ async def run_hook(argv: tuple[str, ...], payload: bytes) -> None:
     try:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", hook_reaper.__name__, *argv, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            env={**os.environ, hook_reaper.PARENT_VARIABLE: str(os.getpid())})
     except OSError as exc:
         raise SendError(f"cannot run {argv[0]}: {exc.strerror or type(exc).__name__}") from None
     try:
