@@ -174,6 +174,15 @@ def test_the_bare_seed_file_needs_an_image_mapping_for_the_local_runner(tmp_path
     assert "also used by t_myjob_2" in result.stderr
 
 
+def test_an_unmapped_image_of_thousands_of_jobs_names_a_few_and_counts_the_rest(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
+    write_pipeline({"jobs": [{"name": f"j{i}", "image": "img"} for i in range(3000)]})
+    err = cli("validate", "pipeline.yaml", check=2).stderr.replace("\n", "")  # rich wraps after a space
+    assert "job 'j0', field 'image': image 'img' has no command in 'images'" in err
+    assert "(also used by j1, j2, j3, j4, j5, j6, j7, j8, j9, j10 and 2,989 more jobs)" in err
+    assert "j11" not in err and len(err) < 1000
+
+
 def test_schema_is_json_schema(cli: Cli) -> None:
     schema = json.loads(cli("schema", check=0).stdout)
     assert schema["title"] == "Pipeline" and "jobs" in schema["required"]
