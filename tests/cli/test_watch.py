@@ -146,7 +146,7 @@ def test_watching_a_run_whose_jobgraph_was_killed_stops_with_a_note(tmp_path: Pa
     assert owner is not None and not process_alive(int(owner.split(":")[1]))
 
 
-class _EndsAsItsOwnerExits:
+class EndsAsItsOwnerExits:
     """A store whose run is RUNNING at the first read and SUCCEEDED at every later one, owned by a process that is
     gone: what `show --watch` meets when a run ends and its jobgraph exits between two of its reads."""
 
@@ -169,7 +169,7 @@ class _EndsAsItsOwnerExits:
 def test_a_run_that_ends_as_its_jobgraph_exits_is_shown_ended_not_lost() -> None:
     gone = subprocess.Popen(["true"])
     gone.wait()
-    records = _EndsAsItsOwnerExits(f"{socket.gethostname()}:{gone.pid}:1")
+    records = EndsAsItsOwnerExits(f"{socket.gethostname()}:{gone.pid}:1")
     out = Console(file=io.StringIO())
     ended = watching.watch(records, "r1", out, live=False)  # type: ignore[arg-type]
     assert ended.state == RunState.SUCCEEDED and records.reads == 2
