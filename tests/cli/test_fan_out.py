@@ -308,3 +308,11 @@ def test_a_return_value_cut_at_10_kb_fails_its_fan_out_saying_so(
     assert rows[("load", 1)]["error_message"].startswith(
         "for_each: the return value of extract was cut at 10,000 bytes, the most a return value keeps, so it is not "
         "JSON (write a shorter list, or the items to a file and its path as the return value): '[0, 1, 2,")
+
+
+def test_a_literal_item_holding_a_nul_is_refused_by_validate(
+        cli: Cli, write_pipeline: WritePipeline, tmp_path: Path) -> None:
+    write_pipeline({"jobs": [sh("each", "true", for_each=["ok", {"k": "a\x00b"}])]})
+    err = cli("run", "pipeline.yaml", check=2).stderr
+    assert "job 'each', field 'for_each': item 1 holds a NUL character, which no argument or variable can" in err
+    assert "Traceback" not in err and not (tmp_path / ".jobgraph" / "jobgraph.db").exists()

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobgraph.config.for_each import max_fan_out, source_of
+from jobgraph.config.for_each import max_fan_out, source_of, unusable_text
 from jobgraph.config.model import MAX_FAN_OUT, Job
 from jobgraph.engine.events import JobsExpanded, TaskInfo
 from jobgraph.states import TaskState
@@ -232,25 +232,11 @@ def _as_list(value: Any, what: str, missing: str, cut_at: int | None = None) -> 
 
 
 def _check_text(item: Any, what: str) -> None:
-    """FanOutError if an item holds text that no store, argument or variable can: a lone surrogate, a NUL.
-
-    JSON may spell both (`"\\ud800"`, `"\\u0000"`); the item is recorded, and it becomes an argument.
-    """
-    stack = [item]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, dict):
-            stack.extend(value.keys())
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
-        elif isinstance(value, str):
-            if "\x00" in value:
-                raise FanOutError(f"for_each: {what} holds a NUL character, which no argument or variable can")
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise FanOutError(f"for_each: {what} is text that is not valid Unicode (a lone surrogate)") from None
+    """FanOutError if an item holds text that no store, argument or variable can (a lone surrogate, a NUL):
+    JSON may spell both (`"\\ud800"`, `"\\u0000"`); the item is recorded, and it becomes an argument."""
+    why = unusable_text(item)
+    if why is not None:
+        raise FanOutError(f"for_each: {what} {why}")
 
 
 def _kind(value: Any) -> str:
