@@ -120,8 +120,32 @@ def choose(pipeline: Pipeline, source: str, only: Sequence[str] = (), start: Seq
     if not jobs:
         raise ConfigError(source, [Problem(f"{_described(only, start, until)} picks no job of pipeline "
                                            f"{pipeline.name}", field=_options(only, start, until))])
+    left_out = _fan_out_sources_left_out(pipeline, jobs)
+    if left_out:
+        raise ConfigError(source, [Problem(message, field=_options(only, start, until).split("/")[0])
+                                   for message in left_out])
     return {"only": list(only), "from": list(start), "until": list(until),
             "jobs": [job.name for job in pipeline.jobs if job.name in jobs]}
+
+
+def _fan_out_sources_left_out(pipeline: Pipeline, jobs: set[str]) -> list[str]:
+    """Why the choice cannot run: a chosen job fans out over the return value of a job the choice leaves out
+    (it would run with no list and fail, which no choice should mean)."""
+    from jobgraph.config.for_each import source_of  # only a partial run needs it
+
+    problems = []
+    for job in pipeline.jobs:
+        if job.name not in jobs or job.for_each is None:
+            continue
+        try:
+            predecessor = source_of(job.for_each).predecessor
+        except ValueError:  # load refused it already
+            continue
+        named = next((p for p in job.after if p.casefold() == (predecessor or "").casefold()), None)
+        if named is not None and named not in jobs:
+            problems.append(f"job {job.name!r} fans out over the return value of {named!r}, which this choice "
+                            f"leaves out (add it, or use --until {job.name})")
+    return problems
 
 
 def _options(only: Sequence[str], start: Sequence[str], until: Sequence[str]) -> str:

@@ -277,6 +277,12 @@ def test_command_hooks_get_the_json_on_stdin_and_one_that_overruns_is_killed_wit
     ({"webhook_secret": "NOT_SET_ANYWHERE"}, {}, "field 'notify.0.webhook_secret': NOT_SET_ANYWHERE is not set"),
     ({"webhook_secret": "HOOK"}, {"HOOK": f"ftp://example.invalid/{TOKEN}"},
      "HOOK does not hold an http:// or https:// URL (its value is not shown)"),
+    ({"webhook_secret": "HOOK"}, {"HOOK": f"http://u:{TOKEN}@[::1/x"},
+     "HOOK does not hold an http:// or https:// URL (its value is not shown)"),
+    ({"webhook_secret": "HOOK"}, {"HOOK": f"http://u:{TOKEN}@example.invalid:99999/x"},
+     "HOOK does not hold an http:// or https:// URL (its value is not shown)"),
+    ({"webhook": "http://[::1/x"}, {}, "field 'notify.0.webhook': is not a URL"),
+    ({"webhook": "http://example.invalid:99999/x"}, {}, "field 'notify.0.webhook': is not a URL"),
     ({"webhook": "ftp://example.invalid/x"}, {}, "must be an http:// or https:// URL with a host"),
     ({"webhook": "http://127.0.0.1/x", "command": ["true"]}, {}, "give exactly one of webhook, webhook_secret or "
      "command (got webhook, command)"),
@@ -327,3 +333,65 @@ def test_the_store_records_and_lists_notifications_on_every_backend(any_store_ur
                 for n in records.notifications("r1")] == [
             ("run_failed", None, "webhook_secret X", "FAILED", 3, "HTTP 500", at, at),
             ("job_failed", "j", "command sh", "SENT", 1, None, at, None)]
+
+
+DAEMON = ("import os, signal, sys, time\n"
+          "if os.fork() == 0:\n"
+          "    os.setsid()\n"
+          "    if os.fork() == 0:\n"
+          "        signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+          "        os.environ.clear()\n"
+          "        open(sys.argv[1], 'a').write(f'{os.getpid()}\\n')\n"
+          "        os.closerange(0, 256)\n"
+          "        time.sleep(300)\n"
+          "    os._exit(0)\n"
+          "os.wait()\n"
+          "if sys.argv[2] == 'hang':\n"
+          "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+          "    open(sys.argv[1], 'a').write(f'{os.getpid()}\\n')\n"
+          "    time.sleep(300)\n")
+"""A hook that leaves a daemon behind: a double fork into a session of its own, SIGTERM ignored, no environment,
+no descriptors; then it exits (`done`) or hangs past its timeout ignoring SIGTERM (`hang`, its pid written too)."""
+
+
+def test_a_daemon_a_command_hook_starts_does_not_outlive_it(tmp_path: Path, write_pipeline: WritePipeline) -> None:
+    pids = tmp_path / "daemons"
+    write_pipeline({
+        "notify": [
+            {"on": ["run_succeeded"], "command": [sys.executable, "-c", DAEMON, str(pids), "done"]},
+            {"on": ["run_succeeded"], "command": [sys.executable, "-c", DAEMON, str(pids), "hang"], "timeout": 2}],
+        "jobs": [sh("only", "true")]})
+    jobgraph(tmp_path, "run", "pipeline.yaml", check=0)
+    left = [int(pid) for pid in pids.read_text().split()]
+    assert len(left) == 3
+    deadline = time.monotonic() + 5  # the reaper's SIGKILL is sent before jobgraph exits; let the kernel finish it
+    while any(process_alive(pid) for pid in left) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(process_alive(pid) for pid in left)
+    states = sorted((state, error) for _, _, _, state, _, error in stored(tmp_path))
+    assert states == [("FAILED", "no answer within the notify timeout of 2s"), ("SENT", None)]
+
+
+def test_a_hook_does_not_outlive_a_jobgraph_killed_9(tmp_path: Path, write_pipeline: WritePipeline) -> None:
+    pids = tmp_path / "daemons"
+    write_pipeline({
+        "notify": [{"on": ["run_succeeded"], "command": [sys.executable, "-c", DAEMON, str(pids), "hang"],
+                    "timeout": 120}],
+        "jobs": [sh("only", "true")]})
+    full = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph"), "COLUMNS": "250"}
+    full.pop("JOBGRAPH_STORE", None)
+    run = subprocess.Popen([sys.executable, "-m", "jobgraph", "run", "pipeline.yaml"], cwd=tmp_path, env=full,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pids.exists() and len(pids.read_text().split()) == 2):
+            assert time.monotonic() < deadline and run.poll() is None
+            time.sleep(0.05)
+    finally:
+        run.kill()
+        run.wait()
+    left = [int(pid) for pid in pids.read_text().split()]
+    deadline = time.monotonic() + 10
+    while any(process_alive(pid) for pid in left) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(left) == 2 and not any(process_alive(pid) for pid in left)

@@ -174,6 +174,15 @@ def test_the_bare_seed_file_needs_an_image_mapping_for_the_local_runner(tmp_path
     assert "also used by t_myjob_2" in result.stderr
 
 
+def test_an_unmapped_image_of_thousands_of_jobs_names_a_few_and_counts_the_rest(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
+    write_pipeline({"jobs": [{"name": f"j{i}", "image": "img"} for i in range(3000)]})
+    err = cli("validate", "pipeline.yaml", check=2).stderr.replace("\n", "")  # rich wraps after a space
+    assert "job 'j0', field 'image': image 'img' has no command in 'images'" in err
+    assert "(also used by j1, j2, j3, j4, j5, j6, j7, j8, j9, j10 and 2,989 more jobs)" in err
+    assert "j11" not in err and len(err) < 1000
+
+
 def test_schema_is_json_schema(cli: Cli) -> None:
     schema = json.loads(cli("schema", check=0).stdout)
     assert schema["title"] == "Pipeline" and "jobs" in schema["required"]
@@ -268,3 +277,20 @@ def test_kill_9_of_jobgraph_is_recovered_on_the_next_start_and_retry_resumes(
     assert {t.task: (t.state, t.attempts) for t in store.tasks(run_id)} == {
         "quick": ("SUCCEEDED", 1), "slow": ("SUCCEEDED", 2), "last": ("SUCCEEDED", 1)}
     assert "quick RUNNING" not in retried.stdout
+
+
+def test_an_argument_that_is_not_utf_8_exits_2_with_no_traceback(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
+    write_pipeline({"name": "p", "jobs": [sh("a", "true")]})
+    cli("run", "pipeline.yaml", check=0)
+    before = sorted(os.listdir(tmp_path))
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph"), "COLUMNS": "250"}
+    env.pop("JOBGRAPH_STORE", None)
+    for args in ([b"show", b"\xff"], [b"logs", b"\xff", b"a"], [b"history", b"--pipeline", b"p\xff"],
+                 [b"trigger", b"\xff"], [b"drop", b"\xff"], [b"init", b"new\xff.yaml"], [b"cancel", b"\xff"]):
+        result = subprocess.run([os.fsencode(sys.executable), b"-m", b"jobgraph", *args], cwd=tmp_path, env=env,
+                                capture_output=True, timeout=60)
+        stderr = result.stderr.decode("utf-8", "replace")
+        assert result.returncode == 2, (args, stderr)
+        assert "Traceback" not in stderr and "is not UTF-8 text" in stderr, (args, stderr)
+    assert sorted(os.listdir(tmp_path)) == before

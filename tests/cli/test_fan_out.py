@@ -227,3 +227,85 @@ def test_a_list_parameter_fans_out_over_the_values_given_on_the_command_line(
     newest = json.loads(cli("history", "-o", "json", check=0).stdout)["runs"][0]["run_id"]
     assert {task: json.loads(row["item"]) for (task, _), row in task_rows(url, newest).items() if row["item"]} == {
         "each[0]": "emea"}
+
+
+def test_a_return_value_nested_too_deep_fails_its_job_not_jobgraph(
+        cli: Cli, write_pipeline: WritePipeline, tmp_path: Path) -> None:
+    depth = 4_000  # 8 kB: under the 10 kB a return value keeps, far over what json.loads can nest
+    write_pipeline({"jobs": [
+        sh("extract", f"python3 -c \"import os; open(os.environ['JOBGRAPH_RETURN_VALUE_FILE'], 'w')"
+                      f".write('[' * {depth} + ']' * {depth})\""),
+        sh("load", "true", after=["extract"], for_each={"from": "extract"}),
+        sh("next", "true", after=["load"]), sh("other", "true")]})
+    result = cli("run", "pipeline.yaml", check=1)
+    assert "Traceback" not in result.stderr and "RecursionError" not in result.stderr
+    url = store_url(tmp_path)
+    run_id = only_run(url)
+    rows = task_rows(url, run_id)
+    assert rows[("load", 1)]["state"] == "FAILED"
+    assert rows[("load", 1)]["error_message"].startswith(
+        "for_each: the return value of extract is not JSON (nested too deep): '[[[[")
+    assert rows[("next", 1)]["state"] == "SKIPPED" and rows[("other", 1)]["state"] == "SUCCEEDED"
+    with Store(url) as records:
+        assert records.run(run_id).state == "FAILED"
+
+
+def test_a_return_value_with_text_no_store_or_argv_can_hold_fails_its_job_and_keeps_every_record(
+        cli: Cli, write_pipeline: WritePipeline, tmp_path: Path) -> None:
+    write_pipeline({"jobs": [
+        sh("surrogate", "printf '[\"ok\", \"\\\\ud800\"]' > \"$JOBGRAPH_RETURN_VALUE_FILE\""),
+        sh("nul", "printf '[{\"path\": \"a\\\\u0000b\"}]' > \"$JOBGRAPH_RETURN_VALUE_FILE\""),
+        sh("load", "true", after=["surrogate"], for_each={"from": "surrogate"}),
+        sh("copy", "echo {{ item.path }}", after=["nul"], for_each={"from": "nul"}),
+        sh("other", "true")]})
+    result = cli("run", "pipeline.yaml", check=1)
+    assert "Traceback" not in result.stderr and "could not be written" not in result.stderr
+    url = store_url(tmp_path)
+    run_id = only_run(url)
+    rows = task_rows(url, run_id)
+    assert rows[("load", 1)]["state"] == "FAILED"
+    assert rows[("load", 1)]["error_message"] == (
+        "for_each: item 1 of the return value of surrogate is text that is not valid Unicode (a lone surrogate)")
+    assert rows[("copy", 1)]["state"] == "FAILED"
+    assert rows[("copy", 1)]["error_message"] == (
+        "for_each: item 0 of the return value of nul holds a NUL character, which no argument or variable can")
+    assert not any("[" in task for task, _ in rows)
+    assert rows[("other", 1)]["state"] == "SUCCEEDED"
+    with Store(url) as records:
+        assert records.run(run_id).state == "FAILED"
+
+
+def test_an_item_with_a_backslash_u0000_as_plain_text_is_not_a_nul(
+        cli: Cli, write_pipeline: WritePipeline, tmp_path: Path) -> None:
+    write_pipeline({"jobs": [
+        sh("extract", "printf '[\"a\\\\\\\\u0000b\"]' > \"$JOBGRAPH_RETURN_VALUE_FILE\""),
+        sh("load", "printf %s \"$ITEM\" > \"$JOBGRAPH_RETURN_VALUE_FILE\"", after=["extract"],
+           for_each={"from": "extract"}, env={"ITEM": "{{ item }}"})]})
+    cli("run", "pipeline.yaml", check=0)
+    url = store_url(tmp_path)
+    rows = task_rows(url, only_run(url))
+    assert rows[("load[0]", 1)]["return_value"] == "a\\u0000b"
+
+
+def test_a_return_value_cut_at_10_kb_fails_its_fan_out_saying_so(
+        cli: Cli, write_pipeline: WritePipeline, tmp_path: Path) -> None:
+    write_pipeline({"jobs": [
+        sh("extract", "python3 -c \"import os, json; open(os.environ['JOBGRAPH_RETURN_VALUE_FILE'], 'w')"
+                      ".write(json.dumps(list(range(5000))))\""),
+        sh("load", "true", after=["extract"], for_each={"from": "extract"}, max_fan_out=10_000)]})
+    cli("run", "pipeline.yaml", check=1)
+    url = store_url(tmp_path)
+    rows = task_rows(url, only_run(url))
+    assert len(rows[("extract", 1)]["return_value"]) == 10_000
+    assert rows[("load", 1)]["state"] == "FAILED"
+    assert rows[("load", 1)]["error_message"].startswith(
+        "for_each: the return value of extract was cut at 10,000 bytes, the most a return value keeps, so it is not "
+        "JSON (write a shorter list, or the items to a file and its path as the return value): '[0, 1, 2,")
+
+
+def test_a_literal_item_holding_a_nul_is_refused_by_validate(
+        cli: Cli, write_pipeline: WritePipeline, tmp_path: Path) -> None:
+    write_pipeline({"jobs": [sh("each", "true", for_each=["ok", {"k": "a\x00b"}])]})
+    err = cli("run", "pipeline.yaml", check=2).stderr
+    assert "job 'each', field 'for_each': item 1 holds a NUL character, which no argument or variable can" in err
+    assert "Traceback" not in err and not (tmp_path / ".jobgraph" / "jobgraph.db").exists()

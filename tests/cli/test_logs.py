@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from jobgraph.cli.follow import _stop_if_lost
 from jobgraph.states import AttemptStatus, RunState
 from jobgraph.store import AttemptRecord, Store
 from tests.cli.test_service import start_jobgraph, wait_until
+from tests.cli.test_watch import EndsAsItsOwnerExits
 from tests.conftest import Cli, WritePipeline, sh, store_url
 from tests.runners.conftest import TEST_IMAGE, engine, no_leftovers  # noqa: F401 (the Podman test's fixtures)
 
@@ -206,3 +209,11 @@ def test_follow_streams_a_podman_attempt_as_it_runs(tmp_path: Path, write_pipeli
     assert follow.returncode == 0 and err == b""
     assert [first.strip(), *out.decode().splitlines()] == [f"line {i}" for i in range(1, 11)]
     assert attempt_status(tmp_path, run_id, "boxed", 1) == AttemptStatus.DONE
+
+
+def test_following_a_run_that_ends_as_its_jobgraph_exits_is_not_taken_for_lost() -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    records = EndsAsItsOwnerExits(f"{socket.gethostname()}:{gone.pid}:1")
+    _stop_if_lost(records, "r1")  # type: ignore[arg-type]
+    assert records.reads == 2

@@ -266,3 +266,42 @@ def test_plan_fills_in_the_params(tmp_path: Path, cli: Cli, write_pipeline: Writ
     assert planned["jobs"][0]["argv"][-2:] == ["2024-01-31", "<param label>"]
     planned = json.loads(cli("plan", "pipeline.yaml", "-f", "json", "--param", "label=x", check=0).stdout)
     assert planned["jobs"][0]["argv"][-2:] == ["2024-01-31", "x"]
+
+
+def test_a_param_that_is_not_utf_8_text_exits_2_and_nothing_runs(
+        tmp_path: Path, write_pipeline: WritePipeline) -> None:
+    out = tmp_path / "seen.jsonl"
+    write_pipeline({"name": "params", "params": PARAMS, "jobs": [recorder("a", out, "{{ params.label }}")]})
+    env = {**os.environ, "JOBGRAPH_HOME": str(tmp_path / ".jobgraph"), "COLUMNS": "250"}
+    env.pop("JOBGRAPH_STORE", None)
+    cases: dict[tuple[bytes, ...], str] = {
+        (b"label=a\xffb",): "argument 4 (label=a\\xffb) is not UTF-8 text",
+        (b"label=x", b'regions=["eu", "\\ud800"]'): "field '--param regions': parameter 'regions' is of type list: "
+                                                    "the value is not UTF-8 text",
+    }
+    for given, message in cases.items():
+        argv = [os.fsencode(sys.executable), b"-m", b"jobgraph", b"run", b"pipeline.yaml"]
+        for value in given:
+            argv += [b"--param", value]
+        result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, timeout=120)
+        stderr = result.stderr.decode("utf-8", "replace")
+        assert result.returncode == 2, stderr
+        assert message in stderr and "nothing was run" in stderr and "Traceback" not in stderr
+    assert not out.exists()
+    assert not (tmp_path / ".jobgraph" / "jobgraph.db").exists()
+
+
+def test_show_prints_a_param_holding_terminal_controls_escaped(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline) -> None:
+    out = tmp_path / "seen.jsonl"
+    write_pipeline({"name": "params", "params": PARAMS, "jobs": [recorder("a", out, "{{ params.label }}")]})
+    hostile = "\x1b]0;owned\x07\x1b[2Jgone\rx\x9b31m"
+    cli("run", "pipeline.yaml", "--param", f"label={hostile}", check=0)
+    assert json.loads(out.read_text())["argv"] == [hostile]  # the job got it exactly
+    with Store(store_url(tmp_path)) as records:
+        run_id = records.runs()[0].run_id
+    shown = cli("show", run_id, check=0).stdout
+    line = next(line for line in shown.splitlines() if line.startswith("params:"))
+    assert not any(c in line for c in "\x1b\x07\r\x9b")
+    assert 'label="\\u001b]0;owned\\u0007\\u001b[2Jgone\\rx\\u009b31m"' in line
+    assert "day=2024-01-31" in line  # printable text as it is

@@ -308,3 +308,20 @@ def test_a_cleared_job_gets_the_return_values_its_kept_predecessors_gave(
     assert log.read_text().splitlines() == ['load {"extract": "rows-42"}'] * 2
     assert rows(url, run_id) == [("extract", 1, "SUCCEEDED", 1), ("load", 1, "SUCCEEDED", 1),
                                  ("load", 2, "SUCCEEDED", 2)]
+
+
+@pytest.mark.parametrize("options", [["--only", "each"], ["--from", "each"], ["--only", "EACH,other"]])
+def test_a_choice_that_leaves_out_what_a_job_fans_out_over_is_exit_2(
+        tmp_path: Path, cli: Cli, write_pipeline: WritePipeline, options: list[str]) -> None:
+    log = tmp_path / "log"
+    write_pipeline({"jobs": [
+        sh("extract", f"echo extract >> {log}; printf '[1, 2]' > \"$JOBGRAPH_RETURN_VALUE_FILE\""),
+        sh("each", f"echo each >> {log}", after=["extract"], for_each="{{ extract.return_value }}"),
+        sh("other", f"echo other >> {log}")]})
+    result = cli("run", "pipeline.yaml", *options, check=2)
+    assert (f"field '{options[0]}': job 'each' fans out over the return value of 'extract', which this choice "
+            "leaves out (add it, or use --until each)") in result.stderr
+    assert "nothing was run." in result.stderr and "Traceback" not in result.stderr
+    assert not log.exists() and not (tmp_path / ".jobgraph" / "jobgraph.db").exists()
+    cli("run", "pipeline.yaml", "--until", "each", check=0)
+    assert sorted(log.read_text().split()) == ["each", "each", "extract"]

@@ -3,15 +3,23 @@ run's exit code; piped, a line per change; as JSON, the document once the run ha
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
 import signal
+import socket
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
+from rich.console import Console
+
+from jobgraph.cli import watch as watching
+from jobgraph.states import RunState
 from jobgraph.store import Store
+from jobgraph.store.records import RunRecord, TaskRecord
 from tests.cli.test_render import read_terminal_until
 from tests.conftest import Cli, WritePipeline, process_alive, sh, store_url
 from tests.web.test_metrics import until
@@ -136,3 +144,32 @@ def test_watching_a_run_whose_jobgraph_was_killed_stops_with_a_note(tmp_path: Pa
         assert records.run(run_id).state == "RUNNING"  # watching changes nothing
         owner = records.run(run_id).owner
     assert owner is not None and not process_alive(int(owner.split(":")[1]))
+
+
+class EndsAsItsOwnerExits:
+    """A store whose run is RUNNING at the first read and SUCCEEDED at every later one, owned by a process that is
+    gone: what `show --watch` meets when a run ends and its jobgraph exits between two of its reads."""
+
+    def __init__(self, owner: str) -> None:
+        self.reads = 0
+        self.owner = owner
+
+    def run(self, run_id: str) -> RunRecord:
+        self.reads += 1
+        state = RunState.RUNNING if self.reads == 1 else RunState.SUCCEEDED
+        return RunRecord(run_id, "p", state, 1, datetime.now(UTC), None, "{}", owner=self.owner)
+
+    def tasks(self, _run_id: str) -> list[TaskRecord]:
+        return []
+
+    def attempts(self, _run_id: str) -> list[object]:
+        return []
+
+
+def test_a_run_that_ends_as_its_jobgraph_exits_is_shown_ended_not_lost() -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    records = EndsAsItsOwnerExits(f"{socket.gethostname()}:{gone.pid}:1")
+    out = Console(file=io.StringIO())
+    ended = watching.watch(records, "r1", out, live=False)  # type: ignore[arg-type]
+    assert ended.state == RunState.SUCCEEDED and records.reads == 2

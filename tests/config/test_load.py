@@ -97,11 +97,21 @@ def _problem(path: Path, runner: str | None = None) -> str:
     ("42", "not a int"),
     ("[]", "the list of jobs is empty"),
     ("[1]", "job '#1': each job must be a mapping, not a int"),
+    ('[{"task_name": "a", "image_name": "x",\n  "job_name": "select \\ud800"}]',
+     ":2:23: invalid JSON: '\\ud800' is a lone surrogate, not a character"),
+    ('{"name": "p", "jobs": [{"name": "a", "image": "x", "env": {"\\udfff": "v"}}]}',
+     ":1:61: invalid JSON: '\\udfff' is a lone surrogate, not a character"),
 ])
 def test_bad_json_documents(tmp_path: Path, content: str, expected: str) -> None:
     path = tmp_path / "jobconfig.json"
     path.write_text(content)
     assert expected in _problem(path)
+
+
+def test_a_surrogate_pair_in_json_is_one_character(tmp_path: Path) -> None:
+    path = tmp_path / "pipeline.json"
+    path.write_text('{"name": "p", "jobs": [{"name": "a", "command": ["echo"], "args": ["\\ud83d\\ude00 \\\\ud800"]}]}')
+    assert load(path).jobs[0].args == ("\U0001f600 \\ud800",)
 
 
 def test_not_utf8_names_line_and_column(tmp_path: Path) -> None:

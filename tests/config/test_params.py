@@ -24,7 +24,9 @@ def test_values_from_text(kind: str, text: str, value: object) -> None:
 
 @pytest.mark.parametrize(("kind", "value", "message"), [
     ("integer", True, "expected an integer, got a boolean"), ("integer", 1.0, "expected an integer, got a number"),
-    ("integer", "0x10", "'0x10' is not an integer"), ("number", float("inf"), "expected a number"),
+    ("integer", "0x10", "'0x10' is not an integer"), ("number", float("inf"), "expected a finite number, got inf"),
+    ("number", float("nan"), "expected a finite number, got nan"), ("string", "a\udcffb", "not UTF-8 text"),
+    ("list", ["\ud800"], "not UTF-8 text"), ("list", [{"k": "\ud800"}], "not UTF-8 text"),
     ("number", "inf", "not a finite number"), ("boolean", 1, "expected true or false, got an integer"),
     ("date", "2023-02-29", "is not a date"), ("date", datetime(2024, 1, 1), "got a date and time"),
     ("string", 5, "expected a string, got an integer"), ("string", "a\x00b", "NUL byte"),

@@ -58,3 +58,27 @@ def test_trigger_with_params_in_the_body(cli: Cli, write_pipeline: WritePipeline
         assert detail.json()["run"]["params"] == {"day": "2031-02-03", "n": 7}
         assert 'params: <code>{&#34;day&#34;: &#34;2031-02-03&#34;, &#34;n&#34;: 7}</code>' in page.text
         assert len(records.runs(20, "nightly")) == 3
+
+
+def test_a_trigger_whose_params_hold_lone_surrogates_is_a_400_naming_them(
+        cli: Cli, write_pipeline: WritePipeline, tmp_path: Path) -> None:
+    out = tmp_path / "argv"
+    write_pipeline({"name": "nightly", "params": [{"name": "label", "type": "string", "default": "x"}],
+                    "jobs": [{"name": "a", "command": ["python", "-c", f"open({str(out)!r}, 'a').write('ran')"]}]})
+    cli("deploy", "pipeline.yaml", check=0)
+    url = store_url(tmp_path)
+    operate = make_token(url, Scope.OPERATE, "ops")
+    bodies = ['{"params": {"\\ud800": "x"}}', '{"params": {"label": "\\udcff"}}']
+    with Store(url) as records:
+        host = RunHost(records, None, lambda _line: None)
+        with served(url, host=host) as app:
+            async def work(client: httpx.AsyncClient) -> list[httpx.Response]:
+                answers = [await client.post("/api/v1/pipelines/nightly/trigger", content=body,
+                                             headers=bearer(operate)) for body in bodies]
+                await host.close(drain=False)
+                return answers
+            answers = call(app, work)
+        assert [a.status_code for a in answers] == [400, 400]
+        assert "unknown parameter '\\ud800'" in answers[0].json()["error"]
+        assert "parameter 'label' is of type string: the value is not UTF-8 text" in answers[1].json()["error"]
+        assert records.runs(20, "nightly") == [] and not out.exists()

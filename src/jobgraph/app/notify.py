@@ -54,6 +54,8 @@ stops trying at its deadline by itself: this only covers writing its row)."""
 
 HOOK_STDERR_BYTES = 2048
 """How much of a failing hook's stderr (its end) is kept as the send's error."""
+HOOK_STOP_SECS = 2.0
+"""How long a hook past its timeout has to be gone after SIGTERM (hook_reaper needs milliseconds) before SIGKILL."""
 
 
 class SendError(Exception):
@@ -82,11 +84,10 @@ def webhook_urls(pipeline: Pipeline, environ: Mapping[str, str] | None = None) -
             urls[index] = entry.webhook
         elif entry.webhook_secret is not None:
             url = environ.get(entry.webhook_secret)
-            parts = urlsplit(url or "")
             if url is None:
                 problems.append(Problem(f"{entry.webhook_secret} is not set in jobgraph's environment",
                                         field=f"notify.{index}.webhook_secret"))
-            elif parts.scheme not in ("http", "https") or not parts.hostname or any(c in url for c in "\r\n\x00 "):
+            elif not _is_http_url(url):
                 problems.append(Problem(f"{entry.webhook_secret} does not hold an http:// or https:// URL "
                                         "(its value is not shown)", field=f"notify.{index}.webhook_secret"))
             else:
@@ -94,6 +95,16 @@ def webhook_urls(pipeline: Pipeline, environ: Mapping[str, str] | None = None) -
     if problems:
         raise ConfigError(f"pipeline {pipeline.name}", problems)
     return urls
+
+
+def _is_http_url(url: str) -> bool:
+    """Whether `url` is an http(s) URL with a host and a port a socket takes (urlsplit raises on `[::1`, `:99999`)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number or out of range)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c in url for c in "\r\n\x00 ")
 
 
 def target_of(entry: Notify) -> str:
@@ -321,14 +332,19 @@ def ssl_errors() -> tuple[type[Exception], ...]:
 
 
 async def run_hook(argv: tuple[str, ...], payload: bytes) -> None:
-    """Run a command hook with `payload` on its stdin, in a session of its own; SendError unless it exits 0.
+    """Run a command hook with `payload` on its stdin, in a session of its own under hook_reaper (so no daemon it
+    starts outlives it); SendError unless it exits 0.
 
-    Cancelled (its timeout), it is killed with its whole process group and waited for, before the cancel goes on.
+    Cancelled (its timeout), the reaper gets SIGTERM and kills every process of the hook; one that does not end
+    within HOOK_STOP_SECS is killed with its whole process group. Either is waited for before the cancel goes on.
     """
+    from jobgraph.app import hook_reaper
+
     try:
         process = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+            sys.executable, "-m", hook_reaper.__name__, *argv, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            env={**os.environ, hook_reaper.PARENT_VARIABLE: str(os.getpid())})
     except OSError as exc:
         raise SendError(f"cannot run {argv[0]}: {exc.strerror or type(exc).__name__}") from None
     try:
@@ -342,10 +358,22 @@ async def run_hook(argv: tuple[str, ...], payload: bytes) -> None:
             tail = (tail + chunk)[-HOOK_STDERR_BYTES:]
         code = await process.wait()
     except BaseException:
+        await asyncio.shield(_stop_hook(process))
+        raise
+    last = tail.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+    if code == hook_reaper.CANNOT_RUN and last[0].startswith(hook_reaper.CANNOT_RUN_PREFIX):
+        raise SendError(f"cannot run {argv[0]}: {last[0].removeprefix(hook_reaper.CANNOT_RUN_PREFIX)}")
+    if code != 0:
+        raise SendError(f"{argv[0]} exited with code {code}" + (f": {last[0][:300]}" if last[0] else ""))
+
+
+async def _stop_hook(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM to the reaper (it kills the hook's processes, daemons included); SIGKILL to its group if it lingers."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(process.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), HOOK_STOP_SECS)
+    except TimeoutError:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
-        await asyncio.shield(process.wait())
-        raise
-    if code != 0:
-        last = tail.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-        raise SendError(f"{argv[0]} exited with code {code}" + (f": {last[0][:300]}" if last[0] else ""))
+        await process.wait()

@@ -73,12 +73,25 @@ app.add_typer(commands.export)
 
 def main() -> None:
     """Console-script entry point; once the command is over, the process ends at once (see `exit_now`)."""
+    _refuse_undecodable_arguments()
     try:
         app()
     except SystemExit as end:
         if isinstance(end.code, int | None) and threading.active_count() == 1:
             exit_now(end.code or 0)
         raise
+
+
+def _refuse_undecodable_arguments() -> None:
+    """Exit 2 if an argument is not UTF-8: Python keeps its bytes as lone surrogates, which no store, page or
+    file name jobgraph writes can hold, so a run id, pipeline, param or file given so would fail half-way."""
+    for index, argument in enumerate(sys.argv[1:], 1):
+        try:
+            argument.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = argument.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+            print(f"error: argument {index} ({shown}) is not UTF-8 text; nothing was run.", file=sys.stderr)
+            exit_now(2)  # common.EXIT_INVALID: common loads rich, which this check must not
 
 
 def exit_now(code: int) -> None:

@@ -89,7 +89,8 @@ def _tell_if_remote(records: Store, run_id: str, attempt: AttemptRecord) -> bool
 def _stop_if_lost(records: Store, run_id: str) -> None:
     """End with exit 1 if the process running the run is gone (kill -9): its attempts will not end by themselves."""
     run = records.run(run_id)
-    if run.state == RunState.RUNNING and run.owner and owner_is_gone(run.owner):
+    if run.state == RunState.RUNNING and run.owner and owner_is_gone(run.owner) \
+            and records.run(run_id).state == RunState.RUNNING:  # not ended (and its jobgraph exited) meanwhile
         errors.print(f"the jobgraph process running run {run.run_id} ({run.owner}) is gone: its attempts "
                      "stay RUNNING until the next `jobgraph run`, `retry` or `serve` finds the lost run; "
                      "stopped following",

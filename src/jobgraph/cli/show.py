@@ -198,10 +198,17 @@ def stats(view: str, limit: int = 10, store: str | None = None) -> None:
 
 
 def params_line(text: str) -> str:
-    """A run's recorded parameter values (a JSON object) as `name=value, ...`: text as it is, others as JSON."""
+    """A run's recorded parameter values (a JSON object) as `name=value, ...`: printable text as it is, else JSON."""
     values = json.loads(text)
-    return ", ".join(f"{name}={value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)}"
+    return ", ".join(f"{name}={value if isinstance(value, str) and value.isprintable() else _quoted(value)}"
                      for name, value in values.items()) or "(none)"
+
+
+def _quoted(value: object) -> str:
+    """A value as JSON with every character that is not printable escaped (JSON leaves DEL, C1 controls and
+    U+2028 as they are): a param may come from anyone who may trigger, and `\\x1b[2J` or `\\x9b` printed raw
+    would drive the reader's terminal."""
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in json.dumps(value, ensure_ascii=False))
 
 
 TIME_SUFFIXES = ("_time", "_date")

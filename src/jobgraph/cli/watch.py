@@ -139,6 +139,10 @@ def _frames(records: Store, run_id: str) -> Iterator[Frame]:
             return
         owner = frame.run.owner
         if owner and owner_is_gone(owner):
+            ended = read(records, run_id)  # it may have ended, and its jobgraph exited, since the read above
+            if ended.run.state != RunState.RUNNING:
+                yield ended
+                return
             errors.print(f"the jobgraph process running run {frame.run.run_id} ({owner}) is gone: its jobs stay "
                          "RUNNING until the next `jobgraph run`, `retry` or `serve` finds the lost run; stopped "
                          "watching", markup=False)

@@ -84,6 +84,10 @@ def for_each_problems(pipeline: Pipeline, canonical: Mapping[str, str]) -> list[
         if source.literal is not None and len(source.literal) > max_fan_out(job):
             problems.append(Problem(f"the list has {len(source.literal)} items, more than max_fan_out "
                                     f"{max_fan_out(job)} (at most {MAX_FAN_OUT})", job=job.name, field="for_each"))
+        unusable = next(((i, why) for i, item in enumerate(source.literal or ())
+                         if (why := unusable_text(item)) is not None), None)
+        if unusable is not None:
+            problems.append(Problem(f"item {unusable[0]} {unusable[1]}", job=job.name, field="for_each"))
         if source.predecessor is not None:
             after = {canonical.get(p.casefold(), p).casefold() for p in job.after}
             if source.predecessor.casefold() not in after:
@@ -100,6 +104,27 @@ def for_each_problems(pipeline: Pipeline, canonical: Mapping[str, str]) -> list[
                 problems.append(Problem(f"parameter '{source.param}' is a {kind}, not a list", job=job.name,
                                         field="for_each"))
     return problems
+
+
+def unusable_text(item: Any) -> str | None:
+    """Why an item cannot be one (it holds a NUL or a lone surrogate, which no store, argument or variable
+    can hold), or None."""
+    stack = [item]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+        elif isinstance(value, str):
+            if "\x00" in value:
+                return "holds a NUL character, which no argument or variable can"
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "is text that is not valid Unicode (a lone surrogate)"
+    return None
 
 
 def _item_problems(job: Job) -> list[Problem]:

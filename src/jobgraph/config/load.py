@@ -6,6 +6,7 @@ import functools
 import gc
 import json
 import os
+import re
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -78,11 +79,17 @@ def read_document(file: Path) -> Any:
         raise ConfigError(name, [Problem("the file is empty")])
     if file.suffix.lower() == ".json":
         try:
-            return json.loads(text)
+            document = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(name, [Problem(f"invalid JSON: {exc.msg}", line=exc.lineno, column=exc.colno)]) from None
         except RecursionError:
             raise ConfigError(name, [Problem("invalid JSON: nested too deeply")]) from None
+        lone = _LONE_SURROGATE.search(text) if "\\u" in text else None
+        if lone is not None:  # JSON spells it, json.loads keeps it; no store, argument or page can hold it
+            line, column = _position(text[: lone.start(1)].encode("utf-8"))
+            raise ConfigError(name, [Problem(f"invalid JSON: '{lone[1]}' is a lone surrogate, not a character",
+                                             line=line, column=column)])
+        return document
     import yaml  # only a YAML file needs PyYAML: validating JSON starts faster without it
 
     from jobgraph.config.yaml_data import safe_load
@@ -100,6 +107,10 @@ def read_document(file: Path) -> Any:
     except yaml.YAMLError as exc:
         raise ConfigError(name, [Problem(f"invalid YAML: {exc}")]) from None
 
+
+_LONE_SURROGATE = re.compile(r"(?<!\\)(?:\\\\)*(\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+                             r"|(?<![dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2})")
+"""A `\\uD800`-`\\uDFFF` escape that is not half of a pair, after an even number of backslashes (so an escape)."""
 
 MAX_FILE_BYTES = 64 << 20
 """A pipeline file larger than this is a mistake (a log, an image), not a pipeline: refused before reading."""

@@ -56,8 +56,10 @@ def coerce(kind: str, value: Any, from_text: bool = False) -> object:
             raise ValueError(f"expected an integer, got {_kind(value)}")
         checked = value
     elif kind == "number":
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"expected a number, got {_kind(value)}")
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {value}")
         checked = value
     elif kind == "boolean":
         if not isinstance(value, bool):
@@ -69,8 +71,13 @@ def coerce(kind: str, value: Any, from_text: bool = False) -> object:
         checked = _list(value)
     else:
         raise ValueError(f"unknown parameter type {kind!r}; the types are {', '.join(PARAM_TYPES)}")
-    if len(json.dumps(checked, ensure_ascii=False)) > MAX_VALUE_CHARS:
+    shown = json.dumps(checked, ensure_ascii=False)
+    if len(shown) > MAX_VALUE_CHARS:
         raise ValueError(f"the value is longer than {MAX_VALUE_CHARS:,} characters")
+    try:  # bytes a command line took with surrogateescape, or a lone surrogate JSON spelled: no store holds them
+        shown.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the value is not UTF-8 text") from None
     return checked
 
 

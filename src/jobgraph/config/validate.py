@@ -66,7 +66,8 @@ def check_pipeline(pipeline: Pipeline, file: str, runner: str | None = None) -> 
             if BACKENDS[used].host_commands and job.image not in pipeline.images:
                 unmapped.setdefault(job.image, []).append(job.name)
         for image, users in unmapped.items():
-            others = f" (also used by {', '.join(users[1:])})" if len(users) > 1 else ""
+            more = f" and {len(users) - 11:,} more jobs" if len(users) > 11 else ""  # one line, not one per job
+            others = f" (also used by {', '.join(users[1:11])}{more})" if len(users) > 1 else ""
             problems.append(Problem(
                 f"image '{image}' has no command in 'images': the local and slurm runners need the host "
                 f"command that stands for it, e.g. images: {{'{image}': [python, -m, jobgraph.jobs.sql]}}{others}",

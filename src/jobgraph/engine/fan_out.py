@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobgraph.config.for_each import max_fan_out, source_of
+from jobgraph.config.for_each import max_fan_out, source_of, unusable_text
 from jobgraph.config.model import MAX_FAN_OUT, Job
 from jobgraph.engine.events import JobsExpanded, TaskInfo
 from jobgraph.states import TaskState
@@ -185,8 +185,9 @@ def as_env(value: Any) -> str:
     return value if isinstance(value, str) else item_text(value)
 
 
-def items_of(job: Job, params: Mapping[str, Any], values: Mapping[str, str]) -> list[Any]:
-    """The job's list: its literal, the run's parameter, or a predecessor's return value (`values`, by job).
+def items_of(job: Job, params: Mapping[str, Any], values: Mapping[str, str], cut_at: int | None = None) -> list[Any]:
+    """The job's list: its literal, the run's parameter, or a predecessor's return value (`values`, by job;
+    `cut_at`: the bytes a return value keeps, so a list cut there is said to be cut, not just "not JSON").
 
     FanOutError says why there is none: a value that is missing, not JSON, not a list, or too long.
     """
@@ -199,7 +200,8 @@ def items_of(job: Job, params: Mapping[str, Any], values: Mapping[str, str]) -> 
     else:
         name = next((p for p in job.after if p.casefold() == (source.predecessor or "").casefold()), "")
         items = _as_list(values.get(name), f"the return value of {name}",
-                         missing=f"{name} returned no value (it writes a JSON list to $JOBGRAPH_RETURN_VALUE_FILE)")
+                         missing=f"{name} returned no value (it writes a JSON list to $JOBGRAPH_RETURN_VALUE_FILE)",
+                         cut_at=cut_at)
     limit = max_fan_out(job)
     if len(items) > limit:
         raise FanOutError(f"for_each has {len(items)} items, more than max_fan_out {limit}"
@@ -207,18 +209,34 @@ def items_of(job: Job, params: Mapping[str, Any], values: Mapping[str, str]) -> 
     return items
 
 
-def _as_list(value: Any, what: str, missing: str) -> list[Any]:
+def _as_list(value: Any, what: str, missing: str, cut_at: int | None = None) -> list[Any]:
     if value is None:
         raise FanOutError(f"for_each: {missing}")
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:  # a job's return value may nest without end
             shown = value if len(value) <= 60 else value[:57] + "..."
-            raise FanOutError(f"for_each: {what} is not JSON ({exc.msg}): {shown!r}") from None
+            cut = cut_at is not None and len(value.encode(errors="replace")) >= cut_at - 4  # the read's own cut
+            if cut and isinstance(exc, json.JSONDecodeError):
+                raise FanOutError(f"for_each: {what} was cut at {cut_at:,} bytes, the most a return value keeps, so "
+                                  "it is not JSON (write a shorter list, or the items to a file and its path as the "
+                                  f"return value): {shown!r}") from None
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deep"
+            raise FanOutError(f"for_each: {what} is not JSON ({why}): {shown!r}") from None
     if not isinstance(value, list | tuple):
         raise FanOutError(f"for_each: {what} is {_kind(value)}, not a list")
+    for index, item in enumerate(value):
+        _check_text(item, f"item {index} of {what}")
     return list(value)
+
+
+def _check_text(item: Any, what: str) -> None:
+    """FanOutError if an item holds text that no store, argument or variable can (a lone surrogate, a NUL):
+    JSON may spell both (`"\\ud800"`, `"\\u0000"`); the item is recorded, and it becomes an argument."""
+    why = unusable_text(item)
+    if why is not None:
+        raise FanOutError(f"for_each: {what} {why}")
 
 
 def _kind(value: Any) -> str:

@@ -227,7 +227,7 @@ class GraphRun:
         """Expand a ready job with `for_each` into its copies, queued in its pool; the successors this releases
         (when the job ends at once: its list failed, was empty, or every copy is kept from before)."""
         try:
-            items = fan_out.items_of(job, self.params, self._values)
+            items = fan_out.items_of(job, self.params, self._values, RETURN_VALUE_MAX_BYTES)
         except fan_out.FanOutError as exc:
             self._set_state(job.name, TaskState.FAILED, reason=str(exc))
             return self._release_successors(job.name)

@@ -98,7 +98,9 @@ def _host_name(host_header: str) -> str:
 
 
 def error(status: int, message: str, **headers: str) -> JSONResponse:
-    """The API's error body: {"error": message}."""
+    """The API's error body: {"error": message}; a lone surrogate the request's JSON spelled, and the message
+    repeats, as its escape (`\\ud800`): UTF-8 has no way to send it."""
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
