@@ -268,3 +268,15 @@ def test_kill_9_of_jobgraph_is_recovered_on_the_next_start_and_retry_resumes(
     assert {t.task: (t.state, t.attempts) for t in store.tasks(run_id)} == {
         "quick": ("SUCCEEDED", 1), "slow": ("SUCCEEDED", 2), "last": ("SUCCEEDED", 1)}
     assert "quick RUNNING" not in retried.stdout
+
+
+@pytest.mark.parametrize(("args", "says", "never"), [
+    (["run"], "recorded with the run, so never a secret", "fixed in the script"),
+    (["plan"], "filled into the plan as a run would get it", "recorded with the run"),
+    (["export", "snowflake"], "fixed in the script (a task graph has no run parameters), so never a secret",
+     "recorded with the run"),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else "")
+def test_each_commands_help_says_what_its_options_do_there(
+        cli: Cli, args: list[str], says: str, never: str) -> None:
+    text = " ".join(cli(*args, "--help", check=0).stdout.split())
+    assert says in text and never not in text
