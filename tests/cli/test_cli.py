@@ -280,3 +280,5 @@ def test_each_commands_help_says_what_its_options_do_there(
         cli: Cli, args: list[str], says: str, never: str) -> None:
     text = " ".join(cli(*args, "--help", check=0).stdout.split())
     assert says in text and never not in text
+    if args != ["export", "snowflake"]:
+        assert "Run every job with this runner: local, podman, docker, slurm, kubernetes or spcs" in text

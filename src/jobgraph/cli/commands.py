@@ -17,7 +17,8 @@ import typer
 
 FileArgument = Annotated[Path, typer.Argument(help="Pipeline file: native YAML/JSON, or the seed's jobconfig.json")]
 RunnerOption = Annotated[
-    str | None, typer.Option("--runner", help="Run every job with this runner: local, podman or docker")
+    str | None,
+    typer.Option("--runner", help="Run every job with this runner: local, podman, docker, slurm, kubernetes or spcs"),
 ]
 StoreOption = Annotated[
     str | None,
