@@ -282,3 +282,8 @@ def test_each_commands_help_says_what_its_options_do_there(
     assert says in text and never not in text
     if args != ["export", "snowflake"]:
         assert "Run every job with this runner: local, podman, docker, slurm, kubernetes or spcs" in text
+
+
+def test_validate_counts_one_job_in_one_pool_in_the_singular(cli: Cli, write_pipeline: WritePipeline) -> None:
+    write_pipeline({"jobs": [sh("only", "true")]})
+    assert "ok: pipeline 'p', 1 job in 1 pool (default)" in cli("validate", "pipeline.yaml", check=0).stdout
