@@ -223,6 +223,9 @@ def test_deploy_params_are_the_defaults_of_triggered_runs_and_trigger_params_ove
     refused = cli("deploy", "pipeline.yaml", check=2)
     assert "field 'params.day': parameter 'day' has no default, and a scheduled run has nobody to give it" in \
         refused.stderr
+    assert "nothing was deployed." in refused.stderr and "nothing was run" not in refused.stderr
+    with Store(store_url(tmp_path)) as records:
+        assert "hourly" not in {deployed.name for deployed in Deployments(records).all()}
     cli("deploy", "pipeline.yaml", "--param", "day=2024-03-02", check=0)
 
 
