@@ -175,14 +175,14 @@ def restricted(pipeline: Pipeline, jobs: frozenset[str] | None) -> list[Job]:
 
 
 def rerun(pipeline: Pipeline, selection: Selection | None, asked: Sequence[str], downstream: bool,
-          run_id: str) -> tuple[list[str], list[str]]:
+          run_id: str, field: str = "--job") -> tuple[list[str], list[str]]:
     """The jobs of an ended run that `retry --job` names (as the pipeline spells them), and those it runs again:
     the ones named and, with `downstream`, every job of the run that depends on them, in file order.
-    ConfigError for a name that is not one of the run's jobs."""
+    ConfigError for a name that is not one of the run's jobs, naming `field` (the API's body says `jobs`)."""
     chosen = selected_jobs(selection)
     jobs = restricted(pipeline, chosen)
     among = [job.name for job in jobs] if chosen is not None else None
-    found, problems = _resolve(pipeline, asked, "--job", among, run_id)
+    found, problems = _resolve(pipeline, asked, field, among, run_id)
     if problems:
         raise ConfigError(f"run {run_id}", problems)
     dag = Dag.build((job.name, job.after) for job in jobs)

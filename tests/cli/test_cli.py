@@ -294,3 +294,22 @@ def test_an_argument_that_is_not_utf_8_exits_2_with_no_traceback(
         assert result.returncode == 2, (args, stderr)
         assert "Traceback" not in stderr and "is not UTF-8 text" in stderr, (args, stderr)
     assert sorted(os.listdir(tmp_path)) == before
+
+
+@pytest.mark.parametrize(("args", "says", "never"), [
+    (["run"], "recorded with the run, so never a secret", "fixed in the script"),
+    (["plan"], "filled into the plan as a run would get it", "recorded with the run"),
+    (["export", "snowflake"], "fixed in the script (a task graph has no run parameters), so never a secret",
+     "recorded with the run"),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else "")
+def test_each_commands_help_says_what_its_options_do_there(
+        cli: Cli, args: list[str], says: str, never: str) -> None:
+    text = " ".join(cli(*args, "--help", check=0).stdout.split())
+    assert says in text and never not in text
+    if args != ["export", "snowflake"]:
+        assert "Run every job with this runner: local, podman, docker, slurm, kubernetes or spcs" in text
+
+
+def test_validate_counts_one_job_in_one_pool_in_the_singular(cli: Cli, write_pipeline: WritePipeline) -> None:
+    write_pipeline({"jobs": [sh("only", "true")]})
+    assert "ok: pipeline 'p', 1 job in 1 pool (default)" in cli("validate", "pipeline.yaml", check=0).stdout

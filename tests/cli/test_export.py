@@ -89,7 +89,7 @@ def test_what_cannot_be_a_task_graph_is_refused_with_exit_2(document: dict[str, 
     path = write_pipeline({"name": "root_task", **document})
     result = export(tmp_path, str(path))
     assert result.returncode == 2 and result.stdout == ""
-    assert expected in result.stderr and "nothing was run." in result.stderr and "Traceback" not in result.stderr
+    assert expected in result.stderr and "nothing was written." in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_bad_root_task_name_or_output_folder_is_refused(tmp_path: Path) -> None:
@@ -199,5 +199,5 @@ def test_what_a_task_graph_cannot_fix_at_export_is_refused_with_exit_2(
     out = tmp_path / "graph.sql"
     result = export(tmp_path, str(path), *args, "-o", str(out))
     assert result.returncode == 2 and result.stdout == "" and not out.exists()
-    assert f"{path}, {expected}" in result.stderr and "nothing was run." in result.stderr
+    assert f"{path}, {expected}" in result.stderr and "nothing was written." in result.stderr
     assert "Traceback" not in result.stderr

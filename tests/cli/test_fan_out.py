@@ -53,6 +53,20 @@ def test_bad_for_each_fields_are_refused_by_name_and_nothing_runs(
         assert records.runs() == []
 
 
+def test_item_in_the_command_of_a_job_without_for_each_is_refused_by_validate_run_and_plan(
+        cli: Cli, write_pipeline: WritePipeline, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    write_pipeline({"jobs": [sh("a", f"touch {marker}"),
+                             {"name": "no_item", "command": ["echo", "{{ item }}"], "after": ["a"]}]})
+    for command in ("validate", "run", "plan"):
+        err = cli(command, "pipeline.yaml", check=2).stderr
+        assert "job 'no_item', field 'command': '{{ item }}' is only set in a job with for_each" in err, command
+        assert "Traceback" not in err
+    assert not marker.exists()
+    with Store(store_url(tmp_path)) as records:
+        assert records.runs() == []
+
+
 def test_copies_are_recorded_as_their_own_jobs_and_shown(
         cli: Cli, write_pipeline: WritePipeline, tmp_path: Path, any_store_url: str) -> None:
     write_pipeline({"pools": {"two": {"max_parallel": 2}}, "jobs": [

@@ -151,7 +151,8 @@ def test_a_secret_cannot_be_passed_as_a_param(tmp_path: Path, cli: Cli, write_pi
     write_pipeline({"name": "params", "params": [{"name": "note", "default": "-"}],
                     "jobs": [{**recorder("a", out, "{{ params.note }}"), "secrets": ["API_TOKEN"]}]})
     result = cli("run", "pipeline.yaml", "--param", "note=token is s3cr3t-value-123", check=2)
-    assert "field '--param note': the value of parameter 'note' holds the value of secret API_TOKEN" in result.stderr
+    assert ("error: pipeline.yaml, field '--param note': the value of parameter 'note' holds the value of secret "
+            "API_TOKEN") in result.stderr
     assert "s3cr3t" not in result.stderr + result.stdout
     assert not out.exists()
     with Store(store_url(tmp_path)) as records:
@@ -222,6 +223,9 @@ def test_deploy_params_are_the_defaults_of_triggered_runs_and_trigger_params_ove
     refused = cli("deploy", "pipeline.yaml", check=2)
     assert "field 'params.day': parameter 'day' has no default, and a scheduled run has nobody to give it" in \
         refused.stderr
+    assert "nothing was deployed." in refused.stderr and "nothing was run" not in refused.stderr
+    with Store(store_url(tmp_path)) as records:
+        assert "hourly" not in {deployed.name for deployed in Deployments(records).all()}
     cli("deploy", "pipeline.yaml", "--param", "day=2024-03-02", check=0)
 
 

@@ -67,6 +67,19 @@ def test_plan_of_a_bad_file_runs_nothing(tmp_path: Path, write_pipeline: WritePi
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed" / "pipeline-containers.yaml"
 
 
+def test_plan_of_a_first_copy_whose_item_lacks_a_field_names_the_job_without_a_traceback(
+        tmp_path: Path, write_pipeline: WritePipeline) -> None:
+    path = write_pipeline({"jobs": [{"name": "per_file", "for_each": ["a", {"path": "b"}],
+                                     "command": ["echo", "{{ item.path }}"]}]})
+    for output in ("yaml", "json"):
+        result = plan(tmp_path, str(path), "--format", output)
+        assert result.returncode == 2 and result.stdout == ""
+        assert (f"error: {path}, job 'per_file', field 'for_each': its first attempt cannot be filled in: "
+                "'item.path' has no value here") in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / ".jobgraph").exists()
+
+
 def test_plan_prints_the_seeds_kubernetes_jobs_as_one_yaml_stream_kubectl_takes(tmp_path: Path) -> None:
     result = plan(tmp_path, str(SEED), "--runner", "kubernetes", "--format", "yaml")
     assert result.returncode == 0 and result.stderr == "", result.stderr

@@ -200,3 +200,22 @@ def test_a_bad_store_patience_is_a_clear_error_and_nothing_runs(
     assert "nothing was run." in result.stderr and not marker.exists()
     with Store(store_url(tmp_path)) as records:
         assert records.runs() == []
+
+
+def test_a_secret_missing_from_the_environment_is_an_error_naming_the_file_and_nothing_runs(
+        cli: Cli, write_pipeline: WritePipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JG_TEST_UNSET_SECRET", raising=False)
+    monkeypatch.delenv("JG_TEST_UNSET_HOOK", raising=False)
+    marker = tmp_path / "ran"
+    write_pipeline({"notify": [{"webhook_secret": "JG_TEST_UNSET_HOOK"}],
+                    "jobs": [sh("a", f"touch {marker}", secrets=["JG_TEST_UNSET_SECRET"])]})
+    err = cli("run", "pipeline.yaml", check=2).stderr
+    assert ("error: pipeline.yaml, job 'a', field 'secrets': secret JG_TEST_UNSET_SECRET is not set in jobgraph's "
+            "environment") in err
+    monkeypatch.setenv("JG_TEST_UNSET_SECRET", "x")
+    err = cli("run", "pipeline.yaml", check=2).stderr
+    assert ("error: pipeline.yaml, field 'notify.0.webhook_secret': JG_TEST_UNSET_HOOK is not set in jobgraph's "
+            "environment") in err
+    assert "Traceback" not in err and not marker.exists()
+    with Store(store_url(tmp_path)) as records:
+        assert records.runs() == []

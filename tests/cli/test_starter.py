@@ -53,3 +53,14 @@ def test_init_never_overwrites_nor_follows_a_link(tmp_path: Path, cli: Cli) -> N
     missing = cli("init", "no/such/folder/p.yaml", check=2)
     assert "cannot create no/such/folder/p.yaml: No such file or directory; nothing was written" in missing.stderr
     assert "Traceback" not in missing.stderr + refused.stderr
+
+
+def test_init_quotes_a_name_with_a_space_and_refuses_a_line_break(tmp_path: Path, cli: Cli) -> None:
+    said = cli("init", "my etl.yaml", check=0).stdout
+    assert "Next: jobgraph run 'my etl.yaml'" in said
+    assert "# Run it:     jobgraph run 'my etl.yaml' --param day=2024-01-31" in (tmp_path / "my etl.yaml").read_text()
+    cli("validate", "my etl.yaml", check=0)
+    refused = cli("init", "x\nname: injected.yaml", check=2)
+    assert "'x\\nname: injected.yaml' holds a control character" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["my etl.yaml"]

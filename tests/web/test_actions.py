@@ -71,7 +71,7 @@ def test_retry_with_jobs_in_the_body_reruns_those_and_a_bad_body_changes_nothing
 
             *refused, answer = call(app, work)
         assert [r.status_code for r in refused] == [400] * 7, [r.text for r in refused]
-        assert "no job named 'firstt' in pipeline p (did you mean 'first'?)" in refused[0].json()["error"]
+        assert "field 'jobs': no job named 'firstt' in pipeline p (did you mean 'first'?)" in refused[0].json()["error"]
         assert answer.status_code == 202, answer.text
         run = host_records.run(ran["run_id"])
         assert run.run_attempt == 2 and run.state == "FAILED"  # first ran again; flaky is kept FAILED

@@ -121,7 +121,8 @@ class RunHost:
         is not the run's; a runner that cannot be reached gives the run back and raises RunnerError."""
         if (resumed := self._resumed(run_id)) is not None:
             return resumed
-        retry = claim_retry(self._records, self._records.run(run_id), None, self._runner, jobs, downstream)
+        retry = claim_retry(self._records, self._records.run(run_id), None, self._runner, jobs, downstream,
+                            field="jobs")
         for line in retry.announce():
             self._say(f"{by}: {line}")
         started = asyncio.Event()

@@ -91,17 +91,18 @@ def graph_differences(stored: Pipeline, repaired: Pipeline, run_id: str) -> list
 
 
 def claim_retry(records: Store, previous: RunRecord, file: Path | None, runner: str | None,
-                jobs: Sequence[str] = (), downstream: bool = False) -> ClaimedRetry:
+                jobs: Sequence[str] = (), downstream: bool = False, field: str = "--job") -> ClaimedRetry:
     """Check the run can be retried (it ended, other than SUCCEEDED unless `jobs` are named; its definition holds;
     the jobs named are its own; its secrets are set), then claim it; StoreError if it succeeded (and no job is
-    named), is running, or another process claimed it first; ConfigError for a job name that is not the run's."""
+    named), is running, or another process claimed it first; ConfigError for a job name that is not the run's,
+    naming `field` (the CLI's --job; the API's body says jobs)."""
     if previous.state == RunState.SUCCEEDED and not jobs:
         raise StoreError(f"run {previous.run_id} succeeded: nothing to retry")
     if previous.state == RunState.RUNNING:
         raise StoreError(f"{busy_reason(previous)}; nothing was run")
     pipeline, definition, version = rerun_definition(previous, file, runner)
     selection = loaded(previous.selection)
-    named, again = rerun(pipeline, selection, jobs, downstream, previous.run_id) if jobs else ([], [])
+    named, again = rerun(pipeline, selection, jobs, downstream, previous.run_id, field) if jobs else ([], [])
     prior = prior_states(records, previous.run_id)
     keep = frozenset({TaskState.SUCCEEDED})
     if again:  # Airflow's clear: the jobs named start afresh (their attempts go on), every other one stays

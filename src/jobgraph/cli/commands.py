@@ -17,7 +17,8 @@ import typer
 
 FileArgument = Annotated[Path, typer.Argument(help="Pipeline file: native YAML/JSON, or the seed's jobconfig.json")]
 RunnerOption = Annotated[
-    str | None, typer.Option("--runner", help="Run every job with this runner: local, podman or docker")
+    str | None,
+    typer.Option("--runner", help="Run every job with this runner: local, podman, docker, slurm, kubernetes or spcs"),
 ]
 StoreOption = Annotated[
     str | None,
@@ -28,6 +29,12 @@ RunIdArgument = Annotated[str, typer.Argument(help="A run id (a unique prefix is
 ParamOption = Annotated[list[str] | None, typer.Option(
     "--param", "-p", metavar="NAME=VALUE", help="A value for one of the pipeline's params (repeatable); "
     "recorded with the run, so never a secret", show_default=False)]
+PlanParamOption = Annotated[list[str] | None, typer.Option(
+    "--param", "-p", metavar="NAME=VALUE", help="A value for one of the pipeline's params (repeatable), filled "
+    "into the plan as a run would get it", show_default=False)]
+ExportParamOption = Annotated[list[str] | None, typer.Option(
+    "--param", "-p", metavar="NAME=VALUE", help="A value for one of the pipeline's params (repeatable), fixed "
+    "in the script (a task graph has no run parameters), so never a secret", show_default=False)]
 NameArgument = Annotated[str, typer.Argument(help="A deployed pipeline's name")]
 
 
@@ -96,7 +103,7 @@ def plan(
     output: Annotated[PlanFormat, typer.Option("--format", "-f", "-o", help="yaml (to read) or json (for tools)")] = (
         PlanFormat.yaml
     ),
-    param: ParamOption = None,
+    param: PlanParamOption = None,
 ) -> None:
     """Show, job by job, exactly what the first attempt would submit, and the schedule's next fire times."""
     from jobgraph.cli import plan
@@ -392,7 +399,7 @@ def export_snowflake(
                                            "graph (the seed's drop_job_tasks()), to run")] = False,
     root_task: Annotated[str | None, typer.Option("--root-task", help="The root task's name [default: root_task "
                                                   "for the seed's jobconfig.json, else the pipeline's name]")] = None,
-    param: ParamOption = None,
+    param: ExportParamOption = None,
 ) -> None:
     """Print the SQL that builds the pipeline as a native Snowflake task graph: the seed's logging tables, a
     root task with the schedule, one task per job running its SPCS job service, the finalizer GET_GRAPH_STATS,

@@ -18,7 +18,7 @@ from jobgraph.errors import ConfigError, JobgraphError
 from jobgraph.states import RunState
 
 __all__ = ["EXIT_CANCELLED", "EXIT_FAILED", "EXIT_INVALID", "EXIT_OK", "console", "errors", "home", "reported",
-           "silence", "store_url", "write_plain"]
+           "reported_as", "silence", "store_url", "write_plain"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -61,18 +61,27 @@ def write_plain(text: str) -> None:
 
 def reported(command: Callable[P, R]) -> Callable[P, R]:
     """Turn jobgraph's errors into a message on stderr and exit code 2: never a traceback."""
+    return reported_as("nothing was run.")(command)
 
-    @functools.wraps(command)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return command(*args, **kwargs)
-        except ConfigError as exc:
-            for line in str(exc).splitlines():
-                errors.print(f"[red]error:[/red] {escape(line)}")
-            errors.print("nothing was run.")
-            raise typer.Exit(EXIT_INVALID) from None
-        except JobgraphError as exc:
-            errors.print(f"[red]error:[/red] {escape(str(exc))}")
-            raise typer.Exit(EXIT_INVALID) from None
 
-    return wrapper
+def reported_as(nothing: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """`reported`, saying `nothing` after a bad file's problems in the command's own words (a failed deploy
+    deployed nothing: "nothing was run" would leave a reader wondering)."""
+
+    def decorate(command: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(command)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return command(*args, **kwargs)
+            except ConfigError as exc:
+                for line in str(exc).splitlines():
+                    errors.print(f"[red]error:[/red] {escape(line)}")
+                errors.print(nothing)
+                raise typer.Exit(EXIT_INVALID) from None
+            except JobgraphError as exc:
+                errors.print(f"[red]error:[/red] {escape(str(exc))}")
+                raise typer.Exit(EXIT_INVALID) from None
+
+        return wrapper
+
+    return decorate

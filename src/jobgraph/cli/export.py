@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from rich.markup import escape
 
-from jobgraph.cli.common import errors, reported
+from jobgraph.cli.common import errors, reported_as
 from jobgraph.config import load
 from jobgraph.config.load import read_document
 from jobgraph.config.params import parse_assignments
@@ -28,7 +28,7 @@ EXPORT_RUNNER = "spcs"
 """The file is checked as for a run on SPCS: every job becomes a job service."""
 
 
-@reported
+@reported_as("nothing was written.")
 def snowflake(file: Path, output: Path | None = None, teardown: bool = False, root_task: str | None = None,
               params: Sequence[str] = ()) -> None:
     """Export; the warnings (what Snowflake cannot express) go to stderr, the script to stdout or `output`.

@@ -34,8 +34,9 @@ def validate(file: Path, runner: str | None = None, output: OutputFormat = Outpu
     pipeline = load(file, runner)
     pools = sorted({job.pool or "" for job in pipeline.jobs})
     final = f", finalizer '{pipeline.finalizer.name}'" if pipeline.finalizer else ""
-    console.print(f"{escape(str(file))}: ok: pipeline '{pipeline.name}', {len(pipeline.jobs)} jobs in "
-                  f"{len(pools)} pools ({', '.join(pools)}){final}")
+    jobs = f"{len(pipeline.jobs)} job{'' if len(pipeline.jobs) == 1 else 's'}"
+    console.print(f"{escape(str(file))}: ok: pipeline '{pipeline.name}', {jobs} in "
+                  f"{len(pools)} pool{'' if len(pools) == 1 else 's'} ({', '.join(pools)}){final}")
     if pipeline.schedule:
         schedule = parse_schedule(pipeline.schedule)
         fires = schedule.next_after(datetime.now(UTC))

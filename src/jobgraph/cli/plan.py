@@ -22,13 +22,15 @@ import yaml
 
 from jobgraph.cli.commands import PlanFormat
 from jobgraph.cli.common import home, reported, write_plain
-from jobgraph.config import Pipeline, load
+from jobgraph.config import Job, Pipeline, load
 from jobgraph.config.params import given_values, parse_assignments
 from jobgraph.engine.run import GraphRun
+from jobgraph.errors import ConfigError, Problem
 from jobgraph.runners import AnyRunner, JobSpec, make_runner
 from jobgraph.runners import kubernetes_manifest as kubernetes
 from jobgraph.runners.registry import settings_for
 from jobgraph.schedule import parse_schedule
+from jobgraph.template import TemplateError
 
 PLAN_RUN_ID = "<run id>"
 """What stands for the run id, which exists only once a run starts."""
@@ -49,27 +51,40 @@ def plan(file: Path, runner: str | None = None, output: PlanFormat = PlanFormat.
     values = {param.name: given.get(param.name, param.default if param.default is not None else
                                     f"<param {param.name}>") for param in pipeline.params}
     if output == PlanFormat.yaml and all((runner or job.runner) == "kubernetes" for job in pipeline.all_jobs()):
-        write_plain(_manifest_stream(pipeline, values))
+        write_plain(_manifest_stream(pipeline, values, str(file)))
         return
-    document = {"pipeline": pipeline.name, "schedule": _fires(pipeline), "jobs": _jobs(pipeline, runner, values)}
+    jobs = _jobs(pipeline, runner, values, str(file))
+    document = {"pipeline": pipeline.name, "schedule": _fires(pipeline), "jobs": jobs}
     if output == PlanFormat.json:
         write_plain(json.dumps(document, indent=2))
     else:
         write_plain(yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000).rstrip())
 
 
-def _specs(pipeline: Pipeline, params: dict[str, object]) -> list[JobSpec]:
+def _specs(pipeline: Pipeline, params: dict[str, object], file: str) -> list[JobSpec]:
     """Each job's first attempt, in the order the DAG runs them; secrets as placeholders, never read."""
     placeholders = {name: f"<secret {name}>" for job in pipeline.all_jobs() for name in job.secrets}
     draft = GraphRun.draft(pipeline, home() / "logs", PLAN_RUN_ID, secrets=placeholders, params=params)
-    return [draft.spec_for(job, 1) for job in pipeline.all_jobs()]
+    return [_first_attempt(draft, job, file) for job in pipeline.all_jobs()]
 
 
-def _jobs(pipeline: Pipeline, runner_override: str | None, params: dict[str, object]) -> list[dict[str, Any]]:
+def _first_attempt(draft: GraphRun, job: Job, file: str) -> JobSpec:
+    """The job's first attempt; a placeholder with no value there (`{{ item.path }}` over an item that is a
+    string) is the error a run would record as that attempt's ERROR, said here naming the file and job."""
+    try:
+        return draft.spec_for(job, 1)
+    except TemplateError as exc:
+        field = "for_each" if job.for_each is not None else None
+        raise ConfigError(file, [Problem(f"its first attempt cannot be filled in: {exc} (a run records that "
+                                         "attempt as ERROR)", job=job.name, field=field)]) from None
+
+
+def _jobs(pipeline: Pipeline, runner_override: str | None, params: dict[str, object],
+          file: str) -> list[dict[str, Any]]:
     """Each job's first attempt as its runner would submit it, in the order the DAG runs them."""
     runners: dict[str, AnyRunner] = {}
     planned = []
-    for job, spec in zip(pipeline.all_jobs(), _specs(pipeline, params), strict=True):
+    for job, spec in zip(pipeline.all_jobs(), _specs(pipeline, params, file), strict=True):
         name = runner_override or job.runner or "local"
         if name == "kubernetes":
             described = kubernetes.describe(spec, _kubernetes_settings(pipeline), PLAN_OWNER)
@@ -88,10 +103,10 @@ def _kubernetes_settings(pipeline: Pipeline) -> kubernetes.KubernetesSettings:
     return kubernetes.with_pipeline_images(settings, pipeline.container_images)
 
 
-def _manifest_stream(pipeline: Pipeline, params: dict[str, object]) -> str:
+def _manifest_stream(pipeline: Pipeline, params: dict[str, object], file: str) -> str:
     """Every job's first-attempt Job as one multi-document YAML stream, a comment saying what it is first."""
     settings = _kubernetes_settings(pipeline)
-    manifests = [kubernetes.job_manifest(spec, settings, PLAN_OWNER) for spec in _specs(pipeline, params)]
+    manifests = [kubernetes.job_manifest(spec, settings, PLAN_OWNER) for spec in _specs(pipeline, params, file)]
     fires = _fires(pipeline)
     header = [f"# jobgraph plan: pipeline {pipeline.name}, the first attempt of each of its {len(manifests)} jobs "
               f"as a Kubernetes Job ({PLAN_RUN_ID} and {PLAN_OWNER} stand for what a run fills in)"]

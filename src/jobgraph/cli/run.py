@@ -32,7 +32,7 @@ from jobgraph.cli.show import job_order, tasks_table
 from jobgraph.config import load
 from jobgraph.config.params import given_values, parse_assignments, resolve
 from jobgraph.engine.run import RunResult
-from jobgraph.errors import StoreError
+from jobgraph.errors import ConfigError, StoreError
 from jobgraph.selection import choose, names
 from jobgraph.states import RunState, TaskState
 from jobgraph.store import Store
@@ -68,7 +68,12 @@ def run(file: Path, store: str | None = None, runner: str | None = None, only: S
         if selection is not None:
             reports.say(f"partial run: {len(selection['jobs'])} of {len(pipeline.jobs)} jobs "
                         f"({', '.join(selection['jobs'][:20])}{', ...' if len(selection['jobs']) > 20 else ''})")
-        result = execute(records, RunPlan(pipeline, selection=selection, params=given), runner, reports)
+        try:
+            result = execute(records, RunPlan(pipeline, selection=selection, params=given), runner, reports)
+        except ConfigError as exc:  # the app layer names the pipeline (a deployed one has no file): name the file
+            if exc.file != f"pipeline {pipeline.name}":
+                raise
+            raise ConfigError(str(file), exc.problems) from None
     raise typer.Exit(EXIT_CODES[result.state])
 
 

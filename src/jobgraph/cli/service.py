@@ -41,6 +41,7 @@ from jobgraph.cli.common import (
     console,
     errors,
     reported,
+    reported_as,
     silence,
     store_url,
     write_plain,
@@ -58,7 +59,7 @@ def _when(moment: datetime | None) -> str:
     return f"{moment:%Y-%m-%d %H:%M:%S} UTC" if moment else "-"
 
 
-@reported
+@reported_as("nothing was deployed.")
 def deploy(file: Path, store: str | None = None, runner: str | None = None, params: list[str] | None = None) -> None:
     """Store the pipeline's snapshot as a version (a new one only if its content changed) and its next fire time;
     `--param` values become its params' defaults."""

@@ -7,6 +7,7 @@ runs on: no image to build, no engine to start. A test validates and runs it exa
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 from jobgraph.cli.common import console, reported
@@ -77,13 +78,17 @@ jobs:
 
 
 def starter_text(file: Path) -> str:
-    """The starter pipeline, its comments naming `file`."""
-    return STARTER.format(file=file)
+    """The starter pipeline, its comments naming `file` as a shell would take it (`'my etl.yaml'`)."""
+    return STARTER.format(file=shlex.quote(str(file)))
 
 
 @reported
 def init(file: Path) -> None:
-    """Write the starter to `file`, which must not exist yet (nor be a link): nothing is ever overwritten."""
+    """Write the starter to `file`, which must not exist yet (nor be a link): nothing is ever overwritten. A name
+    with a control character is refused: a line break in it would end a comment and put the rest into the YAML."""
+    if any(ord(char) < 32 or ord(char) == 127 for char in str(file)):
+        raise JobgraphError(f"{str(file)!r} holds a control character (a line break, a tab, ...): choose a plain "
+                            "file name; nothing was written")
     try:
         fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except FileExistsError:
@@ -93,4 +98,5 @@ def init(file: Path) -> None:
         raise JobgraphError(f"cannot create {file}: {exc.strerror or exc}; nothing was written") from None
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(starter_text(file))
-    console.print(f"wrote {file}: a starter pipeline of 3 jobs. Next: jobgraph run {file}", markup=False)
+    console.print(f"wrote {file}: a starter pipeline of 3 jobs. Next: jobgraph run {shlex.quote(str(file))}",
+                  markup=False)

@@ -128,8 +128,8 @@ def unusable_text(item: Any) -> str | None:
 
 
 def _item_problems(job: Job) -> list[Problem]:
-    """`{{ item }}` in the args or env of a job without for_each: there is no item to put there."""
-    for field, texts in (("args", job.args), ("env", job.env.values())):
+    """`{{ item }}` in the command, args or env of a job without for_each: there is no item to put there."""
+    for field, texts in (("command", job.command or ()), ("args", job.args), ("env", job.env.values())):
         if any(path[0] == "item" for path in _paths(texts)):
             return [Problem("'{{ item }}' is only set in a job with for_each", job=job.name, field=field)]
     return []
