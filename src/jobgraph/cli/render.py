@@ -181,7 +181,7 @@ class RunView:
             if event.state == TaskState.RUNNING and row.started is None:
                 row.started = time.monotonic()
             if event.state in TERMINAL_TASK_STATES:
-                row.ended = time.monotonic()
+                row.ended, row.log_path = time.monotonic(), None  # only a running job's last line is shown
                 row.note = event.reason or (f"returned {event.return_value!r}" if event.return_value else "")
         elif isinstance(event, RunEnded):
             self.state = event.state
