@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -277,6 +277,21 @@ def job_texts(job: Job) -> Iterable[tuple[str, str]]:
         yield f"env.{name}", text
 
 
+def job_references(job: Job, problems: list[Problem]) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """(field, dotted name) of each placeholder in the job's command, args and env; a text whose placeholders
+    do not parse adds its problem (job and field named) to `problems` instead."""
+    for field, text in job_texts(job):
+        if not has_placeholders(text):
+            continue
+        try:
+            found = references(text)
+        except TemplateError as exc:
+            problems.append(Problem(str(exc), job=job.name, field=field))
+            continue
+        for path in found:
+            yield field, path
+
+
 def needs_rendering(job: Job) -> bool:
     """Whether any text of the job holds a placeholder (one substring test per text, no call per text): the
     engine renders only such jobs, and only theirs are parsed here."""
@@ -300,18 +315,10 @@ def template_problems(pipeline: Pipeline) -> list[Problem]:
     for job in pipeline.all_jobs():
         if not needs_rendering(job):
             continue
-        for field, text in job_texts(job):
-            if not has_placeholders(text):
-                continue
-            try:
-                found = references(text)
-            except TemplateError as exc:
-                problems.append(Problem(str(exc), job=job.name, field=field))
-                continue
-            for path in found:
-                problem = _reference_problem(path, declared)
-                if problem:
-                    problems.append(Problem(problem, job=job.name, field=field))
+        for field, path in job_references(job, problems):
+            problem = _reference_problem(path, declared)
+            if problem:
+                problems.append(Problem(problem, job=job.name, field=field))
     return problems
 
 

@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 
 from jobgraph.config.for_each import max_fan_out, source_of
 from jobgraph.config.model import Job, Pipeline
-from jobgraph.config.params import job_texts, params_text, resolve
+from jobgraph.config.params import job_references, params_text, resolve
 from jobgraph.errors import ConfigError, Problem
 from jobgraph.export.snowflake_logging import FINALIZE_TASK
-from jobgraph.template import TemplateError, has_placeholders, references, render
+from jobgraph.template import TemplateError, render
 
 RUN_TIME_ONLY = frozenset({"scheduled_time", "run_id", "attempt"})
 """Placeholders whose value exists only when a run starts: a job service's specification cannot take them."""
@@ -101,16 +101,12 @@ def fixed(pipeline: Pipeline, given: Mapping[str, object] | None, root_task: str
 
 def _run_time_problems(job: Job) -> list[Problem]:
     """A placeholder only a run can fill, and a `for_each` over a predecessor's return value."""
-    problems = []
-    for field_name, text in job_texts(job):
-        if not has_placeholders(text):
-            continue
-        try:
-            found = references(text)
-        except TemplateError as exc:
-            problems.append(Problem(str(exc), job=job.name, field=field_name))
-            continue
-        for root in dict.fromkeys(path[0] for path in found if path[0] in RUN_TIME_ONLY):
+    problems: list[Problem] = []
+    named: set[tuple[str, str]] = set()
+    for field_name, path in job_references(job, problems):
+        root = path[0]
+        if root in RUN_TIME_ONLY and (field_name, root) not in named:
+            named.add((field_name, root))
             problems.append(Problem(
                 f"'{{{{ {root} }}}}' has a value only when a run starts, and Snowflake cannot put one into a job "
                 "service's specification (EXECUTE JOB SERVICE takes it as a constant): it cannot be exported; use "
